@@ -1,0 +1,315 @@
+"""The event store: one `Student` aggregate per student, on SQLite or PostgreSQL.
+
+Persistence is configuration (eventsourcing's infrastructure factories); this module
+only adds what the library does not have: a `date` transcoding, and the feed-key index
+(`feed_keys`: one row per (source, event_id) with the student and a content digest),
+written in the same transaction as the events so that idempotency checks never have to
+replay an aggregate and can never disagree with the events.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+from urllib.parse import unquote, urlparse
+from uuid import UUID
+
+from eventsourcing.application import Application
+from eventsourcing.persistence import JSONTranscoder, StoredEvent
+from eventsourcing.postgres import PostgresApplicationRecorder
+from eventsourcing.sqlite import SQLiteApplicationRecorder
+from psycopg.sql import SQL, Identifier
+
+from timeline.aggregate import DateAsISO, Student, student_uuid
+from timeline.clock import Clock, system_clock
+from timeline.errors import StorageConfigError
+from timeline.facts import Fact
+
+DEFAULT_DB = "timeline.db"
+# One feed key as written next to its event: (source, event_id, student_id, type, digest).
+FeedKey = tuple[str, str, str, str, str]
+
+
+_FEED_KEYS_SQLITE = (
+    "CREATE TABLE IF NOT EXISTS feed_keys ("
+    "source TEXT NOT NULL, event_id TEXT NOT NULL, student_id TEXT NOT NULL, "
+    "type TEXT NOT NULL, digest TEXT NOT NULL, PRIMARY KEY (source, event_id)) WITHOUT ROWID"
+)
+_LOOKUP_CHUNK = 400
+
+
+class SQLiteTimelineRecorder(SQLiteApplicationRecorder):
+    """The library's SQLite recorder plus the feed-key index in the same transaction."""
+
+    def construct_create_table_statements(self) -> list[str]:
+        """Events table, then the feed-key index."""
+        return [*super().construct_create_table_statements(), _FEED_KEYS_SQLITE]
+
+    def _insert_events(
+        self, c: Any, stored_events: Sequence[StoredEvent], **kwargs: Any
+    ) -> Sequence[int] | None:
+        feed_keys: Sequence[FeedKey] = kwargs.get("feed_keys", ())
+        if feed_keys:
+            c.executemany("INSERT INTO feed_keys VALUES (?,?,?,?,?)", feed_keys)
+        return super()._insert_events(c, stored_events, **kwargs)
+
+    def lookup_keys(self, keys: Sequence[tuple[str, str]]) -> dict[tuple[str, str], FeedKey]:
+        """The stored feed keys among `keys`."""
+        found: dict[tuple[str, str], FeedKey] = {}
+        with self.datastore.transaction(commit=False) as c:
+            for start in range(0, len(keys), _LOOKUP_CHUNK):
+                chunk = keys[start : start + _LOOKUP_CHUNK]
+                values = ",".join("(?,?)" for _ in chunk)
+                c.execute(
+                    "SELECT source, event_id, student_id, type, digest FROM feed_keys "
+                    f"WHERE (source, event_id) IN (VALUES {values})",
+                    [part for key in chunk for part in key],
+                )
+                for row in c.fetchall():
+                    found[(row[0], row[1])] = (row[0], row[1], row[2], row[3], row[4])
+        return found
+
+    def existing_students(self, ids: Sequence[UUID]) -> set[UUID]:
+        """Which of these aggregate ids have a stream already."""
+        found: set[UUID] = set()
+        with self.datastore.transaction(commit=False) as c:
+            for start in range(0, len(ids), _LOOKUP_CHUNK):
+                chunk = ids[start : start + _LOOKUP_CHUNK]
+                marks = ",".join("?" for _ in chunk)
+                c.execute(
+                    f"SELECT originator_id FROM {self.events_table_name} "
+                    f"WHERE originator_version = 1 AND originator_id IN ({marks})",
+                    [i.hex for i in chunk],
+                )
+                found.update(UUID(row[0]) for row in c.fetchall())
+        return found
+
+
+class PostgresTimelineRecorder(PostgresApplicationRecorder):
+    """The library's PostgreSQL recorder plus the feed-key index in the same transaction."""
+
+    def __init__(self, datastore: Any, *, events_table_name: str = "stored_events") -> None:
+        super().__init__(datastore, events_table_name=events_table_name)
+        schema = Identifier(self.datastore.schema)
+        self.sql_create_statements.append(
+            SQL(
+                "CREATE TABLE IF NOT EXISTS {schema}.feed_keys ("
+                "source text NOT NULL, event_id text NOT NULL, student_id text NOT NULL, "
+                "type text NOT NULL, digest text NOT NULL, PRIMARY KEY (source, event_id))"
+            ).format(schema=schema)
+        )
+        self._insert_keys = SQL("INSERT INTO {schema}.feed_keys VALUES (%s,%s,%s,%s,%s)").format(
+            schema=schema
+        )
+        self._select_keys = SQL(
+            "SELECT k.source, k.event_id, k.student_id, k.type, k.digest FROM {schema}.feed_keys k "
+            "JOIN unnest(%s::text[], %s::text[]) AS q(source, event_id) "
+            "ON k.source = q.source AND k.event_id = q.event_id"
+        ).format(schema=schema)
+        self._select_students = SQL(
+            "SELECT originator_id FROM {schema}.{table} "
+            "WHERE originator_version = 1 AND originator_id = ANY(%s)"
+        ).format(schema=schema, table=Identifier(self.events_table_name))
+
+    def _insert_events(
+        self, curs: Any, stored_events: Sequence[StoredEvent], **kwargs: Any
+    ) -> None:
+        feed_keys: Sequence[FeedKey] = kwargs.get("feed_keys", ())
+        if feed_keys:
+            curs.executemany(self._insert_keys, feed_keys)
+
+    def lookup_keys(self, keys: Sequence[tuple[str, str]]) -> dict[tuple[str, str], FeedKey]:
+        """The stored feed keys among `keys`."""
+        if not keys:
+            return {}
+        with self.datastore.get_connection() as conn, conn.cursor() as curs:
+            curs.execute(self._select_keys, ([k[0] for k in keys], [k[1] for k in keys]))
+            return {
+                (r["source"], r["event_id"]): (
+                    r["source"],
+                    r["event_id"],
+                    r["student_id"],
+                    r["type"],
+                    r["digest"],
+                )
+                for r in curs.fetchall()
+            }
+
+    def existing_students(self, ids: Sequence[UUID]) -> set[UUID]:
+        """Which of these aggregate ids have a stream already."""
+        if not ids:
+            return set()
+        with self.datastore.get_connection() as conn, conn.cursor() as curs:
+            curs.execute(self._select_students, (list(ids),))
+            return {r["originator_id"] for r in curs.fetchall()}
+
+
+class TimelineApp(Application[UUID]):
+    """The eventsourcing application: thin, persistence by configuration."""
+
+    name = "Timeline"
+
+    def register_transcodings(self, transcoder: JSONTranscoder) -> None:
+        """The library's transcodings plus `date`."""
+        super().register_transcodings(transcoder)
+        transcoder.register(DateAsISO())
+
+
+@dataclass(frozen=True)
+class StoreConfig:
+    """Where the events live, and how they are protected."""
+
+    location: str
+    cipher_key: str | None = None
+
+    @property
+    def is_postgres(self) -> bool:
+        """Whether the location is a PostgreSQL URL."""
+        return self.location.startswith(("postgresql://", "postgres://"))
+
+    @classmethod
+    def resolve(cls, location: str | None = None, cipher_key: str | None = None) -> StoreConfig:
+        """From explicit values, else `TIMELINE_DB` / `TIMELINE_CIPHER_KEY`, else defaults."""
+        return cls(
+            location=location or os.environ.get("TIMELINE_DB") or DEFAULT_DB,
+            cipher_key=cipher_key or os.environ.get("TIMELINE_CIPHER_KEY") or None,
+        )
+
+    def env(self) -> dict[str, str]:
+        """The eventsourcing environment for this configuration."""
+        env: dict[str, str] = {"CREATE_TABLE": "y"}
+        if self.is_postgres:
+            env.update(_postgres_env(self.location))
+            env["PERSISTENCE_MODULE"] = "eventsourcing.postgres"
+            env["APPLICATION_RECORDER_TOPIC"] = "timeline.store:PostgresTimelineRecorder"
+        else:
+            path = Path(self.location)
+            if path.parent and not path.parent.exists():
+                raise StorageConfigError(
+                    f"the folder of the database does not exist: {path.parent}"
+                )
+            env["PERSISTENCE_MODULE"] = "eventsourcing.sqlite"
+            env["SQLITE_DBNAME"] = str(path)
+            env["SQLITE_LOCK_TIMEOUT"] = "30"
+            env["APPLICATION_RECORDER_TOPIC"] = "timeline.store:SQLiteTimelineRecorder"
+        if self.cipher_key:
+            env["CIPHER_TOPIC"] = "eventsourcing.cipher:AESCipher"
+            env["CIPHER_KEY"] = self.cipher_key
+        return env
+
+
+def _postgres_env(url: str) -> dict[str, str]:
+    parsed = urlparse(url)
+    dbname = parsed.path.lstrip("/")
+    if not dbname:
+        raise StorageConfigError("a PostgreSQL URL needs a database name: postgresql://host/db")
+    env = {
+        "POSTGRES_DBNAME": dbname,
+        "POSTGRES_HOST": parsed.hostname or "127.0.0.1",
+        "POSTGRES_PORT": str(parsed.port or 5432),
+        "POSTGRES_USER": unquote(parsed.username or os.environ.get("USER", "postgres")),
+        "POSTGRES_PASSWORD": unquote(parsed.password or ""),
+        "POSTGRES_POOL_SIZE": "4",
+    }
+    for part in parsed.query.split("&"):
+        if part.startswith("schema="):
+            env["POSTGRES_SCHEMA"] = part.split("=", 1)[1]
+    return env
+
+
+class TimelineStore:
+    """The write side's handle: append facts, read facts and history."""
+
+    def __init__(self, config: StoreConfig, clock: Clock = system_clock) -> None:
+        self.config = config
+        self.clock = clock
+        try:
+            self.app = TimelineApp(env=config.env())
+        except (ValueError, OSError) as exc:
+            raise StorageConfigError(f"cannot open the event store: {exc}") from exc
+        self.recorder: SQLiteTimelineRecorder | PostgresTimelineRecorder = self.app.recorder  # type: ignore[assignment]
+
+    @classmethod
+    def open(
+        cls, location: str | None = None, cipher_key: str | None = None, clock: Clock = system_clock
+    ) -> TimelineStore:
+        """Open (and create if needed) the store named by `location` or the environment."""
+        return cls(StoreConfig.resolve(location, cipher_key), clock)
+
+    def close(self) -> None:
+        """Release the database connections."""
+        self.app.close()
+
+    def __enter__(self) -> TimelineStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- reading -----------------------------------------------------------------------
+    def stream(self, student_id: str) -> list[Fact]:
+        """Every stored fact of a student (retractions included), in record order."""
+        return [
+            to_fact(student_id, e)
+            for e in self.app.events.get(student_uuid(student_id))
+            if isinstance(e, Student.FactRecorded)
+        ]
+
+    def facts(self, student_id: str, known_at: datetime | None = None) -> list[Fact]:
+        """The facts known at `known_at` (all when None), retractions applied, in order."""
+        from timeline.facts import known_facts
+
+        return known_facts(self.stream(student_id), known_at)
+
+    def lookup_keys(self, keys: Sequence[tuple[str, str]]) -> dict[tuple[str, str], FeedKey]:
+        """The stored feed keys among `keys` (no aggregate is replayed)."""
+        return self.recorder.lookup_keys(keys)
+
+    def notifications(self, after: int = 0, limit: int = 500) -> list[Any]:
+        """The notification log from position `after` (exclusive)."""
+        return list(self.app.recorder.select_notifications(after, limit, inclusive_of_start=False))
+
+    def decode(self, notification: Any) -> Any:
+        """Turn a notification into its domain event."""
+        return self.app.mapper.to_domain_event(notification)
+
+    def max_position(self) -> int:
+        """The last notification id (0 for an empty store)."""
+        return self.app.recorder.max_notification_id() or 0
+
+    # -- writing -----------------------------------------------------------------------
+    def load_students(self, student_ids: Iterable[str]) -> dict[str, Student]:
+        """The current aggregates of these students, new ones opened (not yet saved)."""
+        wanted = {student_uuid(s): s for s in student_ids}
+        existing = self.recorder.existing_students(list(wanted))
+        now = self.clock()
+        students: dict[str, Student] = {}
+        for uid, sid in wanted.items():
+            if uid in existing:
+                students[sid] = self.app.repository.get(uid)
+            else:
+                students[sid] = Student.open(sid, now)
+        return students
+
+    def save(self, students: Iterable[Student], feed_keys: Sequence[FeedKey]) -> None:
+        """Save the pending events of `students` and their feed keys in one transaction."""
+        self.app.save(*students, feed_keys=feed_keys)
+
+
+def to_fact(student_id: str, event: Student.FactRecorded) -> Fact:
+    """The read side's view of one recorded event."""
+    return Fact(
+        student_id=student_id,
+        source=event.source,
+        event_id=event.event_id,
+        type=event.type,
+        occurred_on=event.occurred_on,
+        recorded_at=event.timestamp,
+        seq=event.originator_version,
+        data=event.data,
+        note=event.note,
+    )
