@@ -1,0 +1,759 @@
+"""The pure projection: facts → the student view, as of a date, as known at a moment.
+
+`view(facts, as_of, known_at, rules, calendar)` replays the facts that counted at
+`known_at` and happened on or before `as_of`, in valid-time order, then derives fines,
+statuses and the overstay from the state reached. No I/O, no clock, no globals: the same
+function serves the CLI, the API, the read models and the scheduler.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import date, datetime
+
+from projections import dates
+from projections.dates import TaiwanCalendar, taiwan_calendar
+from projections.models import (
+    Anomaly,
+    Application,
+    Arc,
+    Document,
+    Fine,
+    FinesTotal,
+    Overstay,
+    StudentView,
+    Task,
+)
+from projections.rules import DEFAULT_RULES, DOCUMENTS, TASK_KINDS, RuleBook
+from timeline.facts import Fact, known_facts
+
+APPLY_KINDS = ("apply_arc", "apply_residence")
+EXTENSION_KINDS = ("extend_arc", "submit_student_status")
+# ARC-bound tasks that a revocation makes moot (R-CEASED).
+MOOT_ON_REVOCATION = (*APPLY_KINDS, *EXTENSION_KINDS, "replace_arc", "update_passport_details")
+
+
+@dataclass
+class _Task:
+    kind: str
+    rule: str
+    trigger_on: date
+    opens_on: date | None
+    due_on: date | None
+    triggers: list[str]
+    fee_ntd: int | None = None
+    done_on: date | None = None
+    done_by: list[str] = field(default_factory=list)
+    cancelled_on: date | None = None
+    late_fine: str | None = None  # fine kind accrued when not done by the due day
+    late_rule: str | None = None
+
+    def is_pending(self) -> bool:
+        return self.done_on is None and self.cancelled_on is None
+
+    def complete(self, on: date, event_id: str) -> None:
+        if self.is_pending():
+            self.done_on = on
+            self.done_by.append(event_id)
+
+    def status(self, as_of: date) -> str:
+        if self.done_on is not None:
+            return "done" if self.due_on is None or self.done_on <= self.due_on else "done_late"
+        if self.cancelled_on is not None:
+            return "cancelled"
+        if self.due_on is not None and as_of > self.due_on:
+            return "overdue"
+        if self.opens_on is None or as_of < self.opens_on:
+            return "upcoming"
+        return "open"
+
+    def missed_due_day(self) -> bool:
+        """Not done (nor made moot) by the end of its due day."""
+        if self.due_on is None:
+            return False
+        finished = [d for d in (self.done_on, self.cancelled_on) if d is not None]
+        return not finished or min(finished) > self.due_on
+
+
+@dataclass
+class _Arc:
+    number: str | None
+    issued_on: date
+    valid_until: date
+    basis: str
+    event_id: str
+    task: _Task | None = None
+
+
+@dataclass
+class _Episode:
+    """An ARC expiry: an overstay in Taiwan, or an expiry abroad."""
+
+    kind: str  # "overstay" | "expired_abroad"
+    since: date
+    valid_until: date
+    caused_by: list[str]
+    end: date | None = None  # last overstay day (frozen at departure / before a new ARC)
+    resolved_on: date | None = None
+    departed_by: str | None = None
+    ceased: bool = False
+
+
+@dataclass
+class _Fine:
+    kind: str
+    rule: str
+    accrued_on: date
+    amount_min: int
+    amount_max: int
+    caused_by: list[str]
+    order: tuple[date, ...] = ()
+    amount: int | None = None
+    paid: int = 0
+    offense: int | None = None
+
+    @property
+    def outstanding(self) -> int:
+        return (self.amount if self.amount is not None else self.amount_min) - self.paid
+
+
+@dataclass
+class _Pending:
+    application: str
+    applied_on: date
+    event_id: str
+
+
+class _Replay:
+    """The state of one student while the facts are replayed in valid-time order."""
+
+    def __init__(self, student_id: str, as_of: date, rules: RuleBook, cal: TaiwanCalendar) -> None:
+        self.student_id = student_id
+        self.as_of = as_of
+        self.rules = rules
+        self.cal = cal
+        self.in_taiwan: bool | None = None
+        self.last_entry: str | None = None
+        self.arc: _Arc | None = None
+        self.expiry_handled = False
+        self.pending: list[_Pending] = []
+        self.initial_basis = "registration"
+        self.registrations: list[tuple[date, str]] = []
+        self.revoked_on: date | None = None
+        self.surrender: _Task | None = None
+        self.episodes: list[_Episode] = []
+        self.tasks: list[_Task] = []
+        self.money: list[Fact] = []
+        self.anomalies: list[Anomaly] = []
+
+    # -- helpers -------------------------------------------------------------------------
+    def add_task(self, task: _Task) -> _Task:
+        task.fee_ntd = _fee(task.kind, task.trigger_on, self.rules)
+        self.tasks.append(task)
+        return task
+
+    def pending_tasks(self, kinds: Iterable[str], on: date) -> list[_Task]:
+        kinds = tuple(kinds)
+        return [t for t in self.tasks if t.kind in kinds and t.is_pending() and t.trigger_on <= on]
+
+    def anomaly(self, kind: str, on: date, message: str, events: list[str]) -> None:
+        self.anomalies.append(Anomaly(kind=kind, on=on, message=message, events=events))
+
+    def deadline(self, start: date, days: int) -> date:
+        due = dates.days_after(start, days)
+        return self.cal.roll_forward(due) if self.rules.deadline_rollover else due
+
+    def holds_valid_arc(self, on: date) -> bool:
+        return self.arc is not None and self.arc.valid_until >= on and self.revoked_on is None
+
+    def current_episode(self, kind: str | None = None) -> _Episode | None:
+        for episode in reversed(self.episodes):
+            if episode.resolved_on is None and (kind is None or episode.kind == kind):
+                return episode
+        return None
+
+    # -- time passing --------------------------------------------------------------------
+    def advance_to(self, day: date) -> None:
+        """Let the ARC expire if its last day is before `day` (R-OVERSTAY, R-EXPIRED-ABROAD)."""
+        arc = self.arc
+        if arc is None or self.expiry_handled or self.revoked_on is not None:
+            return
+        first_day_without = dates.next_day(arc.valid_until)
+        if first_day_without > day:
+            return
+        self.expiry_handled = True
+        if any(
+            p.application == "extension" and p.applied_on <= arc.valid_until for p in self.pending
+        ):
+            return  # an extension applied for in time and undecided suspends the overstay
+        present = self.in_taiwan is not False  # A-PRESENCE
+        kind = "overstay" if present else "expired_abroad"
+        self.episodes.append(
+            _Episode(
+                kind=kind,
+                since=first_day_without,
+                valid_until=arc.valid_until,
+                caused_by=[arc.event_id],
+            )
+        )
+        if kind == "expired_abroad":
+            self.add_task(
+                _Task(
+                    "reapply_visa",
+                    "R-EXPIRED-ABROAD",
+                    first_day_without,
+                    first_day_without,
+                    None,
+                    [arc.event_id],
+                )
+            )
+
+    # -- facts ---------------------------------------------------------------------------
+    def apply(self, fact: Fact) -> None:
+        handler = getattr(self, f"on_{fact.type}", None)
+        if handler is not None:
+            handler(fact, fact.occurred_on)
+
+    def on_entered(self, fact: Fact, on: date) -> None:
+        if self.in_taiwan:
+            self.anomaly(
+                "entered_twice",
+                on,
+                "entered again with no departure in between",
+                [e for e in (self.last_entry, fact.event_id) if e],
+            )
+        self.in_taiwan = True
+        self.last_entry = fact.event_id
+        visa = fact.get("visa")
+        if visa == "resident":
+            abroad = self.current_episode("expired_abroad")
+            if abroad is not None:
+                abroad.resolved_on = on
+                for task in self.pending_tasks(["reapply_visa"], on):
+                    task.complete(on, fact.event_id)
+            if self.revoked_on is not None:
+                self.revoked_on = None  # a new residence on a new visa
+            if self.holds_valid_arc(on):
+                return  # R-ENTRIES: multiple entries on a valid ARC
+            if not self.pending_tasks(["apply_arc"], on):
+                days = self.rules["R-ARC-ENTRY"].value("days", on)
+                self.add_task(
+                    _Task(
+                        "apply_arc",
+                        "R-ARC-ENTRY",
+                        on,
+                        on,
+                        self.deadline(on, days),
+                        [fact.event_id],
+                        late_fine="late_arc_application",
+                        late_rule="R-ARC-LATE",
+                    )
+                )
+        elif visa == "arc":
+            if not self.holds_valid_arc(on):
+                self.anomaly(
+                    "entered_without_valid_arc",
+                    on,
+                    "entered on an ARC that was not valid on the day of entry",
+                    [fact.event_id] + ([self.arc.event_id] if self.arc else []),
+                )
+        elif visa == "visitor":
+            values = self.rules["R-VISITOR"].on(on)
+            code = (fact.get("visa_code") or "").upper()
+            stay_until = fact.get("stay_until")
+            if code in values["visa_codes"] and stay_until is not None:
+                if self.rules.visitor_reading == "window":
+                    opens = dates.days_before(stay_until, values["days"])
+                    due = stay_until
+                else:
+                    due = dates.days_before(stay_until, values["days"])
+                    opens = min(on, due)
+                self.add_task(
+                    _Task("apply_residence", "R-VISITOR", on, opens, due, [fact.event_id])
+                )
+
+    def on_visa_changed(self, fact: Fact, on: date) -> None:
+        if self.holds_valid_arc(on) or self.pending_tasks(["apply_arc"], on):
+            return
+        days = self.rules["R-ARC-VISACHANGE"].value("days", on)
+        self.add_task(
+            _Task(
+                "apply_arc",
+                "R-ARC-VISACHANGE",
+                on,
+                on,
+                self.deadline(on, days),
+                [fact.event_id],
+                late_fine="late_arc_application",
+                late_rule="R-ARC-LATE",
+            )
+        )
+
+    def on_registered(self, fact: Fact, on: date) -> None:
+        self.registrations.append((on, fact.event_id))
+
+    def on_arc_applied(self, fact: Fact, on: date) -> None:
+        application = fact.get("application")
+        self.pending.append(_Pending(application, on, fact.event_id))
+        if application in ("initial", "reapplication"):
+            if self.in_taiwan is None:
+                self.in_taiwan = True  # A-PRESENCE
+            if application == "initial":
+                self.initial_basis = fact.get("basis") or "registration"
+            for task in self.pending_tasks(APPLY_KINDS, on):
+                task.complete(on, fact.event_id)
+        elif application == "extension":
+            for task in self.pending_tasks([*EXTENSION_KINDS, "update_passport_details"], on):
+                task.complete(on, fact.event_id)
+        elif application == "replacement":
+            for task in self.pending_tasks(["replace_arc"], on):
+                task.complete(on, fact.event_id)
+
+    def on_arc_issued(self, fact: Fact, on: date) -> None:
+        valid_until: date = fact.get("valid_until")
+        application = fact.get("application") or "initial"
+        self.pending = [p for p in self.pending if p.applied_on > on]
+        if self.in_taiwan is None:
+            self.in_taiwan = True  # A-PRESENCE
+        for episode in self.episodes:
+            if episode.resolved_on is None:
+                episode.resolved_on = on
+                if episode.kind == "overstay" and episode.end is None:
+                    episode.end = dates.previous_day(on)
+        if self.revoked_on is not None:
+            self.revoked_on = None  # a new ARC after a revocation: a new residence
+        if application == "replacement":
+            for task in self.pending_tasks(["replace_arc"], on):
+                task.complete(on, fact.event_id)
+        previous = self.arc
+        if previous is not None and previous.valid_until == valid_until:
+            previous.number = fact.get("arc_number") or previous.number
+            previous.issued_on = on
+            return  # a new card for the same period (e.g. a replacement)
+        if previous is not None and previous.task is not None:
+            if valid_until > previous.valid_until:
+                previous.task.complete(on, fact.event_id)
+            elif previous.task.is_pending():
+                previous.task.cancelled_on = on
+                self.anomaly(
+                    "valid_until_shortened",
+                    on,
+                    "an ARC was issued with an earlier valid_until than the one held",
+                    [previous.event_id, fact.event_id],
+                )
+        basis = (
+            "admission_notice"
+            if (application == "initial" and self.initial_basis == "admission_notice")
+            else "registration"
+        )
+        arc = _Arc(fact.get("arc_number"), on, valid_until, basis, fact.event_id)
+        if basis == "admission_notice":
+            arc.task = self.add_task(
+                _Task(
+                    "submit_student_status", "R-ADMISSION", on, None, valid_until, [fact.event_id]
+                )
+            )
+        else:
+            months = self.rules["R-EXTEND"].value("months", on)
+            arc.task = self.add_task(
+                _Task(
+                    "extend_arc",
+                    "R-EXTEND",
+                    on,
+                    dates.add_months(valid_until, -months),
+                    valid_until,
+                    [fact.event_id],
+                )
+            )
+        self.arc = arc
+        self.expiry_handled = False
+        self.initial_basis = "registration"
+
+    def on_address_changed(self, fact: Fact, on: date) -> None:
+        if self.in_taiwan is None:
+            self.in_taiwan = True  # A-PRESENCE
+        days = self.rules["R-ADDRESS"].value("days", on)
+        self.add_task(
+            _Task(
+                "report_address_change",
+                "R-ADDRESS",
+                on,
+                on,
+                self.deadline(on, days),
+                [fact.event_id],
+                late_fine="late_details_update",
+                late_rule="R-DETAILS-LATE",
+            )
+        )
+
+    def on_details_updated(self, fact: Fact, on: date) -> None:
+        fields = fact.get("fields") or []
+        if "address" in fields:
+            for task in self.pending_tasks(["report_address_change"], on):
+                task.complete(on, fact.event_id)
+        if "passport" in fields:
+            for task in self.pending_tasks(["report_passport_loss", "update_passport_details"], on):
+                task.complete(on, fact.event_id)
+
+    def on_arc_lost(self, fact: Fact, on: date) -> None:
+        self.add_task(_Task("replace_arc", "R-ARC-LOST", on, on, None, [fact.event_id]))
+
+    def on_passport_lost(self, fact: Fact, on: date) -> None:
+        self.add_task(_Task("report_passport_loss", "R-PASSPORT", on, on, None, [fact.event_id]))
+
+    def on_passport_replaced(self, fact: Fact, on: date) -> None:
+        for task in self.pending_tasks(["report_passport_loss"], on):
+            task.complete(on, fact.event_id)
+        due = self.arc.valid_until if self.holds_valid_arc(on) and self.arc else None
+        self.add_task(
+            _Task(
+                "update_passport_details",
+                "R-PASSPORT",
+                on,
+                on,
+                due,
+                [fact.event_id],
+                late_fine="late_details_update",
+                late_rule="R-DETAILS-LATE",
+            )
+        )
+
+    def on_departed(self, fact: Fact, on: date) -> None:
+        if self.in_taiwan is False:
+            self.anomaly(
+                "departed_while_abroad",
+                on,
+                "departed with no entry since the last departure",
+                [fact.event_id],
+            )
+        self.in_taiwan = False
+        overstay = self.current_episode("overstay")
+        if overstay is not None and overstay.end is None:
+            overstay.end = on
+            overstay.departed_by = fact.event_id
+        for task in self.pending_tasks(["report_and_surrender_arc"], on):
+            task.complete(on, fact.event_id)
+        for task in self.pending_tasks(APPLY_KINDS, on):
+            if task.due_on is None or task.due_on >= on:
+                task.cancelled_on = on  # A-DEPARTURE-BEFORE-DUE
+
+    def revoke(self, fact: Fact, on: date, leave_by: date | None) -> None:
+        if self.revoked_on is None:
+            self.revoked_on = on
+            for task in self.pending_tasks(MOOT_ON_REVOCATION, on):
+                task.cancelled_on = on
+            for episode in self.episodes:
+                episode.ceased = True
+        if self.surrender is None or not self.surrender.is_pending():
+            self.surrender = self.add_task(
+                _Task("report_and_surrender_arc", "R-CEASED", on, on, leave_by, [fact.event_id])
+            )
+        else:
+            self.surrender.triggers.append(fact.event_id)
+            if leave_by is not None:
+                self.surrender.due_on = leave_by
+
+    def on_studies_ceased(self, fact: Fact, on: date) -> None:
+        self.revoke(fact, on, None)
+
+    def on_arc_revoked(self, fact: Fact, on: date) -> None:
+        self.revoke(fact, on, fact.get("leave_by"))
+
+    def on_fine_imposed(self, fact: Fact, on: date) -> None:
+        self.money.append(fact)
+
+    on_fine_paid = on_fine_imposed
+
+    # -- derivation at as_of ---------------------------------------------------------------
+    def finish(self) -> tuple[list[_Fine], Overstay | None]:
+        """Derive overstay, its task and all fines as of `as_of`."""
+        self.advance_to(self.as_of)
+        fines: list[_Fine] = []
+        overstay_view: Overstay | None = None
+        overstay_fine: _Fine | None = None
+        for episode in self.episodes:
+            if episode.kind != "overstay":
+                continue
+            last_day = episode.end if episode.end is not None else self.as_of
+            days = dates.days_between(episode.valid_until, last_day)
+            if days <= 0:
+                continue
+            rule = self.rules["R-OVERSTAY"].on(episode.since)
+            low, high = _overstay_amount(rule, days)
+            fine = _Fine(
+                "overstay",
+                "R-OVERSTAY",
+                episode.since,
+                low,
+                high,
+                list(episode.caused_by),
+                order=(episode.since,),
+            )
+            fines.append(fine)
+            day_limit = dates.days_after(episode.valid_until, rule["reapply_under_days"])
+            if last_day >= day_limit:
+                task = self.add_task(
+                    _Task(
+                        "leave_and_reapply_visa",
+                        "R-OVERSTAY",
+                        day_limit,
+                        day_limit,
+                        None,
+                        list(episode.caused_by),
+                    )
+                )
+                if episode.departed_by is not None:
+                    task.complete(last_day, episode.departed_by)
+                elif episode.resolved_on is not None:
+                    task.cancelled_on = episode.resolved_on
+            if episode.resolved_on is None:
+                overstay_view = Overstay(
+                    since=episode.since,
+                    days=days,
+                    can_reapply=days < rule["reapply_under_days"] and not episode.ceased,
+                    fine_ntd=0,  # set after impositions below
+                )
+                overstay_fine = fine
+        for task in self.tasks:
+            if task.kind == "submit_student_status" and task.opens_on is None:
+                task.opens_on = self._registration_after(task.trigger_on)
+            if task.late_fine and task.missed_due_day() and task.due_on is not None:
+                accrued = dates.next_day(task.due_on)
+                if accrued <= self.as_of:
+                    values = self.rules[task.late_rule or ""].on(task.trigger_on)
+                    fines.append(
+                        _Fine(
+                            task.late_fine,
+                            task.late_rule or "",
+                            accrued,
+                            values.get("min_ntd", 0),
+                            values.get("max_ntd", 0),
+                            list(task.triggers),
+                            order=(accrued, task.trigger_on),
+                        )
+                    )
+        fines.sort(key=lambda f: f.order)
+        self._number_offenses(fines)
+        self._apply_money(fines)
+        if overstay_view is not None and overstay_fine is not None:
+            overstay_view.fine_ntd = (
+                overstay_fine.amount
+                if overstay_fine.amount is not None
+                else overstay_fine.amount_min
+            )
+        return fines, overstay_view
+
+    def _registration_after(self, day: date) -> date | None:
+        after = [d for d, _ in self.registrations if d >= day]
+        if after:
+            return min(after)
+        if any(d <= day for d, _ in self.registrations):
+            return day  # registered while the application was pending: evidence exists
+        return None
+
+    def _number_offenses(self, fines: list[_Fine]) -> None:
+        count = 0
+        for fine in fines:
+            if fine.kind != "late_details_update":
+                continue
+            count += 1
+            tiers = self.rules["R-DETAILS-LATE"].value("tiers", fine.accrued_on)
+            fine.offense = count
+            fine.amount_min = fine.amount_max = tiers[min(count, len(tiers)) - 1]
+
+    def _apply_money(self, fines: list[_Fine]) -> None:
+        for fact in sorted(self.money, key=lambda f: (f.occurred_on, f.recorded_at, f.seq)):
+            on, kind, amount = fact.occurred_on, fact.get("fine"), fact.get("amount_ntd")
+            if fact.type == "fine_imposed":
+                candidates = [
+                    f for f in fines if f.kind == kind and f.accrued_on <= on and f.amount is None
+                ]
+                if candidates:
+                    target = max(candidates, key=lambda f: f.accrued_on)
+                    target.amount = amount
+                    target.caused_by.append(fact.event_id)
+                else:
+                    fines.append(
+                        _Fine(
+                            kind,
+                            "R-FINES",
+                            on,
+                            amount,
+                            amount,
+                            [fact.event_id],
+                            order=(on,),
+                            amount=amount,
+                        )
+                    )
+                    self.anomaly(
+                        "fine_imposed_without_accrued_fine",
+                        on,
+                        f"a {kind} fine was imposed but no such fine had accrued",
+                        [fact.event_id],
+                    )
+                continue
+            remaining = amount
+            targets = [
+                f
+                for f in fines
+                if f.accrued_on <= on and f.outstanding > 0 and (kind is None or f.kind == kind)
+            ]
+            for target in sorted(targets, key=lambda f: f.order):
+                if remaining <= 0:
+                    break
+                if target.amount is None:
+                    # Paying a fine nobody told us was imposed: the payment is the amount.
+                    target.amount = min(remaining, target.amount_max) or remaining
+                share = min(remaining, target.amount - target.paid)
+                target.paid += share
+                remaining -= share
+                target.caused_by.append(fact.event_id)
+            if remaining > 0:
+                self.anomaly(
+                    "payment_without_fine",
+                    on,
+                    f"NTD {remaining} paid with no outstanding fine to apply it to",
+                    [fact.event_id],
+                )
+
+
+def _overstay_amount(rule: dict, days: int) -> tuple[int, int]:
+    tiers = rule.get("tiers")
+    if not tiers:
+        return rule["min_ntd"], rule["max_ntd"]
+    for bound, amount in tiers:
+        if bound is None or days <= bound:
+            return amount, amount
+    raise AssertionError("the last overstay tier has no bound")
+
+
+def _fee(kind: str, on: date, rules: RuleBook) -> int | None:
+    fee_rule = TASK_KINDS[kind].fee_rule
+    if fee_rule is None:
+        return None
+    return rules[fee_rule].on(on).get("fee_ntd")
+
+
+def _status(replay: _Replay, tasks: list[Task], overstay: Overstay | None) -> str:
+    as_of = replay.as_of
+    if replay.revoked_on is not None:
+        return "revoked"
+    if overstay is not None:
+        return "overstay"
+    if replay.current_episode("expired_abroad") is not None:
+        return "expired_abroad"
+    statuses = {(t.kind, t.status) for t in tasks}
+    if any((k, "overdue") in statuses for k in APPLY_KINDS):
+        return "arc_application_overdue"
+    if any((k, "open") in statuses for k in APPLY_KINDS):
+        return "arc_application_due"
+    if replay.pending:
+        return "application_pending"
+    if any((k, "open") in statuses for k in EXTENSION_KINDS):
+        return "extension_window"
+    if replay.arc is not None and replay.arc.valid_until >= as_of:
+        return "arc_valid"
+    return "no_arc"
+
+
+def view(
+    facts: Iterable[Fact],
+    as_of: date,
+    known_at: datetime | None = None,
+    rules: RuleBook = DEFAULT_RULES,
+    calendar: TaiwanCalendar | None = None,
+    *,
+    student_id: str | None = None,
+) -> StudentView:
+    """The student's view as of `as_of` (valid time), as known at `known_at` (record time)."""
+    cal = calendar or taiwan_calendar()
+    counted = known_facts(facts, known_at)
+    sid = student_id or (counted[0].student_id if counted else "")
+    replay = _Replay(sid, as_of, rules, cal)
+    for fact in counted:
+        if fact.occurred_on > as_of:
+            break
+        replay.advance_to(fact.occurred_on)
+        replay.apply(fact)
+    fines, overstay = replay.finish()
+    tasks = [_task_out(t, as_of) for t in sorted(replay.tasks, key=lambda t: t.trigger_on)]
+    fines_out = [_fine_out(f) for f in fines]
+    return StudentView(
+        student_id=sid,
+        as_of=as_of,
+        known_at=known_at,
+        status=_status(replay, tasks, overstay),  # type: ignore[arg-type]
+        in_taiwan=bool(replay.in_taiwan),
+        arc=_arc_out(replay.arc),
+        application=_application_out(replay, cal),
+        overstay=overstay,
+        tasks=tasks,
+        fines=fines_out,
+        fines_total=FinesTotal(
+            min_ntd=sum(
+                f.amount_min_ntd if f.amount_ntd is None else f.amount_ntd for f in fines_out
+            ),
+            max_ntd=sum(
+                f.amount_max_ntd if f.amount_ntd is None else f.amount_ntd for f in fines_out
+            ),
+            paid_ntd=sum(f.paid_ntd for f in fines_out),
+        ),
+        anomalies=sorted(replay.anomalies, key=lambda a: a.on),
+    )
+
+
+def _task_out(task: _Task, as_of: date) -> Task:
+    return Task(
+        kind=task.kind,
+        status=task.status(as_of),  # type: ignore[arg-type]
+        opens_on=task.opens_on,
+        due_on=task.due_on,
+        done_on=task.done_on,
+        where=TASK_KINDS[task.kind].where,
+        fee_ntd=task.fee_ntd,
+        documents=[Document(en=en, zh=zh) for en, zh in DOCUMENTS[task.kind]],
+        rule=task.rule,
+        caused_by=[*task.triggers, *task.done_by],
+    )
+
+
+def _fine_out(fine: _Fine) -> Fine:
+    if fine.amount is None:
+        status = "accrued"
+    elif fine.paid >= fine.amount:
+        status = "paid"
+    else:
+        status = "imposed"
+    return Fine(
+        kind=fine.kind,
+        status=status,  # type: ignore[arg-type]
+        accrued_on=fine.accrued_on,
+        amount_min_ntd=fine.amount_min,
+        amount_max_ntd=fine.amount_max,
+        amount_ntd=fine.amount,
+        paid_ntd=fine.paid,
+        offense=fine.offense,
+        rule=fine.rule,
+        caused_by=fine.caused_by,
+    )
+
+
+def _arc_out(arc: _Arc | None) -> Arc | None:
+    if arc is None:
+        return None
+    return Arc(
+        number=arc.number, issued_on=arc.issued_on, valid_until=arc.valid_until, basis=arc.basis
+    )  # type: ignore[arg-type]
+
+
+def _application_out(replay: _Replay, cal: TaiwanCalendar) -> Application | None:
+    if not replay.pending:
+        return None
+    latest = replay.pending[-1]
+    working_days = replay.rules["R-PROCESSING"].value("working_days", latest.applied_on)
+    return Application(
+        application=latest.application,
+        applied_on=latest.applied_on,
+        expected_decision_on=cal.add_working_days(latest.applied_on, working_days),
+    )
