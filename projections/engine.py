@@ -48,6 +48,12 @@ class _Task:
     cancelled_on: date | None = None
     late_fine: str | None = None  # fine kind accrued when not done by the due day
     late_rule: str | None = None
+    effective: dict[str, date] = field(default_factory=dict)  # cause → day it began to count
+
+    def cited(self) -> list[tuple[str, date]]:
+        """Every event the task cites, with the day from which it counts."""
+        causes = [(e, self.effective.get(e, self.trigger_on)) for e in self.triggers]
+        return causes + [(e, self.done_on or self.trigger_on) for e in self.done_by]
 
     def is_pending(self) -> bool:
         return self.done_on is None and self.cancelled_on is None
@@ -112,6 +118,11 @@ class _Fine:
     amount: int | None = None
     paid: int = 0
     offense: int | None = None
+    imposed_on: date | None = None
+    payments: list[tuple[date, int]] = field(default_factory=list)
+    effective: dict[str, date] = field(default_factory=dict)  # money events → their day
+    valid_until: date | None = None  # overstay fines: the ARC's last day
+    last_day: date | None = None  # overstay fines: frozen last day, None while it runs
 
     @property
     def outstanding(self) -> int:
@@ -451,6 +462,7 @@ class _Replay:
             )
         else:
             self.surrender.triggers.append(fact.event_id)
+            self.surrender.effective[fact.event_id] = on
             if leave_by is not None:
                 self.surrender.due_on = leave_by
 
@@ -489,6 +501,8 @@ class _Replay:
                 high,
                 list(episode.caused_by),
                 order=(episode.since,),
+                valid_until=episode.valid_until,
+                last_day=episode.end,
             )
             fines.append(fine)
             day_limit = dates.days_after(episode.valid_until, rule["reapply_under_days"])
@@ -572,7 +586,9 @@ class _Replay:
                 if candidates:
                     target = max(candidates, key=lambda f: f.accrued_on)
                     target.amount = amount
+                    target.imposed_on = on
                     target.caused_by.append(fact.event_id)
+                    target.effective[fact.event_id] = on
                 else:
                     fines.append(
                         _Fine(
@@ -584,6 +600,7 @@ class _Replay:
                             [fact.event_id],
                             order=(on,),
                             amount=amount,
+                            imposed_on=on,
                         )
                     )
                     self.anomaly(
@@ -605,10 +622,13 @@ class _Replay:
                 if target.amount is None:
                     # Paying a fine nobody told us was imposed: the payment is the amount.
                     target.amount = min(remaining, target.amount_max) or remaining
+                    target.imposed_on = on
                 share = min(remaining, target.amount - target.paid)
                 target.paid += share
+                target.payments.append((on, share))
                 remaining -= share
                 target.caused_by.append(fact.event_id)
+                target.effective[fact.event_id] = on
             if remaining > 0:
                 self.anomaly(
                     "payment_without_fine",
@@ -657,6 +677,45 @@ def _status(replay: _Replay, tasks: list[Task], overstay: Overstay | None) -> st
     return "no_arc"
 
 
+@dataclass
+class Derivation:
+    """Everything the replay derived, with full date history (for views and read models)."""
+
+    student_id: str
+    as_of: date
+    replay: _Replay
+    fines: list[_Fine]
+    overstay: Overstay | None
+
+    @property
+    def tasks(self) -> list[_Task]:
+        """Tasks in trigger order."""
+        return sorted(self.replay.tasks, key=lambda t: t.trigger_on)
+
+
+def derive(
+    facts: Iterable[Fact],
+    as_of: date,
+    known_at: datetime | None = None,
+    rules: RuleBook = DEFAULT_RULES,
+    calendar: TaiwanCalendar | None = None,
+    *,
+    student_id: str | None = None,
+) -> Derivation:
+    """Replay the facts that counted at `known_at` and happened by `as_of`."""
+    cal = calendar or taiwan_calendar()
+    counted = known_facts(facts, known_at)
+    sid = student_id or (counted[0].student_id if counted else "")
+    replay = _Replay(sid, as_of, rules, cal)
+    for fact in counted:
+        if fact.occurred_on > as_of:
+            break
+        replay.advance_to(fact.occurred_on)
+        replay.apply(fact)
+    fines, overstay = replay.finish()
+    return Derivation(sid, as_of, replay, fines, overstay)
+
+
 def view(
     facts: Iterable[Fact],
     as_of: date,
@@ -668,39 +727,38 @@ def view(
 ) -> StudentView:
     """The student's view as of `as_of` (valid time), as known at `known_at` (record time)."""
     cal = calendar or taiwan_calendar()
-    counted = known_facts(facts, known_at)
-    sid = student_id or (counted[0].student_id if counted else "")
-    replay = _Replay(sid, as_of, rules, cal)
-    for fact in counted:
-        if fact.occurred_on > as_of:
-            break
-        replay.advance_to(fact.occurred_on)
-        replay.apply(fact)
-    fines, overstay = replay.finish()
-    tasks = [_task_out(t, as_of) for t in sorted(replay.tasks, key=lambda t: t.trigger_on)]
-    fines_out = [_fine_out(f) for f in fines]
+    derived = derive(facts, as_of, known_at, rules, cal, student_id=student_id)
+    replay = derived.replay
+    tasks = [_task_out(t, as_of) for t in derived.tasks]
+    fines_out = [_fine_out(f) for f in derived.fines]
     return StudentView(
-        student_id=sid,
+        student_id=derived.student_id,
         as_of=as_of,
         known_at=known_at,
-        status=_status(replay, tasks, overstay),  # type: ignore[arg-type]
+        status=_status(replay, tasks, derived.overstay),  # type: ignore[arg-type]
         in_taiwan=bool(replay.in_taiwan),
         arc=_arc_out(replay.arc),
         application=_application_out(replay, cal),
-        overstay=overstay,
+        overstay=derived.overstay,
         tasks=tasks,
         fines=fines_out,
-        fines_total=FinesTotal(
-            min_ntd=sum(
-                f.amount_min_ntd if f.amount_ntd is None else f.amount_ntd for f in fines_out
-            ),
-            max_ntd=sum(
-                f.amount_max_ntd if f.amount_ntd is None else f.amount_ntd for f in fines_out
-            ),
-            paid_ntd=sum(f.paid_ntd for f in fines_out),
-        ),
+        fines_total=fines_total(fines_out),
         anomalies=sorted(replay.anomalies, key=lambda a: a.on),
     )
+
+
+def fines_total(fines: list[Fine]) -> FinesTotal:
+    """Imposed amounts (else the ranges) summed, and what was paid."""
+    return FinesTotal(
+        min_ntd=sum(f.amount_min_ntd if f.amount_ntd is None else f.amount_ntd for f in fines),
+        max_ntd=sum(f.amount_max_ntd if f.amount_ntd is None else f.amount_ntd for f in fines),
+        paid_ntd=sum(f.paid_ntd for f in fines),
+    )
+
+
+def overstay_fine_range(rules: RuleBook, since: date, days: int) -> tuple[int, int]:
+    """The overstay fine for `days` days, by the rule in force on the overstay's first day."""
+    return _overstay_amount(rules["R-OVERSTAY"].on(since), days)
 
 
 def _task_out(task: _Task, as_of: date) -> Task:

@@ -523,6 +523,18 @@ def _fmt(value: Any) -> str:
     return str(value)
 
 
+def rulebook_from_env(env: dict[str, str] | Any) -> RuleBook:
+    """Settings from `TIMELINE_DEADLINE_ROLLOVER` (1/0) and `TIMELINE_VISITOR_READING`."""
+    rollover = str(env.get("TIMELINE_DEADLINE_ROLLOVER", "")).strip().lower()
+    reading = str(env.get("TIMELINE_VISITOR_READING", "deadline")).strip().lower() or "deadline"
+    if reading not in ("deadline", "window"):
+        raise ValueError("TIMELINE_VISITOR_READING must be 'deadline' or 'window'")
+    return DEFAULT_RULES.with_settings(
+        deadline_rollover=rollover in ("1", "true", "yes", "on"),
+        visitor_reading=reading,
+    )
+
+
 if __name__ == "__main__":  # pragma: no cover - documentation generator
     if "--markdown" in sys.argv:
         print(markdown_table())

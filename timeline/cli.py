@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -13,8 +14,9 @@ import click
 from rich.console import Console
 from rich.table import Table
 
+from timeline.clock import parse_day, parse_known_at, system_clock, taipei_today
 from timeline.contract import json_schema
-from timeline.errors import StorageConfigError, TimelineError
+from timeline.errors import ContractError, StorageConfigError, TimelineError
 from timeline.history import history_entries
 from timeline.ingest import ingest_file
 from timeline.store import TimelineStore
@@ -178,6 +180,262 @@ def history(ctx: click.Context, student: str, as_json: bool, db: str | None) -> 
             style=style,
         )
     console.print(table)
+
+
+class DayType(click.ParamType):
+    """A YYYY-MM-DD day."""
+
+    name = "DATE"
+
+    def convert(self, value: Any, param: Any, ctx: Any) -> Any:
+        """Parse or fail with a usage error."""
+        if not isinstance(value, str):
+            return value
+        try:
+            return parse_day(value)
+        except ValueError as exc:
+            self.fail(str(exc), param, ctx)
+
+
+class MomentType(click.ParamType):
+    """An ISO 8601 timestamp (or a day: the end of it in Taipei)."""
+
+    name = "TIMESTAMP"
+
+    def convert(self, value: Any, param: Any, ctx: Any) -> Any:
+        """Parse or fail with a usage error."""
+        if not isinstance(value, str):
+            return value
+        try:
+            return parse_known_at(value)
+        except ValueError as exc:
+            self.fail(str(exc), param, ctx)
+
+
+DAY = DayType()
+MOMENT = MomentType()
+
+
+@main.command()
+@click.argument("student")
+@click.option(
+    "--as-of",
+    "as_of",
+    type=DAY,
+    default=None,
+    help="Valid date to evaluate (default: today in Taipei).",
+)
+@click.option(
+    "--known-at",
+    "known_at",
+    type=MOMENT,
+    default=None,
+    help="Count only events recorded at or before this moment.",
+)
+@click.option(
+    "--with",
+    "with_file",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    default=None,
+    help="Hypothetical events (JSONL/CSV) to add, not stored.",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print the view as JSON (SPEC §4).")
+@db_option
+@click.pass_context
+def show(
+    ctx: click.Context,
+    student: str,
+    as_of: Any,
+    known_at: Any,
+    with_file: Path | None,
+    as_json: bool,
+    db: str | None,
+) -> None:
+    """STUDENT's ARC status, tasks and fines as of a date (as known at a moment)."""
+    from projections.engine import view
+    from projections.render import print_view
+    from projections.rules import rulebook_from_env
+    from timeline.whatif import hypothetical_facts
+
+    store = open_store(ctx, db)
+    stream = store.stream(student)
+    if with_file is not None:
+        moment = known_at or system_clock()
+        try:
+            stream += hypothetical_facts(with_file, student, moment, len(stream) + 10_000)
+        except ContractError as exc:
+            raise UsageFailure("--with: " + "; ".join(exc.messages)) from exc
+    if not stream:
+        click.echo(f"error: no events stored for student {student!r}", err=True)
+        ctx.exit(1)
+    try:
+        rules = rulebook_from_env(os.environ)
+    except ValueError as exc:
+        raise UsageFailure(str(exc)) from exc
+    result = view(stream, as_of or taipei_today(), known_at, rules, student_id=student)
+    if as_json:
+        click.echo(result.model_dump_json(indent=2))
+    else:
+        print_view(result)
+
+
+def open_read_model(ctx: click.Context, store: TimelineStore, read_db: str | None) -> Any:
+    """The read models, brought up to date with the event store first."""
+    from projections.readmodel import ReadModel, default_read_db
+    from projections.rules import rulebook_from_env
+
+    try:
+        rules = rulebook_from_env(os.environ)
+    except ValueError as exc:
+        raise UsageFailure(str(exc)) from exc
+    path = read_db or os.environ.get("TIMELINE_READ_DB") or default_read_db(store.config.location)
+    model = ReadModel(path, rules)
+    ctx.call_on_close(model.close)
+    model.sync(store)
+    return model
+
+
+def read_db_option(func: F) -> F:
+    """`--read-db PATH`: where the read models live."""
+    return click.option(
+        "--read-db",
+        "read_db",
+        default=None,
+        help="SQLite file of the read models (default: $TIMELINE_READ_DB, else the SQLite "
+        "event store itself, else ./timeline-read.db).",
+    )(func)
+
+
+TASK_STATUSES = ["upcoming", "open", "overdue", "done", "done_late", "cancelled"]
+FINE_STATUSES = ["accrued", "imposed", "paid"]
+
+
+def _population_table(title: str, rows: list[dict[str, Any]], columns: list[str]) -> None:
+    console = Console() if sys.stdout.isatty() else Console(width=160)
+    if not rows:
+        console.print(f"No {title.lower()}.")
+        return
+    table = Table(title=f"{title} ({len(rows)})")
+    for column in columns:
+        table.add_column(column)
+    for row in rows:
+        table.add_row(
+            *[
+                ", ".join(v) if isinstance(v, list) else "—" if v is None else str(v)
+                for v in (row[c] for c in columns)
+            ]
+        )
+    console.print(table)
+
+
+@main.command()
+@click.option("--as-of", "as_of", type=DAY, default=None, help="Day (default: today in Taipei).")
+@click.option(
+    "--status",
+    "statuses",
+    multiple=True,
+    type=click.Choice(TASK_STATUSES),
+    help="Only tasks in this status that day (repeatable).",
+)
+@click.option("--kind", "kinds", multiple=True, help="Only tasks of this kind (repeatable).")
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON array.")
+@db_option
+@read_db_option
+@click.pass_context
+def tasks(
+    ctx: click.Context,
+    as_of: Any,
+    statuses: tuple[str, ...],
+    kinds: tuple[str, ...],
+    as_json: bool,
+    db: str | None,
+    read_db: str | None,
+) -> None:
+    """Every student's tasks as of a day (from the read models)."""
+    store = open_store(ctx, db)
+    model = open_read_model(ctx, store, read_db)
+    rows = model.tasks_on(as_of or taipei_today(), statuses, kinds)
+    if as_json:
+        print_json(rows)
+        return
+    _population_table(
+        "Tasks",
+        rows,
+        [
+            "student_id",
+            "kind",
+            "status",
+            "opens_on",
+            "due_on",
+            "done_on",
+            "where",
+            "rule",
+            "caused_by",
+        ],
+    )
+
+
+@main.command()
+@click.option("--as-of", "as_of", type=DAY, default=None, help="Day (default: today in Taipei).")
+@click.option(
+    "--status",
+    "statuses",
+    multiple=True,
+    type=click.Choice(FINE_STATUSES),
+    help="Only fines in this status that day (repeatable).",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON array.")
+@db_option
+@read_db_option
+@click.pass_context
+def fines(
+    ctx: click.Context,
+    as_of: Any,
+    statuses: tuple[str, ...],
+    as_json: bool,
+    db: str | None,
+    read_db: str | None,
+) -> None:
+    """Every student's fines accrued by a day (from the read models)."""
+    store = open_store(ctx, db)
+    model = open_read_model(ctx, store, read_db)
+    rows = model.fines_on(as_of or taipei_today(), statuses)
+    if as_json:
+        print_json(rows)
+        return
+    _population_table(
+        "Fines",
+        rows,
+        [
+            "student_id",
+            "kind",
+            "status",
+            "accrued_on",
+            "amount_min_ntd",
+            "amount_max_ntd",
+            "amount_ntd",
+            "paid_ntd",
+            "offense",
+            "rule",
+            "caused_by",
+        ],
+    )
+
+
+@main.command()
+@db_option
+@read_db_option
+@click.pass_context
+def rebuild(ctx: click.Context, db: str | None, read_db: str | None) -> None:
+    """Recreate the read models from the whole event log."""
+    from projections.readmodel import ReadModel, default_read_db
+
+    store = open_store(ctx, db)
+    path = read_db or os.environ.get("TIMELINE_READ_DB") or default_read_db(store.config.location)
+    model = ReadModel(path)
+    ctx.call_on_close(model.close)
+    report = model.rebuild(store)
+    print_json({"notifications": report.notifications, "position": report.position})
 
 
 @main.command()

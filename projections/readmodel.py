@@ -1,0 +1,400 @@
+"""Read models: the projection's output materialized in SQLite with sqlite-utils.
+
+For every student the pure projection is evaluated once at a far horizon, which gives the
+full derived history with its dates (a task's opens/due/done/cancelled days, a fine's
+accrual, imposition and payments, an overstay's first and last day). "Who had an overdue
+task on 2024-05-01" is then a SQL range query over those dates, not a replay. Nothing
+here re-derives a rule: the dates come from `projections.engine`.
+
+The tables follow the event store's notification log. Each batch of notifications is
+applied in ONE SQLite transaction together with the new tracking position, so a crash
+loses nothing and applies nothing twice; `sync` resumes from the stored position.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from datetime import date
+from pathlib import Path
+from typing import Any
+
+from sqlite_utils import Database
+
+from projections.dates import TaiwanCalendar, taiwan_calendar
+from projections.engine import Derivation, derive, overstay_fine_range
+from projections.rules import DEFAULT_RULES, RuleBook
+from timeline.aggregate import Student
+from timeline.store import TimelineStore
+
+log = logging.getLogger(__name__)
+
+HORIZON = date(2199, 12, 31)
+TRACKING = "rm_tracking"
+NAME = "student_views"
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS rm_tracking (name TEXT PRIMARY KEY, position INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS rm_students (
+    uuid TEXT PRIMARY KEY, student_id TEXT NOT NULL UNIQUE, position INTEGER NOT NULL,
+    arc_valid_until TEXT, revoked_on TEXT, in_taiwan INTEGER
+);
+CREATE TABLE IF NOT EXISTS rm_tasks (
+    student_id TEXT NOT NULL, n INTEGER NOT NULL, kind TEXT NOT NULL, rule TEXT NOT NULL,
+    trigger_on TEXT NOT NULL, opens_on TEXT, due_on TEXT, done_on TEXT, cancelled_on TEXT,
+    place TEXT NOT NULL, fee_ntd INTEGER, caused_by TEXT NOT NULL,
+    PRIMARY KEY (student_id, n)
+);
+CREATE INDEX IF NOT EXISTS rm_tasks_due ON rm_tasks (due_on);
+CREATE INDEX IF NOT EXISTS rm_tasks_trigger ON rm_tasks (trigger_on);
+CREATE TABLE IF NOT EXISTS rm_fines (
+    student_id TEXT NOT NULL, n INTEGER NOT NULL, kind TEXT NOT NULL, rule TEXT NOT NULL,
+    accrued_on TEXT NOT NULL, amount_min INTEGER NOT NULL, amount_max INTEGER NOT NULL,
+    offense INTEGER, imposed_on TEXT, imposed_amount INTEGER,
+    overstay_valid_until TEXT, overstay_last_day TEXT, caused_by TEXT NOT NULL,
+    PRIMARY KEY (student_id, n)
+);
+CREATE INDEX IF NOT EXISTS rm_fines_accrued ON rm_fines (accrued_on);
+CREATE TABLE IF NOT EXISTS rm_payments (
+    student_id TEXT NOT NULL, fine_n INTEGER NOT NULL, paid_on TEXT NOT NULL,
+    amount INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS rm_payments_fine ON rm_payments (student_id, fine_n);
+CREATE TABLE IF NOT EXISTS rm_overstays (
+    student_id TEXT NOT NULL, since TEXT NOT NULL, valid_until TEXT NOT NULL,
+    last_day TEXT, resolved_on TEXT, ceased INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS rm_overstays_student ON rm_overstays (student_id);
+"""
+_TABLES = ("rm_tracking", "rm_students", "rm_tasks", "rm_fines", "rm_payments", "rm_overstays")
+
+TASK_STATUS_SQL = """
+CASE
+  WHEN done_on IS NOT NULL AND done_on <= :d THEN
+    CASE WHEN due_on IS NULL OR done_on <= due_on THEN 'done' ELSE 'done_late' END
+  WHEN cancelled_on IS NOT NULL AND cancelled_on <= :d THEN 'cancelled'
+  WHEN due_on IS NOT NULL AND :d > due_on THEN 'overdue'
+  WHEN opens_on IS NULL OR :d < opens_on THEN 'upcoming'
+  ELSE 'open'
+END
+"""
+
+
+def default_read_db(store_location: str) -> str:
+    """Where the read models live: the SQLite event file itself, else ./timeline-read.db."""
+    if store_location.startswith(("postgresql://", "postgres://")):
+        return "timeline-read.db"
+    return store_location
+
+
+@dataclass
+class SyncReport:
+    """What one `sync` did."""
+
+    notifications: int = 0
+    students: int = 0
+    position: int = 0
+
+
+def _iso(day: date | None) -> str | None:
+    return day.isoformat() if day else None
+
+
+def _cited(pairs: Iterable[tuple[str, date]]) -> str:
+    return json.dumps([[event_id, day.isoformat()] for event_id, day in pairs])
+
+
+class ReadModel:
+    """The materialized tables and the loop that keeps them current."""
+
+    def __init__(
+        self,
+        path: str | Path,
+        rules: RuleBook = DEFAULT_RULES,
+        calendar: TaiwanCalendar | None = None,
+    ) -> None:
+        self.db = Database(str(path))
+        self.db.executescript(_SCHEMA)
+        self.rules = rules
+        self.calendar = calendar or taiwan_calendar()
+
+    def close(self) -> None:
+        """Close the SQLite connection."""
+        self.db.close()
+
+    @property
+    def position(self) -> int:
+        """The last notification applied."""
+        row = self.db.execute(f"SELECT position FROM {TRACKING} WHERE name = ?", [NAME]).fetchone()
+        return int(row[0]) if row else 0
+
+    def reset(self) -> None:
+        """Empty every table and the tracking position (for a rebuild)."""
+        with self.db.atomic():
+            for table in _TABLES:
+                self.db.execute(f"DELETE FROM {table}")
+
+    # -- following the log -------------------------------------------------------------
+    def sync(
+        self,
+        store: TimelineStore,
+        batch: int = 500,
+        on_progress: Callable[[int, int], None] | None = None,
+    ) -> SyncReport:
+        """Apply every notification after the tracking position, one transaction per batch."""
+        report = SyncReport(position=self.position)
+        last = store.max_position()
+        while report.position < last:
+            notifications = store.notifications(report.position, batch)
+            if not notifications:
+                break
+            names: dict[str, str] = {}
+            for notification in notifications:
+                if notification.originator_version == 1:
+                    event = store.decode(notification)
+                    if isinstance(event, Student.Registered):
+                        names[notification.originator_id.hex] = event.student_id
+            uuids = {n.originator_id.hex for n in notifications}
+            known = self._names(uuids - set(names))
+            names.update(known)
+            position = notifications[-1].id
+            with self.db.atomic():
+                for uid in uuids:
+                    student_id = names.get(uid)
+                    if student_id is None:
+                        log.warning("notification for an unknown stream %s skipped", uid)
+                        continue
+                    self._replace(uid, student_id, position, store)
+                self.db.execute(
+                    f"INSERT INTO {TRACKING} (name, position) VALUES (?, ?) "
+                    "ON CONFLICT(name) DO UPDATE SET position = excluded.position",
+                    [NAME, position],
+                )
+            report.notifications += len(notifications)
+            report.students += len(uuids)
+            report.position = position
+            if on_progress:
+                on_progress(position, last)
+        return report
+
+    def rebuild(self, store: TimelineStore, **kwargs: Any) -> SyncReport:
+        """Recreate the tables from the whole notification log."""
+        self.reset()
+        return self.sync(store, **kwargs)
+
+    def _names(self, uuids: set[str]) -> dict[str, str]:
+        if not uuids:
+            return {}
+        marks = ",".join("?" for _ in uuids)
+        rows = self.db.execute(
+            f"SELECT uuid, student_id FROM rm_students WHERE uuid IN ({marks})", list(uuids)
+        ).fetchall()
+        return {row[0]: row[1] for row in rows}
+
+    def _replace(self, uid: str, student_id: str, position: int, store: TimelineStore) -> None:
+        derived = derive(
+            store.stream(student_id),
+            HORIZON,
+            None,
+            self.rules,
+            self.calendar,
+            student_id=student_id,
+        )
+        for table in ("rm_tasks", "rm_fines", "rm_payments", "rm_overstays"):
+            self.db.execute(f"DELETE FROM {table} WHERE student_id = ?", [student_id])
+        self.write(uid, student_id, position, derived)
+
+    def write(self, uid: str, student_id: str, position: int, derived: Derivation) -> None:
+        """Write one student's derived history (inside the caller's transaction)."""
+        replay = derived.replay
+        arc = replay.arc
+        self.db.execute(
+            "INSERT INTO rm_students VALUES (?,?,?,?,?,?) ON CONFLICT(uuid) DO UPDATE SET "
+            "position=excluded.position, arc_valid_until=excluded.arc_valid_until, "
+            "revoked_on=excluded.revoked_on, in_taiwan=excluded.in_taiwan",
+            [
+                uid,
+                student_id,
+                position,
+                _iso(arc.valid_until) if arc else None,
+                _iso(replay.revoked_on),
+                int(bool(replay.in_taiwan)),
+            ],
+        )
+        from projections.rules import TASK_KINDS
+
+        self.db.conn.executemany(
+            "INSERT INTO rm_tasks VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
+            [
+                (
+                    student_id,
+                    n,
+                    t.kind,
+                    t.rule,
+                    t.trigger_on.isoformat(),
+                    _iso(t.opens_on),
+                    _iso(t.due_on),
+                    _iso(t.done_on),
+                    _iso(t.cancelled_on),
+                    TASK_KINDS[t.kind].where,
+                    t.fee_ntd,
+                    _cited(t.cited()),
+                )
+                for n, t in enumerate(derived.tasks)
+            ],
+        )
+        fines = []
+        payments = []
+        for n, f in enumerate(derived.fines):
+            cited = [(e, f.effective.get(e, f.accrued_on)) for e in f.caused_by]
+            fines.append(
+                (
+                    student_id,
+                    n,
+                    f.kind,
+                    f.rule,
+                    f.accrued_on.isoformat(),
+                    f.amount_min,
+                    f.amount_max,
+                    f.offense,
+                    _iso(f.imposed_on),
+                    f.amount if f.imposed_on else None,
+                    _iso(f.valid_until),
+                    _iso(f.last_day),
+                    _cited(cited),
+                )
+            )
+            payments.extend((student_id, n, on.isoformat(), amount) for on, amount in f.payments)
+        self.db.conn.executemany("INSERT INTO rm_fines VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)", fines)
+        self.db.conn.executemany("INSERT INTO rm_payments VALUES (?,?,?,?)", payments)
+        self.db.conn.executemany(
+            "INSERT INTO rm_overstays VALUES (?,?,?,?,?,?)",
+            [
+                (
+                    student_id,
+                    e.since.isoformat(),
+                    e.valid_until.isoformat(),
+                    _iso(e.end),
+                    _iso(e.resolved_on),
+                    int(e.ceased),
+                )
+                for e in replay.episodes
+                if e.kind == "overstay"
+            ],
+        )
+
+    # -- population queries ------------------------------------------------------------
+    def tasks_on(
+        self, day: date, statuses: Iterable[str] = (), kinds: Iterable[str] = ()
+    ) -> list[dict[str, Any]]:
+        """Every task that existed on `day`, with its status that day."""
+        statuses, kinds = list(statuses), list(kinds)
+        sql = (
+            f"SELECT * FROM (SELECT student_id, n, kind, {TASK_STATUS_SQL} AS status, opens_on, "
+            "due_on, done_on, cancelled_on, place, fee_ntd, rule, caused_by FROM rm_tasks "
+            "WHERE trigger_on <= :d) WHERE 1=1"
+        )
+        params: dict[str, Any] = {"d": day.isoformat()}
+        if statuses:
+            sql += f" AND status IN ({','.join(f':s{i}' for i in range(len(statuses)))})"
+            params.update({f"s{i}": s for i, s in enumerate(statuses)})
+        if kinds:
+            sql += f" AND kind IN ({','.join(f':k{i}' for i in range(len(kinds)))})"
+            params.update({f"k{i}": k for i, k in enumerate(kinds)})
+        sql += " ORDER BY student_id, n"
+        out = []
+        for row in self.db.execute(sql, params).fetchall():
+            (
+                student_id,
+                _n,
+                kind,
+                status,
+                opens_on,
+                due_on,
+                done_on,
+                _cancelled,
+                place,
+                fee,
+                rule,
+                caused_by,
+            ) = row
+            out.append(
+                {
+                    "student_id": student_id,
+                    "kind": kind,
+                    "status": status,
+                    "opens_on": opens_on,
+                    "due_on": due_on,
+                    "done_on": done_on if status in ("done", "done_late") else None,
+                    "where": place,
+                    "fee_ntd": fee,
+                    "rule": rule,
+                    "caused_by": _cited_on(caused_by, day),
+                }
+            )
+        return out
+
+    def fines_on(self, day: date, statuses: Iterable[str] = ()) -> list[dict[str, Any]]:
+        """Every fine accrued by `day`, with its amounts and status that day."""
+        wanted = set(statuses)
+        d = day.isoformat()
+        paid_rows = self.db.execute(
+            "SELECT student_id, fine_n, SUM(amount) FROM rm_payments WHERE paid_on <= ? "
+            "GROUP BY student_id, fine_n",
+            [d],
+        ).fetchall()
+        paid = {(r[0], r[1]): r[2] for r in paid_rows}
+        rows = self.db.execute(
+            "SELECT student_id, n, kind, rule, accrued_on, amount_min, amount_max, offense, "
+            "imposed_on, imposed_amount, overstay_valid_until, overstay_last_day, caused_by "
+            "FROM rm_fines WHERE accrued_on <= ? ORDER BY student_id, n",
+            [d],
+        ).fetchall()
+        out = []
+        for (
+            student_id,
+            n,
+            kind,
+            rule,
+            accrued_on,
+            low,
+            high,
+            offense,
+            imposed_on,
+            imposed,
+            valid_until,
+            last_day,
+            caused_by,
+        ) in rows:
+            if valid_until:
+                end = min(day, date.fromisoformat(last_day)) if last_day else day
+                days = (end - date.fromisoformat(valid_until)).days
+                low, high = overstay_fine_range(self.rules, date.fromisoformat(accrued_on), days)
+            amount = imposed if imposed_on and imposed_on <= d else None
+            paid_ntd = paid.get((student_id, n), 0)
+            status = "accrued" if amount is None else "paid" if paid_ntd >= amount else "imposed"
+            if wanted and status not in wanted:
+                continue
+            out.append(
+                {
+                    "student_id": student_id,
+                    "kind": kind,
+                    "status": status,
+                    "accrued_on": accrued_on,
+                    "amount_min_ntd": low,
+                    "amount_max_ntd": high,
+                    "amount_ntd": amount,
+                    "paid_ntd": paid_ntd,
+                    "offense": offense,
+                    "rule": rule,
+                    "caused_by": _cited_on(caused_by, day),
+                }
+            )
+        return out
+
+
+def _cited_on(caused_by: str, day: date) -> list[str]:
+    d = day.isoformat()
+    return [event_id for event_id, since in json.loads(caused_by) if since <= d]

@@ -1,0 +1,525 @@
+"""Delivery sinks for alerts: a JSON Lines file, a webhook, and e-mail (SPEC §5).
+
+A sink's `send` makes exactly ONE delivery attempt and raises `DeliveryError` on failure;
+the outbox keeps delivery state and decides when to retry. `deliver_with_retries` is the
+in-process retry loop (exponential backoff with full jitter) for callers without an outbox.
+
+Error messages never carry the alert body, the webhook's response body, credentials or
+server reply texts (they may hold personal data); they carry status codes.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import os
+import random
+import re
+import smtplib
+import ssl
+import time
+from collections.abc import Callable, Mapping, Sequence
+from datetime import UTC, datetime
+from email.message import EmailMessage
+from email.utils import format_datetime
+from pathlib import Path
+from typing import Protocol, runtime_checkable
+from urllib.parse import unquote, urlsplit
+
+import httpx
+
+from scheduler.alert import Alert
+
+DEFAULT_JSONL_PATH = "alerts.jsonl"
+
+SUBJECT_PREFIX = "[居留證提醒 ARC reminder]"
+MESSAGE_ID_DOMAIN = "residency-timeline"
+
+ACCEPTED_SPECS = (
+    "accepted sink forms: jsonl:PATH, webhook:URL (http:// or https://), "
+    "smtp://[user:pass@]host:port?from=ADDR&to=ADDR[,ADDR...][&starttls=1] "
+    "(also smtp:host:port?...)"
+)
+
+
+class DeliveryError(Exception):
+    """A failed delivery attempt; `permanent` is True when retrying cannot help."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        permanent: bool = False,
+        status: int | None = None,
+        retry_after: float | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.permanent = permanent
+        # HTTP status or SMTP reply code, when the far end answered.
+        self.status = status
+        # Seconds the far end asked us to wait (HTTP Retry-After, delta-seconds form only).
+        self.retry_after = retry_after
+
+
+@runtime_checkable
+class Sink(Protocol):
+    """Where alerts go: `send` makes one attempt and raises DeliveryError on failure."""
+
+    name: str
+
+    def send(self, alert: Alert) -> None:
+        """Deliver one alert, once; raise DeliveryError on failure."""
+        ...
+
+
+def alert_json(alert: Alert) -> str:
+    """The alert as one line of JSON, non-ASCII kept readable (no \\u escapes)."""
+    return json.dumps(alert.model_dump(mode="json"), ensure_ascii=False)
+
+
+# --- retries ---------------------------------------------------------------------------
+
+
+def backoff_delay(attempt: int, base: float, cap: float, rng: Callable[[], float]) -> float:
+    """Full-jitter delay after failed attempt n (1-based): rng() * min(cap, base * 2**(n-1))."""
+    if attempt < 1:
+        raise ValueError(f"attempt counts from 1, got {attempt}")
+    if base < 0 or cap < 0:
+        raise ValueError("base and cap must not be negative")
+    # Past 2**64 the exponential is above any sane cap; stop before floats overflow.
+    ceiling = cap if attempt > 64 else min(cap, base * 2.0 ** (attempt - 1))
+    return max(0.0, min(ceiling, rng() * ceiling))
+
+
+def deliver_with_retries(
+    sink: Sink,
+    alert: Alert,
+    attempts: int,
+    base_delay: float,
+    max_delay: float,
+    sleep: Callable[[float], object] = time.sleep,
+    rng: Callable[[], float] = random.random,
+) -> int:
+    """Send with up to `attempts` tries and jittered backoff; return tries used or re-raise."""
+    if attempts < 1:
+        raise ValueError(f"attempts must be at least 1, got {attempts}")
+    for attempt in range(1, attempts + 1):
+        try:
+            sink.send(alert)
+        except DeliveryError as error:
+            if error.permanent or attempt == attempts:
+                raise
+            delay = backoff_delay(attempt, base_delay, max_delay, rng)
+            if error.retry_after is not None:
+                # Honour the server's Retry-After, but never wait longer than our cap.
+                delay = min(max_delay, max(delay, error.retry_after))
+            sleep(delay)
+        else:
+            return attempt
+    raise AssertionError("unreachable: the loop returns or raises")  # pragma: no cover
+
+
+# --- JSON Lines file -------------------------------------------------------------------
+
+
+class JsonlSink:
+    """Appends one JSON object per line to a file; safe for concurrent appending processes."""
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = Path(path)
+        self.name = f"jsonl:{self.path}"
+
+    def send(self, alert: Alert) -> None:
+        """Append the alert as one line, under an exclusive flock, then fsync."""
+        line = (alert_json(alert) + "\n").encode("utf-8")
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            existed = self.path.exists()
+            # O_RDWR (not O_WRONLY) so we can peek at the last byte; O_APPEND makes every
+            # write land at the current end even with other writers.
+            fd = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        except OSError as error:
+            raise _file_error(self.path, error) from error
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            if _ends_mid_line(fd):
+                # A writer died mid-line; start ours on a fresh line so it stays parseable.
+                line = b"\n" + line
+            _write_all(fd, line)
+            os.fsync(fd)
+        except OSError as error:
+            raise _file_error(self.path, error) from error
+        finally:
+            os.close(fd)  # also releases the flock
+        if not existed:
+            _fsync_directory(self.path.parent)
+
+
+def _ends_mid_line(fd: int) -> bool:
+    size = os.fstat(fd).st_size
+    return size > 0 and os.pread(fd, 1, size - 1) != b"\n"
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    # One write() per line; the loop only matters for the rare short write.
+    view = memoryview(data)
+    while view:
+        written = os.write(fd, view)
+        view = view[written:]
+
+
+def _fsync_directory(directory: Path) -> None:
+    # Makes a newly created file's directory entry durable; best effort.
+    try:
+        fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _file_error(path: Path, error: OSError) -> DeliveryError:
+    permanent = isinstance(error, PermissionError | IsADirectoryError | NotADirectoryError)
+    reason = error.strerror or type(error).__name__
+    return DeliveryError(f"jsonl {path}: {reason}", permanent=permanent)
+
+
+# --- webhook ---------------------------------------------------------------------------
+
+
+class WebhookSink:
+    """HTTP POST of the alert JSON with `Idempotency-Key: <alert.key>`; 2xx is success."""
+
+    def __init__(
+        self,
+        url: str,
+        timeout: float = 10.0,
+        headers: Mapping[str, str] | None = None,
+        client: httpx.Client | None = None,
+    ) -> None:
+        problem = _http_url_problem(url)
+        if problem:
+            raise ValueError(f"webhook URL {problem}")
+        self.url = url
+        self.timeout = timeout
+        self.name = f"webhook:{_redacted_url(url)}"
+        self._headers = httpx.Headers(headers or {})
+        self._owns_client = client is None
+        self._client = client if client is not None else httpx.Client(timeout=timeout)
+
+    def send(self, alert: Alert) -> None:
+        """POST the alert once; raise DeliveryError (permanent for 3xx and most 4xx)."""
+        where = self.name
+        if not _is_header_safe(alert.key):
+            raise DeliveryError(
+                f"{where}: alert key is not usable as an Idempotency-Key header",
+                permanent=True,
+            )
+        headers = httpx.Headers(self._headers)
+        headers["Idempotency-Key"] = alert.key
+        headers["Content-Type"] = "application/json"
+        body = alert_json(alert).encode("utf-8")
+        try:
+            response = self._client.post(
+                self.url, content=body, headers=headers, timeout=self.timeout
+            )
+        except httpx.TimeoutException as error:
+            raise DeliveryError(
+                f"{where}: timed out ({type(error).__name__})", permanent=False
+            ) from error
+        except httpx.UnsupportedProtocol as error:
+            raise DeliveryError(f"{where}: unsupported protocol", permanent=True) from error
+        except httpx.TransportError as error:
+            raise DeliveryError(
+                f"{where}: {type(error).__name__}: {error}", permanent=False
+            ) from error
+        status = response.status_code
+        if 200 <= status < 300:
+            return
+        transient = status in (408, 429) or status >= 500
+        # The response body is deliberately left out of the message (may hold personal data).
+        raise DeliveryError(
+            f"{where}: answered HTTP {status}",
+            permanent=not transient,
+            status=status,
+            retry_after=_retry_after_seconds(response) if transient else None,
+        )
+
+    def close(self) -> None:
+        """Close the HTTP client if this sink created it."""
+        if self._owns_client:
+            self._client.close()
+
+    def __enter__(self) -> WebhookSink:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+
+def _http_url_problem(url: str) -> str | None:
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 -- raises ValueError on a malformed port
+    except ValueError:
+        return "is malformed"
+    if parts.scheme.lower() not in ("http", "https"):
+        return "must start with http:// or https://"
+    if not parts.hostname:
+        return "has no host"
+    return None
+
+
+def _redacted_url(url: str) -> str:
+    # Userinfo and query string may carry tokens; keep them out of names and messages.
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    if ":" in host:
+        host = f"[{host}]"
+    port = f":{parts.port}" if parts.port is not None else ""
+    return f"{parts.scheme}://{host}{port}{parts.path}"
+
+
+def _is_header_safe(value: str) -> bool:
+    return value.isascii() and value.isprintable() and value.strip() == value and bool(value)
+
+
+def _retry_after_seconds(response: httpx.Response) -> float | None:
+    value = response.headers.get("Retry-After", "").strip()
+    return float(value) if value.isdigit() else None
+
+
+# --- e-mail ----------------------------------------------------------------------------
+
+
+def smtp_message_id(key: str) -> str:
+    """A Message-ID derived only from the alert key, so a resend is recognisably the same."""
+    digest = hashlib.sha256(key.encode("utf-8")).hexdigest()[:32]
+    return f"<{digest}@{MESSAGE_ID_DOMAIN}>"
+
+
+def smtp_message(
+    alert: Alert, sender: str, recipients: Sequence[str], sent_at: datetime
+) -> EmailMessage:
+    """The e-mail for one alert: bilingual subject, zh then en text body, deterministic id."""
+    message = EmailMessage()
+    message["Subject"] = f"{SUBJECT_PREFIX} {alert.task} — {alert.milestone}"
+    message["From"] = sender
+    message["To"] = ", ".join(recipients)
+    message["Date"] = format_datetime(sent_at)
+    message["Message-ID"] = smtp_message_id(alert.key)
+    message["X-Alert-Key"] = alert.key
+    message.set_content(f"{alert.message.zh}\n\n{alert.message.en}\n", charset="utf-8")
+    return message
+
+
+class SmtpSink:
+    """Sends each alert as one plain-text UTF-8 e-mail over SMTP (optionally STARTTLS + login)."""
+
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        sender: str,
+        recipients_for: Callable[[Alert], list[str]] | list[str],
+        starttls: bool = False,
+        username: str | None = None,
+        password: str | None = None,
+        timeout: float = 10.0,
+        *,
+        clock: Callable[[], datetime] | None = None,
+    ) -> None:
+        if not host:
+            raise ValueError("SMTP host is empty")
+        if not sender:
+            raise ValueError("SMTP sender is empty")
+        if (username is None) != (password is None):
+            raise ValueError("SMTP username and password must be given together")
+        if callable(recipients_for):
+            self.recipients_for: Callable[[Alert], list[str]] = recipients_for
+        else:
+            fixed = list(recipients_for)
+            if not fixed:
+                raise ValueError("SMTP recipients list is empty")
+            self.recipients_for = lambda _alert: list(fixed)
+        self.host = host
+        self.port = port
+        self.sender = sender
+        self.starttls = starttls
+        self.username = username
+        self._password = password
+        self.timeout = timeout
+        self.name = f"smtp:{host}:{port}"
+        self._clock = clock or (lambda: datetime.now(UTC))
+
+    def send(self, alert: Alert) -> None:
+        """Send one e-mail; raise DeliveryError (permanent on 5xx replies and misconfiguration)."""
+        where = self.name
+        recipients = list(self.recipients_for(alert))
+        if not recipients:
+            raise DeliveryError(f"{where}: no recipients for this alert", permanent=True)
+        try:
+            message = smtp_message(alert, self.sender, recipients, self._clock())
+        except ValueError as error:  # e.g. a header value with a line break
+            raise DeliveryError(f"{where}: cannot build the e-mail", permanent=True) from error
+
+        smtp = smtplib.SMTP(timeout=self.timeout)
+        try:
+            code, greeting = smtp.connect(self.host, self.port)
+            if code != 220:  # connect() reports a refusing greeting instead of raising
+                raise smtplib.SMTPConnectError(code, greeting)
+            if self.starttls:
+                smtp.starttls(context=ssl.create_default_context())
+            if self.username is not None and self._password is not None:
+                smtp.login(self.username, self._password)
+            refused = smtp.send_message(message, from_addr=self.sender, to_addrs=recipients)
+        except smtplib.SMTPRecipientsRefused as error:
+            codes = [code for code, _text in error.recipients.values()]
+            raise DeliveryError(
+                f"{where}: all {len(codes)} recipients refused (codes {sorted(set(codes))})",
+                permanent=all(500 <= code < 600 for code in codes),
+                status=max(codes, default=None),
+            ) from error
+        except smtplib.SMTPResponseException as error:
+            # Reply text left out: servers echo addresses back in it.
+            raise DeliveryError(
+                f"{where}: {type(error).__name__} (SMTP {error.smtp_code})",
+                permanent=500 <= error.smtp_code < 600,
+                status=error.smtp_code,
+            ) from error
+        except smtplib.SMTPNotSupportedError as error:
+            # STARTTLS or AUTH asked for but not offered: a configuration problem.
+            raise DeliveryError(f"{where}: {error}", permanent=True) from error
+        except smtplib.SMTPException as error:  # disconnected, helo trouble, ...
+            raise DeliveryError(f"{where}: {type(error).__name__}", permanent=False) from error
+        except ssl.SSLCertVerificationError as error:
+            raise DeliveryError(
+                f"{where}: TLS certificate rejected ({error.verify_message})", permanent=True
+            ) from error
+        except OSError as error:  # refused, unreachable, timed out, TLS trouble
+            reason = error.strerror or type(error).__name__
+            raise DeliveryError(f"{where}: {reason}", permanent=False) from error
+        finally:
+            _quit_quietly(smtp)
+
+        if refused:
+            # Some recipients took it, some did not. A retry re-sends to all; the shared
+            # Message-ID lets mail clients fold the duplicates.
+            codes = [code for code, _text in refused.values()]
+            raise DeliveryError(
+                f"{where}: {len(refused)} of {len(recipients)} recipients refused "
+                f"(codes {sorted(set(codes))})",
+                permanent=all(500 <= code < 600 for code in codes),
+                status=max(codes),
+            )
+
+
+def _quit_quietly(smtp: smtplib.SMTP) -> None:
+    # The message is already accepted (or the attempt already failed): a failing QUIT
+    # must not turn a delivered alert into a reported failure.
+    try:
+        smtp.quit()
+    except (smtplib.SMTPException, OSError):
+        smtp.close()
+
+
+# --- the CLI's --sink ------------------------------------------------------------------
+
+
+def sink_from_spec(spec: str | None) -> Sink:
+    """The sink a `--sink` value names; empty/None means `jsonl:alerts.jsonl`."""
+    text = (spec or "").strip()
+    if not text:
+        return JsonlSink(DEFAULT_JSONL_PATH)
+    kind, colon, rest = text.partition(":")
+    kind = kind.lower()
+    # The spec itself is not echoed in errors: it may hold a password or a token.
+    if not colon:
+        raise ValueError(f"sink spec has no kind prefix; {ACCEPTED_SPECS}")
+    if kind == "jsonl":
+        if not rest.strip():
+            raise ValueError(f"jsonl sink needs a file path; {ACCEPTED_SPECS}")
+        return JsonlSink(rest)
+    if kind == "webhook":
+        problem = _http_url_problem(rest)
+        if problem:
+            raise ValueError(f"webhook sink URL {problem}; {ACCEPTED_SPECS}")
+        return WebhookSink(rest)
+    if kind == "smtp":
+        return _smtp_sink_from_spec(rest)
+    raise ValueError(f"unknown sink kind {kind!r}; {ACCEPTED_SPECS}")
+
+
+_ADDRESS = re.compile(r"[^@\s,<>]+@[^@\s,<>]+")
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off", ""}
+
+
+def _smtp_sink_from_spec(rest: str) -> SmtpSink:
+    def bad(problem: str) -> ValueError:
+        return ValueError(f"smtp sink {problem}; {ACCEPTED_SPECS}")
+
+    parts = urlsplit("smtp:" + (rest if rest.startswith("//") else "//" + rest))
+    try:
+        port = parts.port
+    except ValueError:
+        raise bad("port must be a number from 1 to 65535") from None
+    if not parts.hostname:
+        raise bad("needs a host")
+    if port is None:
+        raise bad("needs a port (host:port)")
+    if port == 0:
+        raise bad("port must be a number from 1 to 65535")
+    if parts.path not in ("", "/") or parts.fragment:
+        raise bad("takes no path or fragment")
+
+    query = _query_values(parts.query)
+    unknown = sorted(set(query) - {"from", "to", "starttls"})
+    if unknown:
+        raise bad(f"has unknown parameter(s) {', '.join(unknown)}")
+    senders = query.get("from", [])
+    if len(senders) != 1 or not _ADDRESS.fullmatch(senders[0]):
+        raise bad("needs exactly one from=ADDRESS")
+    recipients = [
+        address.strip()
+        for value in query.get("to", [])
+        for address in value.split(",")
+        if address.strip()
+    ]
+    if not recipients:
+        raise bad("needs to=ADDRESS[,ADDRESS...]")
+    if not all(_ADDRESS.fullmatch(address) for address in recipients):
+        raise bad("has a malformed to= address")
+    starttls_values = query.get("starttls", ["0"])
+    if len(starttls_values) != 1 or starttls_values[0].lower() not in _TRUE | _FALSE:
+        raise bad("starttls must be 1 or 0")
+
+    username = unquote(parts.username) if parts.username is not None else None
+    password = unquote(parts.password) if parts.password is not None else None
+    if (username is None) != (password is None) or username == "":
+        raise bad("credentials must be user:pass@")
+    return SmtpSink(
+        host=parts.hostname,
+        port=port,
+        sender=senders[0],
+        recipients_for=recipients,
+        starttls=starttls_values[0].lower() in _TRUE,
+        username=username,
+        password=password,
+    )
+
+
+def _query_values(query: str) -> dict[str, list[str]]:
+    # Not parse_qs: it turns "+" into a space, and "+" is common in e-mail addresses.
+    values: dict[str, list[str]] = {}
+    for pair in query.split("&"):
+        if not pair:
+            continue
+        name, _eq, value = pair.partition("=")
+        values.setdefault(unquote(name).lower(), []).append(unquote(value))
+    return values
