@@ -439,6 +439,176 @@ def rebuild(ctx: click.Context, db: str | None, read_db: str | None) -> None:
 
 
 @main.command()
+@click.option("--on", "day", type=DAY, default=None, help="Day (default: today in Taipei).")
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON array of alerts.")
+@click.option("--emit", is_flag=True, help="Emit them, exactly once per alert key.")
+@click.option(
+    "--sink",
+    default=None,
+    help="jsonl:PATH (default jsonl:alerts.jsonl), webhook:URL, or "
+    "smtp://[user:pass@]host:port?from=…&to=…",
+)
+@click.option("--failed", is_flag=True, help="List dead-lettered alerts instead.")
+@click.option("--retry-failed", is_flag=True, help="Put dead-lettered alerts back to pending.")
+@click.option(
+    "--wait",
+    type=float,
+    default=0.0,
+    show_default=True,
+    help="Seconds to wait for another emitter to finish.",
+)
+@db_option
+@read_db_option
+@click.pass_context
+def alerts(
+    ctx: click.Context,
+    day: Any,
+    as_json: bool,
+    emit: bool,
+    sink: str | None,
+    failed: bool,
+    retry_failed: bool,
+    wait: float,
+    db: str | None,
+    read_db: str | None,
+) -> None:
+    """The alerts that fall on a day; with --emit, deliver them once per key."""
+    from scheduler.alerts import alerts_on
+    from scheduler.jobs import emit_once, wiring
+    from scheduler.outbox import EmitterBusy
+    from scheduler.sinks import sink_from_spec
+
+    day = day or taipei_today()
+    if sink is not None:
+        try:
+            sink_from_spec(sink)
+        except ValueError as exc:
+            raise UsageFailure(f"--sink: {exc}") from exc
+    if failed or retry_failed:
+        with wiring(db or (ctx.obj or {}).get("db"), read_db, sink) as w:
+            if retry_failed:
+                click.echo(f"{w.outbox.retry_dead()} dead-lettered alert(s) back to pending")
+                return
+            rows = w.outbox.rows("dead")
+        if as_json:
+            print_json(rows)
+        elif not rows:
+            click.echo("No failed alerts.")
+        else:
+            for row in rows:
+                click.echo(
+                    f"{row['day']} {row['key']} after {row['attempts']} attempt(s): "
+                    f"{row['last_error']}"
+                )
+        return
+    if emit:
+        try:
+            report = emit_once(db or (ctx.obj or {}).get("db"), read_db, sink, day, wait)
+        except EmitterBusy as exc:
+            click.echo(f"error: {exc}", err=True)
+            ctx.exit(1)
+        summary = report.as_json()
+        if report.enqueued.new == 0:
+            click.echo(
+                f"Nothing new to emit for {day.isoformat()}: "
+                f"{report.enqueued.already} alert(s) were already emitted.",
+                err=True,
+            )
+        else:
+            click.echo(
+                f"Emitted {report.delivered.sent} alert(s) for {day.isoformat()}; "
+                f"{report.delivered.failed} failed.",
+                err=True,
+            )
+        print_json(summary)
+        ctx.exit(0 if report.delivered.failed == 0 else 1)
+    store = open_store(ctx, db)
+    model = open_read_model(ctx, store, read_db)
+    found = alerts_on(model, day)
+    if as_json:
+        print_json([a.model_dump(mode="json") for a in found])
+        return
+    if not found:
+        click.echo(f"No alerts on {day.isoformat()}.")
+    for alert in found:
+        click.echo(
+            f"{alert.student_id}  {alert.task}  {alert.milestone}  "
+            f"due {alert.due_on or '—'}  [{alert.rule}]\n  {alert.message.en}\n"
+            f"  {alert.message.zh}"
+        )
+
+
+@main.command("scheduler")
+@click.option(
+    "--at", "at", default="08:00", show_default=True, help="Daily run time, HH:MM in Asia/Taipei."
+)
+@click.option("--sink", default=None, help="As for `alerts --emit`.")
+@click.option(
+    "--wait",
+    type=float,
+    default=0.0,
+    help="Seconds to wait if another scheduler is running (default: exit at once).",
+)
+@click.option("--run-now", is_flag=True, help="Also run the job once at start (catch-up).")
+@db_option
+@read_db_option
+@click.pass_context
+def scheduler_command(
+    ctx: click.Context,
+    at: str,
+    sink: str | None,
+    wait: float,
+    run_now: bool,
+    db: str | None,
+    read_db: str | None,
+) -> None:
+    """Run the daily alert job (APScheduler) until SIGTERM."""
+    from projections.readmodel import default_read_db
+    from scheduler.daemon import DaemonConfig, jobstore_url, run_daemon
+    from scheduler.jobs import daily_alerts
+    from scheduler.outbox import EmitterBusy, EmitterLock, OutboxDB, outbox_location
+    from scheduler.sinks import sink_from_spec
+
+    try:
+        hour, minute = (int(part) for part in at.split(":"))
+        if not (0 <= hour < 24 and 0 <= minute < 60):
+            raise ValueError
+    except ValueError:
+        raise UsageFailure(f"--at must be HH:MM (got {at!r})") from None
+    if sink is not None:
+        try:
+            sink_from_spec(sink)
+        except ValueError as exc:
+            raise UsageFailure(f"--sink: {exc}") from exc
+    db = db or (ctx.obj or {}).get("db")
+    store = open_store(ctx, db)
+    path = read_db or os.environ.get("TIMELINE_READ_DB") or default_read_db(store.config.location)
+    outbox_db = OutboxDB(outbox_location(store.config.location, path))
+    instance = EmitterLock(outbox_db, name="scheduler")
+    try:
+        instance.acquire(wait=wait)
+    except EmitterBusy as exc:
+        click.echo(f"error: {exc}", err=True)
+        ctx.exit(1)
+    try:
+        if run_now:
+            click.echo(json.dumps(daily_alerts(db, read_db, sink)), err=True)
+        run_daemon(
+            DaemonConfig(
+                db=db,
+                read_db=read_db,
+                sink=sink,
+                jobstore_url=jobstore_url(store.config.location, path),
+                hour=hour,
+                minute=minute,
+            )
+        )
+    finally:
+        instance.release()
+        outbox_db.close()
+
+
+@main.command()
 def schema() -> None:
     """Print the JSON Schema of one feed event."""
     print_json(json_schema())

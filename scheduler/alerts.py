@@ -1,0 +1,148 @@
+"""Which alerts fall on a day (SPEC §5), asked of the read models — never a copy of the rules.
+
+Milestones:
+- a task's `window_open` on its opens_on when that is before its due day (or it has none);
+- `due_in_30`, `due_in_14`, `due_in_7`, `due_in_1`, `due_today` while the task is open;
+- `overdue` on the day after the due day; a fine's `accrued` on its accrued_on;
+- `overstay_started` on overstay day 1, `reapply_window_closing` on day 25 and
+  `reapply_window_closed` on day 30 (while the overstay runs).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from datetime import date
+
+from projections import dates
+from projections.readmodel import TASK_STATUS_SQL, ReadModel
+from scheduler.alert import Alert, Message
+from scheduler.messages import fine_message, overstay_message, task_message
+
+DUE_MILESTONES = {30: "due_in_30", 14: "due_in_14", 7: "due_in_7", 1: "due_in_1", 0: "due_today"}
+CLOSING_DAY = 25
+CLOSED_DAY = 30
+
+
+@dataclass(frozen=True)
+class Milestone:
+    """An alert and the thing it is about (for catch-up: the latest per subject wins)."""
+
+    day: date
+    subject: str
+    alert: Alert
+
+
+def _first_cause(caused_by: str) -> str:
+    cited = json.loads(caused_by)
+    return cited[0][0] if cited else "-"
+
+
+def _key(student_id: str, thing: str, cause: str, milestone: str, due: str | None) -> str:
+    return f"{student_id}:{thing}:{cause}:{milestone}:{due or '-'}"
+
+
+def milestones_on(model: ReadModel, day: date) -> list[Milestone]:
+    """Every milestone that falls on `day`, for every student."""
+    d = day.isoformat()
+    out: list[Milestone] = []
+    wanted_due = {dates.days_after(day, n).isoformat(): m for n, m in DUE_MILESTONES.items()}
+    overdue_due = dates.previous_day(day).isoformat()
+    params = {"d": d, "overdue": overdue_due}
+    params.update({f"w{i}": due for i, due in enumerate(wanted_due)})
+    marks = ",".join(f":w{i}" for i in range(len(wanted_due)))
+    rows = model.db.execute(
+        f"SELECT student_id, kind, rule, opens_on, due_on, place, fee_ntd, caused_by, "
+        f"{TASK_STATUS_SQL} AS status FROM rm_tasks WHERE trigger_on <= :d "
+        f"AND (opens_on = :d OR due_on = :overdue OR due_on IN ({marks}))",
+        params,
+    ).fetchall()
+    for student_id, kind, rule, opens_on, due_on, place, fee, caused_by, status in rows:
+        found: list[str] = []
+        if opens_on == d and status == "open" and (due_on is None or opens_on < due_on):
+            found.append("window_open")
+        if status == "open" and due_on in wanted_due:
+            found.append(wanted_due[due_on])
+        if status == "overdue" and due_on == overdue_due:
+            found.append("overdue")
+        cause = _first_cause(caused_by)
+        due = date.fromisoformat(due_on) if due_on else None
+        for milestone in found:
+            zh, en = task_message(kind, milestone, day, due, place, fee, rule)
+            out.append(
+                Milestone(
+                    day,
+                    f"{student_id}:{kind}:{cause}",
+                    Alert(
+                        key=_key(student_id, kind, cause, milestone, due_on),
+                        student_id=student_id,
+                        task=kind,
+                        milestone=milestone,
+                        due_on=due,
+                        rule=rule,
+                        message=Message(zh=zh, en=en),
+                    ),
+                )
+            )
+    for fine in model.fines_on(day):
+        if fine["accrued_on"] != d:
+            continue
+        cause = fine["caused_by"][0] if fine["caused_by"] else "-"
+        zh, en = fine_message(
+            fine["kind"], day, fine["amount_min_ntd"], fine["amount_max_ntd"], fine["rule"]
+        )
+        out.append(
+            Milestone(
+                day,
+                f"{fine['student_id']}:{fine['kind']}:{cause}",
+                Alert(
+                    key=_key(fine["student_id"], fine["kind"], cause, "accrued", d),
+                    student_id=fine["student_id"],
+                    task=fine["kind"],
+                    milestone="accrued",
+                    due_on=None,
+                    rule=fine["rule"],
+                    message=Message(zh=zh, en=en),
+                ),
+            )
+        )
+    closing = dates.days_before(day, CLOSING_DAY).isoformat()
+    closed = dates.days_before(day, CLOSED_DAY).isoformat()
+    episodes = model.db.execute(
+        "SELECT student_id, since, valid_until FROM rm_overstays "
+        "WHERE (since = ? OR valid_until IN (?, ?)) AND (last_day IS NULL OR last_day >= ?) "
+        "AND (resolved_on IS NULL OR resolved_on > ?)",
+        [d, closing, closed, d, d],
+    ).fetchall()
+    for student_id, since, valid_until in episodes:
+        if since == d:
+            milestone = "overstay_started"
+        elif valid_until == closing:
+            milestone = "reapply_window_closing"
+        else:
+            milestone = "reapply_window_closed"
+        zh, en = overstay_message(
+            milestone, date.fromisoformat(since), day, date.fromisoformat(valid_until)
+        )
+        out.append(
+            Milestone(
+                day,
+                f"{student_id}:overstay:{since}",
+                Alert(
+                    key=_key(student_id, "overstay", since, milestone, None),
+                    student_id=student_id,
+                    task="overstay",
+                    milestone=milestone,
+                    due_on=None,
+                    rule="R-OVERSTAY",
+                    message=Message(zh=zh, en=en),
+                ),
+            )
+        )
+    out.sort(key=lambda m: (m.alert.student_id, m.alert.key))
+    return out
+
+
+def alerts_on(model: ReadModel, day: date) -> list[Alert]:
+    """The alerts that fall on `day` (a pure query of the read models)."""
+    return [m.alert for m in milestones_on(model, day)]

@@ -1,0 +1,92 @@
+"""`timeline scheduler`: APScheduler 3.11, a daily cron job, a persistent job store.
+
+Safe start: `add_job(..., replace_existing=True)` at every start would silently drop a
+run missed while the daemon was down. So the scheduler starts *paused*; when it has
+started, the job is added only if the persistent store does not hold it yet; then it is
+resumed, and a missed run fires (coalesced into one). The job itself catches up every
+missed day from its watermark, so even a dropped run loses nothing.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+from dataclasses import dataclass
+from typing import Any
+
+from apscheduler.events import EVENT_SCHEDULER_STARTED, SchedulerEvent
+from apscheduler.jobstores.sqlalchemy import SQLAlchemyJobStore
+from apscheduler.schedulers.blocking import BlockingScheduler
+from apscheduler.triggers.cron import CronTrigger
+
+from timeline.clock import TAIPEI
+
+log = logging.getLogger(__name__)
+
+JOB_ID = "daily-alerts"
+JOB_FUNC = "scheduler.jobs:daily_alerts"
+
+
+@dataclass(frozen=True)
+class DaemonConfig:
+    """Where things live and when the job runs."""
+
+    db: str | None
+    read_db: str | None
+    sink: str | None
+    jobstore_url: str
+    hour: int = 8
+    minute: int = 0
+
+
+def jobstore_url(store_location: str, read_db: str) -> str:
+    """SQLAlchemy URL of the persistent job store: next to the events or the read models."""
+    if store_location.startswith(("postgresql://", "postgres://")):
+        url, _, _ = store_location.partition("?")
+        return "postgresql+psycopg://" + url.split("://", 1)[1]
+    return f"sqlite:///{read_db}"
+
+
+def build_scheduler(config: DaemonConfig) -> BlockingScheduler:
+    """A paused-start scheduler that adds the daily job only when the store lacks it."""
+    scheduler = BlockingScheduler(
+        jobstores={"default": SQLAlchemyJobStore(url=config.jobstore_url)},
+        job_defaults={"coalesce": True, "misfire_grace_time": None, "max_instances": 1},
+        timezone=TAIPEI,
+    )
+    trigger = CronTrigger(hour=config.hour, minute=config.minute, timezone=TAIPEI)
+    kwargs: dict[str, Any] = {"db": config.db, "read_db": config.read_db, "sink": config.sink}
+
+    def on_started(event: SchedulerEvent) -> None:
+        job = scheduler.get_job(JOB_ID)
+        if job is None:
+            scheduler.add_job(JOB_FUNC, trigger, id=JOB_ID, kwargs=kwargs, name="daily alerts")
+            log.info("added the daily job at %02d:%02d Asia/Taipei", config.hour, config.minute)
+        else:
+            if str(job.trigger) != str(trigger) or job.kwargs != kwargs:
+                # A changed time or target: keep the job's missed run by running a catch-up
+                # now, then move it (rescheduling alone would skip the missed run).
+                scheduler.add_job(JOB_FUNC, kwargs=kwargs, id="catch-up", replace_existing=True)
+                scheduler.modify_job(JOB_ID, kwargs=kwargs)
+                scheduler.reschedule_job(JOB_ID, trigger=trigger)
+                log.info("daily job moved to %02d:%02d", config.hour, config.minute)
+            log.info("daily job found in the job store; next run %s", job.next_run_time)
+        scheduler.resume()
+
+    scheduler.add_listener(on_started, EVENT_SCHEDULER_STARTED)
+    return scheduler
+
+
+def run_daemon(config: DaemonConfig) -> None:
+    """Run until SIGTERM or SIGINT; shut down cleanly (the running job finishes)."""
+    scheduler = build_scheduler(config)
+
+    def stop(signum: int, _frame: object) -> None:
+        log.info("signal %d: shutting down", signum)
+        scheduler.shutdown(wait=True)
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    log.info("scheduler starting (job store %s)", config.jobstore_url.split("@")[-1])
+    scheduler.start(paused=True)
+    log.info("scheduler stopped")

@@ -1,0 +1,77 @@
+"""Job functions at stable module paths, taking only plain arguments (APScheduler stores them).
+
+Each opens what it needs, brings the read models up to date, takes the emitter lock,
+runs, and closes everything again: nothing is kept in memory between runs.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import date
+
+from projections.readmodel import ReadModel, default_read_db
+from projections.rules import rulebook_from_env
+from scheduler.emit import RunReport, emit_day, run_until
+from scheduler.outbox import EmitterLock, Outbox, OutboxDB, outbox_location
+from scheduler.sinks import Sink, sink_from_spec
+from timeline.clock import taipei_today
+from timeline.store import TimelineStore
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Wiring:
+    """Everything an emitting run needs, opened from plain locations."""
+
+    store: TimelineStore
+    model: ReadModel
+    outbox: Outbox
+    sink: Sink
+
+
+@contextmanager
+def wiring(db: str | None, read_db: str | None, sink: str | None) -> Iterator[Wiring]:
+    """Open store, read models (synced), outbox and sink; close them afterwards."""
+    store = TimelineStore.open(db)
+    model = outbox_db = None
+    try:
+        path = (
+            read_db or os.environ.get("TIMELINE_READ_DB") or default_read_db(store.config.location)
+        )
+        model = ReadModel(path, rulebook_from_env(os.environ))
+        model.sync(store)
+        outbox_db = OutboxDB(outbox_location(store.config.location, path))
+        yield Wiring(store, model, Outbox(outbox_db), sink_from_spec(sink))
+    finally:
+        if outbox_db is not None:
+            outbox_db.close()
+        if model is not None:
+            model.close()
+        store.close()
+
+
+def daily_alerts(
+    db: str | None = None, read_db: str | None = None, sink: str | None = None, wait: float = 600.0
+) -> dict[str, object]:
+    """The scheduled job: catch up from the watermark to today (Taipei) and deliver."""
+    today = taipei_today()
+    with wiring(db, read_db, sink) as w, EmitterLock(w.outbox.db) as lock:
+        lock.acquire(wait=wait)
+        report = run_until(w.model, w.outbox, w.sink, today)
+    summary = report.as_json()
+    log.info("daily alerts for %s: %s", today.isoformat(), summary)
+    return summary
+
+
+def emit_once(
+    db: str | None, read_db: str | None, sink: str | None, day: date, wait: float = 0.0
+) -> RunReport:
+    """`timeline alerts --on DAY --emit`: one day, once per alert key."""
+    with wiring(db, read_db, sink) as w, EmitterLock(w.outbox.db) as lock:
+        lock.acquire(wait=wait)
+        return emit_day(w.model, w.outbox, w.sink, day)
