@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 DB ?= timeline.db
 
-.PHONY: demo test lint bench clean
+.PHONY: demo test lint bench clean docs
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -36,3 +36,6 @@ bench: $(VENV)/.dev
 
 clean:
 	rm -rf $(VENV) $(DB) alerts.jsonl .pytest_cache
+
+docs: $(VENV)/.runtime
+	$(BIN)/python -m projections.docs
