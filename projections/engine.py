@@ -209,6 +209,9 @@ class _Replay:
             )
         )
         if kind == "expired_abroad":
+            # R-EXPIRED-ABROAD: an ARC that expired abroad cannot be extended any more.
+            if arc.task is not None and arc.task.is_pending():
+                arc.task.cancelled_on = first_day_without
             self.add_task(
                 _Task(
                     "reapply_visa",
@@ -358,7 +361,9 @@ class _Replay:
             if (application == "initial" and self.initial_basis == "admission_notice")
             else "registration"
         )
-        arc = _Arc(fact.get("arc_number"), on, valid_until, basis, fact.event_id)
+        # An extension keeps the card's number unless the NIA sends a new one.
+        number = fact.get("arc_number") or (previous.number if previous else None)
+        arc = _Arc(number, on, valid_until, basis, fact.event_id)
         if basis == "admission_notice":
             arc.task = self.add_task(
                 _Task(
@@ -521,6 +526,14 @@ class _Replay:
                     task.complete(last_day, episode.departed_by)
                 elif episode.resolved_on is not None:
                     task.cancelled_on = episode.resolved_on
+                # From day 30 the ARC can no longer be extended or reapplied for here.
+                for moot in self.tasks:
+                    if (
+                        moot.kind in EXTENSION_KINDS
+                        and moot.due_on == episode.valid_until
+                        and moot.is_pending()
+                    ):
+                        moot.cancelled_on = day_limit
             if episode.resolved_on is None:
                 overstay_view = Overstay(
                     since=episode.since,

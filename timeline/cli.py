@@ -137,7 +137,7 @@ def history(ctx: click.Context, student: str, as_json: bool, db: str | None) -> 
     if as_json:
         print_json(entries)
         return
-    console = Console()
+    console = Console() if sys.stdout.isatty() else Console(width=160)
     if not entries:
         console.print(f"No events stored for student {student}.")
         return

@@ -19,7 +19,8 @@ def _plain(value: Any) -> Any:
 def history_entries(stream: list[Fact]) -> list[dict[str, Any]]:
     """Every stored event (retractions included) as a JSON object, in timeline order.
 
-    Each object is the event as fed (envelope and fields) plus `recorded_at`, and
+    Each object is the event as stored (envelope and fields, the contract's defaults
+    applied) plus `recorded_at`, and
     `retracted` / `retracted_at` / `retracted_by` telling whether and when a later
     retraction made it stop counting.
     """
