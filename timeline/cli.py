@@ -609,6 +609,28 @@ def scheduler_command(
 
 
 @main.command()
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=8000, show_default=True, type=int)
+@db_option
+@read_db_option
+@click.pass_context
+def serve(ctx: click.Context, host: str, port: int, db: str | None, read_db: str | None) -> None:
+    """Run the HTTP API (tokens: TIMELINE_FEED_TOKENS, TIMELINE_STAFF_TOKENS)."""
+    import uvicorn
+
+    from timeline.api import ApiConfig, create_app
+
+    config = ApiConfig.from_env(db or (ctx.obj or {}).get("db"), read_db)
+    if not config.feed_tokens and not config.staff_tokens:
+        click.echo(
+            "warning: no TIMELINE_FEED_TOKENS / TIMELINE_STAFF_TOKENS set: every "
+            "request will be refused with 401",
+            err=True,
+        )
+    uvicorn.run(create_app(config), host=host, port=port, log_level="info")
+
+
+@main.command()
 def schema() -> None:
     """Print the JSON Schema of one feed event."""
     print_json(json_schema())
