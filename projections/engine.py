@@ -31,6 +31,7 @@ from timeline.facts import Fact, known_facts
 APPLY_KINDS = ("apply_arc", "apply_residence")
 EXTENSION_KINDS = ("extend_arc", "submit_student_status")
 # ARC-bound tasks that a revocation makes moot (R-CEASED).
+ALL_KINDS = tuple(TASK_KINDS)
 MOOT_ON_REVOCATION = (*APPLY_KINDS, *EXTENSION_KINDS, "replace_arc", "update_passport_details")
 
 
@@ -90,6 +91,37 @@ class _Arc:
     basis: str
     event_id: str
     task: _Task | None = None
+    ended_on: date | None = None  # revoked (R-CEASED): neither valid nor expiring afterwards
+
+
+def completes(kind: str, fact: Fact) -> bool:
+    """Whether `fact` completes a task of `kind` (SPEC §3's completion table)."""
+    kind_of = fact.get("application")
+    fields = fact.get("fields") or ()
+    if kind in APPLY_KINDS:
+        # An issued initial ARC proves the application was made (by the issue day at latest).
+        return (fact.type == "arc_applied" and kind_of in ("initial", "reapplication")) or (
+            fact.type == "arc_issued" and kind_of in ("initial", "reapplication", None)
+        )
+    if kind in EXTENSION_KINDS:
+        return fact.type == "arc_applied" and kind_of == "extension"
+    if kind == "report_address_change":
+        return fact.type == "details_updated" and "address" in fields
+    if kind == "report_passport_loss":
+        return fact.type == "passport_replaced" or (
+            fact.type == "details_updated" and "passport" in fields
+        )
+    if kind == "update_passport_details":
+        return (fact.type == "details_updated" and "passport" in fields) or (
+            fact.type in ("arc_applied", "arc_issued") and kind_of == "extension"
+        )
+    if kind == "replace_arc":
+        return fact.type in ("arc_applied", "arc_issued") and kind_of == "replacement"
+    if kind in ("leave_and_reapply_visa", "report_and_surrender_arc"):
+        return fact.type == "departed"
+    if kind == "reapply_visa":
+        return fact.type == "entered" and fact.get("visa") == "resident"
+    return False
 
 
 @dataclass
@@ -157,12 +189,25 @@ class _Replay:
         self.tasks: list[_Task] = []
         self.money: list[Fact] = []
         self.anomalies: list[Anomaly] = []
+        self.today: list[Fact] = []  # facts already replayed on the current day
 
     # -- helpers -------------------------------------------------------------------------
     def add_task(self, task: _Task) -> _Task:
         task.fee_ntd = _fee(task.kind, task.trigger_on, self.rules)
         self.tasks.append(task)
+        # Same-day facts count whatever order they were recorded in: a completion
+        # replayed before its trigger on the trigger's own day still completes it.
+        for earlier in self.today:
+            if earlier.occurred_on == task.trigger_on and completes(task.kind, earlier):
+                task.complete(earlier.occurred_on, earlier.event_id)
+                break
         return task
+
+    def complete_with(self, fact: Fact, kinds: Iterable[str]) -> None:
+        """Complete the pending tasks of `kinds` that `fact` completes."""
+        for task in self.pending_tasks(kinds, fact.occurred_on):
+            if completes(task.kind, fact):
+                task.complete(fact.occurred_on, fact.event_id)
 
     def pending_tasks(self, kinds: Iterable[str], on: date) -> list[_Task]:
         kinds = tuple(kinds)
@@ -176,7 +221,15 @@ class _Replay:
         return self.cal.roll_forward(due) if self.rules.deadline_rollover else due
 
     def holds_valid_arc(self, on: date) -> bool:
-        return self.arc is not None and self.arc.valid_until >= on and self.revoked_on is None
+        arc = self.arc
+        return arc is not None and arc.valid_until >= on and arc.ended_on is None
+
+    def pending_initial_application(self, before: date) -> bool:
+        """An initial application made before `before` and still undecided."""
+        return any(
+            p.application in ("initial", "reapplication") and p.applied_on < before
+            for p in self.pending
+        )
 
     def current_episode(self, kind: str | None = None) -> _Episode | None:
         for episode in reversed(self.episodes):
@@ -188,7 +241,7 @@ class _Replay:
     def advance_to(self, day: date) -> None:
         """Let the ARC expire if its last day is before `day` (R-OVERSTAY, R-EXPIRED-ABROAD)."""
         arc = self.arc
-        if arc is None or self.expiry_handled or self.revoked_on is not None:
+        if arc is None or self.expiry_handled or arc.ended_on is not None:
             return
         first_day_without = dates.next_day(arc.valid_until)
         if first_day_without > day:
@@ -225,9 +278,12 @@ class _Replay:
 
     # -- facts ---------------------------------------------------------------------------
     def apply(self, fact: Fact) -> None:
+        if self.today and self.today[-1].occurred_on != fact.occurred_on:
+            self.today = []
         handler = getattr(self, f"on_{fact.type}", None)
         if handler is not None:
             handler(fact, fact.occurred_on)
+        self.today.append(fact)
 
     def on_entered(self, fact: Fact, on: date) -> None:
         if self.in_taiwan:
@@ -244,12 +300,13 @@ class _Replay:
             abroad = self.current_episode("expired_abroad")
             if abroad is not None:
                 abroad.resolved_on = on
-                for task in self.pending_tasks(["reapply_visa"], on):
-                    task.complete(on, fact.event_id)
+                self.complete_with(fact, ["reapply_visa"])
             if self.revoked_on is not None:
                 self.revoked_on = None  # a new residence on a new visa
             if self.holds_valid_arc(on):
                 return  # R-ENTRIES: multiple entries on a valid ARC
+            if self.pending_initial_application(on):
+                return  # already applied; the decision is pending
             if not self.pending_tasks(["apply_arc"], on):
                 days = self.rules["R-ARC-ENTRY"].value("days", on)
                 self.add_task(
@@ -288,7 +345,11 @@ class _Replay:
                 )
 
     def on_visa_changed(self, fact: Fact, on: date) -> None:
-        if self.holds_valid_arc(on) or self.pending_tasks(["apply_arc"], on):
+        if (
+            self.holds_valid_arc(on)
+            or self.pending_initial_application(on)
+            or self.pending_tasks(["apply_arc"], on)
+        ):
             return
         days = self.rules["R-ARC-VISACHANGE"].value("days", on)
         self.add_task(
@@ -315,14 +376,7 @@ class _Replay:
                 self.in_taiwan = True  # A-PRESENCE
             if application == "initial":
                 self.initial_basis = fact.get("basis") or "registration"
-            for task in self.pending_tasks(APPLY_KINDS, on):
-                task.complete(on, fact.event_id)
-        elif application == "extension":
-            for task in self.pending_tasks([*EXTENSION_KINDS, "update_passport_details"], on):
-                task.complete(on, fact.event_id)
-        elif application == "replacement":
-            for task in self.pending_tasks(["replace_arc"], on):
-                task.complete(on, fact.event_id)
+        self.complete_with(fact, ALL_KINDS)
 
     def on_arc_issued(self, fact: Fact, on: date) -> None:
         valid_until: date = fact.get("valid_until")
@@ -337,9 +391,7 @@ class _Replay:
                     episode.end = dates.previous_day(on)
         if self.revoked_on is not None:
             self.revoked_on = None  # a new ARC after a revocation: a new residence
-        if application == "replacement":
-            for task in self.pending_tasks(["replace_arc"], on):
-                task.complete(on, fact.event_id)
+        self.complete_with(fact, ALL_KINDS)
         previous = self.arc
         if previous is not None and previous.valid_until == valid_until:
             previous.number = fact.get("arc_number") or previous.number
@@ -404,13 +456,7 @@ class _Replay:
         )
 
     def on_details_updated(self, fact: Fact, on: date) -> None:
-        fields = fact.get("fields") or []
-        if "address" in fields:
-            for task in self.pending_tasks(["report_address_change"], on):
-                task.complete(on, fact.event_id)
-        if "passport" in fields:
-            for task in self.pending_tasks(["report_passport_loss", "update_passport_details"], on):
-                task.complete(on, fact.event_id)
+        self.complete_with(fact, ALL_KINDS)
 
     def on_arc_lost(self, fact: Fact, on: date) -> None:
         self.add_task(_Task("replace_arc", "R-ARC-LOST", on, on, None, [fact.event_id]))
@@ -419,8 +465,7 @@ class _Replay:
         self.add_task(_Task("report_passport_loss", "R-PASSPORT", on, on, None, [fact.event_id]))
 
     def on_passport_replaced(self, fact: Fact, on: date) -> None:
-        for task in self.pending_tasks(["report_passport_loss"], on):
-            task.complete(on, fact.event_id)
+        self.complete_with(fact, ALL_KINDS)
         due = self.arc.valid_until if self.holds_valid_arc(on) and self.arc else None
         self.add_task(
             _Task(
@@ -448,13 +493,14 @@ class _Replay:
         if overstay is not None and overstay.end is None:
             overstay.end = on
             overstay.departed_by = fact.event_id
-        for task in self.pending_tasks(["report_and_surrender_arc"], on):
-            task.complete(on, fact.event_id)
+        self.complete_with(fact, ["report_and_surrender_arc"])
         for task in self.pending_tasks(APPLY_KINDS, on):
             if task.due_on is None or task.due_on >= on:
                 task.cancelled_on = on  # A-DEPARTURE-BEFORE-DUE
 
     def revoke(self, fact: Fact, on: date, leave_by: date | None) -> None:
+        if self.arc is not None and self.arc.ended_on is None:
+            self.arc.ended_on = on
         if self.revoked_on is None:
             self.revoked_on = on
             for task in self.pending_tasks(MOOT_ON_REVOCATION, on):
