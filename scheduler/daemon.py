@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import signal
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 from apscheduler.events import EVENT_SCHEDULER_STARTED, SchedulerEvent
@@ -66,7 +67,9 @@ def build_scheduler(config: DaemonConfig) -> BlockingScheduler:
             if str(job.trigger) != str(trigger) or job.kwargs != kwargs:
                 # A changed time or target: keep the job's missed run by running a catch-up
                 # now, then move it (rescheduling alone would skip the missed run).
-                scheduler.add_job(JOB_FUNC, kwargs=kwargs, id="catch-up", replace_existing=True)
+                missed = job.next_run_time is not None and job.next_run_time <= datetime.now(TAIPEI)
+                if missed:
+                    scheduler.add_job(JOB_FUNC, kwargs=kwargs, id="catch-up", replace_existing=True)
                 scheduler.modify_job(JOB_ID, kwargs=kwargs)
                 scheduler.reschedule_job(JOB_ID, trigger=trigger)
                 log.info("daily job moved to %02d:%02d", config.hour, config.minute)

@@ -31,7 +31,10 @@ TASK_NAMES: dict[str, tuple[str, str]] = {
 }
 FINE_NAMES: dict[str, tuple[str, str]] = {
     "late_arc_application": ("逾期申請居留證罰鍰", "a fine for a late ARC application"),
-    "late_details_update": ("未依規定變更居留證資料罰鍰", "a fine for a late change of ARC details"),
+    "late_details_update": (
+        "未依規定變更居留證資料罰鍰",
+        "a fine for a late change of ARC details",
+    ),
     "overstay": ("逾期居留罰鍰", "an overstay fine"),
 }
 PLACES: dict[str, tuple[str, str]] = {
@@ -81,7 +84,7 @@ def task_message(
     zh_fee = f"規費新臺幣 {fee:,} 元。" if fee else ""
     en_fee = f"Fee: NTD {fee:,}. " if fee else ""
     zh_docs = ("應備文件：" + "；".join(z for _, z in docs) + "。") if docs else ""
-    en_docs = ("Bring: " + "; ".join(e for e, _ in docs) + ". ") if docs else ""
+    en_docs = ("Bring: " + "; ".join(e.rstrip(".") for e, _ in docs) + ". ") if docs else ""
     lead_zh, lead_en = {
         "window_open": ("現在可以", "You can now"),
         "overdue": ("您尚未", "You have not yet done this:"),

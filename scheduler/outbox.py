@@ -41,6 +41,9 @@ _SCHEMA = (
 )
 
 
+_SCHEMA_LOCK = zlib.crc32(b"residency-timeline outbox schema")
+
+
 class EmitterBusy(RuntimeError):
     """Another emitter holds the lock."""
 
@@ -85,8 +88,12 @@ class OutboxDB:
             # Autocommit: a lone UPDATE is durable at once; `transaction()` uses BEGIN.
             self.conn.isolation_level = None
             self.conn.execute("PRAGMA busy_timeout = 30000")
-        for statement in _SCHEMA:
-            self.execute(statement)
+        with self.transaction():
+            if self.is_postgres:
+                # CREATE ... IF NOT EXISTS races with a concurrent creator on PostgreSQL.
+                self.execute("SELECT pg_advisory_xact_lock(?)", [_SCHEMA_LOCK])
+            for statement in _SCHEMA:
+                self.execute(statement)
 
     def execute(self, sql: str, params: Sequence[Any] = ()) -> Any:
         """Run one statement; returns the cursor."""
