@@ -65,7 +65,7 @@ def _iso_date(value: Any) -> date:
 IsoDate = Annotated[date, BeforeValidator(_iso_date)]
 FineKind = Literal["late_arc_application", "late_details_update", "overstay"]
 ApplicationKind = Literal["initial", "extension", "replacement", "reapplication"]
-Amount = Annotated[int, Field(gt=0, le=10_000_000)]
+Amount = Annotated[int, Field(gt=0, le=10_000_000, strict=True)]
 
 
 class _Event(BaseModel):
@@ -132,7 +132,7 @@ class ArcApplied(_Event):
     type: Literal["arc_applied"]
     application: ApplicationKind
     basis: Literal["registration", "admission_notice"] = "registration"
-    by_agent: bool = False
+    by_agent: bool = Field(default=False, strict=True)
 
     @model_validator(mode="after")
     def _basis_initial_only(self) -> ArcApplied:
