@@ -50,6 +50,23 @@ class _Task:
     late_fine: str | None = None  # fine kind accrued when not done by the due day
     late_rule: str | None = None
     effective: dict[str, date] = field(default_factory=dict)  # cause → day it began to count
+    # Earlier due days replaced later (leave_by set after the task opened): (from, due).
+    due_changes: list[tuple[date, date | None]] = field(default_factory=list)
+
+    def due_versions(self) -> list[tuple[date | None, date | None, date | None]]:
+        """(known from, known until (exclusive), due day) for each due day the task had.
+
+        The first version's `known from` is None: it holds from the task's trigger day.
+        """
+        dues = [previous for _, previous in self.due_changes] + [self.due_on]
+        starts = [self.trigger_on] + [day for day, _ in self.due_changes]
+        versions: list[tuple[date | None, date | None, date | None]] = []
+        for i, (since, due) in enumerate(zip(starts, dues, strict=True)):
+            until = starts[i + 1] if i + 1 < len(starts) else None
+            if until == since:
+                continue  # replaced the same day: never visible
+            versions.append((None if i == 0 else since, until, due))
+        return versions
 
     def cited(self) -> list[tuple[str, date]]:
         """Every event the task cites, with the day from which it counts."""
@@ -58,6 +75,13 @@ class _Task:
 
     def is_pending(self) -> bool:
         return self.done_on is None and self.cancelled_on is None
+
+    def cancel(self, on: date) -> None:
+        """Made moot on `on`: the earliest reason wins; a completion before it stands."""
+        if self.done_on is not None and self.done_on <= on:
+            return
+        if self.cancelled_on is None or on < self.cancelled_on:
+            self.cancelled_on = on
 
     def complete(self, on: date, event_id: str) -> None:
         if self.is_pending():
@@ -263,8 +287,8 @@ class _Replay:
         )
         if kind == "expired_abroad":
             # R-EXPIRED-ABROAD: an ARC that expired abroad cannot be extended any more.
-            if arc.task is not None and arc.task.is_pending():
-                arc.task.cancelled_on = first_day_without
+            if arc.task is not None:
+                arc.task.cancel(first_day_without)
             self.add_task(
                 _Task(
                     "reapply_visa",
@@ -401,7 +425,7 @@ class _Replay:
             if valid_until > previous.valid_until:
                 previous.task.complete(on, fact.event_id)
             elif previous.task.is_pending():
-                previous.task.cancelled_on = on
+                previous.task.cancel(on)
                 self.anomaly(
                     "valid_until_shortened",
                     on,
@@ -496,7 +520,7 @@ class _Replay:
         self.complete_with(fact, ["report_and_surrender_arc"])
         for task in self.pending_tasks(APPLY_KINDS, on):
             if task.due_on is None or task.due_on >= on:
-                task.cancelled_on = on  # A-DEPARTURE-BEFORE-DUE
+                task.cancel(on)  # A-DEPARTURE-BEFORE-DUE
 
     def revoke(self, fact: Fact, on: date, leave_by: date | None) -> None:
         if self.arc is not None and self.arc.ended_on is None:
@@ -504,7 +528,7 @@ class _Replay:
         if self.revoked_on is None:
             self.revoked_on = on
             for task in self.pending_tasks(MOOT_ON_REVOCATION, on):
-                task.cancelled_on = on
+                task.cancel(on)
             for episode in self.episodes:
                 episode.ceased = True
         if self.surrender is None or not self.surrender.is_pending():
@@ -514,7 +538,8 @@ class _Replay:
         else:
             self.surrender.triggers.append(fact.event_id)
             self.surrender.effective[fact.event_id] = on
-            if leave_by is not None:
+            if leave_by is not None and leave_by != self.surrender.due_on:
+                self.surrender.due_changes.append((on, self.surrender.due_on))
                 self.surrender.due_on = leave_by
 
     def on_studies_ceased(self, fact: Fact, on: date) -> None:
@@ -571,15 +596,11 @@ class _Replay:
                 if episode.departed_by is not None:
                     task.complete(last_day, episode.departed_by)
                 elif episode.resolved_on is not None:
-                    task.cancelled_on = episode.resolved_on
+                    task.cancel(episode.resolved_on)
                 # From day 30 the ARC can no longer be extended or reapplied for here.
                 for moot in self.tasks:
-                    if (
-                        moot.kind in EXTENSION_KINDS
-                        and moot.due_on == episode.valid_until
-                        and moot.is_pending()
-                    ):
-                        moot.cancelled_on = day_limit
+                    if moot.kind in EXTENSION_KINDS and moot.due_on == episode.valid_until:
+                        moot.cancel(day_limit)
             if episode.resolved_on is None:
                 overstay_view = Overstay(
                     since=episode.since,

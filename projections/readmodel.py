@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import date
@@ -25,13 +26,16 @@ from sqlite_utils import Database
 
 from projections.dates import TaiwanCalendar, taiwan_calendar
 from projections.engine import Derivation, derive, overstay_fine_range
-from projections.rules import DEFAULT_RULES, RuleBook
+from projections.rules import DEFAULT_RULES, TASK_KINDS, RuleBook
 from timeline.aggregate import Student
-from timeline.store import TimelineStore
+from timeline.facts import Fact
+from timeline.store import TimelineStore, to_fact
 
 log = logging.getLogger(__name__)
 
 HORIZON = date(2199, 12, 31)
+LAYOUT_VERSION = 3  # bump when a table changes: old read models are rebuilt
+STREAM_CACHE = 20_000  # students whose facts stay in memory between batches
 TRACKING = "rm_tracking"
 NAME = "student_views"
 
@@ -43,9 +47,10 @@ CREATE TABLE IF NOT EXISTS rm_students (
 );
 CREATE TABLE IF NOT EXISTS rm_tasks (
     student_id TEXT NOT NULL, n INTEGER NOT NULL, kind TEXT NOT NULL, rule TEXT NOT NULL,
-    trigger_on TEXT NOT NULL, opens_on TEXT, due_on TEXT, done_on TEXT, cancelled_on TEXT,
+    trigger_on TEXT NOT NULL, opens_on TEXT, due_on TEXT, due_from TEXT, due_until TEXT,
+    done_on TEXT, cancelled_on TEXT,
     place TEXT NOT NULL, fee_ntd INTEGER, caused_by TEXT NOT NULL,
-    PRIMARY KEY (student_id, n)
+    PRIMARY KEY (student_id, n, due_from)
 );
 CREATE INDEX IF NOT EXISTS rm_tasks_due ON rm_tasks (due_on);
 CREATE INDEX IF NOT EXISTS rm_tasks_trigger ON rm_tasks (trigger_on);
@@ -70,6 +75,13 @@ CREATE INDEX IF NOT EXISTS rm_overstays_student ON rm_overstays (student_id);
 """
 _TABLES = ("rm_tracking", "rm_students", "rm_tasks", "rm_fines", "rm_payments", "rm_overstays")
 
+# The tasks that existed on day :d, with the due day known that day.
+TASKS_ON_SQL = """
+(SELECT student_id, n, kind, rule, trigger_on, opens_on,
+        due_on, done_on, cancelled_on, place, fee_ntd, caused_by
+ FROM rm_tasks WHERE trigger_on <= :d AND (due_from IS NULL OR due_from <= :d)
+ AND (due_until IS NULL OR :d < due_until))
+"""
 TASK_STATUS_SQL = """
 CASE
   WHEN done_on IS NOT NULL AND done_on <= :d THEN
@@ -106,6 +118,88 @@ def _cited(pairs: Iterable[tuple[str, date]]) -> str:
     return json.dumps([[event_id, day.isoformat()] for event_id, day in pairs])
 
 
+class _Rows:
+    """The rows of a batch of students, written with one executemany per table."""
+
+    def __init__(self) -> None:
+        self.student_ids: list[str] = []
+        self.students: list[tuple[Any, ...]] = []
+        self.tasks: list[tuple[Any, ...]] = []
+        self.fines: list[tuple[Any, ...]] = []
+        self.payments: list[tuple[Any, ...]] = []
+        self.overstays: list[tuple[Any, ...]] = []
+
+    def add(self, uid: str, student_id: str, position: int, derived: Derivation) -> None:
+        """One student's derived history."""
+        replay = derived.replay
+        arc = replay.arc
+        self.student_ids.append(student_id)
+        self.students.append(
+            (
+                uid,
+                student_id,
+                position,
+                _iso(arc.valid_until) if arc else None,
+                _iso(replay.revoked_on),
+                int(bool(replay.in_taiwan)),
+            )
+        )
+        self.tasks.extend(
+            (
+                student_id,
+                n,
+                t.kind,
+                t.rule,
+                t.trigger_on.isoformat(),
+                _iso(t.opens_on),
+                _iso(due),
+                _iso(since),
+                _iso(until),
+                _iso(t.done_on),
+                _iso(t.cancelled_on),
+                TASK_KINDS[t.kind].where,
+                t.fee_ntd,
+                _cited(t.cited()),
+            )
+            for n, t in enumerate(derived.tasks)
+            for since, until, due in t.due_versions()
+        )
+        for n, f in enumerate(derived.fines):
+            cited = [(e, f.effective.get(e, f.accrued_on)) for e in f.caused_by]
+            self.fines.append(
+                (
+                    student_id,
+                    n,
+                    f.kind,
+                    f.rule,
+                    f.accrued_on.isoformat(),
+                    f.amount_min,
+                    f.amount_max,
+                    f.offense,
+                    _iso(f.imposed_on),
+                    f.amount if f.imposed_on else None,
+                    _iso(f.valid_until),
+                    _iso(f.last_day),
+                    _cited(cited),
+                )
+            )
+            self.payments.extend(
+                (student_id, n, on.isoformat(), amount) for on, amount in f.payments
+            )
+        self.overstays.extend(
+            (
+                student_id,
+                e.since.isoformat(),
+                e.valid_until.isoformat(),
+                _iso(e.end),
+                _iso(e.resolved_on),
+                int(e.ceased),
+            )
+            for e in replay.episodes
+            if e.kind == "overstay"
+        )
+
+
 class ReadModel:
     """The materialized tables and the loop that keeps them current."""
 
@@ -116,13 +210,29 @@ class ReadModel:
         calendar: TaiwanCalendar | None = None,
     ) -> None:
         self.db = Database(str(path))
+        self._migrate()
         self.db.executescript(_SCHEMA)
         self.rules = rules
         self.calendar = calendar or taiwan_calendar()
+        # Streams followed so far (uid → student, facts, last version): each notification
+        # is decoded once; a stream not followed from its start is read whole once.
+        self._streams: OrderedDict[str, tuple[str, list[Fact], int]] = OrderedDict()
 
     def close(self) -> None:
         """Close the SQLite connection."""
         self.db.close()
+
+    def _migrate(self) -> None:
+        """Tables of another layout are dropped; the next sync rebuilds them from the log."""
+        self.db.execute("CREATE TABLE IF NOT EXISTS rm_meta (version INTEGER NOT NULL)")
+        row = self.db.execute("SELECT version FROM rm_meta").fetchone()
+        if row is not None and row[0] == LAYOUT_VERSION:
+            return
+        with self.db.atomic():
+            for table in _TABLES:
+                self.db.execute(f"DROP TABLE IF EXISTS {table}")
+            self.db.execute("DELETE FROM rm_meta")
+            self.db.execute("INSERT INTO rm_meta VALUES (?)", [LAYOUT_VERSION])
 
     @property
     def position(self) -> int:
@@ -140,7 +250,7 @@ class ReadModel:
     def sync(
         self,
         store: TimelineStore,
-        batch: int = 500,
+        batch: int = 2000,
         on_progress: Callable[[int, int], None] | None = None,
     ) -> SyncReport:
         """Apply every notification after the tracking position, one transaction per batch."""
@@ -150,30 +260,24 @@ class ReadModel:
             notifications = store.notifications(report.position, batch)
             if not notifications:
                 break
-            names: dict[str, str] = {}
-            for notification in notifications:
-                if notification.originator_version == 1:
-                    event = store.decode(notification)
-                    if isinstance(event, Student.Registered):
-                        names[notification.originator_id.hex] = event.student_id
-            uuids = {n.originator_id.hex for n in notifications}
-            known = self._names(uuids - set(names))
-            names.update(known)
+            touched = self._absorb(store, notifications)
             position = notifications[-1].id
+            rows = _Rows()
+            for uid in touched:
+                student_id, facts, _ = self._streams[uid]
+                derived = derive(
+                    facts, HORIZON, None, self.rules, self.calendar, student_id=student_id
+                )
+                rows.add(uid, student_id, position, derived)
             with self.db.atomic():
-                for uid in uuids:
-                    student_id = names.get(uid)
-                    if student_id is None:
-                        log.warning("notification for an unknown stream %s skipped", uid)
-                        continue
-                    self._replace(uid, student_id, position, store)
+                self._write(rows)
                 self.db.execute(
                     f"INSERT INTO {TRACKING} (name, position) VALUES (?, ?) "
                     "ON CONFLICT(name) DO UPDATE SET position = excluded.position",
                     [NAME, position],
                 )
             report.notifications += len(notifications)
-            report.students += len(uuids)
+            report.students += len(touched)
             report.position = position
             if on_progress:
                 on_progress(position, last)
@@ -182,7 +286,45 @@ class ReadModel:
     def rebuild(self, store: TimelineStore, **kwargs: Any) -> SyncReport:
         """Recreate the tables from the whole notification log."""
         self.reset()
+        self._streams.clear()
         return self.sync(store, **kwargs)
+
+    def _absorb(self, store: TimelineStore, notifications: list[Any]) -> list[str]:
+        """Decode each notification once and bring the cached streams up to date."""
+        new: dict[str, list[Any]] = {}
+        names: dict[str, str] = {}
+        for notification in notifications:
+            uid = notification.originator_id.hex
+            event = store.decode(notification)
+            if isinstance(event, Student.Registered):
+                names[uid] = event.student_id
+            new.setdefault(uid, []).append(event)
+        names.update(self._names(set(new) - set(names) - set(self._streams)))
+        touched = []
+        for uid, events in new.items():
+            cached = self._streams.pop(uid, None)
+            first = events[0].originator_version
+            if cached is None and first == 1:
+                cached = (names[uid], [], 0)
+            if cached is None or cached[2] < first - 1:
+                # Not followed from its start here: read the whole stream once.
+                student_id = cached[0] if cached else names.get(uid)
+                if student_id is None:
+                    log.warning("notification for an unknown stream %s skipped", uid)
+                    continue
+                facts = store.stream(student_id)
+                cached = (student_id, facts, max([1, *(f.seq for f in facts)]))
+            student_id, facts, version = cached
+            for event in events:
+                if event.originator_version > version:
+                    if isinstance(event, Student.FactRecorded):
+                        facts.append(to_fact(student_id, event))
+                    version = event.originator_version
+            self._streams[uid] = (student_id, facts, version)
+            touched.append(uid)
+        while len(self._streams) > STREAM_CACHE:
+            self._streams.popitem(last=False)
+        return touched
 
     def _names(self, uuids: set[str]) -> dict[str, str]:
         if not uuids:
@@ -193,97 +335,25 @@ class ReadModel:
         ).fetchall()
         return {row[0]: row[1] for row in rows}
 
-    def _replace(self, uid: str, student_id: str, position: int, store: TimelineStore) -> None:
-        derived = derive(
-            store.stream(student_id),
-            HORIZON,
-            None,
-            self.rules,
-            self.calendar,
-            student_id=student_id,
-        )
-        for table in ("rm_tasks", "rm_fines", "rm_payments", "rm_overstays"):
-            self.db.execute(f"DELETE FROM {table} WHERE student_id = ?", [student_id])
-        self.write(uid, student_id, position, derived)
-
-    def write(self, uid: str, student_id: str, position: int, derived: Derivation) -> None:
-        """Write one student's derived history (inside the caller's transaction)."""
-        replay = derived.replay
-        arc = replay.arc
-        self.db.execute(
+    def _write(self, rows: _Rows) -> None:
+        """Replace the touched students' rows (inside the caller's transaction)."""
+        ids = rows.student_ids
+        for start in range(0, len(ids), 500):
+            chunk = ids[start : start + 500]
+            marks = ",".join("?" for _ in chunk)
+            for table in ("rm_tasks", "rm_fines", "rm_payments", "rm_overstays"):
+                self.db.execute(f"DELETE FROM {table} WHERE student_id IN ({marks})", chunk)
+        conn = self.db.conn
+        conn.executemany(
             "INSERT INTO rm_students VALUES (?,?,?,?,?,?) ON CONFLICT(uuid) DO UPDATE SET "
             "position=excluded.position, arc_valid_until=excluded.arc_valid_until, "
             "revoked_on=excluded.revoked_on, in_taiwan=excluded.in_taiwan",
-            [
-                uid,
-                student_id,
-                position,
-                _iso(arc.valid_until) if arc else None,
-                _iso(replay.revoked_on),
-                int(bool(replay.in_taiwan)),
-            ],
+            rows.students,
         )
-        from projections.rules import TASK_KINDS
-
-        self.db.conn.executemany(
-            "INSERT INTO rm_tasks VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
-            [
-                (
-                    student_id,
-                    n,
-                    t.kind,
-                    t.rule,
-                    t.trigger_on.isoformat(),
-                    _iso(t.opens_on),
-                    _iso(t.due_on),
-                    _iso(t.done_on),
-                    _iso(t.cancelled_on),
-                    TASK_KINDS[t.kind].where,
-                    t.fee_ntd,
-                    _cited(t.cited()),
-                )
-                for n, t in enumerate(derived.tasks)
-            ],
-        )
-        fines = []
-        payments = []
-        for n, f in enumerate(derived.fines):
-            cited = [(e, f.effective.get(e, f.accrued_on)) for e in f.caused_by]
-            fines.append(
-                (
-                    student_id,
-                    n,
-                    f.kind,
-                    f.rule,
-                    f.accrued_on.isoformat(),
-                    f.amount_min,
-                    f.amount_max,
-                    f.offense,
-                    _iso(f.imposed_on),
-                    f.amount if f.imposed_on else None,
-                    _iso(f.valid_until),
-                    _iso(f.last_day),
-                    _cited(cited),
-                )
-            )
-            payments.extend((student_id, n, on.isoformat(), amount) for on, amount in f.payments)
-        self.db.conn.executemany("INSERT INTO rm_fines VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)", fines)
-        self.db.conn.executemany("INSERT INTO rm_payments VALUES (?,?,?,?)", payments)
-        self.db.conn.executemany(
-            "INSERT INTO rm_overstays VALUES (?,?,?,?,?,?)",
-            [
-                (
-                    student_id,
-                    e.since.isoformat(),
-                    e.valid_until.isoformat(),
-                    _iso(e.end),
-                    _iso(e.resolved_on),
-                    int(e.ceased),
-                )
-                for e in replay.episodes
-                if e.kind == "overstay"
-            ],
-        )
+        conn.executemany("INSERT INTO rm_tasks VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)", rows.tasks)
+        conn.executemany("INSERT INTO rm_fines VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)", rows.fines)
+        conn.executemany("INSERT INTO rm_payments VALUES (?,?,?,?)", rows.payments)
+        conn.executemany("INSERT INTO rm_overstays VALUES (?,?,?,?,?,?)", rows.overstays)
 
     # -- population queries ------------------------------------------------------------
     def tasks_on(
@@ -293,8 +363,8 @@ class ReadModel:
         statuses, kinds = list(statuses), list(kinds)
         sql = (
             f"SELECT * FROM (SELECT student_id, n, kind, {TASK_STATUS_SQL} AS status, opens_on, "
-            "due_on, done_on, cancelled_on, place, fee_ntd, rule, caused_by FROM rm_tasks "
-            "WHERE trigger_on <= :d) WHERE 1=1"
+            f"due_on, done_on, cancelled_on, place, fee_ntd, rule, caused_by FROM {TASKS_ON_SQL}) "
+            "WHERE 1=1"
         )
         params: dict[str, Any] = {"d": day.isoformat()}
         if statuses:

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from datetime import date
 
 from projections import dates
-from projections.readmodel import TASK_STATUS_SQL, ReadModel
+from projections.readmodel import TASK_STATUS_SQL, TASKS_ON_SQL, ReadModel
 from scheduler.alert import Alert, Message
 from scheduler.messages import fine_message, overstay_message, task_message
 
@@ -53,8 +53,8 @@ def milestones_on(model: ReadModel, day: date) -> list[Milestone]:
     marks = ",".join(f":w{i}" for i in range(len(wanted_due)))
     rows = model.db.execute(
         f"SELECT student_id, kind, rule, opens_on, due_on, place, fee_ntd, caused_by, "
-        f"{TASK_STATUS_SQL} AS status FROM rm_tasks WHERE trigger_on <= :d "
-        f"AND (opens_on = :d OR due_on = :overdue OR due_on IN ({marks}))",
+        f"{TASK_STATUS_SQL} AS status FROM {TASKS_ON_SQL} "
+        f"WHERE (opens_on = :d OR due_on = :overdue OR due_on IN ({marks}))",
         params,
     ).fetchall()
     for student_id, kind, rule, opens_on, due_on, place, fee, caused_by, status in rows:
