@@ -6,7 +6,9 @@ Records are validated against the contract, classified against the feed-key inde
 - **Atomic** (default): a first pass validates and classifies the whole input without
   writing; if anything is rejected nothing is stored. Only then does a second pass write,
   one transaction per batch. (A crash in the second pass leaves a prefix stored; sending
-  the same input again completes it, the stored part counting as duplicates.)
+  the same input again completes it, the stored part counting as duplicates.) When the
+  first pass finds nothing new (a feed sent again), there is no second pass. The first
+  pass remembers the keys of the whole input in a temporary SQLite table, not in memory.
 - **Partial**: one pass; good records are stored, bad ones reported.
 """
 
@@ -15,11 +17,13 @@ from __future__ import annotations
 import csv
 import hashlib
 import io
+import itertools
 import json
 import logging
+import sqlite3
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -36,6 +40,13 @@ log = logging.getLogger(__name__)
 BATCH_SIZE = 2000
 SAVE_ATTEMPTS = 8
 AGGREGATE_CACHE = 20_000
+SEEN_CACHE_KIB = 16_384  # page cache of the dry pass's key table; the rest stays on disk
+_SEEN_CHUNK = 500
+# What classification remembers of each fresh key: (digest, student_id, type).
+Seen = tuple[str, str, str]
+# The canonical JSON of a digest (`json.dumps(..., sort_keys=True, separators=(",", ":"))`,
+# without building an encoder per call).
+_CANONICAL = json.JSONEncoder(sort_keys=True, separators=(",", ":"))
 
 
 @dataclass(frozen=True, slots=True)
@@ -181,20 +192,54 @@ class _Valid:
     type: str
     event: Any
     digest: str
-
-    @property
-    def key(self) -> tuple[str, str]:
-        return (self.source, self.event_id)
+    key: tuple[str, str]  # (source, event_id), built once: classification reads it often
 
 
-def _key_hash(source: str, event_id: str) -> int:
-    return int.from_bytes(
-        hashlib.blake2b(f"{source}\x00{event_id}".encode(), digest_size=8).digest()
-    )
+class SeenKeys:
+    """The keys a dry pass found fresh so far, over the whole input, in bounded memory.
 
+    A private temporary SQLite database (kept in its page cache up to `SEEN_CACHE_KIB`,
+    then spilled to a temporary file; deleted when closed) holds, per key, what a later
+    record needs: its digest (duplicate or conflict), and for a retraction the target's
+    student and type. A dict of a million keys would take some 250 MB.
+    """
 
-def _short(text: str) -> int:
-    return int.from_bytes(hashlib.blake2b(text.encode(), digest_size=8).digest())
+    def __init__(self) -> None:
+        self._db = sqlite3.connect("", isolation_level=None)
+        self._db.execute(f"PRAGMA cache_size=-{SEEN_CACHE_KIB}")
+        self._db.execute("PRAGMA journal_mode=OFF")
+        self._db.execute("PRAGMA synchronous=OFF")
+        self._db.execute(
+            "CREATE TABLE seen (source TEXT, event_id TEXT, digest TEXT, student_id TEXT, "
+            "type TEXT, PRIMARY KEY (source, event_id)) WITHOUT ROWID"
+        )
+
+    def get_many(self, keys: Sequence[tuple[str, str]]) -> dict[tuple[str, str], Seen]:
+        """The remembered entries among these keys."""
+        found: dict[tuple[str, str], Seen] = {}
+        for start in range(0, len(keys), _SEEN_CHUNK):
+            chunk = keys[start : start + _SEEN_CHUNK]
+            values = ",".join("(?,?)" for _ in chunk)
+            for source, event_id, digest, student_id, kind in self._db.execute(
+                "SELECT s.source, s.event_id, s.digest, s.student_id, s.type "
+                f"FROM (VALUES {values}) AS q CROSS JOIN seen AS s "
+                "ON s.source = q.column1 AND s.event_id = q.column2",
+                [part for key in chunk for part in key],
+            ):
+                found[(source, event_id)] = (digest, student_id, kind)
+        return found
+
+    def add_many(self, entries: Iterable[tuple[tuple[str, str], Seen]]) -> None:
+        """Remember these (key, entry) pairs."""
+        self._db.execute("BEGIN")
+        self._db.executemany(
+            "INSERT INTO seen VALUES (?,?,?,?,?)", [(*key, *entry) for key, entry in entries]
+        )
+        self._db.execute("COMMIT")
+
+    def close(self) -> None:
+        """Drop the table (and its temporary file)."""
+        self._db.close()
 
 
 class Ingestor:
@@ -226,25 +271,34 @@ class Ingestor:
             if check.rejected:
                 report.rejected = check.rejected
                 return report
+            if not check.accepted:
+                # Every record is a duplicate of a stored event; stored keys are never
+                # removed, so the write pass would find exactly that again: skip it.
+                report.duplicates = check.duplicates
+                return report
         self._pass(open_records(), report, write=True)
         return report
 
     # -- one pass --------------------------------------------------------------------------
     def _pass(self, records: Iterable[RawRecord], report: IngestReport, *, write: bool) -> None:
-        seen: dict[int, tuple[int, int, str]] = {}  # whole-input keys, for the dry pass
-        batch: list[_Valid] = []
-        for record in records:
-            if self.on_record:
-                self.on_record()
-            valid = self._validate(record, report)
-            if valid is None:
-                continue
-            batch.append(valid)
-            if len(batch) >= self.batch_size:
+        seen = None if write else SeenKeys()  # whole-input keys, for the dry pass
+        try:
+            batch: list[_Valid] = []
+            for record in records:
+                if self.on_record:
+                    self.on_record()
+                valid = self._validate(record, report)
+                if valid is None:
+                    continue
+                batch.append(valid)
+                if len(batch) >= self.batch_size:
+                    self._batch(batch, report, seen, write=write)
+                    batch = []
+            if batch:
                 self._batch(batch, report, seen, write=write)
-                batch = []
-        if batch:
-            self._batch(batch, report, seen, write=write)
+        finally:
+            if seen is not None:
+                seen.close()
 
     def _validate(self, record: RawRecord, report: IngestReport) -> _Valid | None:
         if record.error is not None:
@@ -263,22 +317,23 @@ class Ingestor:
             type=event.type,  # type: ignore[attr-defined]
             event=event,
             digest=self._digest(event),
+            key=(event.source, event.event_id),
         )
 
     def _digest(self, event: Any) -> str:
-        canonical = json.dumps(event.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+        canonical = _CANONICAL.encode(event.model_dump(mode="json"))
         return hashlib.blake2b(canonical.encode(), digest_size=16, key=self._digest_key).hexdigest()
 
     def _batch(
         self,
         batch: list[_Valid],
         report: IngestReport,
-        seen: dict[int, tuple[int, int, str]],
+        seen: SeenKeys | None,
         *,
         write: bool,
     ) -> None:
         for attempt in range(1, SAVE_ATTEMPTS + 1):
-            fresh, duplicates, rejected = self._classify(batch, seen, track_whole_input=not write)
+            fresh, duplicates, rejected = self._classify(batch, seen)
             if not write or not fresh:
                 break
             try:
@@ -298,29 +353,37 @@ class Ingestor:
         report.rejected.extend(rejected)
 
     def _classify(
-        self, batch: list[_Valid], seen: dict[int, tuple[int, int, str]], *, track_whole_input: bool
+        self, batch: list[_Valid], seen: SeenKeys | None
     ) -> tuple[list[_Valid], int, list[Rejection]]:
+        """Split a batch into fresh events, duplicates and rejections.
+
+        Keys are checked against the store, and against the earlier records of this
+        batch, and (`seen`, the dry pass) of the whole input so far.
+        """
         keys = list(
             {item.key for item in batch}
             | {(i.source, i.event.retracts) for i in batch if i.type == "retracted"}
         )
         stored = self.store.lookup_keys(keys)
-        local: dict[int, tuple[int, int, str]] = seen if track_whole_input else {}
+        local: dict[tuple[str, str], Seen] = {}
+        if seen is not None:
+            local = seen.get_many([key for key in keys if key not in stored])
+        remembered = len(local)
         fresh: list[_Valid] = []
         duplicates = 0
         rejected: list[Rejection] = []
         for item in batch:
-            known = stored.get(item.key)
-            kh = _key_hash(*item.key)
-            earlier = local.get(kh)
+            key = item.key
+            known = stored.get(key)
             if known is not None:
                 if known[4] == item.digest:
                     duplicates += 1
                 else:
                     rejected.append(Rejection(item.position, _conflict_message(item)))
                 continue
+            earlier = local.get(key)
             if earlier is not None:
-                if earlier[0] == _short(item.digest):
+                if earlier[0] == item.digest:
                     duplicates += 1
                 else:
                     rejected.append(Rejection(item.position, _conflict_message(item)))
@@ -330,25 +393,27 @@ class Ingestor:
                 if problem:
                     rejected.append(Rejection(item.position, problem))
                     continue
-            local[kh] = (_short(item.digest), _short(item.student_id), item.type)
+            local[key] = (item.digest, item.student_id, item.type)
             fresh.append(item)
+        if seen is not None and len(local) > remembered:
+            seen.add_many(itertools.islice(local.items(), remembered, None))
         return fresh, duplicates, rejected
 
     def _retraction_problem(
         self,
         item: _Valid,
         stored: dict[tuple[str, str], FeedKey],
-        local: dict[int, tuple[int, int, str]],
+        local: dict[tuple[str, str], Seen],
     ) -> str | None:
         target_id = item.event.retracts
         target = stored.get((item.source, target_id))
         if target is not None:
-            student_hash, target_type = _short(target[2]), target[3]
-        elif (earlier := local.get(_key_hash(item.source, target_id))) is not None:
-            student_hash, target_type = earlier[1], earlier[2]
+            student_id, target_type = target[2], target[3]
+        elif (earlier := local.get((item.source, target_id))) is not None:
+            student_id, target_type = earlier[1], earlier[2]
         else:
             return f"retracts: no event {target_id!r} from source {item.source!r} is stored"
-        if student_hash != _short(item.student_id):
+        if student_id != item.student_id:
             return f"retracts: event {target_id!r} belongs to another student"
         if target_type == "retracted":
             return (

@@ -55,7 +55,37 @@ class SQLiteTimelineRecorder(SQLiteApplicationRecorder):
         feed_keys: Sequence[FeedKey] = kwargs.get("feed_keys", ())
         if feed_keys:
             c.executemany("INSERT INTO feed_keys VALUES (?,?,?,?,?)", feed_keys)
-        return super()._insert_events(c, stored_events, **kwargs)
+        if not stored_events:
+            return []
+        # One executemany instead of the library's execute per row. The notification
+        # ids are the rowids: this transaction holds the write lock, so the rows get
+        # consecutive rowids (max + 1, ...) ending at last_insert_rowid(); checked
+        # below on the first row, with the library's per-row lookup as the fallback.
+        rows = [
+            (
+                s.originator_id.hex if isinstance(s.originator_id, UUID) else s.originator_id,
+                s.originator_version,
+                s.topic,
+                s.state,
+            )
+            for s in stored_events
+        ]
+        c.executemany(self.insert_events_statement, rows)
+        c.execute("SELECT last_insert_rowid()")
+        last = c.fetchone()[0]
+        first = last - len(rows) + 1
+        if self._rowid(c, rows[0]) == first:
+            return list(range(first, last + 1))
+        # Not consecutive (SQLite only does that once the largest rowid is taken).
+        return [self._rowid(c, row) for row in rows]
+
+    def _rowid(self, c: Any, row: tuple[Any, ...]) -> int:
+        c.execute(
+            f"SELECT rowid FROM {self.events_table_name} "
+            "WHERE originator_id = ? AND originator_version = ?",
+            row[:2],
+        )
+        return int(c.fetchone()[0])
 
     def lookup_keys(self, keys: Sequence[tuple[str, str]]) -> dict[tuple[str, str], FeedKey]:
         """The stored feed keys among `keys`."""
@@ -64,9 +94,12 @@ class SQLiteTimelineRecorder(SQLiteApplicationRecorder):
             for start in range(0, len(keys), _LOOKUP_CHUNK):
                 chunk = keys[start : start + _LOOKUP_CHUNK]
                 values = ",".join("(?,?)" for _ in chunk)
+                # CROSS JOIN fixes the plan: the wanted keys drive one primary-key search
+                # each (`(a, b) IN (VALUES ...)` scans the whole index instead).
                 c.execute(
-                    "SELECT source, event_id, student_id, type, digest FROM feed_keys "
-                    f"WHERE (source, event_id) IN (VALUES {values})",
+                    "SELECT k.source, k.event_id, k.student_id, k.type, k.digest "
+                    f"FROM (VALUES {values}) AS q CROSS JOIN feed_keys AS k "
+                    "ON k.source = q.column1 AND k.event_id = q.column2",
                     [part for key in chunk for part in key],
                 )
                 for row in c.fetchall():

@@ -1,0 +1,535 @@
+"""Ingestion benchmark: a synthetic registrar feed through `timeline.ingest.ingest_file`.
+
+    .venv/bin/python -m benchmarks.ingest [--events N] [--students M] [--dir PATH]
+
+It writes a feed of N events over M students as JSON Lines (streaming, chunks of students
+in student order, each chunk's events interleaved by `occurred_on` the way a registrar
+export of a batch of students comes out), then measures, each phase in its own spawned
+child process so that the peak RSS is that phase's alone (not the generator's):
+
+1. `atomic`: the file into a fresh SQLite store (dry validation pass, then write pass);
+2. `re-ingest`: the same file again into that store, every record a duplicate;
+3. `partial`: the file into another fresh store in the one-pass mode;
+4. `bare`: the rows the store wrote to `stored_events` (the same number, the library's
+   table shape, the library's JSON state layout and size) inserted with plain `sqlite3`
+   `executemany` in one transaction into a fresh file: the floor any store pays.
+
+Targets: atomic rate / bare rate ≥ 0.2, re-ingest ≥ 3x the atomic rate, peak RSS of an
+ingest well under 300 MB.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import itertools
+import json
+import multiprocessing
+import os
+import random
+import resource
+import shutil
+import sqlite3
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import ProcessPoolExecutor
+from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+CHUNK_STUDENTS = 250  # students per export chunk (their events interleaved by date)
+BARE_CHUNK_ROWS = 50_000
+TARGET_BARE_RATIO = 0.2
+TARGET_REINGEST_SPEEDUP = 3.0
+TARGET_RSS_MB = 300
+
+STREETS = (
+    "Sec. 4, Roosevelt Rd., Da'an Dist., Taipei City",
+    "Sec. 1, Daxue Rd., East Dist., Hsinchu City",
+    "Zhongshan S. Rd., Zhongzheng Dist., Taipei City",
+    "Sec. 3, Taiwan Blvd., Xitun Dist., Taichung City",
+    "Shengli Rd., East Dist., Tainan City",
+    "Lianhai Rd., Gushan Dist., Kaohsiung City",
+    "Sec. 2, Zhongyang Rd., Banqiao Dist., New Taipei City",
+)
+NOTES = (
+    "imported from SIS nightly export",
+    "confirmed by the international office",
+    "entered by counter staff",
+)
+
+
+# -- the feed ------------------------------------------------------------------------------
+def semester(day: date) -> str:
+    """The ROC academic semester of a day, e.g. 2024-09-15 -> `113-1`."""
+    year = day.year if day.month >= 8 else day.year - 1
+    term = 1 if day.month >= 8 or day.month == 1 else 2
+    return f"{year - 1911}-{term}"
+
+
+def lifecycle(rng: random.Random) -> Iterator[tuple[str, str, date, dict[str, Any]]]:
+    """A plausible, valid, endless life of one student: (source, type, day, fields)."""
+    start_year = rng.randint(2018, 2024)
+    term_start = date(start_year, 9, 1) if rng.random() < 0.7 else date(start_year, 2, 17)
+    day = term_start - timedelta(days=rng.randint(3, 25))
+    reg = "registrar"
+
+    def later(low: int, high: int) -> date:
+        nonlocal day
+        day += timedelta(days=rng.randint(low, high))
+        return day
+
+    if rng.random() < 0.08:
+        yield (
+            reg,
+            "entered",
+            day,
+            {"visa": "visitor", "visa_code": "FS", "stay_until": day + timedelta(days=90)},
+        )
+        yield reg, "visa_changed", later(5, 30), {"to": "resident"}
+    else:
+        fields: dict[str, Any] = {"visa": "resident"}
+        if rng.random() < 0.6:
+            fields["visa_code"] = "FS"
+        yield reg, "entered", day, fields
+    day = max(day, term_start)
+    yield reg, "registered", later(0, 10), {"semester": semester(day)}
+    admission = rng.random() < 0.05
+    applied: dict[str, Any] = {"application": "initial"}
+    if admission:
+        applied["basis"] = "admission_notice"
+    if rng.random() < 0.1:
+        applied["by_agent"] = True
+    yield reg, "arc_applied", later(1, 20), applied
+    issued = later(7, 20)
+    valid_until = issued + timedelta(days=180 if admission else 365)
+    yield (
+        reg,
+        "arc_issued",
+        issued,
+        {
+            "valid_until": valid_until,
+            "arc_number": f"A{rng.randint(800_000_000, 899_999_999)}",
+        },
+    )
+    yield "housing", "address_changed", later(1, 60), {"address": address(rng)}
+    yield reg, "details_updated", later(3, 45), {"fields": ["address"]}
+    while True:
+        roll = rng.random()
+        if roll < 0.03:
+            yield (
+                "housing",
+                "retracted",
+                later(0, 3),
+                {"retracts": None, "reason": "wrong unit number"},
+            )
+            yield "housing", "address_changed", later(0, 3), {"address": address(rng)}
+            yield reg, "details_updated", later(1, 30), {"fields": ["address"]}
+        elif roll < 0.15:
+            yield "housing", "address_changed", later(20, 120), {"address": address(rng)}
+            yield reg, "details_updated", later(3, 40), {"fields": ["address"]}
+        elif roll < 0.18:
+            yield reg, "passport_lost", later(10, 90), {}
+            yield (
+                reg,
+                "passport_replaced",
+                later(7, 30),
+                {"passport_number": f"P{rng.randint(10**7, 10**8 - 1)}"},
+            )
+            yield reg, "details_updated", later(1, 20), {"fields": ["passport"]}
+        elif roll < 0.20:
+            yield (
+                reg,
+                "fine_imposed",
+                later(10, 60),
+                {"fine": "late_details_update", "amount_ntd": 2000},
+            )
+            yield (
+                reg,
+                "fine_paid",
+                later(3, 30),
+                {"amount_ntd": 2000, "fine": "late_details_update"},
+            )
+        elif roll < 0.22:
+            yield reg, "arc_lost", later(10, 90), {}
+            yield reg, "arc_applied", later(1, 7), {"application": "replacement"}
+            yield (
+                reg,
+                "arc_issued",
+                later(7, 14),
+                {"valid_until": max(valid_until, day), "application": "replacement"},
+            )
+        elif roll < 0.35:
+            yield reg, "departed", later(30, 120), {}
+            yield reg, "entered", later(7, 40), {"visa": "arc"}
+        yield reg, "registered", later(60, 150), {"semester": semester(day)}
+        if (valid_until - day).days < 90:
+            yield reg, "arc_applied", later(1, 30), {"application": "extension"}
+            issued = later(5, 14)
+            valid_until = max(valid_until, issued) + timedelta(days=365)
+            yield (
+                reg,
+                "arc_issued",
+                issued,
+                {"valid_until": valid_until, "application": "extension"},
+            )
+
+
+def address(rng: random.Random) -> str:
+    """A plausible Taiwanese address in English."""
+    return f"{rng.randint(1, 12)}F., No. {rng.randint(1, 300)}, {rng.choice(STREETS)}"
+
+
+def student_events(
+    rng: random.Random, student_id: str, count: int
+) -> list[tuple[date, dict[str, Any]]]:
+    """The first `count` feed events of one student, as (occurred_on, JSON object)."""
+    events: list[tuple[date, dict[str, Any]]] = []
+    last_housing: str | None = None
+    for seq, (source, kind, day, fields) in enumerate(itertools.islice(lifecycle(rng), count), 1):
+        prefix = "HSG" if source == "housing" else "REG"
+        event_id = f"{prefix}-{student_id}-{seq:03d}"
+        obj: dict[str, Any] = {
+            "event_id": event_id,
+            "source": source,
+            "student_id": student_id,
+            "type": kind,
+            "occurred_on": day.isoformat(),
+        }
+        for name, value in fields.items():
+            obj[name] = value.isoformat() if isinstance(value, date) else value
+        if kind == "retracted":
+            if last_housing is None:  # nothing to retract (cut short): a plain move instead
+                obj = {**obj, "type": "address_changed", "address": address(rng)}
+                del obj["retracts"], obj["reason"]
+            else:
+                obj["retracts"] = last_housing
+        if obj["type"] == "address_changed":
+            last_housing = event_id
+        if rng.random() < 0.08:
+            obj["note"] = rng.choice(NOTES)
+        events.append((day, obj))
+    return events
+
+
+def write_feed(path: Path, events: int, students: int, seed: int) -> int:
+    """Write the feed, streaming; returns its size in bytes."""
+    rng = random.Random(seed)
+    base, extra = divmod(events, students)
+    with path.open("w", encoding="utf-8") as out:
+        for first in range(0, students, CHUNK_STUDENTS):
+            numbers = range(first, min(first + CHUNK_STUDENTS, students))
+            counts = [base + (1 if n < extra else 0) for n in numbers]
+            for i in range(0, len(counts) - 1, 2):  # vary the length, keep the total
+                swing = rng.randint(0, min(4, base - 1)) if base > 1 else 0
+                counts[i] += swing
+                counts[i + 1] -= swing
+            chunk: list[tuple[date, int, int, dict[str, Any]]] = []
+            for position, (number, count) in enumerate(zip(numbers, counts, strict=True)):
+                for seq, (day, obj) in enumerate(student_events(rng, f"S{number:07d}", count)):
+                    chunk.append((day, position, seq, obj))
+            chunk.sort(key=lambda row: row[:3])
+            out.writelines(json.dumps(row[3], ensure_ascii=False) + "\n" for row in chunk)
+    return path.stat().st_size
+
+
+# -- the phases (each runs in a fresh child process) -------------------------------------
+def rss_mb() -> float:
+    """This process's peak resident set size so far, in MB (Linux reports KiB)."""
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / 1024 if sys.platform != "darwin" else peak / 2**20
+
+
+def phase_ingest(db: str, feed: str, partial: bool, batch_size: int | None) -> dict[str, Any]:
+    """Ingest the feed into the store at `db`; time it and report its peak RSS."""
+    from timeline.ingest import BATCH_SIZE, ingest_file
+    from timeline.store import TimelineStore
+
+    store = TimelineStore.open(db)
+    baseline = rss_mb()
+    started = time.perf_counter()
+    report = ingest_file(store, Path(feed), partial=partial, batch_size=batch_size or BATCH_SIZE)
+    seconds = time.perf_counter() - started
+    store.close()
+    return {
+        "seconds": seconds,
+        "accepted": report.accepted,
+        "duplicates": report.duplicates,
+        "rejected": len(report.rejected),
+        "first_rejections": [(r.position, r.error) for r in report.rejected[:3]],
+        "rss_before_mb": baseline,
+        "rss_peak_mb": rss_mb(),
+    }
+
+
+def state_json(payload: dict[str, Any]) -> bytes:
+    """The library's JSON layout for an event state (dates as `date_iso` objects)."""
+
+    def encode(value: Any) -> Any:
+        if isinstance(value, str) and len(value) == 10 and value[4] == "-" and value[7] == "-":
+            return {"_type_": "date_iso", "_data_": value}
+        return value
+
+    return json.dumps(
+        {k: encode(v) for k, v in payload.items()}, separators=(",", ":"), ensure_ascii=False
+    ).encode()
+
+
+def bare_rows(feed: Path) -> Iterator[tuple[str, int, str, bytes]]:
+    """The `stored_events` rows the store writes for this feed, built the way it builds them."""
+    from timeline.aggregate import student_uuid
+    from timeline.contract import MODELS
+
+    envelope = {"event_id", "source", "student_id", "occurred_on", "note", "type"}
+    bodies = {
+        kind: [
+            (name, info.default)
+            for name, info in model.model_fields.items()
+            if name not in envelope
+        ]
+        for kind, model in MODELS.items()
+    }
+    stamp = {"_type_": "datetime_iso", "_data_": datetime.now(UTC).isoformat()}
+    versions: dict[str, int] = {}
+    with feed.open("rb") as lines:
+        for line in lines:
+            obj = json.loads(line)
+            sid = obj["student_id"]
+            uid = student_uuid(sid).hex
+            version = versions.get(sid, 0)
+            if version == 0:
+                version = 1
+                yield (
+                    uid,
+                    1,
+                    "timeline.aggregate:Student.Registered",
+                    json.dumps(
+                        {
+                            "timestamp": stamp,
+                            "originator_topic": "timeline.aggregate:Student",
+                            "student_id": sid,
+                        },
+                        separators=(",", ":"),
+                    ).encode(),
+                )
+            version += 1
+            versions[sid] = version
+            data = {name: obj.get(name, default) for name, default in bodies[obj["type"]]}
+            state = (
+                b'{"timestamp":'
+                + json.dumps(stamp, separators=(",", ":")).encode()
+                + b","
+                + state_json(
+                    {
+                        "source": obj.get("source", "manual"),
+                        "event_id": obj["event_id"],
+                        "type": obj["type"],
+                        "occurred_on": obj["occurred_on"],
+                    }
+                )[1:-1]
+                + b',"data":'
+                + state_json(data)
+                + b',"note":'
+                + json.dumps(obj.get("note")).encode()
+                + b',"digest":"'
+                + hashlib.blake2b(line, digest_size=16).hexdigest().encode()
+                + b'"}'
+            )
+            yield (uid, version, "timeline.aggregate:Student.FactRecorded", state)
+
+
+def phase_bare(db: str, feed: str) -> dict[str, Any]:
+    """Insert the same rows with plain sqlite3 `executemany`, one transaction; time the SQL."""
+    conn = sqlite3.connect(db, isolation_level=None)
+    conn.execute(
+        "CREATE TABLE stored_events (originator_id TEXT, originator_version INTEGER, "
+        "topic TEXT, state BLOB, PRIMARY KEY (originator_id, originator_version))"
+    )
+    rows = bare_rows(Path(feed))
+    total, seconds, state_bytes = 0, 0.0, 0
+    conn.execute("BEGIN")
+    while chunk := list(itertools.islice(rows, BARE_CHUNK_ROWS)):  # built outside the clock
+        total += len(chunk)
+        state_bytes += sum(len(r[3]) for r in chunk)
+        started = time.perf_counter()
+        conn.executemany("INSERT INTO stored_events VALUES (?,?,?,?)", chunk)
+        seconds += time.perf_counter() - started
+    started = time.perf_counter()
+    conn.execute("COMMIT")
+    seconds += time.perf_counter() - started
+    conn.close()
+    return {"seconds": seconds, "rows": total, "avg_state_bytes": state_bytes / max(total, 1)}
+
+
+def stored_shape(db: str) -> dict[str, Any]:
+    """Row counts and the average state size of a store's tables."""
+    conn = sqlite3.connect(db)
+    rows, avg = conn.execute("SELECT count(*), avg(length(state)) FROM stored_events").fetchone()
+    keys = conn.execute("SELECT count(*) FROM feed_keys").fetchone()[0]
+    conn.close()
+    return {"rows": rows, "avg_state_bytes": avg or 0.0, "feed_keys": keys}
+
+
+def in_child(func: Callable[..., dict[str, Any]], *args: Any) -> dict[str, Any]:
+    """Run one phase in a fresh (spawned) process, so its peak RSS is its own."""
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(max_workers=1, mp_context=context) as pool:
+        return pool.submit(func, *args).result()
+
+
+# -- the run -------------------------------------------------------------------------------
+def main(argv: list[str] | None = None) -> int:
+    """Generate the feed, run the phases, print the numbers and a summary table."""
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks.ingest", description=__doc__.split("\n")[0]
+    )
+    parser.add_argument(
+        "--events", type=int, default=1_000_000, help="feed events (default 1,000,000)"
+    )
+    parser.add_argument("--students", type=int, default=100_000, help="students (default 100,000)")
+    parser.add_argument(
+        "--dir", type=Path, default=None, help="work folder, kept (default: a temp dir, removed)"
+    )
+    parser.add_argument("--seed", type=int, default=20240316)
+    parser.add_argument(
+        "--batch-size", type=int, default=None, help="ingest batch size (default: the library's)"
+    )
+    parser.add_argument(
+        "--skip-partial", action="store_true", help="leave out the partial-mode phase"
+    )
+    args = parser.parse_args(argv)
+    if args.events < 1 or args.students < 1:
+        parser.error("--events and --students must be positive")
+    students = min(args.students, args.events)
+
+    work = args.dir or Path(tempfile.mkdtemp(prefix="timeline-bench-"))
+    work.mkdir(parents=True, exist_ok=True)
+    feed = work / "feed.jsonl"
+    for name in ("atomic.db", "partial.db", "bare.db"):
+        for suffix in ("", "-wal", "-shm", "-journal"):
+            (work / f"{name}{suffix}").unlink(missing_ok=True)
+
+    def say(text: str) -> None:
+        print(text, flush=True)
+
+    try:
+        say(f"feed: {args.events:,} events over {students:,} students -> {feed}")
+        started = time.perf_counter()
+        size = write_feed(feed, args.events, students, args.seed)
+        say(
+            f"  written in {time.perf_counter() - started:.1f}s, {size / 2**20:.1f} MiB "
+            f"(generator peak RSS {rss_mb():.0f} MB)"
+        )
+
+        n = args.events
+        results: dict[str, dict[str, Any]] = {}
+        plan = [("atomic", "atomic.db", False), ("re-ingest", "atomic.db", False)]
+        if not args.skip_partial:
+            plan.append(("partial", "partial.db", True))
+        for label, db, partial in plan:
+            say(f"{label}: ingesting into {work / db} ...")
+            result = in_child(phase_ingest, str(work / db), str(feed), partial, args.batch_size)
+            results[label] = result
+            say(
+                f"  {n / result['seconds']:,.0f} events/s ({result['seconds']:.1f}s); accepted "
+                f"{result['accepted']:,}, duplicates {result['duplicates']:,}, rejected "
+                f"{result['rejected']:,}; peak RSS {result['rss_peak_mb']:.0f} MB "
+                f"(store open: {result['rss_before_mb']:.0f} MB)"
+            )
+            if result["rejected"]:
+                say(f"  first rejections: {result['first_rejections']}")
+        shape = stored_shape(str(work / "atomic.db"))
+        say(
+            f"store: {shape['rows']:,} stored_events rows "
+            f"(avg state {shape['avg_state_bytes']:.0f} B), "
+            f"{shape['feed_keys']:,} feed_keys rows"
+        )
+
+        say(f"bare: sqlite3 executemany into {work / 'bare.db'} ...")
+        bare = in_child(phase_bare, str(work / "bare.db"), str(feed))
+        say(
+            f"  {bare['rows'] / bare['seconds']:,.0f} rows/s ({bare['seconds']:.1f}s for "
+            f"{bare['rows']:,} rows, avg state {bare['avg_state_bytes']:.0f} B)"
+        )
+
+        atomic, again = results["atomic"], results["re-ingest"]
+        # Same workload on both sides (the rows N feed events produce): compare per feed event.
+        bare_rate = n / bare["seconds"]
+        atomic_rate = n / atomic["seconds"]
+        again_rate = n / again["seconds"]
+        ratio = atomic_rate / bare_rate
+        speedup = again_rate / atomic_rate
+        peak = max(r["rss_peak_mb"] for r in results.values())
+        ok = (
+            atomic["accepted"] == n
+            and again["duplicates"] == n
+            and all(r["rejected"] == 0 for r in results.values())
+        )
+
+        rows = [
+            (
+                "atomic ingest",
+                f"{atomic_rate:,.0f}",
+                f"{atomic['seconds']:.1f}",
+                f"{atomic['rss_peak_mb']:.0f}",
+                "",
+            ),
+            (
+                "re-ingest (all dup.)",
+                f"{again_rate:,.0f}",
+                f"{again['seconds']:.1f}",
+                f"{again['rss_peak_mb']:.0f}",
+                f"{speedup:.2f}x atomic (target ≥ {TARGET_REINGEST_SPEEDUP:g}x)",
+            ),
+        ]
+        if "partial" in results:
+            part = results["partial"]
+            rows.append(
+                (
+                    "partial ingest",
+                    f"{n / part['seconds']:,.0f}",
+                    f"{part['seconds']:.1f}",
+                    f"{part['rss_peak_mb']:.0f}",
+                    f"{(n / part['seconds']) / bare_rate:.3f} of bare",
+                )
+            )
+        rows.append(
+            (
+                "bare executemany",
+                f"{bare_rate:,.0f}",
+                f"{bare['seconds']:.1f}",
+                "-",
+                f"{bare['rows'] / bare['seconds']:,.0f} rows/s",
+            )
+        )
+        rows.append(("atomic / bare", f"{ratio:.3f}", "", "", f"target ≥ {TARGET_BARE_RATIO:g}"))
+        header = ("phase", "events/s", "seconds", "peak RSS MB", "note")
+        widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
+        say("")
+        say(f"summary: {n:,} events, {students:,} students, {os.cpu_count()} CPUs")
+        for row in [header, tuple("-" * w for w in widths), *rows]:
+            say(
+                "  ".join(
+                    str(cell).ljust(w) if i in (0, 4) else str(cell).rjust(w)
+                    for i, (cell, w) in enumerate(zip(row, widths, strict=True))
+                ).rstrip()
+            )
+        verdicts = {
+            "atomic/bare ≥ 0.2": ratio >= TARGET_BARE_RATIO,
+            "re-ingest ≥ 3x": speedup >= TARGET_REINGEST_SPEEDUP,
+            f"peak RSS < {TARGET_RSS_MB} MB": peak < TARGET_RSS_MB,
+            "counts as expected": ok,
+        }
+        say(
+            "targets: " + ", ".join(f"{k}: {'met' if v else 'MISSED'}" for k, v in verdicts.items())
+        )
+        return 0 if all(verdicts.values()) else 1
+    finally:
+        if args.dir is None:
+            shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
