@@ -17,17 +17,36 @@ class Timeline:
         self.facts: list[Fact] = []
         self.recorded = datetime(2024, 1, 1, tzinfo=UTC)
 
-    def add(self, type_: str, on: str, event_id: str | None = None,
-            recorded_at: datetime | None = None, source: str = "manual", **fields: Any) -> Fact:
+    def add(
+        self,
+        type_: str,
+        on: str,
+        event_id: str | None = None,
+        recorded_at: datetime | None = None,
+        source: str = "manual",
+        **fields: Any,
+    ) -> Fact:
         event_id = event_id or f"e{len(self.facts) + 1}"
-        raw = {"event_id": event_id, "student_id": self.student_id, "type": type_,
-               "occurred_on": on, "source": source, **fields}
+        raw = {
+            "event_id": event_id,
+            "student_id": self.student_id,
+            "type": type_,
+            "occurred_on": on,
+            "source": source,
+            **fields,
+        }
         event = parse_event(raw)
         self.recorded += timedelta(minutes=1)
         fact = Fact(
-            student_id=self.student_id, source=source, event_id=event_id, type=type_,
-            occurred_on=event.occurred_on, recorded_at=recorded_at or self.recorded,
-            seq=len(self.facts) + 2, data=event.body(), note=None,
+            student_id=self.student_id,
+            source=source,
+            event_id=event_id,
+            type=type_,
+            occurred_on=event.occurred_on,
+            recorded_at=recorded_at or self.recorded,
+            seq=len(self.facts) + 2,
+            data=event.body(),
+            note=None,
         )
         self.facts.append(fact)
         return fact

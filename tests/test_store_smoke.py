@@ -2,8 +2,13 @@ from timeline.ingest import ingest_objects
 
 
 def entered(event_id: str, student: str, day: str) -> dict:
-    return {"event_id": event_id, "student_id": student, "type": "entered",
-            "occurred_on": day, "visa": "resident"}
+    return {
+        "event_id": event_id,
+        "student_id": student,
+        "type": "entered",
+        "occurred_on": day,
+        "visa": "resident",
+    }
 
 
 def test_ingest_then_read_back_on_each_backend(store, clock):

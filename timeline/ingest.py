@@ -20,6 +20,7 @@ import io
 import itertools
 import json
 import logging
+import re
 import sqlite3
 import time
 from collections import OrderedDict
@@ -74,6 +75,7 @@ class IngestReport:
     duplicates: int = 0
     rejected: list[Rejection] = field(default_factory=list)
     position_name: str = "line"
+    halted: bool = False
 
     @property
     def ok(self) -> bool:
@@ -97,7 +99,14 @@ def read_jsonl(
     for number, raw in enumerate(stream, start=1):
         if on_bytes:
             on_bytes(len(raw))
-        text = raw.decode("utf-8-sig" if number == 1 else "utf-8", errors="replace").strip()
+        try:
+            text = raw.decode("utf-8-sig" if number == 1 else "utf-8").strip()
+        except UnicodeDecodeError as exc:
+            yield RawRecord(
+                number,
+                error=f"not UTF-8 text (byte {exc.start + 1} of the line); feeds must be UTF-8",
+            )
+            continue
         if not text:
             continue
         try:
@@ -107,6 +116,7 @@ def read_jsonl(
 
 
 _LIST_FIELDS = {"fields"}
+_NOT_UTF8 = re.compile("[\udc80-\udcff]")  # bytes that surrogateescape could not decode
 
 
 def csv_cell(name: str, value: str) -> Any:
@@ -140,7 +150,8 @@ def read_csv(
         for number, raw in enumerate(stream, start=1):
             if on_bytes:
                 on_bytes(len(raw))
-            yield raw.decode("utf-8-sig" if number == 1 else "utf-8", errors="replace")
+            # surrogateescape keeps bad bytes visible, so the row can be rejected below
+            yield raw.decode("utf-8-sig" if number == 1 else "utf-8", errors="surrogateescape")
 
     reader = csv.reader(lines())
     try:
@@ -151,6 +162,9 @@ def read_csv(
     for row in reader:
         start, previous_end = previous_end + 1, reader.line_num
         if not any(cell.strip() for cell in row):
+            continue
+        if any(_NOT_UTF8.search(cell) for cell in row):
+            yield RawRecord(start, error="not UTF-8 text; feeds must be UTF-8")
             continue
         if len(row) > len(header):
             yield RawRecord(
@@ -276,15 +290,24 @@ class Ingestor:
                 # removed, so the write pass would find exactly that again: skip it.
                 report.duplicates = check.duplicates
                 return report
-        self._pass(open_records(), report, write=True)
+        self._pass(open_records(), report, write=True, atomic=not partial)
         return report
 
     # -- one pass --------------------------------------------------------------------------
-    def _pass(self, records: Iterable[RawRecord], report: IngestReport, *, write: bool) -> None:
+    def _pass(
+        self,
+        records: Iterable[RawRecord],
+        report: IngestReport,
+        *,
+        write: bool,
+        atomic: bool = False,
+    ) -> None:
         seen = None if write else SeenKeys()  # whole-input keys, for the dry pass
         try:
             batch: list[_Valid] = []
             for record in records:
+                if report.halted:
+                    return
                 if self.on_record:
                     self.on_record()
                 valid = self._validate(record, report)
@@ -292,10 +315,10 @@ class Ingestor:
                     continue
                 batch.append(valid)
                 if len(batch) >= self.batch_size:
-                    self._batch(batch, report, seen, write=write)
+                    self._batch(batch, report, seen, write=write, atomic=atomic)
                     batch = []
-            if batch:
-                self._batch(batch, report, seen, write=write)
+            if batch and not report.halted:
+                self._batch(batch, report, seen, write=write, atomic=atomic)
         finally:
             if seen is not None:
                 seen.close()
@@ -331,9 +354,16 @@ class Ingestor:
         seen: SeenKeys | None,
         *,
         write: bool,
+        atomic: bool = False,
     ) -> None:
         for attempt in range(1, SAVE_ATTEMPTS + 1):
             fresh, duplicates, rejected = self._classify(batch, seen)
+            if write and atomic and rejected:
+                # Another writer stored a conflicting event after the check pass: write
+                # nothing more (the input fits one batch: nothing at all) and stop.
+                report.rejected.extend(rejected)
+                report.halted = True
+                return
             if not write or not fresh:
                 break
             try:

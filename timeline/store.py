@@ -9,8 +9,13 @@ replay an aggregate and can never disagree with the events.
 
 from __future__ import annotations
 
+import hashlib
 import os
-from collections.abc import Iterable, Sequence
+import sqlite3
+import time
+import zlib
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import closing, contextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -18,8 +23,9 @@ from typing import Any
 from urllib.parse import unquote, urlparse
 from uuid import UUID
 
+import psycopg
 from eventsourcing.application import Application
-from eventsourcing.persistence import JSONTranscoder, StoredEvent
+from eventsourcing.persistence import JSONTranscoder, MapperDeserialisationError, StoredEvent
 from eventsourcing.postgres import PostgresApplicationRecorder
 from eventsourcing.sqlite import SQLiteApplicationRecorder
 from psycopg.sql import SQL, Identifier
@@ -254,17 +260,112 @@ def _postgres_env(url: str) -> dict[str, str]:
     return env
 
 
+_CIPHER_MISMATCH = (
+    "cannot decrypt the stored events: TIMELINE_CIPHER_KEY is missing or is not this store's key"
+)
+
+
+def _key_check(key: str | None) -> str:
+    """What the store remembers of its key: whether it has one, and a check value."""
+    if not key:
+        return "none"
+    return "aes:" + hashlib.blake2b(key.encode(), digest_size=8, person=b"tl-keycheck").hexdigest()
+
+
+@contextmanager
+def _opening(config: StoreConfig) -> Iterator[None]:
+    """Make opening safe when two processes open the same store at once."""
+    if config.is_postgres:
+        # The library re-runs CREATE TYPE / CREATE OR REPLACE FUNCTION on every open: two
+        # at once fail ("tuple concurrently updated"), so openings take turns.
+        url, _, _ = config.location.partition("?")
+        schema = _postgres_env(config.location).get("POSTGRES_SCHEMA", "public")
+        key = zlib.crc32(f"timeline-ddl:{schema}".encode())
+        with psycopg.connect(url, autocommit=True) as lock:
+            lock.execute("SELECT pg_advisory_lock(%s)", (key,))
+            try:
+                yield
+            finally:
+                lock.execute("SELECT pg_advisory_unlock(%s)", (key,))
+        return
+    # The library switches a new file to WAL without waiting for another connection;
+    # do it first, waiting while the file is locked (the mode then stays in the file).
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            with closing(sqlite3.connect(config.location, timeout=30)) as conn:
+                conn.execute("PRAGMA journal_mode=WAL")
+            break
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
+    yield
+
+
 class TimelineStore:
     """The write side's handle: append facts, read facts and history."""
 
     def __init__(self, config: StoreConfig, clock: Clock = system_clock) -> None:
         self.config = config
         self.clock = clock
+        env = config.env()  # a clear error for a folder that does not exist
         try:
-            self.app = TimelineApp(env=config.env())
-        except (ValueError, OSError) as exc:
+            with _opening(config):
+                self.app = TimelineApp(env=env)
+                self.recorder: SQLiteTimelineRecorder | PostgresTimelineRecorder = self.app.recorder  # type: ignore[assignment]
+                self._check_cipher()
+        except StorageConfigError:
+            raise
+        except (ValueError, OSError, sqlite3.Error, psycopg.Error) as exc:
             raise StorageConfigError(f"cannot open the event store: {exc}") from exc
-        self.recorder: SQLiteTimelineRecorder | PostgresTimelineRecorder = self.app.recorder  # type: ignore[assignment]
+
+    # -- the cipher marker -------------------------------------------------------------
+    def _meta(self, name: str, value: str | None = None) -> str | None:
+        """Read (or, with `value`, write once) a row of `timeline_meta`."""
+        if self.config.is_postgres:
+            table = f'"{self.recorder.datastore.schema}".timeline_meta'
+            mark = "%s"
+        else:
+            table, mark = "timeline_meta", "?"
+        with self.recorder.datastore.transaction(commit=value is not None) as c:
+            c.execute(
+                f"CREATE TABLE IF NOT EXISTS {table} (name TEXT PRIMARY KEY, value TEXT NOT NULL)"
+            )
+            if value is not None:
+                c.execute(
+                    f"INSERT INTO {table} (name, value) VALUES ({mark}, {mark}) "
+                    "ON CONFLICT (name) DO NOTHING",
+                    (name, value),
+                )
+            c.execute(f"SELECT value FROM {table} WHERE name = {mark}", (name,))
+            row = c.fetchone()
+        if row is None:
+            return None
+        return row["value"] if isinstance(row, dict) else row[0]
+
+    def _check_cipher(self) -> None:
+        """Refuse a key that is not the store's, and a missing one (no plaintext writes)."""
+        expected = _key_check(self.config.cipher_key)
+        stored = self._meta("cipher")
+        if stored is None:
+            if self.max_position() > 0:
+                first = self.recorder.select_notifications(None, 1)
+                try:
+                    self.decode(first[0])
+                except Exception:
+                    raise StorageConfigError(_CIPHER_MISMATCH) from None
+            stored = self._meta("cipher", expected)
+        if stored == expected:
+            return
+        if stored == "none":
+            raise StorageConfigError(
+                "this store is not encrypted but a cipher key was given: unset "
+                "TIMELINE_CIPHER_KEY (encrypting an existing store needs a new store)"
+            )
+        if expected == "none":
+            raise StorageConfigError("this store is encrypted: set TIMELINE_CIPHER_KEY to its key")
+        raise StorageConfigError(_CIPHER_MISMATCH)
 
     @classmethod
     def open(
@@ -286,11 +387,14 @@ class TimelineStore:
     # -- reading -----------------------------------------------------------------------
     def stream(self, student_id: str) -> list[Fact]:
         """Every stored fact of a student (retractions included), in record order."""
-        return [
-            to_fact(student_id, e)
-            for e in self.app.events.get(student_uuid(student_id))
-            if isinstance(e, Student.FactRecorded)
-        ]
+        try:
+            return [
+                to_fact(student_id, e)
+                for e in self.app.events.get(student_uuid(student_id))
+                if isinstance(e, Student.FactRecorded)
+            ]
+        except MapperDeserialisationError:
+            raise StorageConfigError(_CIPHER_MISMATCH) from None
 
     def facts(self, student_id: str, known_at: datetime | None = None) -> list[Fact]:
         """The facts known at `known_at` (all when None), retractions applied, in order."""
@@ -323,7 +427,10 @@ class TimelineStore:
         students: dict[str, Student] = {}
         for uid, sid in wanted.items():
             if uid in existing:
-                students[sid] = self.app.repository.get(uid)
+                try:
+                    students[sid] = self.app.repository.get(uid)
+                except MapperDeserialisationError:
+                    raise StorageConfigError(_CIPHER_MISMATCH) from None
             else:
                 students[sid] = Student.open(sid, now)
         return students

@@ -1,0 +1,202 @@
+"""`timeline ingest` (SPEC §4): the JSON summary and the exit codes 0 / 1 / 2."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+from feed_examples import entered, jsonl, registered, write
+
+from timeline.cli import main
+from timeline.store import TimelineStore
+
+TIMELINE = str(Path(sys.executable).with_name("timeline"))
+CSV_TEXT = (
+    "event_id,student_id,type,occurred_on,visa,semester,fields\n"
+    "e1,S1,entered,2024-03-16,resident,,\n"
+    "\n"
+    "e2,S1,registered,2024-03-20,,112-2,\n"
+    "e3,S1,details_updated,2024-04-02,,,address;passport\n"
+)
+
+
+def invoke(*args: str):
+    return CliRunner().invoke(main, list(args))
+
+
+def summary(result) -> dict:
+    return json.loads(result.stdout)
+
+
+@pytest.fixture
+def good_file(tmp_path):
+    return write(tmp_path / "good.jsonl", jsonl(entered("e1"), None, registered("e2")))
+
+
+@pytest.fixture
+def bad_file(tmp_path):
+    return write(
+        tmp_path / "bad.jsonl",
+        jsonl(entered("e1"), registered("e2", day="2024-02-30"), None, "oops"),
+    )
+
+
+def facts_of(location, student="S1"):
+    with TimelineStore.open(location) as store:
+        return [f.event_id for f in store.facts(student)]
+
+
+def test_ingest_prints_the_summary_and_exits_0(location, good_file):
+    result = invoke("--db", location, "ingest", str(good_file))
+    assert result.exit_code == 0, result.output
+    assert summary(result) == {"accepted": 2, "duplicates": 0, "rejected": []}
+    assert facts_of(location) == ["e1", "e2"]
+
+
+def test_ingest_again_reports_duplicates_and_exits_0(location, good_file):
+    invoke("--db", location, "ingest", str(good_file))
+    result = invoke("--db", location, "ingest", str(good_file))
+    assert result.exit_code == 0
+    assert summary(result) == {"accepted": 0, "duplicates": 2, "rejected": []}
+
+
+def test_db_option_after_the_command_too(location, good_file):
+    result = invoke("ingest", str(good_file), "--db", location)
+    assert result.exit_code == 0, result.output
+    assert summary(result)["accepted"] == 2
+
+
+def test_db_from_the_environment(tmp_path, good_file, monkeypatch):
+    db = str(tmp_path / "env.db")
+    monkeypatch.setenv("TIMELINE_DB", db)
+    result = invoke("ingest", str(good_file))
+    assert result.exit_code == 0, result.output
+    assert facts_of(db) == ["e1", "e2"]
+
+
+def test_a_rejected_line_exits_1_and_stores_nothing(location, bad_file):
+    result = invoke("--db", location, "ingest", str(bad_file))
+    assert result.exit_code == 1
+    body = summary(result)
+    assert body["accepted"] == 0
+    assert body["duplicates"] == 0
+    assert [r["line"] for r in body["rejected"]] == [2, 4]
+    assert body["rejected"][0]["error"].startswith("occurred_on:")
+    assert "JSON" in body["rejected"][1]["error"]
+    assert facts_of(location) == []
+
+
+def test_partial_stores_the_good_lines_and_still_exits_1(location, bad_file):
+    result = invoke("--db", location, "ingest", str(bad_file), "--partial")
+    assert result.exit_code == 1
+    body = summary(result)
+    assert body["accepted"] == 1
+    assert [r["line"] for r in body["rejected"]] == [2, 4]
+    assert facts_of(location) == ["e1"]
+
+
+def test_csv_by_extension_and_by_format_option(location, tmp_path):
+    by_name = invoke("--db", location, "ingest", str(write(tmp_path / "feed.csv", CSV_TEXT)))
+    assert by_name.exit_code == 0, by_name.output
+    assert summary(by_name) == {"accepted": 3, "duplicates": 0, "rejected": []}
+    declared = invoke(
+        "--db", location, "ingest", str(write(tmp_path / "feed.txt", CSV_TEXT)), "--format", "csv"
+    )
+    assert declared.exit_code == 0
+    assert summary(declared) == {"accepted": 0, "duplicates": 3, "rejected": []}
+    assert facts_of(location) == ["e1", "e2", "e3"]
+
+
+def test_csv_bad_row_exits_1_with_its_line(location, tmp_path):
+    text = CSV_TEXT + "e4,S1,departed,2024-3-1,,,\n"
+    result = invoke("--db", location, "ingest", str(write(tmp_path / "feed.csv", text)))
+    assert result.exit_code == 1
+    assert [r["line"] for r in summary(result)["rejected"]] == [6]
+    assert facts_of(location) == []
+    partial = invoke(
+        "--db", location, "ingest", str(write(tmp_path / "feed.csv", text)), "--partial"
+    )
+    assert partial.exit_code == 1
+    assert summary(partial)["accepted"] == 3
+
+
+def test_jsonl_read_as_csv_is_rejected_not_crashed(location, good_file):
+    result = invoke("--db", location, "ingest", str(good_file), "--format", "csv")
+    assert result.exit_code == 1
+    assert summary(result)["accepted"] == 0
+
+
+def test_small_batch_size_option(location, tmp_path):
+    events = [registered(f"e{i}", student=f"S{i % 4}") for i in range(11)]
+    path = write(tmp_path / "feed.jsonl", jsonl(*events))
+    result = invoke("--db", location, "ingest", str(path), "--batch-size", "3")
+    assert result.exit_code == 0, result.output
+    assert summary(result)["accepted"] == 11
+    again = invoke("--db", location, "ingest", str(path), "--batch-size", "3")
+    assert summary(again) == {"accepted": 0, "duplicates": 11, "rejected": []}
+
+
+# -- usage errors: exit 2 --------------------------------------------------------------------
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["ingest", "/no/such/file.jsonl"],
+        ["ingest"],
+        ["ingest", "{good}", "--format", "xml"],
+        ["ingest", "{good}", "--batch-size", "0"],
+        ["ingest", "{good}", "--frobnicate"],
+        ["ingest", "{tmp}"],  # a directory
+        ["no-such-command"],
+    ],
+)
+def test_usage_errors_exit_2(tmp_path, good_file, args):
+    db = str(tmp_path / "usage.db")
+    args = [a.format(good=good_file, tmp=tmp_path) for a in args]
+    result = invoke("--db", db, *args)
+    assert result.exit_code == 2, result.output
+    assert result.stdout == ""
+    assert "Traceback" not in result.output
+
+
+def test_a_database_in_a_missing_folder_is_a_usage_error(tmp_path, good_file):
+    result = invoke("--db", str(tmp_path / "nope" / "x.db"), "ingest", str(good_file))
+    assert result.exit_code == 2
+    assert "nope" in result.stderr
+
+
+# -- the installed command, as a feed's cron job runs it ---------------------------------------
+def run_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TIMELINE_")}
+    return subprocess.run(
+        [TIMELINE, *args], capture_output=True, text=True, cwd=cwd, env=env, timeout=60, check=False
+    )
+
+
+def test_installed_command_exit_codes(tmp_path, good_file, bad_file):
+    db = str(tmp_path / "proc.db")
+    ok = run_cli("--db", db, "ingest", str(good_file), cwd=tmp_path)
+    assert ok.returncode == 0, ok.stderr
+    assert json.loads(ok.stdout) == {"accepted": 2, "duplicates": 0, "rejected": []}
+
+    rejected = run_cli("--db", db, "ingest", str(bad_file), cwd=tmp_path)
+    assert rejected.returncode == 1, rejected.stderr
+    assert [r["line"] for r in json.loads(rejected.stdout)["rejected"]] == [2, 4]
+
+    missing = run_cli("--db", db, "ingest", str(tmp_path / "missing.jsonl"), cwd=tmp_path)
+    assert missing.returncode == 2
+    assert "Traceback" not in missing.stderr
+
+    bad_format = run_cli("--db", db, "ingest", str(good_file), "--format", "xml", cwd=tmp_path)
+    assert bad_format.returncode == 2
+
+
+def test_installed_command_default_database_is_in_the_working_directory(tmp_path, good_file):
+    done = run_cli("ingest", str(good_file), cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert (tmp_path / "timeline.db").exists()
+    assert facts_of(str(tmp_path / "timeline.db")) == ["e1", "e2"]
