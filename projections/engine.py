@@ -52,6 +52,7 @@ class _Task:
     effective: dict[str, date] = field(default_factory=dict)  # cause → day it began to count
     # Earlier due days replaced later (leave_by set after the task opened): (from, due).
     due_changes: list[tuple[date, date | None]] = field(default_factory=list)
+    opens_from: date | None = None  # opens_on learnt from a later fact: known from this day
 
     def due_versions(self) -> list[tuple[date | None, date | None, date | None]]:
         """(known from, known until (exclusive), due day) for each due day the task had.
@@ -612,6 +613,7 @@ class _Replay:
         for task in self.tasks:
             if task.kind == "submit_student_status" and task.opens_on is None:
                 task.opens_on = self._registration_after(task.trigger_on)
+                task.opens_from = task.opens_on  # known once the registration happened
             if task.late_fine and task.missed_due_day() and task.due_on is not None:
                 accrued = dates.next_day(task.due_on)
                 if accrued <= self.as_of:

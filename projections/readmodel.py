@@ -34,7 +34,7 @@ from timeline.store import TimelineStore, to_fact
 log = logging.getLogger(__name__)
 
 HORIZON = date(2199, 12, 31)
-LAYOUT_VERSION = 3  # bump when a table changes: old read models are rebuilt
+LAYOUT_VERSION = 4  # bump when a table changes: old read models are rebuilt
 STREAM_CACHE = 20_000  # students whose facts stay in memory between batches
 TRACKING = "rm_tracking"
 NAME = "student_views"
@@ -47,7 +47,8 @@ CREATE TABLE IF NOT EXISTS rm_students (
 );
 CREATE TABLE IF NOT EXISTS rm_tasks (
     student_id TEXT NOT NULL, n INTEGER NOT NULL, kind TEXT NOT NULL, rule TEXT NOT NULL,
-    trigger_on TEXT NOT NULL, opens_on TEXT, due_on TEXT, due_from TEXT, due_until TEXT,
+    trigger_on TEXT NOT NULL, opens_on TEXT, opens_from TEXT, due_on TEXT, due_from TEXT,
+    due_until TEXT,
     done_on TEXT, cancelled_on TEXT,
     place TEXT NOT NULL, fee_ntd INTEGER, caused_by TEXT NOT NULL,
     PRIMARY KEY (student_id, n, due_from)
@@ -77,7 +78,8 @@ _TABLES = ("rm_tracking", "rm_students", "rm_tasks", "rm_fines", "rm_payments", 
 
 # The tasks that existed on day :d, with the due day known that day.
 TASKS_ON_SQL = """
-(SELECT student_id, n, kind, rule, trigger_on, opens_on,
+(SELECT student_id, n, kind, rule, trigger_on,
+        CASE WHEN opens_from IS NULL OR opens_from <= :d THEN opens_on END AS opens_on,
         due_on, done_on, cancelled_on, place, fee_ntd, caused_by
  FROM rm_tasks WHERE trigger_on <= :d AND (due_from IS NULL OR due_from <= :d)
  AND (due_until IS NULL OR :d < due_until))
@@ -152,6 +154,7 @@ class _Rows:
                 t.rule,
                 t.trigger_on.isoformat(),
                 _iso(t.opens_on),
+                _iso(t.opens_from),
                 _iso(due),
                 _iso(since),
                 _iso(until),
@@ -350,7 +353,7 @@ class ReadModel:
             "revoked_on=excluded.revoked_on, in_taiwan=excluded.in_taiwan",
             rows.students,
         )
-        conn.executemany("INSERT INTO rm_tasks VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)", rows.tasks)
+        conn.executemany("INSERT INTO rm_tasks VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)", rows.tasks)
         conn.executemany("INSERT INTO rm_fines VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)", rows.fines)
         conn.executemany("INSERT INTO rm_payments VALUES (?,?,?,?)", rows.payments)
         conn.executemany("INSERT INTO rm_overstays VALUES (?,?,?,?,?,?)", rows.overstays)
