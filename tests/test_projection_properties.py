@@ -12,7 +12,7 @@ from datetime import date, timedelta
 from typing import Any
 
 from facts_builder import Timeline
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from projections.engine import view
@@ -190,3 +190,27 @@ def test_task_status_agrees_with_its_dates(t, as_of):
             assert task.due_on is None or as_of <= task.due_on
         if task.done_on is not None:
             assert task.done_on <= as_of
+
+
+@settings(max_examples=150, deadline=None)
+@given(t=timelines(), as_of=as_of_days, data=st.data())
+def test_known_at_before_a_retraction_gives_the_pre_retraction_view(t, as_of, data):
+    candidates = [f for f in t.facts if f.type != "retracted"]
+    assume(candidates)
+    target = data.draw(st.sampled_from(candidates))
+    before = view(t.facts, as_of)
+    moment = max(f.recorded_at for f in t.facts)
+    t.add(
+        "retracted",
+        target.occurred_on.isoformat(),
+        event_id="retraction",
+        recorded_at=moment + timedelta(hours=1),
+        source=target.source,
+        retracts=target.event_id,
+        reason="wrong",
+    )
+    as_known = view(t.facts, as_of, known_at=moment).model_dump()
+    assert as_known == before.model_dump() | {"known_at": moment}
+    after = view(t.facts, as_of)
+    assert all(target.event_id not in task.caused_by for task in after.tasks)
+    assert all(target.event_id not in fine.caused_by for fine in after.fines)
