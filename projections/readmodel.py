@@ -18,7 +18,7 @@ import logging
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from datetime import date
+from datetime import date, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +34,8 @@ from timeline.store import TimelineStore, to_fact
 log = logging.getLogger(__name__)
 
 HORIZON = date(2199, 12, 31)
-LAYOUT_VERSION = 4  # bump when a table changes: old read models are rebuilt
+FOREVER = "9999-12-31"
+LAYOUT_VERSION = 6  # bump when a table changes: old read models are rebuilt
 STREAM_CACHE = 20_000  # students whose facts stay in memory between batches
 TRACKING = "rm_tracking"
 NAME = "student_views"
@@ -48,13 +49,14 @@ CREATE TABLE IF NOT EXISTS rm_students (
 CREATE TABLE IF NOT EXISTS rm_tasks (
     student_id TEXT NOT NULL, n INTEGER NOT NULL, kind TEXT NOT NULL, rule TEXT NOT NULL,
     trigger_on TEXT NOT NULL, opens_on TEXT, opens_from TEXT, due_on TEXT, due_from TEXT,
-    due_until TEXT,
+    due_until TEXT, overdue_from TEXT, overdue_to TEXT,
     done_on TEXT, cancelled_on TEXT,
     place TEXT NOT NULL, fee_ntd INTEGER, caused_by TEXT NOT NULL,
     PRIMARY KEY (student_id, n, due_from)
 );
 CREATE INDEX IF NOT EXISTS rm_tasks_due ON rm_tasks (due_on);
-CREATE INDEX IF NOT EXISTS rm_tasks_trigger ON rm_tasks (trigger_on);
+CREATE INDEX IF NOT EXISTS rm_tasks_overdue ON rm_tasks (overdue_to, overdue_from);
+CREATE INDEX IF NOT EXISTS rm_tasks_opens ON rm_tasks (opens_on);
 CREATE TABLE IF NOT EXISTS rm_fines (
     student_id TEXT NOT NULL, n INTEGER NOT NULL, kind TEXT NOT NULL, rule TEXT NOT NULL,
     accrued_on TEXT NOT NULL, amount_min INTEGER NOT NULL, amount_max INTEGER NOT NULL,
@@ -81,7 +83,7 @@ TASKS_ON_SQL = """
 (SELECT student_id, n, kind, rule, trigger_on,
         CASE WHEN opens_from IS NULL OR opens_from <= :d THEN opens_on END AS opens_on,
         due_on, done_on, cancelled_on, place, fee_ntd, caused_by
- FROM rm_tasks WHERE trigger_on <= :d AND (due_from IS NULL OR due_from <= :d)
+ FROM rm_tasks WHERE +trigger_on <= :d AND (due_from IS NULL OR due_from <= :d)
  AND (due_until IS NULL OR :d < due_until))
 """
 TASK_STATUS_SQL = """
@@ -110,6 +112,18 @@ class SyncReport:
     notifications: int = 0
     students: int = 0
     position: int = 0
+
+
+def _overdue_window(task: Any, due: date | None) -> tuple[str | None, str | None]:
+    """The days a task is overdue (inclusive), to find "overdue on D" by index."""
+    if due is None:
+        return None, None
+    ends = [d for d in (task.done_on, task.cancelled_on) if d is not None]
+    first = due + timedelta(days=1)
+    if not ends:
+        return first.isoformat(), FOREVER
+    last = min(ends) - timedelta(days=1)
+    return (first.isoformat(), last.isoformat()) if last >= first else (None, None)
 
 
 def _iso(day: date | None) -> str | None:
@@ -158,6 +172,7 @@ class _Rows:
                 _iso(due),
                 _iso(since),
                 _iso(until),
+                *_overdue_window(t, due),
                 _iso(t.done_on),
                 _iso(t.cancelled_on),
                 TASK_KINDS[t.kind].where,
@@ -353,7 +368,9 @@ class ReadModel:
             "revoked_on=excluded.revoked_on, in_taiwan=excluded.in_taiwan",
             rows.students,
         )
-        conn.executemany("INSERT INTO rm_tasks VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)", rows.tasks)
+        conn.executemany(
+            "INSERT INTO rm_tasks VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)", rows.tasks
+        )
         conn.executemany("INSERT INTO rm_fines VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)", rows.fines)
         conn.executemany("INSERT INTO rm_payments VALUES (?,?,?,?)", rows.payments)
         conn.executemany("INSERT INTO rm_overstays VALUES (?,?,?,?,?,?)", rows.overstays)
@@ -370,62 +387,62 @@ class ReadModel:
             "WHERE 1=1"
         )
         params: dict[str, Any] = {"d": day.isoformat()}
+        if statuses == ["overdue"]:
+            # by index: only tasks whose overdue window contains the day
+            sql = sql.replace(
+                "WHERE +trigger_on <= :d AND",
+                "WHERE overdue_to >= :d AND overdue_from <= :d AND +trigger_on <= :d AND",
+            )
         if statuses:
             sql += f" AND status IN ({','.join(f':s{i}' for i in range(len(statuses)))})"
             params.update({f"s{i}": s for i, s in enumerate(statuses)})
         if kinds:
             sql += f" AND kind IN ({','.join(f':k{i}' for i in range(len(kinds)))})"
             params.update({f"k{i}": k for i, k in enumerate(kinds)})
-        sql += " ORDER BY student_id, n"
         out = []
-        for row in self.db.execute(sql, params).fetchall():
-            (
-                student_id,
-                _n,
-                kind,
-                status,
-                opens_on,
-                due_on,
-                done_on,
-                _cancelled,
-                place,
-                fee,
-                rule,
-                caused_by,
-            ) = row
+        # Sorted here: an ORDER BY would make SQLite walk the primary key, not the index.
+        rows = sorted(self.db.execute(sql, params).fetchall(), key=lambda r: (r[0], r[1]))
+        cited = _cited_many([row[11] for row in rows], day)
+        for row, causes in zip(rows, cited, strict=True):
+            status = row[3]
             out.append(
                 {
-                    "student_id": student_id,
-                    "kind": kind,
+                    "student_id": row[0],
+                    "kind": row[2],
                     "status": status,
-                    "opens_on": opens_on,
-                    "due_on": due_on,
-                    "done_on": done_on if status in ("done", "done_late") else None,
-                    "where": place,
-                    "fee_ntd": fee,
-                    "rule": rule,
-                    "caused_by": _cited_on(caused_by, day),
+                    "opens_on": row[4],
+                    "due_on": row[5],
+                    "done_on": row[6] if status in ("done", "done_late") else None,
+                    "where": row[8],
+                    "fee_ntd": row[9],
+                    "rule": row[10],
+                    "caused_by": causes,
                 }
             )
         return out
 
-    def fines_on(self, day: date, statuses: Iterable[str] = ()) -> list[dict[str, Any]]:
-        """Every fine accrued by `day`, with its amounts and status that day."""
+    def fines_on(
+        self, day: date, statuses: Iterable[str] = (), *, accrued_that_day: bool = False
+    ) -> list[dict[str, Any]]:
+        """Every fine accrued by `day` (or only on it), with its amounts and status that day."""
         wanted = set(statuses)
         d = day.isoformat()
+        accrued = "accrued_on = ?" if accrued_that_day else "accrued_on <= ?"
         paid_rows = self.db.execute(
-            "SELECT student_id, fine_n, SUM(amount) FROM rm_payments WHERE paid_on <= ? "
-            "GROUP BY student_id, fine_n",
-            [d],
+            "SELECT p.student_id, p.fine_n, SUM(p.amount) FROM rm_payments p "
+            f"JOIN rm_fines f ON f.student_id = p.student_id AND f.n = p.fine_n AND f.{accrued} "
+            "WHERE p.paid_on <= ? GROUP BY p.student_id, p.fine_n",
+            [d, d],
         ).fetchall()
         paid = {(r[0], r[1]): r[2] for r in paid_rows}
         rows = self.db.execute(
             "SELECT student_id, n, kind, rule, accrued_on, amount_min, amount_max, offense, "
             "imposed_on, imposed_amount, overstay_valid_until, overstay_last_day, caused_by "
-            "FROM rm_fines WHERE accrued_on <= ? ORDER BY student_id, n",
+            f"FROM rm_fines WHERE {accrued} ORDER BY student_id, n",
             [d],
         ).fetchall()
         out = []
+        cited = _cited_many([row[12] for row in rows], day)
         for (
             student_id,
             n,
@@ -439,8 +456,8 @@ class ReadModel:
             imposed,
             valid_until,
             last_day,
-            caused_by,
-        ) in rows:
+            _caused_by,
+        ), causes in zip(rows, cited, strict=True):
             if valid_until:
                 end = min(day, date.fromisoformat(last_day)) if last_day else day
                 days = (end - date.fromisoformat(valid_until)).days
@@ -462,12 +479,14 @@ class ReadModel:
                     "paid_ntd": paid_ntd,
                     "offense": offense,
                     "rule": rule,
-                    "caused_by": _cited_on(caused_by, day),
+                    "caused_by": causes,
                 }
             )
         return out
 
 
-def _cited_on(caused_by: str, day: date) -> list[str]:
+def _cited_many(caused_by: list[str], day: date) -> list[list[str]]:
+    """`_cited_on` for many rows with one JSON parse (it dominates big population queries)."""
     d = day.isoformat()
-    return [event_id for event_id, since in json.loads(caused_by) if since <= d]
+    parsed = json.loads("[" + ",".join(caused_by) + "]") if caused_by else []
+    return [[event_id for event_id, since in cites if since <= d] for cites in parsed]

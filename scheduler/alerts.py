@@ -84,9 +84,7 @@ def milestones_on(model: ReadModel, day: date) -> list[Milestone]:
                     ),
                 )
             )
-    for fine in model.fines_on(day):
-        if fine["accrued_on"] != d:
-            continue
+    for fine in model.fines_on(day, accrued_that_day=True):
         cause = fine["caused_by"][0] if fine["caused_by"] else "-"
         zh, en = fine_message(
             fine["kind"], day, fine["amount_min_ntd"], fine["amount_max_ntd"], fine["rule"]

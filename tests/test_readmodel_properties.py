@@ -166,3 +166,19 @@ def test_read_model_equals_pure_projection(population, days):
                 assert _task_rows(model.tasks_on(day)) == _task_rows(expected_tasks)
                 assert _fine_rows(model.fines_on(day)) == _fine_rows(expected_fines)
             model.close()
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(history=events("A"), offsets=st.lists(st.integers(0, 800), min_size=1, max_size=5))
+def test_the_overdue_index_path_agrees_with_the_full_scan(history, offsets):
+    with tempfile.TemporaryDirectory() as folder:
+        path = str(Path(folder) / "t.db")
+        with TimelineStore.open(path) as store:
+            assert ingest_objects(store, history).ok
+            model = ReadModel(path)
+            model.sync(store)
+            for offset in offsets:
+                day = START + timedelta(days=offset)
+                everything = [r for r in model.tasks_on(day) if r["status"] == "overdue"]
+                assert model.tasks_on(day, ["overdue"]) == everything
+            model.close()
