@@ -33,6 +33,7 @@ lint: $(VENV)/.dev
 
 bench: $(VENV)/.dev
 	$(BIN)/python -m benchmarks.ingest
+	$(BIN)/python -m benchmarks.projections
 
 clean:
 	rm -rf $(VENV) $(DB) alerts.jsonl .pytest_cache
