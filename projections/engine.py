@@ -228,6 +228,25 @@ class _Replay:
                 break
         return task
 
+    def add_period_task(
+        self, kind: str, rule_id: str, fact: Fact, late_fine: str, late_rule: str
+    ) -> _Task:
+        """A task due "within N days" of `fact` (N from the rule in force that day)."""
+        on = fact.occurred_on
+        days = self.rules[rule_id].value("days", on)
+        return self.add_task(
+            _Task(
+                kind,
+                rule_id,
+                on,
+                on,
+                self.deadline(on, days),
+                [fact.event_id],
+                late_fine=late_fine,
+                late_rule=late_rule,
+            )
+        )
+
     def complete_with(self, fact: Fact, kinds: Iterable[str]) -> None:
         """Complete the pending tasks of `kinds` that `fact` completes."""
         for task in self.pending_tasks(kinds, fact.occurred_on):
@@ -333,18 +352,8 @@ class _Replay:
             if self.pending_initial_application(on):
                 return  # already applied; the decision is pending
             if not self.pending_tasks(["apply_arc"], on):
-                days = self.rules["R-ARC-ENTRY"].value("days", on)
-                self.add_task(
-                    _Task(
-                        "apply_arc",
-                        "R-ARC-ENTRY",
-                        on,
-                        on,
-                        self.deadline(on, days),
-                        [fact.event_id],
-                        late_fine="late_arc_application",
-                        late_rule="R-ARC-LATE",
-                    )
+                self.add_period_task(
+                    "apply_arc", "R-ARC-ENTRY", fact, "late_arc_application", "R-ARC-LATE"
                 )
         elif visa == "arc":
             if not self.holds_valid_arc(on):
@@ -376,18 +385,8 @@ class _Replay:
             or self.pending_tasks(["apply_arc"], on)
         ):
             return
-        days = self.rules["R-ARC-VISACHANGE"].value("days", on)
-        self.add_task(
-            _Task(
-                "apply_arc",
-                "R-ARC-VISACHANGE",
-                on,
-                on,
-                self.deadline(on, days),
-                [fact.event_id],
-                late_fine="late_arc_application",
-                late_rule="R-ARC-LATE",
-            )
+        self.add_period_task(
+            "apply_arc", "R-ARC-VISACHANGE", fact, "late_arc_application", "R-ARC-LATE"
         )
 
     def on_registered(self, fact: Fact, on: date) -> None:
@@ -466,18 +465,8 @@ class _Replay:
     def on_address_changed(self, fact: Fact, on: date) -> None:
         if self.in_taiwan is None:
             self.in_taiwan = True  # A-PRESENCE
-        days = self.rules["R-ADDRESS"].value("days", on)
-        self.add_task(
-            _Task(
-                "report_address_change",
-                "R-ADDRESS",
-                on,
-                on,
-                self.deadline(on, days),
-                [fact.event_id],
-                late_fine="late_details_update",
-                late_rule="R-DETAILS-LATE",
-            )
+        self.add_period_task(
+            "report_address_change", "R-ADDRESS", fact, "late_details_update", "R-DETAILS-LATE"
         )
 
     def on_details_updated(self, fact: Fact, on: date) -> None:

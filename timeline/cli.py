@@ -182,38 +182,25 @@ def history(ctx: click.Context, student: str, as_json: bool, db: str | None) -> 
     console.print(table)
 
 
-class DayType(click.ParamType):
-    """A YYYY-MM-DD day."""
+class ParsedType(click.ParamType):
+    """A value parsed by a core function; its ValueError becomes a usage error."""
 
-    name = "DATE"
-
-    def convert(self, value: Any, param: Any, ctx: Any) -> Any:
-        """Parse or fail with a usage error."""
-        if not isinstance(value, str):
-            return value
-        try:
-            return parse_day(value)
-        except ValueError as exc:
-            self.fail(str(exc), param, ctx)
-
-
-class MomentType(click.ParamType):
-    """An ISO 8601 timestamp (or a day: the end of it in Taipei)."""
-
-    name = "TIMESTAMP"
+    def __init__(self, name: str, parse: Callable[[str], Any]) -> None:
+        self.name = name
+        self.parse = parse
 
     def convert(self, value: Any, param: Any, ctx: Any) -> Any:
         """Parse or fail with a usage error."""
         if not isinstance(value, str):
             return value
         try:
-            return parse_known_at(value)
+            return self.parse(value)
         except ValueError as exc:
             self.fail(str(exc), param, ctx)
 
 
-DAY = DayType()
-MOMENT = MomentType()
+DAY = ParsedType("DATE", parse_day)  # YYYY-MM-DD
+MOMENT = ParsedType("TIMESTAMP", parse_known_at)  # ISO 8601, or a day (its end in Taipei)
 
 
 @main.command()
