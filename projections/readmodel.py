@@ -16,7 +16,8 @@ from __future__ import annotations
 import json
 import logging
 from collections import OrderedDict
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import date, timedelta
 from pathlib import Path
@@ -228,6 +229,7 @@ class ReadModel:
         calendar: TaiwanCalendar | None = None,
     ) -> None:
         self.db = Database(str(path))
+        self.db.execute("PRAGMA busy_timeout = 30000")
         self._migrate()
         self.db.executescript(_SCHEMA)
         self.rules = rules
@@ -246,11 +248,25 @@ class ReadModel:
         row = self.db.execute("SELECT version FROM rm_meta").fetchone()
         if row is not None and row[0] == LAYOUT_VERSION:
             return
-        with self.db.atomic():
+        with self._exclusive():
+            row = self.db.execute("SELECT version FROM rm_meta").fetchone()
+            if row is not None and row[0] == LAYOUT_VERSION:
+                return  # another process migrated meanwhile
             for table in _TABLES:
                 self.db.execute(f"DROP TABLE IF EXISTS {table}")
             self.db.execute("DELETE FROM rm_meta")
             self.db.execute("INSERT INTO rm_meta VALUES (?)", [LAYOUT_VERSION])
+
+    @contextmanager
+    def _exclusive(self) -> Iterator[None]:
+        """A write transaction that takes the write lock first (two followers take turns)."""
+        self.db.execute("BEGIN IMMEDIATE")
+        try:
+            yield
+        except BaseException:
+            self.db.execute("ROLLBACK")
+            raise
+        self.db.execute("COMMIT")
 
     @property
     def position(self) -> int:
@@ -287,7 +303,12 @@ class ReadModel:
                     facts, HORIZON, None, self.rules, self.calendar, student_id=student_id
                 )
                 rows.add(uid, student_id, position, derived)
-            with self.db.atomic():
+            with self._exclusive():
+                current = self.position
+                if current != report.position:
+                    # Another process applied this batch meanwhile: follow from its position.
+                    report.position = current
+                    continue
                 self._write(rows)
                 self.db.execute(
                     f"INSERT INTO {TRACKING} (name, position) VALUES (?, ?) "
