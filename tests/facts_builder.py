@@ -54,3 +54,20 @@ class Timeline:
 
 def d(text: str) -> date:
     return date.fromisoformat(text)
+
+
+def tasks_of(v, kind: str) -> list:
+    """The view's tasks of one kind."""
+    return [t for t in v.tasks if t.kind == kind]
+
+
+def only(v, kind: str):
+    """The view's one task of `kind` (fails if there are none or several)."""
+    found = tasks_of(v, kind)
+    assert len(found) == 1, f"expected one {kind} task, got {[t.kind for t in v.tasks]}"
+    return found[0]
+
+
+def fines_of(v, kind: str) -> list:
+    """The view's fines of one kind."""
+    return [f for f in v.fines if f.kind == kind]

@@ -4,19 +4,9 @@ documents, fees and places the guide names for every task kind."""
 from __future__ import annotations
 
 import pytest
-from facts_builder import Timeline, d
+from facts_builder import Timeline, d, only, tasks_of
 
 from projections.engine import view
-
-
-def tasks_of(v, kind):
-    return [t for t in v.tasks if t.kind == kind]
-
-
-def only(v, kind):
-    found = tasks_of(v, kind)
-    assert len(found) == 1, f"expected one {kind} task, got {[t.kind for t in v.tasks]}"
-    return found[0]
 
 
 def late_details(v):

@@ -3,23 +3,9 @@
 from __future__ import annotations
 
 import pytest
-from facts_builder import Timeline, d
+from facts_builder import Timeline, d, fines_of, only, tasks_of
 
 from projections.engine import view
-
-
-def tasks_of(v, kind):
-    return [t for t in v.tasks if t.kind == kind]
-
-
-def only(v, kind):
-    found = tasks_of(v, kind)
-    assert len(found) == 1, f"expected one {kind} task, got {[t.kind for t in v.tasks]}"
-    return found[0]
-
-
-def fines_of(v, kind):
-    return [f for f in v.fines if f.kind == kind]
 
 
 def holding_arc(valid_until: str = "2024-05-31") -> Timeline:

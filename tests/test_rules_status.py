@@ -4,21 +4,11 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from facts_builder import Timeline, d
+from facts_builder import Timeline, d, only, tasks_of
 
 from projections.engine import view
 from projections.rules import RULES
 from timeline.facts import known_facts
-
-
-def tasks_of(v, kind):
-    return [t for t in v.tasks if t.kind == kind]
-
-
-def only(v, kind):
-    found = tasks_of(v, kind)
-    assert len(found) == 1, f"expected one {kind} task, got {[t.kind for t in v.tasks]}"
-    return found[0]
 
 
 def holding_arc(valid_until: str = "2024-05-31") -> Timeline:
