@@ -10,9 +10,13 @@ module by `python -m projections.rules --markdown`).
 
 from __future__ import annotations
 
+import hashlib
+import json
 import sys
 from dataclasses import dataclass, field, replace
 from datetime import date
+from functools import lru_cache
+from pathlib import Path
 from typing import Any, Literal
 
 EPOCH = date(1900, 1, 1)
@@ -533,6 +537,42 @@ def rulebook_from_env(env: dict[str, str] | Any) -> RuleBook:
         deadline_rollover=rollover in ("1", "true", "yes", "on"),
         visitor_reading=reading,
     )
+
+
+# The modules whose code decides what is derived: a change to any of them changes the
+# fingerprint, so materialized data computed by older code is rebuilt, never trusted.
+_DERIVING_MODULES = ("engine.py", "rules.py", "dates.py", "models.py")
+
+
+@lru_cache(maxsize=1)
+def _code_digest() -> str:
+    here = Path(__file__).resolve().parent
+    digest = hashlib.blake2b(digest_size=8)
+    for name in _DERIVING_MODULES:
+        digest.update(name.encode() + b"\0" + (here / name).read_bytes())
+    return digest.hexdigest()
+
+
+def rulebook_fingerprint(rules: RuleBook) -> str:
+    """A short digest of everything derived data depends on: rule values, settings, code, holidays.
+
+    Read models and the alert outbox store it; when it differs from the one in force, what
+    they hold was computed under other rules and is rebuilt or re-checked.
+    """
+    import holidays
+
+    material = {
+        "rules": {
+            rule_id: [[d.since.isoformat(), d.values] for d in rule.history]
+            for rule_id, rule in sorted(rules.rules.items())
+        },
+        "deadline_rollover": rules.deadline_rollover,
+        "visitor_reading": rules.visitor_reading,
+        "holidays": holidays.__version__,
+        "code": _code_digest(),
+    }
+    canonical = json.dumps(material, sort_keys=True, default=str, separators=(",", ":"))
+    return hashlib.blake2b(canonical.encode(), digest_size=8).hexdigest()
 
 
 if __name__ == "__main__":  # pragma: no cover - documentation generator
