@@ -8,32 +8,59 @@ Sundays and Taiwan public holidays, and count make-up working Saturdays (補班)
 from __future__ import annotations
 
 import calendar
-from datetime import date, timedelta
-from functools import lru_cache
+import hashlib
+from datetime import MAXYEAR, MINYEAR, date, timedelta
+from functools import cached_property, lru_cache
 
 import holidays
+
+from timeline.errors import TimelineError
 
 ONE_DAY = timedelta(days=1)
 
 
+class DateOutOfRangeError(TimelineError):
+    """Date arithmetic left the calendar Python can represent (years 1 to 9999).
+
+    Only a stored fact with an absurd date (e.g. `valid_until` 9999-12-31) gets here; the
+    message names the operation, never the facts, so it is safe to show and to log.
+    """
+
+
+def _out_of_range(operation: str) -> DateOutOfRangeError:
+    return DateOutOfRangeError(f"date out of range: {operation} is not in the years 1 to 9999")
+
+
 def days_after(start: date, days: int) -> date:
     """The last day of a period "within `days` days of `start`" (day 1 = start + 1)."""
-    return start + timedelta(days=days)
+    try:
+        return start + timedelta(days=days)
+    except OverflowError:
+        raise _out_of_range(f"the day {days} days after a date") from None
 
 
 def days_before(end: date, days: int) -> date:
     """The day `days` calendar days before `end`."""
-    return end - timedelta(days=days)
+    try:
+        return end - timedelta(days=days)
+    except OverflowError:
+        raise _out_of_range(f"the day {days} days before a date") from None
 
 
 def next_day(day: date) -> date:
     """The day after `day`."""
-    return day + ONE_DAY
+    try:
+        return day + ONE_DAY
+    except OverflowError:
+        raise _out_of_range("the day after a date") from None
 
 
 def previous_day(day: date) -> date:
     """The day before `day`."""
-    return day - ONE_DAY
+    try:
+        return day - ONE_DAY
+    except OverflowError:
+        raise _out_of_range("the day before a date") from None
 
 
 def days_between(earlier: date, later: date) -> int:
@@ -46,6 +73,8 @@ def add_months(day: date, months: int) -> date:
     month_index = day.year * 12 + (day.month - 1) + months
     year, month = divmod(month_index, 12)
     month += 1
+    if not MINYEAR <= year <= MAXYEAR:
+        raise _out_of_range(f"a date shifted by {months} calendar months")
     last = calendar.monthrange(year, month)[1]
     return date(year, month, min(day.day, last))
 
@@ -58,9 +87,18 @@ class TaiwanCalendar:
     """
 
     def __init__(self, first_year: int = 2000, last_year: int = 2040) -> None:
-        self._holidays = holidays.country_holidays(
-            "TW", years=range(first_year, last_year + 1), categories=("public",)
-        )
+        self._years = range(first_year, last_year + 1)
+        self._holidays = holidays.country_holidays("TW", years=self._years, categories=("public",))
+
+    @cached_property
+    def digest(self) -> str:
+        """A short digest of the calendar's data (holidays, make-up days), for fingerprints."""
+        # Only the years built at start: lookups in other years grow the holidays dict.
+        years = self._years
+        data = sorted((d.isoformat(), n) for d, n in self._holidays.items() if d.year in years)
+        workdays = sorted(d.isoformat() for d in self._holidays.weekend_workdays if d.year in years)
+        text = repr((data, workdays))
+        return hashlib.blake2b(text.encode(), digest_size=8).hexdigest()
 
     def is_working_day(self, day: date) -> bool:
         """Whether government offices work on `day`."""
@@ -77,7 +115,7 @@ class TaiwanCalendar:
         day = start
         remaining = count
         while remaining > 0:
-            day += ONE_DAY
+            day = next_day(day)
             if self.is_working_day(day):
                 remaining -= 1
         return day
@@ -85,7 +123,7 @@ class TaiwanCalendar:
     def roll_forward(self, day: date) -> date:
         """`day` if it is a working day, else the next working day (APA Art. 48(4))."""
         while not self.is_working_day(day):
-            day += ONE_DAY
+            day = next_day(day)
         return day
 
 

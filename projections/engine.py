@@ -26,6 +26,8 @@ from projections.models import (
     Task,
 )
 from projections.rules import DEFAULT_RULES, DOCUMENTS, TASK_KINDS, RuleBook
+from timeline.clock import EARLIEST_DAY, LATEST_DAY
+from timeline.errors import TimelineError
 from timeline.facts import Fact, known_facts
 
 APPLY_KINDS = ("apply_arc", "apply_residence")
@@ -33,6 +35,36 @@ EXTENSION_KINDS = ("extend_arc", "submit_student_status")
 # ARC-bound tasks that a revocation makes moot (R-CEASED).
 ALL_KINDS = tuple(TASK_KINDS)
 MOOT_ON_REVOCATION = (*APPLY_KINDS, *EXTENSION_KINDS, "replace_arc", "update_passport_details")
+
+
+class DerivationError(TimelineError):
+    """One student's facts cannot be derived (e.g. a stored date far outside the calendar).
+
+    Raised for that student only: callers that serve a population (read models, alerts)
+    catch it per student. The message names the student and the events to correct, never
+    a fact's content, so it is safe to show, to log and to store.
+    """
+
+    def __init__(self, student_id: str, reason: str, event_ids: list[str]) -> None:
+        self.student_id = student_id
+        self.reason = reason
+        self.event_ids = event_ids
+        where = (
+            f"; events with a date outside {EARLIEST_DAY}…{LATEST_DAY}: " + ", ".join(event_ids)
+            if event_ids
+            else ""
+        )
+        super().__init__(f"cannot derive student {student_id!r}: {reason}{where}")
+
+
+def _out_of_range_events(facts: Iterable[Fact]) -> list[str]:
+    """The events that carry a day outside the documented range (the likely culprits)."""
+    found = []
+    for fact in facts:
+        days = [fact.occurred_on, *(v for v in fact.data.values() if isinstance(v, date))]
+        if any(not EARLIEST_DAY <= day <= LATEST_DAY for day in days):
+            found.append(fact.event_id)
+    return found
 
 
 @dataclass
@@ -778,12 +810,15 @@ def derive(
     counted = known_facts(facts, known_at)
     sid = student_id or (counted[0].student_id if counted else "")
     replay = _Replay(sid, as_of, rules, cal)
-    for fact in counted:
-        if fact.occurred_on > as_of:
-            break
-        replay.advance_to(fact.occurred_on)
-        replay.apply(fact)
-    fines, overstay = replay.finish()
+    try:
+        for fact in counted:
+            if fact.occurred_on > as_of:
+                break
+            replay.advance_to(fact.occurred_on)
+            replay.apply(fact)
+        fines, overstay = replay.finish()
+    except dates.DateOutOfRangeError as exc:
+        raise DerivationError(sid, str(exc), _out_of_range_events(counted)) from None
     return Derivation(sid, as_of, replay, fines, overstay)
 
 
@@ -798,10 +833,17 @@ def view(
 ) -> StudentView:
     """The student's view as of `as_of` (valid time), as known at `known_at` (record time)."""
     cal = calendar or taiwan_calendar()
+    facts = list(facts)
     derived = derive(facts, as_of, known_at, rules, cal, student_id=student_id)
     replay = derived.replay
     tasks = [_task_out(t, as_of) for t in derived.tasks]
     fines_out = [_fine_out(f) for f in derived.fines]
+    try:
+        application = _application_out(replay, cal)
+    except dates.DateOutOfRangeError as exc:
+        raise DerivationError(
+            derived.student_id, str(exc), _out_of_range_events(known_facts(facts, known_at))
+        ) from None
     return StudentView(
         student_id=derived.student_id,
         as_of=as_of,
@@ -809,7 +851,7 @@ def view(
         status=_status(replay, tasks, derived.overstay),  # type: ignore[arg-type]
         in_taiwan=bool(replay.in_taiwan),
         arc=_arc_out(replay.arc),
-        application=_application_out(replay, cal),
+        application=application,
         overstay=derived.overstay,
         tasks=tasks,
         fines=fines_out,

@@ -9,26 +9,40 @@ here re-derives a rule: the dates come from `projections.engine`.
 The tables follow the event store's notification log. Each batch of notifications is
 applied in ONE SQLite transaction together with the new tracking position, so a crash
 loses nothing and applies nothing twice; `sync` resumes from the stored position.
+
+One student's facts can never stop the others: a student whose derivation fails gets a
+row in `rm_errors` (student, position, error class, a message without personal data)
+and NO rows in the other tables (stale rows would be false), and the follower goes on.
+A later event that makes the student derivable again clears the error row.
+
+The tables record the layout version and the fingerprint of the rules they were derived
+under (rule values, settings, the code that derives, the holidays data). Opened under
+another fingerprint, they are dropped and re-followed from position 0, so population
+queries always follow the rules in force.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import sqlite3
+import traceback
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import date, timedelta
+from datetime import date
 from pathlib import Path
 from typing import Any
 
 from sqlite_utils import Database
 
+from projections import dates
 from projections.dates import TaiwanCalendar, taiwan_calendar
-from projections.engine import Derivation, derive, overstay_fine_range
-from projections.rules import DEFAULT_RULES, TASK_KINDS, RuleBook
+from projections.engine import Derivation, DerivationError, derive, overstay_fine_range
+from projections.rules import DEFAULT_RULES, TASK_KINDS, RuleBook, rulebook_fingerprint
 from timeline.aggregate import Student
+from timeline.errors import TimelineError
 from timeline.facts import Fact
 from timeline.store import TimelineStore, to_fact
 
@@ -36,10 +50,13 @@ log = logging.getLogger(__name__)
 
 HORIZON = date(2199, 12, 31)
 FOREVER = "9999-12-31"
-LAYOUT_VERSION = 6  # bump when a table changes: old read models are rebuilt
+LAYOUT_VERSION = 7  # bump when a table changes: old read models are rebuilt
 STREAM_CACHE = 20_000  # students whose facts stay in memory between batches
 TRACKING = "rm_tracking"
 NAME = "student_views"
+RULES_CHANGED = "rules changed since the read models were built: rebuilding"
+LAYOUT_CHANGED = "the read-model layout changed: rebuilding"
+MAX_FOREIGN_REBUILDS = 3  # rebuilds by another process during one sync before giving up
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS rm_tracking (name TEXT PRIMARY KEY, position INTEGER NOT NULL);
@@ -76,8 +93,21 @@ CREATE TABLE IF NOT EXISTS rm_overstays (
     last_day TEXT, resolved_on TEXT, ceased INTEGER NOT NULL
 );
 CREATE INDEX IF NOT EXISTS rm_overstays_student ON rm_overstays (student_id);
+CREATE TABLE IF NOT EXISTS rm_errors (
+    student_id TEXT PRIMARY KEY, position INTEGER NOT NULL, error TEXT NOT NULL,
+    message TEXT NOT NULL
+);
 """
-_TABLES = ("rm_tracking", "rm_students", "rm_tasks", "rm_fines", "rm_payments", "rm_overstays")
+_TABLES = (
+    "rm_tracking",
+    "rm_students",
+    "rm_tasks",
+    "rm_fines",
+    "rm_payments",
+    "rm_overstays",
+    "rm_errors",
+)
+_PER_STUDENT = ("rm_tasks", "rm_fines", "rm_payments", "rm_overstays")
 
 # The tasks that existed on day :d, with the due day known that day.
 TASKS_ON_SQL = """
@@ -113,6 +143,35 @@ class SyncReport:
     notifications: int = 0
     students: int = 0
     position: int = 0
+    failed: int = 0  # students whose derivation failed in this sync (see `errors()`)
+
+
+class ReadModelConflict(TimelineError):
+    """Another process keeps rebuilding this read-model file under other rules."""
+
+
+def _frames(exc: BaseException) -> str:
+    return "\n" + "".join(traceback.format_tb(exc.__traceback__))
+
+
+def read_model_fingerprint(rules: RuleBook, calendar: TaiwanCalendar) -> str:
+    """What the derived rows depend on: the rule book's fingerprint and the calendar's data."""
+    return f"{rulebook_fingerprint(rules)}-{calendar.digest}"
+
+
+def failure_of(student_id: str, exc: Exception) -> tuple[str, str]:
+    """(error class, message) for a failed derivation; never a fact's content.
+
+    Our own `DerivationError` says what is wrong and which events to correct. Any other
+    exception is a bug whose message might quote a fact, so only its class is kept.
+    """
+    if isinstance(exc, DerivationError):
+        return type(exc).__name__, str(exc)
+    return (
+        type(exc).__name__,
+        f"cannot derive student {student_id!r}: unexpected {type(exc).__name__} "
+        "(a bug: report it with the output of `timeline -v rebuild`)",
+    )
 
 
 def _overdue_window(task: Any, due: date | None) -> tuple[str | None, str | None]:
@@ -120,10 +179,10 @@ def _overdue_window(task: Any, due: date | None) -> tuple[str | None, str | None
     if due is None:
         return None, None
     ends = [d for d in (task.done_on, task.cancelled_on) if d is not None]
-    first = due + timedelta(days=1)
+    first = dates.next_day(due)
     if not ends:
         return first.isoformat(), FOREVER
-    last = min(ends) - timedelta(days=1)
+    last = dates.previous_day(min(ends))
     return (first.isoformat(), last.isoformat()) if last >= first else (None, None)
 
 
@@ -145,12 +204,30 @@ class _Rows:
         self.fines: list[tuple[Any, ...]] = []
         self.payments: list[tuple[Any, ...]] = []
         self.overstays: list[tuple[Any, ...]] = []
+        self.healthy: list[str] = []
+        self.errors: list[tuple[Any, ...]] = []
 
     def add(self, uid: str, student_id: str, position: int, derived: Derivation) -> None:
-        """One student's derived history."""
+        """One student's derived history (all of it or, if it raises, nothing)."""
+        part = _Rows()
+        part._fill(uid, student_id, position, derived)
+        self.student_ids.append(student_id)
+        self.students.extend(part.students)
+        self.tasks.extend(part.tasks)
+        self.fines.extend(part.fines)
+        self.payments.extend(part.payments)
+        self.overstays.extend(part.overstays)
+        self.healthy.append(student_id)
+
+    def fail(self, uid: str, student_id: str, position: int, error: str, message: str) -> None:
+        """A student whose derivation failed: an error row, and no derived rows."""
+        self.student_ids.append(student_id)
+        self.students.append((uid, student_id, position, None, None, None))
+        self.errors.append((student_id, position, error, message))
+
+    def _fill(self, uid: str, student_id: str, position: int, derived: Derivation) -> None:
         replay = derived.replay
         arc = replay.arc
-        self.student_ids.append(student_id)
         self.students.append(
             (
                 uid,
@@ -227,13 +304,18 @@ class ReadModel:
         path: str | Path,
         rules: RuleBook = DEFAULT_RULES,
         calendar: TaiwanCalendar | None = None,
+        *,
+        fingerprint: str | None = None,
     ) -> None:
         self.db = Database(str(path))
         self.db.execute("PRAGMA busy_timeout = 30000")
-        self._migrate()
-        self.db.executescript(_SCHEMA)
         self.rules = rules
         self.calendar = calendar or taiwan_calendar()
+        self.fingerprint = fingerprint or read_model_fingerprint(rules, self.calendar)
+        # Why the tables were last dropped by this object (None: they were current).
+        self.rebuild_reason: str | None = None
+        self._ensure_build()
+        self.db.executescript(_SCHEMA)
         # Streams followed so far (uid → student, facts, last version): each notification
         # is decoded once; a stream not followed from its start is read whole once.
         self._streams: OrderedDict[str, tuple[str, list[Fact], int]] = OrderedDict()
@@ -242,20 +324,54 @@ class ReadModel:
         """Close the SQLite connection."""
         self.db.close()
 
-    def _migrate(self) -> None:
-        """Tables of another layout are dropped; the next sync rebuilds them from the log."""
-        self.db.execute("CREATE TABLE IF NOT EXISTS rm_meta (version INTEGER NOT NULL)")
-        row = self.db.execute("SELECT version FROM rm_meta").fetchone()
-        if row is not None and row[0] == LAYOUT_VERSION:
+    # -- layout and rules the tables were built with -----------------------------------
+    def _stored_build(self) -> tuple[int, str | None] | None:
+        """(layout version, fingerprint) the tables were built with; None for a new file."""
+        try:
+            row = self.db.execute("SELECT version, fingerprint FROM rm_meta").fetchone()
+        except sqlite3.OperationalError:
+            # No rm_meta (a new file), or one of a layout without fingerprints.
+            try:
+                old = self.db.execute("SELECT version FROM rm_meta").fetchone()
+            except sqlite3.OperationalError:
+                return None
+            return (int(old[0]), None) if old else None
+        return (int(row[0]), row[1]) if row else None
+
+    def _ensure_build(self) -> None:
+        """Tables of another layout or other rules are dropped; the next sync re-follows."""
+        if self._stored_build() == (LAYOUT_VERSION, self.fingerprint):
             return
         with self._exclusive():
-            row = self.db.execute("SELECT version FROM rm_meta").fetchone()
-            if row is not None and row[0] == LAYOUT_VERSION:
-                return  # another process migrated meanwhile
-            for table in _TABLES:
-                self.db.execute(f"DROP TABLE IF EXISTS {table}")
-            self.db.execute("DELETE FROM rm_meta")
-            self.db.execute("INSERT INTO rm_meta VALUES (?)", [LAYOUT_VERSION])
+            self._rebuild_if_foreign()
+
+    def _rebuild_if_foreign(self) -> bool:
+        """Inside a write transaction: recreate the tables unless built as we would build them.
+
+        Taken under the write lock, so of two processes opening at once one rebuilds and
+        the other waits, then finds the tables current (or, under other rules, rebuilds).
+        """
+        stored = self._stored_build()
+        if stored == (LAYOUT_VERSION, self.fingerprint):
+            return False
+        built = stored is not None and self._tracked_position() > 0
+        for table in (*_TABLES, "rm_meta"):
+            self.db.execute(f"DROP TABLE IF EXISTS {table}")
+        for statement in _SCHEMA.split(";"):
+            if statement.strip():
+                self.db.execute(statement)  # not executescript: it would COMMIT
+        self.db.execute("CREATE TABLE rm_meta (version INTEGER NOT NULL, fingerprint TEXT)")
+        self.db.execute("INSERT INTO rm_meta VALUES (?, ?)", [LAYOUT_VERSION, self.fingerprint])
+        if built:
+            self.rebuild_reason = LAYOUT_CHANGED if stored[0] != LAYOUT_VERSION else RULES_CHANGED
+            log.info("%s", self.rebuild_reason)
+        return True
+
+    def _tracked_position(self) -> int:
+        try:
+            return self.position
+        except sqlite3.OperationalError:
+            return 0  # no tracking table yet
 
     @contextmanager
     def _exclusive(self) -> Iterator[None]:
@@ -287,23 +403,33 @@ class ReadModel:
         batch: int = 2000,
         on_progress: Callable[[int, int], None] | None = None,
     ) -> SyncReport:
-        """Apply every notification after the tracking position, one transaction per batch."""
+        """Apply every notification after the tracking position, one transaction per batch.
+
+        A student whose derivation raises is recorded in `rm_errors` and left out; the
+        others are applied as usual.
+        """
+        self._ensure_build()  # another process may have rebuilt under other rules
         report = SyncReport(position=self.position)
         last = store.max_position()
+        foreign_rebuilds = 0
         while report.position < last:
             notifications = store.notifications(report.position, batch)
             if not notifications:
                 break
             touched = self._absorb(store, notifications)
             position = notifications[-1].id
-            rows = _Rows()
-            for uid in touched:
-                student_id, facts, _ = self._streams[uid]
-                derived = derive(
-                    facts, HORIZON, None, self.rules, self.calendar, student_id=student_id
-                )
-                rows.add(uid, student_id, position, derived)
+            rows = self._derive(touched, position)
             with self._exclusive():
+                if self._rebuild_if_foreign():
+                    # Another process rebuilt under other rules meanwhile: start again.
+                    foreign_rebuilds += 1
+                    if foreign_rebuilds > MAX_FOREIGN_REBUILDS:
+                        raise ReadModelConflict(
+                            "another process keeps rebuilding these read models under "
+                            "other rule settings: give each configuration its own --read-db"
+                        )
+                    report.position = 0
+                    continue
                 current = self.position
                 if current != report.position:
                     # Another process applied this batch meanwhile: follow from its position.
@@ -317,16 +443,46 @@ class ReadModel:
                 )
             report.notifications += len(notifications)
             report.students += len(touched)
+            report.failed += len(rows.errors)
             report.position = position
             if on_progress:
                 on_progress(position, last)
         return report
+
+    def _derive(self, touched: list[str], position: int) -> _Rows:
+        """The rows of the touched students; a failure is confined to its student."""
+        rows = _Rows()
+        for uid in touched:
+            student_id, facts, _ = self._streams[uid]
+            try:
+                derived = derive(
+                    facts, HORIZON, None, self.rules, self.calendar, student_id=student_id
+                )
+                rows.add(uid, student_id, position, derived)
+            except Exception as exc:  # any failure, even a bug, stays with its student
+                error, message = failure_of(student_id, exc)
+                rows.fail(uid, student_id, position, error, message)
+                # A bug's traceback frames (code lines, no values) help find it; the
+                # exception's own text might quote a fact, so it is not logged.
+                frames = "" if isinstance(exc, DerivationError) else _frames(exc)
+                log.error("%s%s", message, frames)
+        return rows
 
     def rebuild(self, store: TimelineStore, **kwargs: Any) -> SyncReport:
         """Recreate the tables from the whole notification log."""
         self.reset()
         self._streams.clear()
         return self.sync(store, **kwargs)
+
+    def errors(self) -> list[dict[str, Any]]:
+        """The students left out of every population query because their derivation failed."""
+        rows = self.db.execute(
+            "SELECT student_id, position, error, message FROM rm_errors ORDER BY student_id"
+        ).fetchall()
+        return [
+            {"student_id": sid, "position": position, "error": error, "message": message}
+            for sid, position, error, message in rows
+        ]
 
     def _absorb(self, store: TimelineStore, notifications: list[Any]) -> list[str]:
         """Decode each notification once and bring the cached streams up to date."""
@@ -380,7 +536,7 @@ class ReadModel:
         for start in range(0, len(ids), 500):
             chunk = ids[start : start + 500]
             marks = ",".join("?" for _ in chunk)
-            for table in ("rm_tasks", "rm_fines", "rm_payments", "rm_overstays"):
+            for table in (*_PER_STUDENT, "rm_errors"):
                 self.db.execute(f"DELETE FROM {table} WHERE student_id IN ({marks})", chunk)
         conn = self.db.conn
         conn.executemany(
@@ -395,6 +551,7 @@ class ReadModel:
         conn.executemany("INSERT INTO rm_fines VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)", rows.fines)
         conn.executemany("INSERT INTO rm_payments VALUES (?,?,?,?)", rows.payments)
         conn.executemany("INSERT INTO rm_overstays VALUES (?,?,?,?,?,?)", rows.overstays)
+        conn.executemany("INSERT INTO rm_errors VALUES (?,?,?,?)", rows.errors)
 
     # -- population queries ------------------------------------------------------------
     def tasks_on(
