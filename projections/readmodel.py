@@ -462,10 +462,12 @@ class ReadModel:
             except Exception as exc:  # any failure, even a bug, stays with its student
                 error, message = failure_of(student_id, exc)
                 rows.fail(uid, student_id, position, error, message)
-                # A bug's traceback frames (code lines, no values) help find it; the
-                # exception's own text might quote a fact, so it is not logged.
-                frames = "" if isinstance(exc, DerivationError) else _frames(exc)
-                log.error("%s%s", message, frames)
+                # A bug's traceback frames (code lines, no values) help find it; its
+                # own text might quote a fact, so that is neither logged nor stored.
+                if isinstance(exc, DerivationError):
+                    log.info("%s", message)  # bad data, reported through rm_errors
+                else:
+                    log.error("%s%s", message, _frames(exc))
         return rows
 
     def rebuild(self, store: TimelineStore, **kwargs: Any) -> SyncReport:

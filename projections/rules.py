@@ -527,16 +527,23 @@ def _fmt(value: Any) -> str:
     return str(value)
 
 
+_TRUE = ("1", "true", "yes", "on")
+_FALSE = ("", "0", "false", "no", "off")
+
+
 def rulebook_from_env(env: dict[str, str] | Any) -> RuleBook:
-    """Settings from `TIMELINE_DEADLINE_ROLLOVER` (1/0) and `TIMELINE_VISITOR_READING`."""
+    """Settings from `TIMELINE_DEADLINE_ROLLOVER` (1/0) and `TIMELINE_VISITOR_READING`.
+
+    The one function that reads the rule settings; a value it does not know is a
+    ValueError naming the setting (never silently the default: derived data would differ).
+    """
     rollover = str(env.get("TIMELINE_DEADLINE_ROLLOVER", "")).strip().lower()
+    if rollover not in _TRUE + _FALSE:
+        raise ValueError("TIMELINE_DEADLINE_ROLLOVER must be 1 or 0 (also true/false, yes/no)")
     reading = str(env.get("TIMELINE_VISITOR_READING", "deadline")).strip().lower() or "deadline"
     if reading not in ("deadline", "window"):
         raise ValueError("TIMELINE_VISITOR_READING must be 'deadline' or 'window'")
-    return DEFAULT_RULES.with_settings(
-        deadline_rollover=rollover in ("1", "true", "yes", "on"),
-        visitor_reading=reading,
-    )
+    return DEFAULT_RULES.with_settings(deadline_rollover=rollover in _TRUE, visitor_reading=reading)
 
 
 # The modules whose code decides what is derived: a change to any of them changes the

@@ -11,6 +11,7 @@ Milestones:
 from __future__ import annotations
 
 import json
+import logging
 from dataclasses import dataclass
 from datetime import date
 
@@ -18,6 +19,8 @@ from projections import dates
 from projections.readmodel import TASK_STATUS_SQL, TASKS_ON_SQL, ReadModel
 from scheduler.alert import Alert, Message
 from scheduler.messages import fine_message, overstay_message, task_message
+
+log = logging.getLogger(__name__)
 
 DUE_MILESTONES = {30: "due_in_30", 14: "due_in_14", 7: "due_in_7", 1: "due_in_1", 0: "due_today"}
 CLOSING_DAY = 25
@@ -42,8 +45,23 @@ def _key(student_id: str, thing: str, cause: str, milestone: str, due: str | Non
     return f"{student_id}:{thing}:{cause}:{milestone}:{due or '-'}"
 
 
-def milestones_on(model: ReadModel, day: date) -> list[Milestone]:
-    """Every milestone that falls on `day`, for every student."""
+def milestones_on(model: ReadModel, day: date, *, log_left_out: bool = True) -> list[Milestone]:
+    """Every milestone that falls on `day`, for every student that can be derived.
+
+    A student whose facts cannot be derived has no rows in the read models, so no alert;
+    they are named in a warning (and in `ReadModel.errors()`), never silently dropped.
+    """
+    failed = model.errors() if log_left_out else []
+    if failed:
+        names = ", ".join(row["student_id"] for row in failed[:20])
+        more = f" and {len(failed) - 20} more" if len(failed) > 20 else ""
+        log.warning(
+            "alerts for %s leave out %d student(s) whose facts cannot be derived: %s%s",
+            day.isoformat(),
+            len(failed),
+            names,
+            more,
+        )
     d = day.isoformat()
     out: list[Milestone] = []
     wanted_due = {dates.days_after(day, n).isoformat(): m for n, m in DUE_MILESTONES.items()}
@@ -141,6 +159,6 @@ def milestones_on(model: ReadModel, day: date) -> list[Milestone]:
     return out
 
 
-def alerts_on(model: ReadModel, day: date) -> list[Alert]:
+def alerts_on(model: ReadModel, day: date, *, log_left_out: bool = True) -> list[Alert]:
     """The alerts that fall on `day` (a pure query of the read models)."""
-    return [m.alert for m in milestones_on(model, day)]
+    return [m.alert for m in milestones_on(model, day, log_left_out=log_left_out)]

@@ -69,6 +69,18 @@ def main(ctx: click.Context, db: str | None, verbose: bool) -> None:
     )
     ctx.ensure_object(dict)
     ctx.obj["db"] = db
+    from projections.rules import rulebook_from_env
+
+    # The one read of the rule settings: every command derives under this RuleBook.
+    try:
+        ctx.obj["rules"] = rulebook_from_env(os.environ)
+    except ValueError as exc:
+        raise UsageFailure(str(exc)) from exc
+
+
+def rules_of(ctx: click.Context) -> Any:
+    """The RuleBook read once by the `main` group."""
+    return ctx.find_root().obj["rules"]
 
 
 @main.command()
@@ -239,9 +251,8 @@ def show(
     db: str | None,
 ) -> None:
     """STUDENT's ARC status, tasks and fines as of a date (as known at a moment)."""
-    from projections.engine import view
+    from projections.engine import DerivationError, view
     from projections.render import print_view
-    from projections.rules import rulebook_from_env
     from timeline.whatif import hypothetical_facts
 
     store = open_store(ctx, db)
@@ -256,30 +267,50 @@ def show(
         click.echo(f"error: no events stored for student {student!r}", err=True)
         ctx.exit(1)
     try:
-        rules = rulebook_from_env(os.environ)
-    except ValueError as exc:
-        raise UsageFailure(str(exc)) from exc
-    result = view(stream, as_of or taipei_today(), known_at, rules, student_id=student)
+        result = view(stream, as_of or taipei_today(), known_at, rules_of(ctx), student_id=student)
+    except DerivationError as exc:
+        click.echo(f"error: {exc}", err=True)
+        ctx.exit(1)
     if as_json:
         click.echo(result.model_dump_json(indent=2))
     else:
         print_view(result)
 
 
-def open_read_model(ctx: click.Context, store: TimelineStore, read_db: str | None) -> Any:
-    """The read models, brought up to date with the event store first."""
-    from projections.readmodel import ReadModel, default_read_db
-    from projections.rules import rulebook_from_env
+def read_model_path(store: TimelineStore, read_db: str | None) -> str:
+    """`--read-db`, else TIMELINE_READ_DB, else next to the events."""
+    from projections.readmodel import default_read_db
 
-    try:
-        rules = rulebook_from_env(os.environ)
-    except ValueError as exc:
-        raise UsageFailure(str(exc)) from exc
-    path = read_db or os.environ.get("TIMELINE_READ_DB") or default_read_db(store.config.location)
-    model = ReadModel(path, rules)
+    return read_db or os.environ.get("TIMELINE_READ_DB") or default_read_db(store.config.location)
+
+
+def open_read_model(ctx: click.Context, store: TimelineStore, read_db: str | None) -> Any:
+    """The read models under the rules in force, brought up to date with the event store."""
+    from projections.readmodel import ReadModel
+
+    model = ReadModel(read_model_path(store, read_db), rules_of(ctx))
     ctx.call_on_close(model.close)
+    if model.rebuild_reason:
+        # Said before the slow part, so a user knows why this command takes a while.
+        click.echo(model.rebuild_reason, err=True)
     model.sync(store)
     return model
+
+
+def warn_left_out(model: Any, limit: int = 20) -> None:
+    """Name on stderr the students a population answer leaves out (derivation failed)."""
+    failed = model.errors()
+    if not failed:
+        return
+    click.echo(
+        f"warning: {len(failed)} student(s) left out, their facts cannot be derived "
+        "(correct or retract the events named):",
+        err=True,
+    )
+    for row in failed[:limit]:
+        click.echo(f"  {row['message']}", err=True)
+    if len(failed) > limit:
+        click.echo(f"  … and {len(failed) - limit} more", err=True)
 
 
 def read_db_option(func: F) -> F:
@@ -342,6 +373,7 @@ def tasks(
     store = open_store(ctx, db)
     model = open_read_model(ctx, store, read_db)
     rows = model.tasks_on(as_of or taipei_today(), statuses, kinds)
+    warn_left_out(model)
     if as_json:
         print_json(rows)
         return
@@ -387,6 +419,7 @@ def fines(
     store = open_store(ctx, db)
     model = open_read_model(ctx, store, read_db)
     rows = model.fines_on(as_of or taipei_today(), statuses)
+    warn_left_out(model)
     if as_json:
         print_json(rows)
         return
@@ -414,15 +447,21 @@ def fines(
 @read_db_option
 @click.pass_context
 def rebuild(ctx: click.Context, db: str | None, read_db: str | None) -> None:
-    """Recreate the read models from the whole event log."""
-    from projections.readmodel import ReadModel, default_read_db
+    """Recreate the read models from the whole event log (under the rules in force)."""
+    from projections.readmodel import ReadModel
 
     store = open_store(ctx, db)
-    path = read_db or os.environ.get("TIMELINE_READ_DB") or default_read_db(store.config.location)
-    model = ReadModel(path)
+    model = ReadModel(read_model_path(store, read_db), rules_of(ctx))
     ctx.call_on_close(model.close)
     report = model.rebuild(store)
-    print_json({"notifications": report.notifications, "position": report.position})
+    warn_left_out(model)
+    print_json(
+        {
+            "notifications": report.notifications,
+            "position": report.position,
+            "failed_students": [row["student_id"] for row in model.errors()],
+        }
+    )
 
 
 @main.command()
@@ -511,7 +550,8 @@ def alerts(
         ctx.exit(0 if report.delivered.failed == 0 else 1)
     store = open_store(ctx, db)
     model = open_read_model(ctx, store, read_db)
-    found = alerts_on(model, day)
+    found = alerts_on(model, day, log_left_out=False)  # named below, with the reasons
+    warn_left_out(model)
     if as_json:
         print_json([a.model_dump(mode="json") for a in found])
         return
