@@ -57,7 +57,7 @@ class DerivationError(TimelineError):
         super().__init__(f"cannot derive student {student_id!r}: {reason}{where}")
 
 
-def _out_of_range_events(facts: Iterable[Fact]) -> list[str]:
+def out_of_range_events(facts: Iterable[Fact]) -> list[str]:
     """The events that carry a day outside the documented range (the likely culprits)."""
     found = []
     for fact in facts:
@@ -818,7 +818,7 @@ def derive(
             replay.apply(fact)
         fines, overstay = replay.finish()
     except dates.DateOutOfRangeError as exc:
-        raise DerivationError(sid, str(exc), _out_of_range_events(counted)) from None
+        raise DerivationError(sid, str(exc), out_of_range_events(counted)) from None
     return Derivation(sid, as_of, replay, fines, overstay)
 
 
@@ -842,7 +842,7 @@ def view(
         application = _application_out(replay, cal)
     except dates.DateOutOfRangeError as exc:
         raise DerivationError(
-            derived.student_id, str(exc), _out_of_range_events(known_facts(facts, known_at))
+            derived.student_id, str(exc), out_of_range_events(known_facts(facts, known_at))
         ) from None
     return StudentView(
         student_id=derived.student_id,

@@ -39,11 +39,17 @@ from sqlite_utils import Database
 
 from projections import dates
 from projections.dates import TaiwanCalendar, taiwan_calendar
-from projections.engine import Derivation, DerivationError, derive, overstay_fine_range
+from projections.engine import (
+    Derivation,
+    DerivationError,
+    derive,
+    out_of_range_events,
+    overstay_fine_range,
+)
 from projections.rules import DEFAULT_RULES, TASK_KINDS, RuleBook, rulebook_fingerprint
 from timeline.aggregate import Student
 from timeline.errors import TimelineError
-from timeline.facts import Fact
+from timeline.facts import Fact, known_facts
 from timeline.store import TimelineStore, to_fact
 
 log = logging.getLogger(__name__)
@@ -458,7 +464,11 @@ class ReadModel:
                 derived = derive(
                     facts, HORIZON, None, self.rules, self.calendar, student_id=student_id
                 )
-                rows.add(uid, student_id, position, derived)
+                try:
+                    rows.add(uid, student_id, position, derived)
+                except dates.DateOutOfRangeError as exc:  # e.g. a due day on 9999-12-31
+                    events = out_of_range_events(known_facts(facts))
+                    raise DerivationError(student_id, str(exc), events) from None
             except Exception as exc:  # any failure, even a bug, stays with its student
                 error, message = failure_of(student_id, exc)
                 rows.fail(uid, student_id, position, error, message)
