@@ -332,17 +332,22 @@ class ReadModel:
 
     # -- layout and rules the tables were built with -----------------------------------
     def _stored_build(self) -> tuple[int, str | None] | None:
-        """(layout version, fingerprint) the tables were built with; None for a new file."""
+        """(layout version, fingerprint) the tables were built with; None for a new file.
+
+        The fingerprint has a table of its own: `rm_meta` keeps the one-column shape that
+        older versions read and rewrite, so they can still open (and rebuild) the file.
+        """
         try:
-            row = self.db.execute("SELECT version, fingerprint FROM rm_meta").fetchone()
+            row = self.db.execute("SELECT version FROM rm_meta").fetchone()
         except sqlite3.OperationalError:
-            # No rm_meta (a new file), or one of a layout without fingerprints.
-            try:
-                old = self.db.execute("SELECT version FROM rm_meta").fetchone()
-            except sqlite3.OperationalError:
-                return None
-            return (int(old[0]), None) if old else None
-        return (int(row[0]), row[1]) if row else None
+            return None  # a new file
+        if row is None:
+            return None
+        try:
+            mark = self.db.execute("SELECT fingerprint FROM rm_fingerprint").fetchone()
+        except sqlite3.OperationalError:
+            mark = None  # a layout from before fingerprints
+        return int(row[0]), mark[0] if mark else None
 
     def _ensure_build(self) -> None:
         """Tables of another layout or other rules are dropped; the next sync re-follows."""
@@ -361,13 +366,15 @@ class ReadModel:
         if stored == (LAYOUT_VERSION, self.fingerprint):
             return False
         built = stored is not None and self._tracked_position() > 0
-        for table in (*_TABLES, "rm_meta"):
+        for table in (*_TABLES, "rm_meta", "rm_fingerprint"):
             self.db.execute(f"DROP TABLE IF EXISTS {table}")
         for statement in _SCHEMA.split(";"):
             if statement.strip():
                 self.db.execute(statement)  # not executescript: it would COMMIT
-        self.db.execute("CREATE TABLE rm_meta (version INTEGER NOT NULL, fingerprint TEXT)")
-        self.db.execute("INSERT INTO rm_meta VALUES (?, ?)", [LAYOUT_VERSION, self.fingerprint])
+        self.db.execute("CREATE TABLE rm_meta (version INTEGER NOT NULL)")
+        self.db.execute("INSERT INTO rm_meta VALUES (?)", [LAYOUT_VERSION])
+        self.db.execute("CREATE TABLE rm_fingerprint (fingerprint TEXT NOT NULL)")
+        self.db.execute("INSERT INTO rm_fingerprint VALUES (?)", [self.fingerprint])
         if built:
             self.rebuild_reason = LAYOUT_CHANGED if stored[0] != LAYOUT_VERSION else RULES_CHANGED
             log.info("%s", self.rebuild_reason)
