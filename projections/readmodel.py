@@ -182,14 +182,15 @@ def failure_of(student_id: str, exc: Exception) -> tuple[str, str]:
 
 def _overdue_window(task: Any, due: date | None) -> tuple[str | None, str | None]:
     """The days a task is overdue (inclusive), to find "overdue on D" by index."""
-    if due is None:
-        return None, None
+    if due is None or due == date.max:
+        return None, None  # a task due on the calendar's last day is never overdue in it
     ends = [d for d in (task.done_on, task.cancelled_on) if d is not None]
     first = dates.next_day(due)
     if not ends:
         return first.isoformat(), FOREVER
-    last = dates.previous_day(min(ends))
-    return (first.isoformat(), last.isoformat()) if last >= first else (None, None)
+    if min(ends) <= first:
+        return None, None  # done or cancelled by its first overdue day
+    return first.isoformat(), dates.previous_day(min(ends)).isoformat()
 
 
 def _iso(day: date | None) -> str | None:

@@ -12,16 +12,18 @@ import logging
 import os
 import subprocess
 import sys
-from datetime import MAXYEAR, MINYEAR, date
+import tempfile
+from datetime import MAXYEAR, MINYEAR, date, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
+from test_readmodel_properties import START, _task_rows, events
 
 from projections import dates
-from projections.engine import DerivationError, view
+from projections.engine import DerivationError, derive, view
 from projections.readmodel import HORIZON, ReadModel
 from scheduler.alerts import alerts_on, milestones_on
 from timeline.ingest import ingest_objects
@@ -307,3 +309,68 @@ def test_date_arithmetic_answers_or_raises_only_the_typed_error(day: date, count
 def test_the_read_model_horizon_is_in_range():
     """The far horizon itself never overflows for ordinary facts."""
     assert dates.next_day(HORIZON) > HORIZON
+
+
+# -- property: the broken are exactly the underivable, the rest equal the pure view ------
+# Near the ends of what `date` represents, where some arithmetic overflows and some not.
+POISON_DAYS = st.one_of(
+    st.sampled_from([date.max, date.min]),
+    st.dates(date(9999, 9, 1), date.max),
+    st.dates(date.min, date(1, 2, 1)),
+)
+
+
+@st.composite
+def poison(draw: st.DrawFn, student: str) -> tuple[str, str, date, dict[str, Any]]:
+    """One fact with a date no feed may send any more, of a type that uses dates."""
+    far = draw(POISON_DAYS)
+    kind = draw(st.sampled_from(["arc_issued", "visitor", "entered", "arc_revoked"]))
+    if kind == "arc_issued":
+        return (f"{student}-p", "arc_issued", date(2024, 3, 1), {"valid_until": far})
+    if kind == "visitor":
+        data = {"visa": "visitor", "visa_code": "FS", "stay_until": far}
+        return (f"{student}-p", "entered", date(2024, 2, 1), data)
+    if kind == "arc_revoked":
+        return (f"{student}-p", "arc_revoked", date(2024, 4, 1), {"leave_by": far})
+    return (f"{student}-p", "entered", far, {"visa": "resident"})
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    population=st.lists(
+        st.sampled_from(["A", "B", "C"]), min_size=1, max_size=3, unique=True
+    ).flatmap(
+        lambda ids: st.tuples(*[st.tuples(events(i), poison(i), st.booleans()) for i in ids])
+    ),
+    offset=st.integers(0, 800),
+)
+def test_the_students_left_out_are_exactly_those_that_cannot_be_derived(population, offset):
+    day = START + timedelta(days=offset)
+    with tempfile.TemporaryDirectory() as folder:
+        path = str(Path(folder) / "t.db")
+        with TimelineStore.open(path) as store:
+            assert ingest_objects(store, [e for history, _, _ in population for e in history]).ok
+            for history, bad, poisoned in population:
+                if poisoned:
+                    write_directly(store, history[0]["student_id"], [bad])
+            model = ReadModel(path)
+            model.sync(store)
+            failed = {e["student_id"] for e in model.errors()}
+            rows = model.tasks_on(day)
+            for history, _, _ in population:
+                sid = history[0]["student_id"]
+                stream = store.stream(sid)
+                try:
+                    derive(stream, HORIZON, student_id=sid)
+                    derivable = True
+                except DerivationError:
+                    derivable = False
+                assert (sid in failed) == (not derivable)
+                event("derivable" if derivable else "left out")
+                mine = _task_rows([r for r in rows if r["student_id"] == sid])
+                if not derivable:
+                    assert mine == []
+                    continue
+                v = view(stream, day, student_id=sid).model_dump(mode="json")
+                assert mine == _task_rows([t | {"student_id": sid} for t in v["tasks"]])
+            model.close()
