@@ -466,3 +466,35 @@ def test_csv_reader_resumes_after_a_row_of_its_own_inside_an_open_quote():
     records = list(read_csv(io.BytesIO(text.encode())))
     assert [(r.position, r.error is None) for r in records] == [(2, False), (3, True)]
     assert records[1].payload["note"] == 'b"'  # a quote inside an unquoted cell is literal
+
+
+def test_cli_shows_progress_on_a_terminal_while_reading_a_pipe(tmp_path):
+    import pty
+
+    db = str(tmp_path / "t.db")
+    controller, terminal = pty.openpty()
+    env = {**os.environ, "TERM": "xterm-256color", "COLUMNS": "100"}
+    env.pop("NO_COLOR", None)
+    process = subprocess.Popen(
+        [TIMELINE, "--db", db, "ingest", "-"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=terminal,
+        env=env,
+    )
+    os.close(terminal)
+    stdout, _ = process.communicate(feed(200).encode(), timeout=60)
+    shown = b""
+    while True:
+        try:
+            chunk = os.read(controller, 65536)
+        except OSError:  # the terminal closed with the process
+            break
+        if not chunk:
+            break
+        shown += chunk
+    os.close(controller)
+    assert process.returncode == 0
+    assert json.loads(stdout)["accepted"] == 200
+    assert b"checking" in shown  # the progress line was drawn on the terminal
+    assert stored_count(db) == 200

@@ -598,9 +598,9 @@ class Ingestor:
         elif (earlier := local.get((item.source, target_id))) is not None:
             student_id, target_type = earlier[1], earlier[2]
         else:
-            return f"retracts: no event {target_id!r} from source {item.source!r} is stored"
+            return f"retracts: no event {echo(target_id)} from source {echo(item.source)} is stored"
         if student_id != item.student_id:
-            return f"retracts: event {target_id!r} belongs to another student"
+            return f"retracts: event {echo(target_id)} belongs to another student"
         if target_type == "retracted":
             return (
                 "retracts: a retraction cannot be retracted; "
@@ -640,7 +640,7 @@ class Ingestor:
 
 def _conflict_message(item: _Valid) -> str:
     return (
-        f"conflict: event_id {item.event_id!r} from source {item.source!r} was already "
+        f"conflict: event_id {echo(item.event_id)} from source {echo(item.source)} was already "
         "received with different content (send a correction as a new event, or retract it)"
     )
 
