@@ -498,3 +498,11 @@ def test_cli_shows_progress_on_a_terminal_while_reading_a_pipe(tmp_path):
     assert json.loads(stdout)["accepted"] == 200
     assert b"checking" in shown  # the progress line was drawn on the terminal
     assert stored_count(db) == 200
+
+
+@pytest.mark.parametrize("fmt", ["jsonl", "csv"])
+def test_a_line_of_invisible_characters_is_rejected_not_skipped_as_blank(store, fmt):
+    header = f"{CSV_HEADER}\n" if fmt == "csv" else ""
+    report = ingest_text(store, header + "\x1c\u3000\n \t\n", fmt=fmt, partial=True)
+    first = 2 if fmt == "csv" else 1
+    assert [r.position for r in report.rejected] == [first]

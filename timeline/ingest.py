@@ -99,7 +99,9 @@ class IngestReport:
 MAX_LINE_BYTES = 1 << 20  # a longer physical line is skipped and rejected, never held whole
 MAX_CSV_RECORD_CHARS = 100_000  # below csv's cell limit (131,072); far above any valid row
 ENCODINGS = {"utf-8": "UTF-8", "cp950": "cp950", "big5": "Big5"}  # line-splittable on b"\n"
-_JSON_BLANKS = " \t\r\n"
+# Only these make a line or cell blank: a line of other invisible characters is read (and
+# rejected), never skipped unseen.
+_BLANKS = " \t\r\n"
 
 
 class _Unreadable(Exception):
@@ -146,7 +148,7 @@ def read_jsonl(
         if isinstance(text, _Unreadable):
             yield RawRecord(number, error=str(text))
             continue
-        text = text.strip(_JSON_BLANKS)
+        text = text.strip(_BLANKS)
         if not text:
             continue
         try:
@@ -235,7 +237,7 @@ def _csv_records(
             yield number, str(text)
             continue
         body = text.rstrip("\r\n")
-        if not body.strip():
+        if not body.strip(_BLANKS):
             continue
         if len(body) > MAX_CSV_RECORD_CHARS:
             yield number, f"row is longer than {MAX_CSV_RECORD_CHARS} characters"
@@ -248,7 +250,7 @@ def _csv_records(
                 yield number, quoted
                 continue
             cells = quoted
-        if any(cell.strip() for cell in cells):
+        if any(cell.strip(_BLANKS) for cell in cells):
             yield number, cells
 
 
@@ -331,7 +333,7 @@ def read_csv(
                 payload = {
                     name: csv_cell(name, cell)
                     for name, cell in zip(header, cells, strict=False)
-                    if cell.strip() != ""
+                    if cell.strip(_BLANKS) != ""
                 }
             except ValueError as exc:
                 yield RawRecord(number, error=f"fields: not a JSON list of names: {exc}")
@@ -684,6 +686,8 @@ def ingest_stream(
     (a pipe, stdin) is first copied to a temporary file, so the check pass does not
     consume what the write pass needs. `on_bytes` hears of every byte read, copy included.
     """
+    if encoding not in ENCODINGS:
+        raise ValueError(f"unsupported encoding {encoding!r} (use one of: {', '.join(ENCODINGS)})")
     reader = read_csv if fmt == "csv" else read_jsonl
     ingestor = Ingestor(store, batch_size=batch_size)
     if partial:
