@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import json
 import logging
 import os
+import stat
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, BinaryIO, TypeVar
 
 import click
 from rich.console import Console
@@ -18,7 +21,7 @@ from timeline.clock import parse_day, parse_known_at, system_clock, taipei_today
 from timeline.contract import json_schema
 from timeline.errors import ContractError, StorageConfigError, TimelineError
 from timeline.history import history_entries
-from timeline.ingest import ingest_file
+from timeline.ingest import ENCODINGS, detect_format, ingest_stream
 from timeline.store import TimelineStore
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -72,13 +75,22 @@ def main(ctx: click.Context, db: str | None, verbose: bool) -> None:
 
 
 @main.command()
-@click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.argument(
+    "file", type=click.Path(exists=True, dir_okay=False, allow_dash=True, path_type=Path)
+)
 @click.option(
     "--format",
     "fmt",
     type=click.Choice(["jsonl", "csv"]),
     default=None,
     help="Input format (default: from the file name; .csv is CSV, else JSON Lines).",
+)
+@click.option(
+    "--encoding",
+    type=click.Choice(list(ENCODINGS)),
+    default="utf-8",
+    show_default=True,
+    help="Text encoding of the feed (cp950/big5: Taiwanese registrar exports).",
 )
 @click.option(
     "--partial", is_flag=True, help="Store the valid events and report the rejected ones."
@@ -93,36 +105,62 @@ def main(ctx: click.Context, db: str | None, verbose: bool) -> None:
 @db_option
 @click.pass_context
 def ingest(
-    ctx: click.Context, file: Path, fmt: str | None, partial: bool, batch_size: int, db: str | None
+    ctx: click.Context,
+    file: Path,
+    fmt: str | None,
+    encoding: str,
+    partial: bool,
+    batch_size: int,
+    db: str | None,
 ) -> None:
-    """Ingest a feed file; prints {"accepted", "duplicates", "rejected"}; exit 1 if any rejected."""
+    """Ingest a feed (FILE, or - for stdin); prints the summary; exit 1 if any rejected."""
     store = open_store(ctx, db)
-    total = file.stat().st_size
-    if sys.stderr.isatty() and total > 0:
-        from rich.progress import BarColumn, DownloadColumn, Progress, TimeRemainingColumn
+    from_stdin = str(file) == "-"
+    with contextlib.ExitStack() as stack:
+        stream: BinaryIO = (
+            click.get_binary_stream("stdin") if from_stdin else stack.enter_context(file.open("rb"))
+        )
+        # A regular file has a known size; a pipe's progress counts bytes without a total.
+        total = _regular_file_size(stream)
+        run = functools.partial(
+            ingest_stream,
+            store,
+            stream,
+            fmt=fmt or ("jsonl" if from_stdin else detect_format(file, None)),
+            partial=partial,
+            encoding=encoding,
+            batch_size=batch_size,
+        )
+        if sys.stderr.isatty() and total != 0:
+            from rich.progress import BarColumn, DownloadColumn, Progress, TimeRemainingColumn
 
-        passes = 1 if partial else 2
-        with Progress(
-            "[progress.description]{task.description}",
-            BarColumn(),
-            DownloadColumn(),
-            TimeRemainingColumn(),
-            console=Console(stderr=True),
-            transient=True,
-        ) as progress:
-            task = progress.add_task("checking" if passes == 2 else "storing", total=total * passes)
-            report = ingest_file(
-                store,
-                file,
-                fmt=fmt,
-                partial=partial,
-                batch_size=batch_size,
-                on_bytes=lambda n: progress.advance(task, n),
-            )
-    else:
-        report = ingest_file(store, file, fmt=fmt, partial=partial, batch_size=batch_size)
+            passes = 1 if partial else 2
+            with Progress(
+                "[progress.description]{task.description}",
+                BarColumn(),
+                DownloadColumn(),
+                TimeRemainingColumn(),
+                console=Console(stderr=True),
+                transient=True,
+            ) as progress:
+                task = progress.add_task(
+                    "storing" if partial else "checking",
+                    total=total * passes if total is not None else None,
+                )
+                report = run(on_bytes=lambda n: progress.advance(task, n))
+        else:
+            report = run()
     print_json(report.as_json())
     ctx.exit(0 if report.ok else 1)
+
+
+def _regular_file_size(stream: BinaryIO) -> int | None:
+    """The size of the file behind `stream`, or None for a pipe, terminal or in-memory stream."""
+    try:
+        info = os.fstat(stream.fileno())
+    except (OSError, ValueError):  # io.UnsupportedOperation is both
+        return None
+    return info.st_size if stat.S_ISREG(info.st_mode) else None
 
 
 @main.command()
