@@ -72,6 +72,14 @@ def api(tmp_path: Path) -> Iterator[str]:
         yield url
 
 
+@pytest.fixture(scope="module")
+def shared_api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """One server for the many cases that store nothing new (a server stops in ~0.2 s)."""
+    location = str(tmp_path_factory.mktemp("api") / "t.db")
+    with running(create_app(ApiConfig.from_env(ENV, location))) as url:
+        yield url
+
+
 def _history(api: str, student: str = "S1") -> list[dict]:
     r = httpx.get(f"{api}/v1/students/{student}/history", headers=_h(STAFF))
     assert r.status_code == 200
@@ -208,11 +216,11 @@ def test_the_token_is_checked_before_the_body_is_read(api):
         (b"   ", "empty"),
     ],
 )
-def test_a_malformed_body_is_400_naming_the_problem_without_echo(api, body, reason):
+def test_a_malformed_body_is_400_naming_the_problem_without_echo(shared_api, body, reason):
     if b"%s" in body:
         body = body.replace(b"%s", ADDRESS.encode())
     r = httpx.post(
-        f"{api}/v1/events",
+        f"{shared_api}/v1/events",
         content=body,
         headers=_h(REGISTRAR) | {"content-type": "application/json"},
     )
@@ -224,16 +232,16 @@ def test_a_malformed_body_is_400_naming_the_problem_without_echo(api, body, reas
 @pytest.mark.parametrize(
     "content_type", ["text/plain", "application/x-www-form-urlencoded", "multipart/form-data"]
 )
-def test_a_body_that_is_not_json_by_content_type_is_415(api, content_type):
+def test_a_body_that_is_not_json_by_content_type_is_415(shared_api, content_type):
     r = httpx.post(
-        f"{api}/v1/events",
+        f"{shared_api}/v1/events",
         content=b'{"event_id": "e1"}',
         headers=_h(REGISTRAR) | {"content-type": content_type},
     )
     assert r.status_code == 415
     assert "Content-Type" in r.json()["error"]
     ok = httpx.post(
-        f"{api}/v1/events",
+        f"{shared_api}/v1/events",
         content=_padded_array(300),
         headers=_h(REGISTRAR) | {"content-type": "application/json; charset=utf-8"},
     )
@@ -288,9 +296,10 @@ def test_a_bad_query_parameter_is_not_echoed(api):
         ("/v1/alerts", "on", "0001-01-01"),
     ],
 )
-def test_a_date_the_cli_refuses_is_400_naming_the_parameter(api, path, param, value):
-    assert httpx.post(f"{api}/v1/events", json=_event("e1"), headers=_h(REGISTRAR)).is_success
-    r = httpx.get(f"{api}{path}", params={param: value}, headers=_h(STAFF))
+def test_a_date_the_cli_refuses_is_400_naming_the_parameter(shared_api, path, param, value):
+    stored = httpx.post(f"{shared_api}/v1/events", json=_event("e1"), headers=_h(REGISTRAR))
+    assert stored.is_success
+    r = httpx.get(f"{shared_api}{path}", params={param: value}, headers=_h(STAFF))
     assert r.status_code == 400
     assert r.json()["error"].startswith(f"{param}: ")
     option = {"as_of": "--as-of", "known_at": "--known-at", "on": "--on"}[param]
@@ -358,8 +367,8 @@ def _raw_status(api: str, request_line: bytes, token: str = STAFF) -> int:
         b"GET /v1/students/S1?as_of=" + b"9" * 6000 + b" HTTP/1.1",
     ],
 )
-def test_odd_bytes_on_the_wire_never_give_a_500(api, request_line):
-    assert _raw_status(api, request_line) in {200, 400, 404}
+def test_odd_bytes_on_the_wire_never_give_a_500(shared_api, request_line):
+    assert _raw_status(shared_api, request_line) in {200, 400, 404}
 
 
 # -- configuration ------------------------------------------------------------------------
