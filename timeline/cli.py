@@ -640,19 +640,27 @@ def scheduler_command(
 @read_db_option
 @click.pass_context
 def serve(ctx: click.Context, host: str, port: int, db: str | None, read_db: str | None) -> None:
-    """Run the HTTP API (tokens: TIMELINE_FEED_TOKENS, TIMELINE_STAFF_TOKENS)."""
+    """Run the HTTP API (TIMELINE_FEED_TOKENS, TIMELINE_STAFF_TOKENS, TIMELINE_MAX_BODY_BYTES)."""
     import uvicorn
 
-    from timeline.api import ApiConfig, create_app
+    from timeline.api import create_app
+    from timeline.api_settings import ApiConfig, ApiConfigError
 
-    config = ApiConfig.from_env(db or (ctx.obj or {}).get("db"), read_db)
+    try:
+        config = ApiConfig.from_env(os.environ, db or (ctx.obj or {}).get("db"), read_db)
+    except ApiConfigError as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(2)
     if not config.feed_tokens and not config.staff_tokens:
         click.echo(
             "warning: no TIMELINE_FEED_TOKENS / TIMELINE_STAFF_TOKENS set: every "
             "request will be refused with 401",
             err=True,
         )
-    uvicorn.run(create_app(config), host=host, port=port, log_level="info")
+    # uvicorn's access log would print query strings (a token sent as ?token=...): the
+    # app logs its own line per request, redacted, on the `timeline.access` logger.
+    logging.getLogger("timeline.access").setLevel(logging.INFO)
+    uvicorn.run(create_app(config), host=host, port=port, log_level="info", access_log=False)
 
 
 @main.command("export")
