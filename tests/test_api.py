@@ -2,43 +2,30 @@
 
 from __future__ import annotations
 
-import socket
-import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
-import uvicorn
+from api_server import running
 
-from timeline.api import ApiConfig, create_app
+from timeline.api import create_app
+from timeline.api_settings import ApiConfig
 
-FEED, STAFF = "feed-secret", "staff-secret"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+FEED, STAFF = "feed-secret-0123456789", "staff-secret-0123456789"
 
 
 @pytest.fixture
 def api(tmp_path: Path) -> Iterator[str]:
-    config = ApiConfig(str(tmp_path / "t.db"), None, frozenset({FEED}), frozenset({STAFF}))
-    port = _free_port()
-    server = uvicorn.Server(
-        uvicorn.Config(create_app(config), host="127.0.0.1", port=port, log_level="warning")
+    config = ApiConfig.from_env(
+        {
+            "TIMELINE_FEED_TOKENS": f"feeder:{FEED}:manual",
+            "TIMELINE_STAFF_TOKENS": f"staff:{STAFF}",
+        },
+        str(tmp_path / "t.db"),
     )
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 10
-    while not server.started:
-        assert time.monotonic() < deadline, "server did not start"
-        time.sleep(0.02)
-    yield f"http://127.0.0.1:{port}"
-    server.should_exit = True
-    thread.join(timeout=10)
+    with running(create_app(config)) as url:
+        yield url
 
 
 def _h(token: str) -> dict[str, str]:

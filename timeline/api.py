@@ -1,33 +1,63 @@
 """The HTTP API (`timeline serve`): the CLI's surface under /v1, with an OpenAPI document.
 
-Writing needs a feed token, reading a staff token (bearer tokens from configuration:
-`TIMELINE_FEED_TOKENS`, `TIMELINE_STAFF_TOKENS`, comma-separated). Errors are JSON
-`{"error": "..."}` with 400/401/403/404/409/422, never a stack trace.
+Writing needs a feed token bound to the event's source, reading a staff token (named
+bearer tokens from configuration, see `timeline.api_settings`). Errors are JSON
+`{"error": "..."}` with 400/401/403/404/409/413/415/422 and never echo the request body
+(personal data) nor a stack trace. Every response carries security headers; one access
+line per request is logged with tokens redacted (uvicorn's own access log is off).
 """
 
 from __future__ import annotations
 
-import hmac
 import logging
 import os
+import re
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
-from datetime import date
+from datetime import date, datetime
 from typing import Annotated, Any
+from urllib.parse import parse_qsl, quote
 
-from fastapi import Body, Depends, FastAPI, Query, Request
+from fastapi import Depends, FastAPI, Query, Request
+from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import HTMLResponse, JSONResponse
+from fastapi.responses import HTMLResponse, JSONResponse, Response
+from starlette.datastructures import MutableHeaders
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from timeline.clock import parse_known_at, taipei_today
-from timeline.errors import TimelineError
+from timeline.api_settings import ANY_SOURCE, ApiConfig, Token
+from timeline.clock import parse_day, parse_known_at, taipei_today
+from timeline.contract import parse_event
+from timeline.errors import ContractError, TimelineError
 from timeline.history import history_entries
 from timeline.ingest import ingest_objects
+from timeline.rawjson import loads_strict
 from timeline.store import TimelineStore
+from timeline.webpage import PAGE_CSS, PAGE_HTML, PAGE_JS
+
+__all__ = ["ApiConfig", "ApiError", "create_app"]
 
 log = logging.getLogger(__name__)
+access_log = logging.getLogger("timeline.access")
+
+# The whole batch is one report; beyond this many events a request is refused rather
+# than answered with a report larger than the body (a body of `[1,1,1,...]`).
+MAX_EVENTS_PER_REQUEST = 50_000
+SECURITY_HEADERS = {
+    "Content-Security-Policy": (
+        "default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; "
+        "img-src 'self'; form-action 'self'; base-uri 'none'; frame-ancestors 'none'"
+    ),
+    "X-Content-Type-Options": "nosniff",
+    "X-Frame-Options": "DENY",
+    "Referrer-Policy": "no-referrer",
+    "Cache-Control": "no-store",
+}
+# Query parameters whose values never reach a log line.
+_SECRET_PARAM = re.compile(r"token|key|secret|pass|auth|sig|session|credential", re.IGNORECASE)
+_JSON_TYPE = re.compile(r"application/([a-z0-9.+-]*\+)?json", re.IGNORECASE)
 
 
 class ApiError(Exception):
@@ -39,35 +69,168 @@ class ApiError(Exception):
         super().__init__(message)
 
 
-@dataclass(frozen=True)
-class ApiConfig:
-    """Where the data lives and who may do what."""
+class SecurityHeaders:
+    """ASGI middleware: the security headers on every response."""
 
-    db: str | None
-    read_db: str | None
-    feed_tokens: frozenset[str]
-    staff_tokens: frozenset[str]
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
 
-    @classmethod
-    def from_env(cls, db: str | None = None, read_db: str | None = None) -> ApiConfig:
-        """Tokens from TIMELINE_FEED_TOKENS / TIMELINE_STAFF_TOKENS."""
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Add the headers to the response start (keeping any the route set itself)."""
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
 
-        def tokens(name: str) -> frozenset[str]:
-            return frozenset(t.strip() for t in os.environ.get(name, "").split(",") if t.strip())
+        async def send_with_headers(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                headers = MutableHeaders(scope=message)
+                for name, value in SECURITY_HEADERS.items():
+                    headers.setdefault(name, value)
+            await send(message)
 
-        return cls(db, read_db, tokens("TIMELINE_FEED_TOKENS"), tokens("TIMELINE_STAFF_TOKENS"))
+        await self.app(scope, receive, send_with_headers)
+
+
+class AccessLog:
+    """ASGI middleware: one log line per request, tokens redacted wherever they appear."""
+
+    def __init__(self, app: ASGIApp, secrets: tuple[str, ...]) -> None:
+        self.app = app
+        self.secrets = tuple(s for s in secrets if s)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Time the request and log method, path, redacted query, status and token name."""
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        status = 500  # what the client sees if the application raises
+
+        async def send_noting_status(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_noting_status)
+        finally:
+            token_name = scope.get("state", {}).get("token_name", "-")
+            line = (
+                f"{scope['method']} {self.target(scope)} {status} "
+                f"{(time.perf_counter() - started) * 1000:.1f}ms token={token_name}"
+            )
+            access_log.info("%s", self.redact(line))
+
+    @staticmethod
+    def target(scope: Scope) -> str:
+        """The path (percent-encoded: no control characters) and the redacted query."""
+        path = quote(scope["path"], safe="/:@!$&'()*+,;=-._~")
+        raw = scope.get("query_string", b"").decode("latin-1")
+        if not raw:
+            return path
+        pairs = (
+            f"{quote(k, safe='')}="
+            + ("[redacted]" if _SECRET_PARAM.search(k) else quote(v, safe=""))
+            for k, v in parse_qsl(raw, keep_blank_values=True)
+        )
+        return f"{path}?{'&'.join(pairs)}"
+
+    def redact(self, line: str) -> str:
+        """The line with any configured token replaced (also when sent where none belongs)."""
+        for secret in self.secrets:
+            for form in {secret, quote(secret, safe=""), quote(secret, safe="/")}:
+                line = line.replace(form, "[redacted]")
+        return line
 
 
 def _bearer(request: Request) -> str:
     header = request.headers.get("authorization", "")
     scheme, _, token = header.partition(" ")
-    if scheme.lower() != "bearer" or not token:
+    if scheme.lower() != "bearer" or not token.strip():
         raise ApiError(401, "a bearer token is required (Authorization: Bearer <token>)")
     return token.strip()
 
 
-def _matches(token: str, allowed: frozenset[str]) -> bool:
-    return any(hmac.compare_digest(token, candidate) for candidate in allowed)
+def _find(presented: str, tokens: tuple[Token, ...]) -> Token | None:
+    # Compare with every token (constant time each) so timing tells nothing of which.
+    found = None
+    for token in tokens:
+        if token.matches(presented) and found is None:
+            found = token
+    return found
+
+
+async def _read_body(request: Request, limit: int) -> bytes:
+    """The body, refused with 413 beyond `limit` bytes: by Content-Length, or while streaming."""
+    declared = request.headers.get("content-length")
+    if declared is not None:
+        if not (declared.isascii() and declared.isdigit()):
+            raise ApiError(400, "Content-Length: not a number of bytes")
+        if int(declared) > limit:
+            raise ApiError(413, f"the body is larger than the limit of {limit} bytes")
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise ApiError(413, f"the body is larger than the limit of {limit} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _payload(body: bytes) -> list[Any]:
+    """The events of a body: one JSON object or an array; errors never quote the body."""
+    if not body.strip():
+        raise ApiError(400, "body: empty; send one event (a JSON object) or an array of events")
+    try:
+        payload = loads_strict(body)
+    except ValueError as exc:
+        raise ApiError(400, f"body: {exc}") from None
+    items = payload if isinstance(payload, list) else [payload]
+    if len(items) > MAX_EVENTS_PER_REQUEST:
+        raise ApiError(413, f"body: at most {MAX_EVENTS_PER_REQUEST} events per request")
+    return items
+
+
+def _foreign_sources(token: Token, items: list[Any]) -> list[tuple[int, str]]:
+    """The events this token may not write: (index, source) of each valid one.
+
+    The source is read from the validated event, so it is exactly the one that would be
+    stored (an absent source is `manual`, SPEC §2). Invalid events are left to ingestion,
+    which rejects them without storing anything.
+    """
+    if ANY_SOURCE in token.sources:
+        return []
+    foreign: list[tuple[int, str]] = []
+    for index, item in enumerate(items):
+        if not isinstance(item, dict):
+            continue
+        try:
+            source = parse_event(item).source
+        except ContractError:
+            continue
+        if not token.may_write(source):
+            foreign.append((index, source))
+    return foreign
+
+
+def _day(value: str | None, name: str) -> date:
+    if value is None:
+        return taipei_today()
+    try:
+        return parse_day(value)
+    except ValueError as exc:
+        raise ApiError(400, f"{name}: {exc}") from None
+
+
+def _moment(value: str | None, name: str) -> datetime | None:
+    if value is None:
+        return None
+    try:
+        return parse_known_at(value)
+    except ValueError as exc:
+        raise ApiError(400, f"{name}: {exc}") from None
 
 
 def create_app(config: ApiConfig) -> FastAPI:
@@ -76,16 +239,25 @@ def create_app(config: ApiConfig) -> FastAPI:
         title="residency-timeline",
         version="0.1.0",
         description="ARC status, due tasks and fines of foreign students in Taiwan (SPEC §4).",
+        # The interactive docs load script from a CDN and inline; /openapi.json stays.
+        docs_url=None,
+        redoc_url=None,
     )
+    app.add_middleware(SecurityHeaders)
+    app.add_middleware(AccessLog, secrets=config.secrets())
 
     def require(kind: str) -> Any:
-        def check(request: Request) -> None:
-            token = _bearer(request)
+        def check(request: Request) -> Token:
+            presented = _bearer(request)
             wanted = config.feed_tokens if kind == "feed" else config.staff_tokens
             other = config.staff_tokens if kind == "feed" else config.feed_tokens
-            if _matches(token, wanted):
-                return
-            if _matches(token, other):
+            token = _find(presented, wanted)
+            if token is not None:
+                request.state.token_name = token.name
+                return token
+            token = _find(presented, other)
+            if token is not None:
+                request.state.token_name = token.name
                 raise ApiError(403, f"this token may not {'write' if kind == 'feed' else 'read'}")
             raise ApiError(401, "unknown token")
 
@@ -109,6 +281,7 @@ def create_app(config: ApiConfig) -> FastAPI:
 
     @app.exception_handler(RequestValidationError)
     async def bad_request(_: Request, exc: RequestValidationError) -> JSONResponse:
+        # Field and reason only: pydantic's `input` would echo what was sent.
         parts = [
             f"{'.'.join(str(p) for p in e['loc'] if p not in ('query', 'body', 'path'))}: "
             f"{e['msg']}"
@@ -122,26 +295,53 @@ def create_app(config: ApiConfig) -> FastAPI:
 
     @app.exception_handler(Exception)
     async def unexpected(_: Request, exc: Exception) -> JSONResponse:
-        log.exception("unexpected error")
-        return JSONResponse({"error": "internal error (logged)"}, status_code=500)
+        # Starlette answers this one outside the middleware: add the headers here.
+        log.error("unexpected error: %s", type(exc).__name__, exc_info=exc)
+        return JSONResponse(
+            {"error": "internal error (logged)"}, status_code=500, headers=SECURITY_HEADERS
+        )
 
-    def day(value: str | None, name: str) -> date:
-        if value is None:
-            return taipei_today()
-        try:
-            return date.fromisoformat(value)
-        except ValueError:
-            raise ApiError(400, f"{name}: not a date written YYYY-MM-DD: {value!r}") from None
+    writer = require("feed")
 
-    @app.post("/v1/events", dependencies=[require("feed")])
-    def post_events(
-        payload: Annotated[Any, Body()],
+    @app.post(
+        "/v1/events",
+        openapi_extra={
+            "requestBody": {
+                "required": True,
+                "content": {"application/json": {"schema": {}}},
+                "description": "One event (SPEC §2) or an array of events.",
+            }
+        },
+    )
+    async def post_events(
+        request: Request,
+        token: Token = writer,
         partial: Annotated[bool, Query()] = False,
     ) -> JSONResponse:
-        """Ingest one event or an array of events (atomic unless ?partial=true)."""
-        items = payload if isinstance(payload, list) else [payload]
-        with store() as opened:
-            report = ingest_objects(opened, items, partial=partial)
+        """Ingest one event or an array of events (atomic unless ?partial=true).
+
+        Every event must be under a source the token is bound to, else 403 and nothing
+        is stored (also with ?partial=true).
+        """
+        content_type = request.headers.get("content-type", "application/json")
+        if not _JSON_TYPE.fullmatch(content_type.split(";")[0].strip()):
+            raise ApiError(415, "Content-Type: send application/json")
+        items = _payload(await _read_body(request, config.max_body_bytes))
+        foreign = await run_in_threadpool(_foreign_sources, token, items)
+        if foreign:
+            shown = ", ".join(f"index {i} ({source!r})" for i, source in foreign[:10])
+            more = f" and {len(foreign) - 10} more" if len(foreign) > 10 else ""
+            raise ApiError(
+                403,
+                f"token {token.name!r} may not write under the source of {shown}{more}; "
+                "nothing was stored",
+            )
+
+        def ingest() -> Any:
+            with store() as opened:
+                return ingest_objects(opened, items, partial=partial)
+
+        report = await run_in_threadpool(ingest)
         body = report.as_json()
         if report.ok or partial:
             return JSONResponse(body, status_code=200)
@@ -159,23 +359,12 @@ def create_app(config: ApiConfig) -> FastAPI:
         from projections.engine import view
         from projections.rules import rulebook_from_env
 
-        moment = None
-        if known_at:
-            try:
-                moment = parse_known_at(known_at)
-            except ValueError as exc:
-                raise ApiError(400, f"known_at: {exc}") from None
+        on, moment = _day(as_of, "as_of"), _moment(known_at, "known_at")
         with store() as opened:
             stream = opened.stream(student_id)
         if not stream:
-            raise ApiError(404, f"no events stored for student {student_id!r}")
-        result = view(
-            stream,
-            day(as_of, "as_of"),
-            moment,
-            rulebook_from_env(os.environ),
-            student_id=student_id,
-        )
+            raise ApiError(404, f"no events stored for student {student_id[:64]!r}")
+        result = view(stream, on, moment, rulebook_from_env(os.environ), student_id=student_id)
         return JSONResponse(result.model_dump(mode="json"))
 
     @app.get("/v1/students/{student_id}/history", dependencies=[require("staff")])
@@ -204,10 +393,11 @@ def create_app(config: ApiConfig) -> FastAPI:
         kind: Annotated[list[str] | None, Query()] = None,
     ) -> list[dict[str, Any]]:
         """Every student's tasks as of a day."""
+        on = _day(as_of, "as_of")
         with store() as opened:
             model = read_model(opened)
             try:
-                return model.tasks_on(day(as_of, "as_of"), status or (), kind or ())
+                return model.tasks_on(on, status or (), kind or ())
             finally:
                 model.close()
 
@@ -216,10 +406,11 @@ def create_app(config: ApiConfig) -> FastAPI:
         as_of: str | None = None, status: Annotated[list[str] | None, Query()] = None
     ) -> list[dict[str, Any]]:
         """Every student's fines accrued by a day."""
+        on = _day(as_of, "as_of")
         with store() as opened:
             model = read_model(opened)
             try:
-                return model.fines_on(day(as_of, "as_of"), status or ())
+                return model.fines_on(on, status or ())
             finally:
                 model.close()
 
@@ -228,50 +419,27 @@ def create_app(config: ApiConfig) -> FastAPI:
         """The alerts that fall on a day (a pure query)."""
         from scheduler.alerts import alerts_on
 
+        day = _day(on, "on")
         with store() as opened:
             model = read_model(opened)
             try:
-                return [a.model_dump(mode="json") for a in alerts_on(model, day(on, "on"))]
+                return [a.model_dump(mode="json") for a in alerts_on(model, day)]
             finally:
                 model.close()
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     def page() -> str:
         """A small page for people: look a student up with a staff token."""
-        return _PAGE
+        return PAGE_HTML
+
+    @app.get("/static/page.js", include_in_schema=False)
+    def page_script() -> Response:
+        """The page's script (served, not inline, so the CSP can forbid inline script)."""
+        return Response(PAGE_JS, media_type="text/javascript; charset=utf-8")
+
+    @app.get("/static/page.css", include_in_schema=False)
+    def page_style() -> Response:
+        """The page's style sheet."""
+        return Response(PAGE_CSS, media_type="text/css; charset=utf-8")
 
     return app
-
-
-_PAGE = """<!doctype html>
-<html lang="en"><head><meta charset="utf-8"><title>residency-timeline</title>
-<style>body{font-family:system-ui,sans-serif;margin:2rem;max-width:60rem}
-input{margin:0 .5rem .5rem 0}pre{background:#f6f6f6;padding:1rem;overflow:auto}
-.overdue{color:#b00}.open{color:#a60}.done{color:#080}</style></head>
-<body><h1>居留證時程 ARC timeline</h1>
-<form id="f"><input id="token" placeholder="staff token" type="password" required>
-<input id="sid" placeholder="student id" required><input id="asof" type="date">
-<button>Show</button></form><div id="out"></div>
-<script>
-const esc = (x) => String(x ?? '—').replace(/[&<>"']/g,
-  (c) => ({'&': '&amp;', '<': '&lt;', '>': '&gt;', '"': '&quot;', "'": '&#39;'}[c]));
-document.getElementById('f').onsubmit = async (e) => {
-  e.preventDefault();
-  const sid = encodeURIComponent(document.getElementById('sid').value);
-  const asof = document.getElementById('asof').value;
-  const r = await fetch('/v1/students/' + sid + (asof ? '?as_of=' + asof : ''),
-    {headers: {Authorization: 'Bearer ' + document.getElementById('token').value}});
-  const v = await r.json(); const out = document.getElementById('out');
-  if (!r.ok) { out.textContent = v.error; return; }
-  const rows = v.tasks.map(t => `<tr class="${esc(t.status)}"><td>${esc(t.kind)}</td>
-    <td>${esc(t.status)}</td><td>${esc(t.due_on)}</td><td>${esc(t.where)}</td>
-    <td>${esc(t.rule)}</td></tr>`).join('');
-  const fines = v.fines.map(f => `<tr><td>${esc(f.kind)}</td><td>${esc(f.status)}</td>
-    <td>${esc(f.accrued_on)}</td><td>${esc(f.amount_min_ntd)}–${esc(f.amount_max_ntd)}</td>
-    <td>${esc(f.rule)}</td></tr>`).join('');
-  out.innerHTML = `<h2>${esc(v.student_id)}: ${esc(v.status)} (as of ${esc(v.as_of)})</h2>
-    <table><tr><th>task</th><th>status</th><th>due</th><th>where</th><th>rule</th></tr>${rows}</table>
-    <table><tr><th>fine</th><th>status</th><th>accrued</th><th>NTD</th><th>rule</th></tr>${fines}</table>`;
-};
-</script></body></html>
-"""

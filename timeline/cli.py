@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import json
 import logging
 import os
+import stat
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, BinaryIO, TypeVar
 
 import click
 from rich.console import Console
@@ -18,7 +21,7 @@ from timeline.clock import parse_day, parse_known_at, system_clock, taipei_today
 from timeline.contract import json_schema
 from timeline.errors import ContractError, StorageConfigError, TimelineError
 from timeline.history import history_entries
-from timeline.ingest import ingest_file
+from timeline.ingest import ENCODINGS, detect_format, ingest_stream
 from timeline.store import TimelineStore
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -84,13 +87,22 @@ def rules_of(ctx: click.Context) -> Any:
 
 
 @main.command()
-@click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.argument(
+    "file", type=click.Path(exists=True, dir_okay=False, allow_dash=True, path_type=Path)
+)
 @click.option(
     "--format",
     "fmt",
     type=click.Choice(["jsonl", "csv"]),
     default=None,
     help="Input format (default: from the file name; .csv is CSV, else JSON Lines).",
+)
+@click.option(
+    "--encoding",
+    type=click.Choice(list(ENCODINGS)),
+    default="utf-8",
+    show_default=True,
+    help="Text encoding of the feed (cp950/big5: Taiwanese registrar exports).",
 )
 @click.option(
     "--partial", is_flag=True, help="Store the valid events and report the rejected ones."
@@ -105,36 +117,62 @@ def rules_of(ctx: click.Context) -> Any:
 @db_option
 @click.pass_context
 def ingest(
-    ctx: click.Context, file: Path, fmt: str | None, partial: bool, batch_size: int, db: str | None
+    ctx: click.Context,
+    file: Path,
+    fmt: str | None,
+    encoding: str,
+    partial: bool,
+    batch_size: int,
+    db: str | None,
 ) -> None:
-    """Ingest a feed file; prints {"accepted", "duplicates", "rejected"}; exit 1 if any rejected."""
+    """Ingest a feed (FILE, or - for stdin); prints the summary; exit 1 if any rejected."""
     store = open_store(ctx, db)
-    total = file.stat().st_size
-    if sys.stderr.isatty() and total > 0:
-        from rich.progress import BarColumn, DownloadColumn, Progress, TimeRemainingColumn
+    from_stdin = str(file) == "-"
+    with contextlib.ExitStack() as stack:
+        stream: BinaryIO = (
+            click.get_binary_stream("stdin") if from_stdin else stack.enter_context(file.open("rb"))
+        )
+        # A regular file has a known size; a pipe's progress counts bytes without a total.
+        total = _regular_file_size(stream)
+        run = functools.partial(
+            ingest_stream,
+            store,
+            stream,
+            fmt=fmt or ("jsonl" if from_stdin else detect_format(file, None)),
+            partial=partial,
+            encoding=encoding,
+            batch_size=batch_size,
+        )
+        if sys.stderr.isatty() and total != 0:
+            from rich.progress import BarColumn, DownloadColumn, Progress, TimeRemainingColumn
 
-        passes = 1 if partial else 2
-        with Progress(
-            "[progress.description]{task.description}",
-            BarColumn(),
-            DownloadColumn(),
-            TimeRemainingColumn(),
-            console=Console(stderr=True),
-            transient=True,
-        ) as progress:
-            task = progress.add_task("checking" if passes == 2 else "storing", total=total * passes)
-            report = ingest_file(
-                store,
-                file,
-                fmt=fmt,
-                partial=partial,
-                batch_size=batch_size,
-                on_bytes=lambda n: progress.advance(task, n),
-            )
-    else:
-        report = ingest_file(store, file, fmt=fmt, partial=partial, batch_size=batch_size)
+            passes = 1 if partial else 2
+            with Progress(
+                "[progress.description]{task.description}",
+                BarColumn(),
+                DownloadColumn(),
+                TimeRemainingColumn(),
+                console=Console(stderr=True),
+                transient=True,
+            ) as progress:
+                task = progress.add_task(
+                    "storing" if partial else "checking",
+                    total=total * passes if total is not None else None,
+                )
+                report = run(on_bytes=lambda n: progress.advance(task, n))
+        else:
+            report = run()
     print_json(report.as_json())
     ctx.exit(0 if report.ok else 1)
+
+
+def _regular_file_size(stream: BinaryIO) -> int | None:
+    """The size of the file behind `stream`, or None for a pipe, terminal or in-memory stream."""
+    try:
+        info = os.fstat(stream.fileno())
+    except (OSError, ValueError):  # io.UnsupportedOperation is both
+        return None
+    return info.st_size if stat.S_ISREG(info.st_mode) else None
 
 
 @main.command()
@@ -642,19 +680,86 @@ def scheduler_command(
 @read_db_option
 @click.pass_context
 def serve(ctx: click.Context, host: str, port: int, db: str | None, read_db: str | None) -> None:
-    """Run the HTTP API (tokens: TIMELINE_FEED_TOKENS, TIMELINE_STAFF_TOKENS)."""
+    """Run the HTTP API (TIMELINE_FEED_TOKENS, TIMELINE_STAFF_TOKENS, TIMELINE_MAX_BODY_BYTES)."""
     import uvicorn
 
-    from timeline.api import ApiConfig, create_app
+    from timeline.api import create_app
+    from timeline.api_settings import ApiConfig, ApiConfigError
 
-    config = ApiConfig.from_env(db or (ctx.obj or {}).get("db"), read_db)
+    try:
+        config = ApiConfig.from_env(os.environ, db or (ctx.obj or {}).get("db"), read_db)
+    except ApiConfigError as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(2)
     if not config.feed_tokens and not config.staff_tokens:
         click.echo(
             "warning: no TIMELINE_FEED_TOKENS / TIMELINE_STAFF_TOKENS set: every "
             "request will be refused with 401",
             err=True,
         )
-    uvicorn.run(create_app(config), host=host, port=port, log_level="info")
+    # uvicorn's access log would print query strings (a token sent as ?token=...): the
+    # app logs its own line per request, redacted, on the `timeline.access` logger.
+    logging.getLogger("timeline.access").setLevel(logging.INFO)
+    uvicorn.run(create_app(config), host=host, port=port, log_level="info", access_log=False)
+
+
+@main.command("export")
+@click.option(
+    "--since",
+    type=MOMENT,
+    default=None,
+    help="Only events recorded after this moment (an incremental backup).",
+)
+@click.option(
+    "-o",
+    "--output",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Write to this file (atomically, mode 0600) instead of standard output.",
+)
+@db_option
+@click.pass_context
+def export_command(ctx: click.Context, since: Any, output: Path | None, db: str | None) -> None:
+    """Write the whole event log as JSON Lines with record times (the backup)."""
+    from timeline.backup import export_events
+
+    store = open_store(ctx, db)
+    if output is None:
+        report = export_events(store, sys.stdout.buffer, since=since)
+        sys.stdout.buffer.flush()
+    else:
+        partial_file = output.with_name(f".{output.name}.partial")
+        fd = os.open(partial_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "wb") as out:
+            report = export_events(store, out, since=since)
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(partial_file, output)
+    click.echo(
+        f"Exported {report.events} event(s) of {report.students} student(s) "
+        f"(log position {report.position}).",
+        err=True,
+    )
+
+
+@main.command("import")
+@click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@db_option
+@click.pass_context
+def import_command(ctx: click.Context, file: Path, db: str | None) -> None:
+    """Restore an export into the store, keeping record times; all or nothing."""
+    from timeline.backup import import_events
+
+    store = open_store(ctx, db)
+    before = store.max_position()
+    report = import_events(store, file)
+    if before and report.accepted:
+        click.echo(
+            "note: the store was not empty; the imported events were added to what it held",
+            err=True,
+        )
+    print_json(report.as_json())
+    ctx.exit(0 if report.ok else 1)
 
 
 @main.command()

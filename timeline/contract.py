@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+import unicodedata
 from datetime import date
 from typing import Annotated, Any, Literal
 
@@ -20,13 +21,23 @@ from pydantic import (
     Field,
     TypeAdapter,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
 
+from timeline.clock import EARLIEST_DAY, LATEST_DAY, in_range, shown
 from timeline.errors import ContractError
 
-_ISO_DATE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
+_ISO_DATE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")
+# Unicode categories no id or text may hold: controls (C0, C1, DEL), format and bidi
+# controls (U+200B..U+200F, U+202A..U+202E, U+2066..U+2069, ...), lone surrogates, and the
+# line/paragraph separators. They reach terminals and logs raw, and PostgreSQL refuses NUL.
+_FORBIDDEN_CATEGORIES = frozenset({"Cc", "Cf", "Cs", "Zl", "Zp"})
+# Free text (multi-line notes from registrar exports) may keep TAB and LF.
+FREE_TEXT_FIELDS = frozenset({"note", "reason"})
+_FREE_TEXT_ALLOWED = frozenset("\t\n")
+MAX_MESSAGES = 10  # problems listed per rejected event
 
 FINE_KINDS = ("late_arc_application", "late_details_update", "overstay")
 APPLICATION_KINDS = ("initial", "extension", "replacement", "reapplication")
@@ -50,16 +61,47 @@ EVENT_TYPES = (
 )
 
 
+def echo(value: Any) -> str:
+    """A value shown back in a message: short, control characters escaped, containers named."""
+    if isinstance(value, str):
+        return shown(value)
+    if value is None or isinstance(value, bool | float):
+        return repr(value)
+    if isinstance(value, int):
+        return repr(value) if abs(value) < 10**18 else "a very large number"
+    return f"a {type(value).__name__}"
+
+
+def forbidden_character(text: str, *, free_text: bool = False) -> str | None:
+    """Why `text` may not be stored (a control or format character), or None if it is clean."""
+    if text.isprintable():  # the common case, at C speed
+        return None
+    for position, ch in enumerate(text, start=1):
+        if free_text and ch in _FREE_TEXT_ALLOWED:
+            continue
+        if unicodedata.category(ch) in _FORBIDDEN_CATEGORIES:
+            code = f"U+{ord(ch):04X}"
+            return f"must not contain control or format characters ({code} at character {position})"
+    return None
+
+
 def _iso_date(value: Any) -> date:
-    """Accept a `date` or a strict `YYYY-MM-DD` string; anything else is an error."""
+    """Accept a `date` or a strict `YYYY-MM-DD` string in the documented range, else an error."""
     if isinstance(value, date) and not hasattr(value, "hour"):
-        return value
-    if not isinstance(value, str) or not _ISO_DATE.match(value):
-        raise ValueError(f"must be a date written YYYY-MM-DD (got {value!r})")
-    try:
-        return date.fromisoformat(value)
-    except ValueError:
-        raise ValueError(f"is not a real calendar date (got {value!r})") from None
+        day = value
+    elif not isinstance(value, str) or not _ISO_DATE.fullmatch(value):
+        raise ValueError(f"must be a date written YYYY-MM-DD (got {echo(value)})")
+    else:
+        try:
+            day = date.fromisoformat(value)
+        except ValueError:
+            raise ValueError(f"is not a real calendar date (got {echo(value)})") from None
+    if not in_range(day):
+        raise ValueError(
+            f"must lie between {EARLIEST_DAY.isoformat()} and {LATEST_DAY.isoformat()} "
+            f"(got {day.isoformat()})"
+        )
+    return day
 
 
 IsoDate = Annotated[date, BeforeValidator(_iso_date)]
@@ -78,6 +120,23 @@ class _Event(BaseModel):
     student_id: str = Field(min_length=1, max_length=64)
     occurred_on: IsoDate
     note: str | None = Field(default=None, max_length=2000)
+
+    @field_validator("note", "reason", mode="before", check_fields=False)
+    @classmethod
+    def _unix_line_ends(cls, value: Any) -> Any:
+        # Windows exports carry CRLF inside multi-line cells; store one line end, LF.
+        if isinstance(value, str) and "\r" in value:
+            return value.replace("\r\n", "\n").replace("\r", "\n")
+        return value
+
+    @field_validator("*", mode="after")
+    @classmethod
+    def _clean_text(cls, value: Any, info: ValidationInfo) -> Any:
+        if isinstance(value, str):
+            problem = forbidden_character(value, free_text=info.field_name in FREE_TEXT_FIELDS)
+            if problem:
+                raise ValueError(problem)
+        return value
 
     def body(self) -> dict[str, Any]:
         """The type-specific fields (everything but the envelope), as Python values."""
@@ -277,6 +336,16 @@ MODELS: dict[str, type[_Event]] = {
 }
 # Fields that are personal data: never logged, encrypted at rest when a key is set.
 PERSONAL_FIELDS = frozenset({"address", "passport_number"})
+# Fields whose values never appear in a rejection message: personal data and free text.
+# (`reason` is free text in a retraction, an enumeration in studies_ceased.)
+UNECHOED_FIELDS = PERSONAL_FIELDS | {
+    "note",
+    "reason",
+    "arc_number",
+    "email",
+    "line_user_id",
+    "workplace",
+}
 
 
 def parse_event(raw: Any) -> _Event:
@@ -290,38 +359,56 @@ def parse_event(raw: Any) -> _Event:
 
 
 def describe_errors(exc: ValidationError, raw: dict[str, Any]) -> list[str]:
-    """Turn pydantic's errors into 'field: reason' sentences a feed author can act on."""
+    """Turn pydantic's errors into 'field: reason' sentences a feed author can act on.
+
+    Values are echoed short and escaped, and never for personal or free-text fields.
+    """
     messages: list[str] = []
-    for err in exc.errors(include_url=False):
+    kind_of_event = raw.get("type")
+    errors = exc.errors(include_url=False)
+    for err in errors[:MAX_MESSAGES]:
         loc = [str(p) for p in err["loc"]]
-        if loc and loc[0] == raw.get("type"):
+        if loc and loc[0] == kind_of_event:
             loc = loc[1:]  # drop the discriminator tag pydantic puts first
-        field = ".".join(loc)
+        field = _field_name(loc)
         kind = err["type"]
-        got = err.get("input")
+        private = bool(loc) and loc[0] in UNECHOED_FIELDS
+        if private and not (loc[0] == "reason" and kind_of_event == "studies_ceased"):
+            got = ""
+        else:
+            got = f" (got {echo(err.get('input'))})"
         if kind == "union_tag_invalid":
-            reason = f"type: unknown event type {raw.get('type')!r} (expected one of: " + (
-                ", ".join(EVENT_TYPES) + ")"
+            messages.append(
+                f"type: unknown event type {echo(kind_of_event)} (expected one of: "
+                + ", ".join(EVENT_TYPES)
+                + ")"
             )
-            messages.append(reason)
-            continue
-        if kind == "union_tag_not_found":
+        elif kind == "union_tag_not_found":
             messages.append("type: required field is missing")
-            continue
-        if kind == "missing":
+        elif kind == "missing":
             messages.append(f"{field}: required field is missing")
         elif kind == "extra_forbidden":
-            messages.append(f"{field}: unknown field for an event of type {raw.get('type')!r}")
+            messages.append(f"{field}: unknown field for an event of type {echo(kind_of_event)}")
         elif kind == "literal_error":
             expected = err.get("ctx", {}).get("expected", "")
-            messages.append(f"{field}: must be one of {expected} (got {got!r})")
+            messages.append(f"{field}: must be one of {expected}{got}")
         elif kind == "value_error":
             text = str(err.get("ctx", {}).get("error", err["msg"]))
             # model-level validators carry their own "field: reason" text
             messages.append(text if not field else f"{field}: {text}")
         else:
-            messages.append(f"{field}: {err['msg'][0].lower()}{err['msg'][1:]} (got {got!r})")
+            messages.append(f"{field}: {err['msg'][0].lower()}{err['msg'][1:]}{got}")
+    if len(errors) > MAX_MESSAGES:
+        messages.append(f"and {len(errors) - MAX_MESSAGES} more problems")
     return messages
+
+
+def _field_name(loc: list[str]) -> str:
+    """A field path fit to print: a feed may send any key, control characters included."""
+    name = ".".join(loc)
+    if len(name) > 40 or not name.isprintable():
+        return echo(name)
+    return name
 
 
 def json_schema() -> dict[str, Any]:

@@ -22,18 +22,22 @@ import json
 import logging
 import re
 import sqlite3
+import tempfile
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any, BinaryIO
 
 from eventsourcing.persistence import IntegrityError
 
 from timeline.aggregate import Student
-from timeline.contract import parse_event
+from timeline.contract import EVENT_TYPES, echo, parse_event
 from timeline.errors import ContractError
+from timeline.rawjson import loads_strict
 from timeline.store import FeedKey, TimelineStore
 
 log = logging.getLogger(__name__)
@@ -43,6 +47,7 @@ SAVE_ATTEMPTS = 8
 AGGREGATE_CACHE = 20_000
 SEEN_CACHE_KIB = 16_384  # page cache of the dry pass's key table; the rest stays on disk
 _SEEN_CHUNK = 500
+SPOOL_CHUNK = 1 << 20  # bytes per read when copying a pipe to a temporary file
 # What classification remembers of each fresh key: (digest, student_id, type).
 Seen = tuple[str, str, str]
 # The canonical JSON of a digest (`json.dumps(..., sort_keys=True, separators=(",", ":"))`,
@@ -57,6 +62,8 @@ class RawRecord:
     position: int
     payload: Any = None
     error: str | None = None
+    # Set only when restoring a backup: the record time the event had in the exported store.
+    recorded_at: datetime | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,39 +99,83 @@ class IngestReport:
 
 
 # -- readers -------------------------------------------------------------------------------
-def read_jsonl(
-    stream: BinaryIO, on_bytes: Callable[[int], None] | None = None
-) -> Iterator[RawRecord]:
-    """JSON Lines: one object per physical line; blank lines are skipped."""
-    for number, raw in enumerate(stream, start=1):
+MAX_LINE_BYTES = 1 << 20  # a longer physical line is skipped and rejected, never held whole
+MAX_CSV_RECORD_CHARS = 100_000  # below csv's cell limit (131,072); far above any valid row
+ENCODINGS = {"utf-8": "UTF-8", "cp950": "cp950", "big5": "Big5"}  # line-splittable on b"\n"
+# Only these make a line or cell blank: a line of other invisible characters is read (and
+# rejected), never skipped unseen.
+_BLANKS = " \t\r\n"
+
+
+class _Unreadable(Exception):
+    """A physical line that cannot become text (too long, or bytes that do not decode)."""
+
+
+def _physical_lines(
+    stream: BinaryIO, on_bytes: Callable[[int], None] | None, encoding: str
+) -> Iterator[tuple[int, str | _Unreadable]]:
+    """(1-based line number, text or the reason it is unreadable) for each physical line."""
+    if encoding not in ENCODINGS:
+        raise ValueError(f"unsupported encoding {encoding!r} (use one of: {', '.join(ENCODINGS)})")
+    label = ENCODINGS[encoding]
+    number = 0
+    while raw := stream.readline(MAX_LINE_BYTES + 1):
+        number += 1
         if on_bytes:
             on_bytes(len(raw))
-        try:
-            text = raw.decode("utf-8-sig" if number == 1 else "utf-8").strip()
-        except UnicodeDecodeError as exc:
-            yield RawRecord(
-                number,
-                error=f"not UTF-8 text (byte {exc.start + 1} of the line); feeds must be UTF-8",
-            )
+        if len(raw) > MAX_LINE_BYTES and not raw.endswith(b"\n"):
+            while (more := stream.readline(MAX_LINE_BYTES)) and not more.endswith(b"\n"):
+                if on_bytes:
+                    on_bytes(len(more))
+            if on_bytes and more:
+                on_bytes(len(more))
+            yield number, _Unreadable(f"line is longer than {MAX_LINE_BYTES} bytes")
             continue
+        try:
+            # a UTF-8 byte order mark is accepted at the start of the input
+            codec = "utf-8-sig" if number == 1 and encoding == "utf-8" else encoding
+            yield number, raw.decode(codec)
+        except UnicodeDecodeError as exc:
+            where = f"byte {exc.start + 1} of the line"
+            yield number, _Unreadable(f"cannot be decoded as {label} ({where})")
+
+
+def read_jsonl(
+    stream: BinaryIO,
+    on_bytes: Callable[[int], None] | None = None,
+    *,
+    encoding: str = "utf-8",
+) -> Iterator[RawRecord]:
+    """JSON Lines: one object per physical line; blank lines are skipped."""
+    for number, text in _physical_lines(stream, on_bytes, encoding):
+        if isinstance(text, _Unreadable):
+            yield RawRecord(number, error=str(text))
+            continue
+        text = text.strip(_BLANKS)
         if not text:
             continue
         try:
-            yield RawRecord(number, json.loads(text))
-        except json.JSONDecodeError as exc:
-            yield RawRecord(number, error=f"invalid JSON: {exc.msg} at column {exc.colno}")
+            yield RawRecord(number, loads_strict(text))
+        except ValueError as exc:
+            problem = str(exc)
+            if not problem.startswith("invalid JSON"):
+                problem = f"invalid JSON: {problem}"
+            yield RawRecord(number, error=problem)
 
 
 _LIST_FIELDS = {"fields"}
-_NOT_UTF8 = re.compile("[\udc80-\udcff]")  # bytes that surrogateescape could not decode
+_CSV_INTEGER = re.compile(r"-?[0-9]{1,18}")  # ASCII digits only, as in JSON
 
 
 def csv_cell(name: str, value: str) -> Any:
-    """A CSV cell as the JSON value it stands for (lists split on ';', ',' or '|')."""
+    """A CSV cell as the JSON value it stands for (lists split on ';', ',' or '|').
+
+    Raises `ValueError` (safe to show) for a `fields` cell that is broken JSON.
+    """
     if name in _LIST_FIELDS:
         text = value.strip()
         if text.startswith("["):
-            return json.loads(text)
+            return loads_strict(text, max_depth=2)
         return [
             part.strip()
             for part in text.replace("|", ";").replace(",", ";").split(";")
@@ -136,51 +187,161 @@ def csv_cell(name: str, value: str) -> Any:
             return True
         if lowered in ("false", "0", "no"):
             return False
-    if name == "amount_ntd" and value.strip().lstrip("-").isdigit():
+    if name == "amount_ntd" and _CSV_INTEGER.fullmatch(value.strip(" ")):
         return int(value)
     return value
 
 
-def read_csv(
-    stream: BinaryIO, on_bytes: Callable[[int], None] | None = None
-) -> Iterator[RawRecord]:
-    """CSV with a header row of SPEC §2 field names; empty cells are absent fields."""
+class _CsvLines:
+    """Physical lines with push-back, so a row with broken quoting can be re-read."""
 
-    def lines() -> Iterator[str]:
-        for number, raw in enumerate(stream, start=1):
-            if on_bytes:
-                on_bytes(len(raw))
-            # surrogateescape keeps bad bytes visible, so the row can be rejected below
-            yield raw.decode("utf-8-sig" if number == 1 else "utf-8", errors="surrogateescape")
+    def __init__(self, lines: Iterator[tuple[int, str | _Unreadable]]) -> None:
+        self._lines = lines
+        self._back: list[tuple[int, str | _Unreadable]] = []
 
-    reader = csv.reader(lines())
+    def next(self) -> tuple[int, str | _Unreadable] | None:
+        """The next physical line, or None at the end of the input."""
+        if self._back:
+            return self._back.pop()
+        return next(self._lines, None)
+
+    def push_back(self, lines: list[tuple[int, str | _Unreadable]]) -> None:
+        """Read these lines again, in order, before the rest."""
+        self._back.extend(reversed(lines))
+
+
+def _looks_like_a_row(text: str, type_at: int, day_at: int) -> bool:
+    """Whether a physical line is a record of its own (an event type and a date in place)."""
+    cells = next(csv.reader((text,)), [])
+    return (
+        len(cells) > max(type_at, day_at)
+        and cells[type_at].strip() in EVENT_TYPES
+        and _ISO_DAY.fullmatch(cells[day_at].strip()) is not None
+    )
+
+
+_ISO_DAY = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")
+
+
+def _csv_records(
+    lines: _CsvLines, shape: tuple[int, int] | None
+) -> Iterator[tuple[int, list[str] | str]]:
+    """(first line, cells or the reason the record is unreadable), blank rows skipped.
+
+    A quoted cell may run over several physical lines. It is broken quoting, rejected at
+    the line where the quote opened, when the input ends inside it, when it would grow past
+    `MAX_CSV_RECORD_CHARS`, when it runs into an unreadable line or (`shape`: the columns of
+    `type` and `occurred_on`) into a line that is a record of its own, or when a closing
+    quote is followed by anything but a delimiter. Reading then resumes at the next line.
+    """
+    while (first := lines.next()) is not None:
+        number, text = first
+        if isinstance(text, _Unreadable):
+            yield number, str(text)
+            continue
+        body = text.rstrip("\r\n")
+        if not body.strip(_BLANKS):
+            continue
+        if len(body) > MAX_CSV_RECORD_CHARS:
+            yield number, f"row is longer than {MAX_CSV_RECORD_CHARS} characters"
+            continue
+        if '"' not in body and "\r" not in body:
+            cells = body.split(",")  # the common case: no quoting, so csv would split the same
+        else:
+            quoted = _quoted_row(lines, text, shape)
+            if isinstance(quoted, str):
+                yield number, quoted
+                continue
+            cells = quoted
+        if any(cell.strip(_BLANKS) for cell in cells):
+            yield number, cells
+
+
+def _quoted_row(lines: _CsvLines, text: str, shape: tuple[int, int] | None) -> list[str] | str:
+    """The cells of a row with quoting (maybe over several lines), or why it is broken."""
+    taken: list[tuple[int, str | _Unreadable]] = []
+    broken: list[str] = []
+
+    def continued() -> Iterator[str]:
+        yield text
+        size = len(text)
+        while (line := lines.next()) is not None:
+            taken.append(line)
+            number, following = line
+            if isinstance(following, _Unreadable):
+                broken.append(f"line {number} cannot be read")
+                return
+            size += len(following)
+            if size > MAX_CSV_RECORD_CHARS:
+                broken.append(f"longer than {MAX_CSV_RECORD_CHARS} characters")
+                return
+            if shape and _looks_like_a_row(following, *shape):
+                broken.append(f"line {number} is a row of its own")
+                return
+            yield following
+
     try:
-        header = [h.strip() for h in next(reader)]
-    except StopIteration:
+        # csv asks for another line only while a quoted cell is open
+        return next(csv.reader(continued(), strict=True))
+    except csv.Error as exc:
+        lines.push_back(taken)  # resume at the line after the one the row began on
+        if broken or "unexpected end of data" in str(exc):
+            reason = broken[0] if broken else "the input ends inside it"
+            return f"unterminated quoted cell ({reason})"
+        return f"malformed CSV quoting: {exc}"
+
+
+def read_csv(
+    stream: BinaryIO,
+    on_bytes: Callable[[int], None] | None = None,
+    *,
+    encoding: str = "utf-8",
+) -> Iterator[RawRecord]:
+    """CSV with a header row of SPEC §2 field names; empty cells are absent fields.
+
+    If the header cannot be used (broken, or a column named twice), every row is rejected
+    with that reason: nothing is read under a guessed header.
+    """
+    lines = _CsvLines(_physical_lines(stream, on_bytes, encoding))
+    first = next(_csv_records(lines, None), None)
+    if first is None:
         return
-    previous_end = reader.line_num
-    for row in reader:
-        start, previous_end = previous_end + 1, reader.line_num
-        if not any(cell.strip() for cell in row):
-            continue
-        if any(_NOT_UTF8.search(cell) for cell in row):
-            yield RawRecord(start, error="not UTF-8 text; feeds must be UTF-8")
-            continue
-        if len(row) > len(header):
+    header_line, header_cells = first
+    header: list[str] = []
+    problem = None
+    if isinstance(header_cells, str):
+        problem = f"the header on line {header_line} cannot be read: {header_cells}"
+    else:
+        header = [h.strip() for h in header_cells]
+        named = [h for h in header if h]
+        twice = next((h for h in named if named.count(h) > 1), None)
+        if twice is not None:
+            problem = f"the header on line {header_line} names column {echo(twice)} twice"
+    shape = (
+        (header.index("type"), header.index("occurred_on"))
+        if "type" in header and "occurred_on" in header
+        else None
+    )
+    for number, cells in _csv_records(lines, shape):
+        if problem:
+            yield RawRecord(number, error=f"not read: {problem}")
+        elif isinstance(cells, str):
+            yield RawRecord(number, error=cells)
+        elif len(cells) > len(header):
             yield RawRecord(
-                start, error=f"row has {len(row)} cells but the header names {len(header)}"
+                number, error=f"row has {len(cells)} cells but the header names {len(header)}"
             )
-            continue
-        try:
-            payload = {
-                name: csv_cell(name, cell)
-                for name, cell in zip(header, row, strict=False)
-                if cell.strip() != ""
-            }
-        except json.JSONDecodeError as exc:
-            yield RawRecord(start, error=f"fields: invalid JSON list: {exc.msg}")
-            continue
-        yield RawRecord(start, payload)
+        else:
+            try:
+                payload = {
+                    name: csv_cell(name, cell)
+                    for name, cell in zip(header, cells, strict=False)
+                    if cell.strip(_BLANKS) != ""
+                }
+            except ValueError as exc:
+                yield RawRecord(number, error=f"fields: not a JSON list of names: {exc}")
+                continue
+            yield RawRecord(number, payload)
 
 
 def read_array(items: list[Any]) -> Iterator[RawRecord]:
@@ -207,6 +368,7 @@ class _Valid:
     event: Any
     digest: str
     key: tuple[str, str]  # (source, event_id), built once: classification reads it often
+    recorded_at: datetime | None = None
 
 
 class SeenKeys:
@@ -341,6 +503,7 @@ class Ingestor:
             event=event,
             digest=self._digest(event),
             key=(event.source, event.event_id),
+            recorded_at=record.recorded_at,
         )
 
     def _digest(self, event: Any) -> str:
@@ -442,9 +605,9 @@ class Ingestor:
         elif (earlier := local.get((item.source, target_id))) is not None:
             student_id, target_type = earlier[1], earlier[2]
         else:
-            return f"retracts: no event {target_id!r} from source {item.source!r} is stored"
+            return f"retracts: no event {echo(target_id)} from source {echo(item.source)} is stored"
         if student_id != item.student_id:
-            return f"retracts: event {target_id!r} belongs to another student"
+            return f"retracts: event {echo(target_id)} belongs to another student"
         if target_type == "retracted":
             return (
                 "retracts: a retraction cannot be retracted; "
@@ -472,7 +635,7 @@ class Ingestor:
                 data=event.body(),
                 note=event.note,
                 digest=item.digest,
-                at=now,
+                at=item.recorded_at or now,
             )
             keys.append((item.source, item.event_id, item.student_id, item.type, item.digest))
         self.store.save(students.values(), keys)
@@ -484,7 +647,7 @@ class Ingestor:
 
 def _conflict_message(item: _Valid) -> str:
     return (
-        f"conflict: event_id {item.event_id!r} from source {item.source!r} was already "
+        f"conflict: event_id {echo(item.event_id)} from source {echo(item.source)} was already "
         "received with different content (send a correction as a new event, or retract it)"
     )
 
@@ -495,18 +658,78 @@ def ingest_file(
     *,
     fmt: str | None = None,
     partial: bool = False,
+    encoding: str = "utf-8",
     on_bytes: Callable[[int], None] | None = None,
     batch_size: int = BATCH_SIZE,
 ) -> IngestReport:
-    """Ingest a JSONL or CSV file, streaming (bounded memory whatever its size)."""
-    kind = detect_format(path, fmt)
-    reader = read_csv if kind == "csv" else read_jsonl
+    """Ingest a JSONL or CSV file (or a pipe: /dev/stdin, /dev/fd/N), streaming."""
+    with path.open("rb") as stream:
+        return ingest_stream(
+            store,
+            stream,
+            fmt=detect_format(path, fmt),
+            partial=partial,
+            encoding=encoding,
+            on_bytes=on_bytes,
+            batch_size=batch_size,
+        )
 
-    def records() -> Iterator[RawRecord]:
-        with path.open("rb") as stream:
-            yield from reader(stream, on_bytes)
 
-    return Ingestor(store, batch_size=batch_size).run(records, partial=partial)
+def ingest_stream(
+    store: TimelineStore,
+    stream: BinaryIO,
+    *,
+    fmt: str = "jsonl",
+    partial: bool = False,
+    encoding: str = "utf-8",
+    on_bytes: Callable[[int], None] | None = None,
+    batch_size: int = BATCH_SIZE,
+) -> IngestReport:
+    """Ingest JSONL or CSV from a binary stream, in bounded memory whatever its size.
+
+    Atomic mode reads the input twice (check, then write): a stream that cannot seek back
+    (a pipe, stdin) is first copied to a temporary file, so the check pass does not
+    consume what the write pass needs. `on_bytes` hears of every byte read, copy included.
+    """
+    if encoding not in ENCODINGS:
+        raise ValueError(f"unsupported encoding {encoding!r} (use one of: {', '.join(ENCODINGS)})")
+    reader = read_csv if fmt == "csv" else read_jsonl
+    ingestor = Ingestor(store, batch_size=batch_size)
+    if partial:
+        return ingestor.run(lambda: reader(stream, on_bytes, encoding=encoding), partial=True)
+    with _rewindable(stream, on_bytes) as (source, start):
+
+        def records() -> Iterator[RawRecord]:
+            source.seek(start)
+            yield from reader(source, on_bytes, encoding=encoding)
+
+        return ingestor.run(records)
+
+
+@contextmanager
+def _rewindable(
+    stream: BinaryIO, on_bytes: Callable[[int], None] | None
+) -> Iterator[tuple[BinaryIO, int]]:
+    """The stream and where it starts, or a spooled copy of it when it cannot seek."""
+    if _can_seek(stream):
+        yield stream, stream.tell()
+        return
+    with tempfile.TemporaryFile(prefix="timeline-ingest-") as spool:
+        while chunk := stream.read(SPOOL_CHUNK):
+            spool.write(chunk)
+            if on_bytes:
+                on_bytes(len(chunk))
+        yield spool, 0
+
+
+def _can_seek(stream: BinaryIO) -> bool:
+    try:
+        if not stream.seekable():
+            return False
+        stream.seek(stream.tell())  # some streams say seekable and then fail
+    except (OSError, ValueError):
+        return False
+    return True
 
 
 def ingest_objects(
@@ -522,6 +745,5 @@ def ingest_text(
     store: TimelineStore, text: str, *, fmt: str = "jsonl", partial: bool = False
 ) -> IngestReport:
     """Ingest JSONL or CSV given as a string."""
-    data = text.encode()
-    reader = read_csv if fmt == "csv" else read_jsonl
-    return Ingestor(store).run(lambda: reader(io.BytesIO(data)), partial=partial)
+    data = text.encode("utf-8", "surrogatepass")  # a lone surrogate is then a rejected line
+    return ingest_stream(store, io.BytesIO(data), fmt=fmt, partial=partial)
