@@ -240,3 +240,30 @@ def test_two_processes_opening_under_new_rules_at_once_agree(cli_store):
         rows = conn.execute("SELECT COUNT(*), COUNT(DISTINCT student_id) FROM rm_tasks").fetchone()
     conn.close()
     assert rows == (3, 3)
+
+
+def test_tasks_agree_with_show_when_the_visitor_reading_changes(tmp_path, clock):
+    """R-VISITOR-READING: 'deadline' is due stay_until − 15; 'window' opens then, due stay_until."""
+    location = str(tmp_path / "timeline.db")
+    visitor = {
+        "event_id": "V-in",
+        "student_id": "V",
+        "type": "entered",
+        "occurred_on": "2024-03-01",
+        "visa": "visitor",
+        "visa_code": "FS",
+        "stay_until": "2024-05-29",
+    }
+    with TimelineStore.open(location, clock=clock) as store:
+        assert ingest_objects(store, [visitor]).ok
+    answers = {}
+    for reading in ("deadline", "window", "deadline"):
+        env = {"TIMELINE_DB": location, "TIMELINE_VISITOR_READING": reading}
+        tasks = CliRunner().invoke(main, ["tasks", "--as-of", "2024-05-01", "--json"], env=env)
+        show = CliRunner().invoke(main, ["show", "V", "--as-of", "2024-05-01", "--json"], env=env)
+        assert tasks.exit_code == show.exit_code == 0, tasks.output + show.output
+        (row,) = json.loads(tasks.stdout)
+        shown = json.loads(show.stdout)["tasks"][0]
+        assert (row["opens_on"], row["due_on"]) == (shown["opens_on"], shown["due_on"])
+        answers[reading] = row["due_on"]
+    assert answers == {"deadline": "2024-05-14", "window": "2024-05-29"}
