@@ -11,7 +11,7 @@ import stat
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, BinaryIO, TypeVar
+from typing import TYPE_CHECKING, Any, BinaryIO, TypeVar
 
 import click
 from rich.console import Console
@@ -23,6 +23,10 @@ from timeline.errors import ContractError, StorageConfigError, TimelineError
 from timeline.history import history_entries
 from timeline.ingest import ENCODINGS, detect_format, ingest_stream
 from timeline.store import TimelineStore
+
+if TYPE_CHECKING:  # the write side imports the read side only lazily, at run time
+    from projections.readmodel import ReadModel
+    from projections.rules import RuleBook
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -81,7 +85,7 @@ def main(ctx: click.Context, db: str | None, verbose: bool) -> None:
         raise UsageFailure(str(exc)) from exc
 
 
-def rules_of(ctx: click.Context) -> Any:
+def rules_of(ctx: click.Context) -> RuleBook:
     """The RuleBook read once by the `main` group."""
     return ctx.find_root().obj["rules"]
 
@@ -322,7 +326,7 @@ def read_model_path(store: TimelineStore, read_db: str | None) -> str:
     return read_db or os.environ.get("TIMELINE_READ_DB") or default_read_db(store.config.location)
 
 
-def open_read_model(ctx: click.Context, store: TimelineStore, read_db: str | None) -> Any:
+def open_read_model(ctx: click.Context, store: TimelineStore, read_db: str | None) -> ReadModel:
     """The read models under the rules in force, brought up to date with the event store."""
     from projections.readmodel import ReadModel
 
@@ -335,7 +339,7 @@ def open_read_model(ctx: click.Context, store: TimelineStore, read_db: str | Non
     return model
 
 
-def warn_left_out(model: Any, limit: int = 20) -> None:
+def warn_left_out(model: ReadModel, limit: int = 20) -> None:
     """Name on stderr the students a population answer leaves out (derivation failed)."""
     failed = model.errors()
     if not failed:
