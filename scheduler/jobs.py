@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from datetime import date
 
 from projections.readmodel import ReadModel, default_read_db
-from projections.rules import rulebook_from_env
+from projections.rules import RuleBook, rulebook_from_env
 from scheduler.emit import RunReport, emit_day, run_until
 from scheduler.outbox import EmitterLock, Outbox, OutboxDB, outbox_location
 from scheduler.sinks import Sink, sink_from_spec
@@ -35,15 +35,22 @@ class Wiring:
 
 
 @contextmanager
-def wiring(db: str | None, read_db: str | None, sink: str | None) -> Iterator[Wiring]:
-    """Open store, read models (synced), outbox and sink; close them afterwards."""
+def wiring(
+    db: str | None, read_db: str | None, sink: str | None, rules: RuleBook | None = None
+) -> Iterator[Wiring]:
+    """Open store, read models (synced), outbox and sink; close them afterwards.
+
+    `rules` is the CLI's one reading of the settings; jobs started by APScheduler get only
+    plain arguments and read the environment through the same `rulebook_from_env`.
+    """
+    rules = rules if rules is not None else rulebook_from_env(os.environ)
     store = TimelineStore.open(db)
     model = outbox_db = None
     try:
         path = (
             read_db or os.environ.get("TIMELINE_READ_DB") or default_read_db(store.config.location)
         )
-        model = ReadModel(path, rulebook_from_env(os.environ))
+        model = ReadModel(path, rules)
         model.sync(store)
         outbox_db = OutboxDB(outbox_location(store.config.location, path))
         yield Wiring(store, model, Outbox(outbox_db), sink_from_spec(sink))
@@ -69,9 +76,14 @@ def daily_alerts(
 
 
 def emit_once(
-    db: str | None, read_db: str | None, sink: str | None, day: date, wait: float = 0.0
+    db: str | None,
+    read_db: str | None,
+    sink: str | None,
+    day: date,
+    wait: float = 0.0,
+    rules: RuleBook | None = None,
 ) -> RunReport:
     """`timeline alerts --on DAY --emit`: one day, once per alert key."""
-    with wiring(db, read_db, sink) as w, EmitterLock(w.outbox.db) as lock:
+    with wiring(db, read_db, sink, rules) as w, EmitterLock(w.outbox.db) as lock:
         lock.acquire(wait=wait)
         return emit_day(w.model, w.outbox, w.sink, day)

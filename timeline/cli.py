@@ -461,6 +461,7 @@ def alerts(
 ) -> None:
     """The alerts that fall on a day; with --emit, deliver them once per key."""
     from scheduler.alerts import alerts_on
+    from scheduler.emit import summary_sentence
     from scheduler.jobs import emit_once, wiring
     from scheduler.outbox import EmitterBusy
     from scheduler.sinks import sink_from_spec
@@ -490,23 +491,20 @@ def alerts(
         return
     if emit:
         try:
-            report = emit_once(db or (ctx.obj or {}).get("db"), read_db, sink, day, wait)
+            report = emit_once(
+                db or (ctx.obj or {}).get("db"),
+                read_db,
+                sink,
+                day,
+                wait,
+                rules=(ctx.obj or {}).get("rules"),
+            )
         except EmitterBusy as exc:
             click.echo(f"error: {exc}", err=True)
             ctx.exit(1)
         summary = report.as_json()
-        if report.enqueued.new == 0:
-            click.echo(
-                f"Nothing new to emit for {day.isoformat()}: "
-                f"{report.enqueued.already} alert(s) were already emitted.",
-                err=True,
-            )
-        else:
-            click.echo(
-                f"Emitted {report.delivered.sent} alert(s) for {day.isoformat()}; "
-                f"{report.delivered.failed} failed.",
-                err=True,
-            )
+        # Made from the summary itself, so the sentence and the JSON cannot disagree.
+        click.echo(summary_sentence(summary, day.isoformat()), err=True)
         print_json(summary)
         ctx.exit(0 if report.delivered.failed == 0 else 1)
     store = open_store(ctx, db)
