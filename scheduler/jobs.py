@@ -18,7 +18,7 @@ from projections.rules import RuleBook, rulebook_from_env
 from scheduler.emit import RunReport, emit_day, run_until
 from scheduler.outbox import EmitterLock, Outbox, OutboxDB, outbox_location
 from scheduler.sinks import Sink, sink_from_spec
-from timeline.clock import taipei_today
+from timeline.clock import parse_day, taipei_today
 from timeline.store import TimelineStore
 
 log = logging.getLogger(__name__)
@@ -63,15 +63,22 @@ def wiring(
 
 
 def daily_alerts(
-    db: str | None = None, read_db: str | None = None, sink: str | None = None, wait: float = 600.0
+    db: str | None = None,
+    read_db: str | None = None,
+    sink: str | None = None,
+    wait: float = 600.0,
+    today: str | None = None,
 ) -> dict[str, object]:
-    """The scheduled job: catch up from the watermark to today (Taipei) and deliver."""
-    today = taipei_today()
+    """The scheduled job: catch up from the watermark to today (Taipei) and deliver.
+
+    `today` (YYYY-MM-DD) stands in for the clock, for tests and manual catch-ups.
+    """
+    today_ = parse_day(today) if today else taipei_today()
     with wiring(db, read_db, sink) as w, EmitterLock(w.outbox.db) as lock:
         lock.acquire(wait=wait)
-        report = run_until(w.model, w.outbox, w.sink, today)
+        report = run_until(w.model, w.outbox, w.sink, today_)
     summary = report.as_json()
-    log.info("daily alerts for %s: %s", today.isoformat(), summary)
+    log.info("daily alerts for %s: %s", today_.isoformat(), summary)
     return summary
 
 
