@@ -8,7 +8,10 @@ unsent rows are re-checked before delivery: those no longer falling on their day
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
+import subprocess
+import sys
 from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any
@@ -189,3 +192,57 @@ def test_emitter_locks_are_per_postgresql_schema() -> None:
             db.close()
         for generator in (first_location, second_location):
             next(generator, None)
+
+
+TIMELINE = str(Path(sys.executable).with_name("timeline"))
+
+
+def cli(*args: str, cwd: Path, **env: str) -> subprocess.CompletedProcess[str]:
+    environment = {k: v for k, v in os.environ.items() if not k.startswith("TIMELINE_")}
+    return subprocess.run(
+        [TIMELINE, *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=cwd,
+        env={**environment, **env},
+    )
+
+
+@pytest.mark.skipif(not POSTGRES_URL, reason="TIMELINE_TEST_POSTGRES_URL is not set")
+def test_cli_rollover_switched_on_withdraws_and_lists_stale_alerts(tmp_path):
+    # On PostgreSQL the outbox lives with the events, so each setting can have its own
+    # read models (--read-db) over one outbox.
+    locations = _postgres_location()
+    location = next(locations)
+    try:
+        with TimelineStore.open(location) as store:
+            assert ingest_objects(store, events()).ok
+        common = ("--on", SUNDAY.isoformat(), "--emit", "--db", location)
+        (tmp_path / "a-directory").mkdir()
+        failing = cli(
+            "alerts", *common, "--sink", f"jsonl:{tmp_path / 'a-directory'}",
+            "--read-db", str(tmp_path / "plain.db"), cwd=tmp_path,
+        )  # fmt: skip
+        assert failing.returncode == 1
+        assert json.loads(failing.stdout)["failed"] == 3
+        assert cli("alerts", "--retry-failed", "--db", location, cwd=tmp_path).returncode == 0
+
+        out = tmp_path / "alerts.jsonl"
+        rolled = cli(
+            "alerts", *common, "--sink", f"jsonl:{out}", "--read-db", str(tmp_path / "rolled.db"),
+            cwd=tmp_path, TIMELINE_DEADLINE_ROLLOVER="1",
+        )  # fmt: skip
+        assert rolled.returncode == 0, rolled.stderr
+        summary = json.loads(rolled.stdout)
+        # C's reminder (still due) waited; D's due_in_1 is new under roll-over.
+        assert (summary["withdrawn"], summary["sent"], summary["left_unsent"]) == (2, 2, 1)
+        assert "2 unsent alert(s) withdrawn" in rolled.stderr
+        assert OVERDUE not in keys_in(out) and FINE not in keys_in(out)
+
+        listed = cli("alerts", "--withdrawn", "--json", "--db", location, cwd=tmp_path)
+        assert [row["key"] for row in json.loads(listed.stdout)] == [OVERDUE, FINE]
+        text = cli("alerts", "--withdrawn", "--db", location, cwd=tmp_path).stdout
+        assert f"2024-06-02 {OVERDUE}: {WITHDRAWN_REASON}" in text
+    finally:
+        next(locations, None)

@@ -438,6 +438,11 @@ def rebuild(ctx: click.Context, db: str | None, read_db: str | None) -> None:
 @click.option("--failed", is_flag=True, help="List dead-lettered alerts instead.")
 @click.option("--retry-failed", is_flag=True, help="Put dead-lettered alerts back to pending.")
 @click.option(
+    "--withdrawn",
+    is_flag=True,
+    help="List unsent alerts withdrawn because the rules or settings changed.",
+)
+@click.option(
     "--wait",
     type=float,
     default=0.0,
@@ -455,6 +460,7 @@ def alerts(
     sink: str | None,
     failed: bool,
     retry_failed: bool,
+    withdrawn: bool,
     wait: float,
     db: str | None,
     read_db: str | None,
@@ -472,16 +478,20 @@ def alerts(
             sink_from_spec(sink)
         except ValueError as exc:
             raise UsageFailure(f"--sink: {exc}") from exc
-    if failed or retry_failed:
-        with wiring(db or (ctx.obj or {}).get("db"), read_db, sink) as w:
+    if failed or retry_failed or withdrawn:
+        rules = (ctx.obj or {}).get("rules")
+        with wiring(db or (ctx.obj or {}).get("db"), read_db, sink, rules) as w:
             if retry_failed:
                 click.echo(f"{w.outbox.retry_dead()} dead-lettered alert(s) back to pending")
                 return
-            rows = w.outbox.rows("dead")
+            rows = w.outbox.rows("withdrawn" if withdrawn else "dead")
         if as_json:
             print_json(rows)
         elif not rows:
-            click.echo("No failed alerts.")
+            click.echo("No withdrawn alerts." if withdrawn else "No failed alerts.")
+        elif withdrawn:
+            for row in rows:
+                click.echo(f"{row['day']} {row['key']}: {row['last_error']}")
         else:
             for row in rows:
                 click.echo(
