@@ -135,7 +135,7 @@ def test_emit_killed_at_random_moments_delivers_every_key_exactly_once(crash_sto
                 stdout=subprocess.DEVNULL,
                 stderr=subprocess.DEVNULL,
             )
-            time.sleep(rng.uniform(0.5, 2.5))
+            time.sleep(rng.uniform(0.3, 1.5))
             process.send_signal(signal.SIGKILL)
             code = process.wait(timeout=60)
         else:
