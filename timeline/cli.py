@@ -559,7 +559,7 @@ def scheduler_command(
 ) -> None:
     """Run the daily alert job (APScheduler) until SIGTERM."""
     from projections.readmodel import default_read_db
-    from scheduler.daemon import DaemonConfig, jobstore_url, run_daemon
+    from scheduler.daemon import DaemonConfig, jobstore_schema, jobstore_url, run_daemon
     from scheduler.jobs import daily_alerts
     from scheduler.outbox import EmitterBusy, EmitterLock, OutboxDB, outbox_location
     from scheduler.sinks import sink_from_spec
@@ -594,6 +594,7 @@ def scheduler_command(
                 read_db=read_db,
                 sink=sink,
                 jobstore_url=jobstore_url(store.config.location, path),
+                jobstore_schema=jobstore_schema(store.config.location),
                 hour=hour,
                 minute=minute,
             )
