@@ -129,11 +129,18 @@ class OutboxDB:
             self._add_columns()
 
     def _add_columns(self) -> None:
+        # Look before altering: ALTER TABLE takes an exclusive lock even when it has nothing
+        # to do, and would make this open wait behind a running emitter's transaction.
         if self.is_postgres:
-            for name, kind in _ADDED_COLUMNS.items():
-                self.execute(f"ALTER TABLE alert_outbox ADD COLUMN IF NOT EXISTS {name} {kind}")
-            return
-        have = {row[1] for row in self.execute("PRAGMA table_info(alert_outbox)")}
+            have = {
+                row[0]
+                for row in self.execute(
+                    "SELECT column_name FROM information_schema.columns "
+                    "WHERE table_schema = current_schema() AND table_name = 'alert_outbox'"
+                )
+            }
+        else:
+            have = {row[1] for row in self.execute("PRAGMA table_info(alert_outbox)")}
         for name, kind in _ADDED_COLUMNS.items():
             if name not in have:
                 self.execute(f"ALTER TABLE alert_outbox ADD COLUMN {name} {kind}")

@@ -21,6 +21,7 @@ from conftest import POSTGRES_URL, _postgres_location
 
 from projections.readmodel import ReadModel
 from projections.rules import RuleBook, rulebook_fingerprint, rulebook_from_env
+from scheduler.alert import Alert, Message
 from scheduler.alerts import alerts_on
 from scheduler.emit import emit_day, recheck_unsent
 from scheduler.outbox import (
@@ -246,3 +247,40 @@ def test_cli_rollover_switched_on_withdraws_and_lists_stale_alerts(tmp_path):
         assert f"2024-06-02 {OVERDUE}: {WITHDRAWN_REASON}" in text
     finally:
         next(locations, None)
+
+
+@pytest.mark.skipif(not POSTGRES_URL, reason="TIMELINE_TEST_POSTGRES_URL is not set")
+def test_postgresql_outbox_from_before_fingerprints_gains_the_column() -> None:
+    import psycopg
+
+    locations = _postgres_location()
+    location = next(locations)
+    url, _, query = location.partition("?")
+    schema = query.split("=", 1)[1]
+    try:
+        with psycopg.connect(url, autocommit=True) as conn:
+            conn.execute(f'SET search_path TO "{schema}"')
+            conn.execute(_OLD_SCHEMA)
+        db = OutboxDB(location)
+        try:
+            outbox = Outbox(db)
+            outbox.enqueue([(SUNDAY, _alert(OVERDUE))], now=NOW, fingerprint="f00d")
+            assert outbox.stale("f00d") == []
+            assert outbox.stale("beef") == [(OVERDUE, SUNDAY)]
+        finally:
+            db.close()
+        OutboxDB(location).close()  # opening again finds the column and leaves it be
+    finally:
+        next(locations, None)
+
+
+def _alert(key: str) -> Alert:
+    return Alert(
+        key=key,
+        student_id="D",
+        task="apply_arc",
+        milestone="overdue",
+        due_on=date(2024, 6, 1),
+        rule="R-ARC-LATE",
+        message=Message(zh="逾期", en="overdue"),
+    )
