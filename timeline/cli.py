@@ -626,6 +626,65 @@ def serve(ctx: click.Context, host: str, port: int, db: str | None, read_db: str
     uvicorn.run(create_app(config), host=host, port=port, log_level="info")
 
 
+@main.command("export")
+@click.option(
+    "--since",
+    type=MOMENT,
+    default=None,
+    help="Only events recorded after this moment (an incremental backup).",
+)
+@click.option(
+    "-o",
+    "--output",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Write to this file (atomically, mode 0600) instead of standard output.",
+)
+@db_option
+@click.pass_context
+def export_command(ctx: click.Context, since: Any, output: Path | None, db: str | None) -> None:
+    """Write the whole event log as JSON Lines with record times (the backup)."""
+    from timeline.backup import export_events
+
+    store = open_store(ctx, db)
+    if output is None:
+        report = export_events(store, sys.stdout.buffer, since=since)
+        sys.stdout.buffer.flush()
+    else:
+        partial_file = output.with_name(f".{output.name}.partial")
+        fd = os.open(partial_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "wb") as out:
+            report = export_events(store, out, since=since)
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(partial_file, output)
+    click.echo(
+        f"Exported {report.events} event(s) of {report.students} student(s) "
+        f"(log position {report.position}).",
+        err=True,
+    )
+
+
+@main.command("import")
+@click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@db_option
+@click.pass_context
+def import_command(ctx: click.Context, file: Path, db: str | None) -> None:
+    """Restore an export into the store, keeping record times; all or nothing."""
+    from timeline.backup import import_events
+
+    store = open_store(ctx, db)
+    before = store.max_position()
+    report = import_events(store, file)
+    if before and report.accepted:
+        click.echo(
+            "note: the store was not empty; the imported events were added to what it held",
+            err=True,
+        )
+    print_json(report.as_json())
+    ctx.exit(0 if report.ok else 1)
+
+
 @main.command()
 def schema() -> None:
     """Print the JSON Schema of one feed event."""

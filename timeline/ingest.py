@@ -26,6 +26,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -57,6 +58,8 @@ class RawRecord:
     position: int
     payload: Any = None
     error: str | None = None
+    # Set only when restoring a backup: the record time the event had in the exported store.
+    recorded_at: datetime | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -207,6 +210,7 @@ class _Valid:
     event: Any
     digest: str
     key: tuple[str, str]  # (source, event_id), built once: classification reads it often
+    recorded_at: datetime | None = None
 
 
 class SeenKeys:
@@ -341,6 +345,7 @@ class Ingestor:
             event=event,
             digest=self._digest(event),
             key=(event.source, event.event_id),
+            recorded_at=record.recorded_at,
         )
 
     def _digest(self, event: Any) -> str:
@@ -472,7 +477,7 @@ class Ingestor:
                 data=event.body(),
                 note=event.note,
                 digest=item.digest,
-                at=now,
+                at=item.recorded_at or now,
             )
             keys.append((item.source, item.event_id, item.student_id, item.type, item.digest))
         self.store.save(students.values(), keys)

@@ -1,0 +1,246 @@
+"""Backup and restore: export then import changes no view, at any as-of and known-at."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+from datetime import date, datetime, timedelta
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+from conftest import POSTGRES_URL, FakeClock, _postgres_location
+
+from projections.engine import view
+from timeline.backup import export_events, import_events
+from timeline.cli import main
+from timeline.history import history_entries
+from timeline.ingest import ingest_objects
+from timeline.store import TimelineStore
+
+FEED = Path(__file__).resolve().parent.parent / "examples" / "feed.jsonl"
+AS_OF = [
+    date(2023, 12, 31),
+    date(2024, 3, 1),
+    date(2024, 10, 1),
+    date(2025, 6, 30),
+    date(2027, 1, 1),
+]
+
+
+@contextmanager
+def a_location(kind: str, tmp_path: Path, name: str) -> Iterator[str]:
+    if kind == "sqlite":
+        yield str(tmp_path / f"{name}.db")
+        return
+    if not POSTGRES_URL:
+        pytest.skip("TIMELINE_TEST_POSTGRES_URL is not set (CI sets it)")
+    yield from _postgres_location()
+
+
+def feed_lines() -> list[dict]:
+    return [json.loads(line) for line in FEED.read_text("utf-8").splitlines() if line.strip()]
+
+
+def fill(store: TimelineStore, clock: FakeClock) -> list[datetime]:
+    """The example feed in chunks a day apart, then two retractions: the record moments."""
+    moments = []
+    lines = feed_lines()
+    for start in range(0, len(lines), 12):
+        clock.advance(days=1)
+        report = ingest_objects(store, lines[start : start + 12])
+        assert report.ok
+        moments.append(clock.now)
+    clock.advance(days=1)
+    stored = [line for line in lines if line["type"] == "arc_applied"][:2]
+    retractions = [
+        {
+            "event_id": f"fix-{n}",
+            "source": line.get("source", "manual"),
+            "student_id": line["student_id"],
+            "type": "retracted",
+            "occurred_on": line["occurred_on"],
+            "retracts": line["event_id"],
+            "reason": "keyed by mistake",
+        }
+        for n, line in enumerate(stored)
+    ]
+    assert ingest_objects(store, retractions).ok
+    moments.append(clock.now)
+    return moments
+
+
+def students() -> list[str]:
+    return sorted({line["student_id"] for line in feed_lines()})
+
+
+def views(store: TimelineStore, moments: list[datetime]) -> dict:
+    known = [None, *moments, *(m - timedelta(seconds=1) for m in moments)]
+    out = {}
+    for sid in students():
+        stream = store.stream(sid)
+        out[(sid, "history")] = history_entries(stream)
+        for as_of in AS_OF:
+            for moment in known:
+                out[(sid, as_of, moment)] = view(stream, as_of, moment).model_dump(mode="json")
+    return out
+
+
+@pytest.mark.parametrize(
+    ("source_kind", "target_kind"),
+    [
+        ("sqlite", "sqlite"),
+        ("sqlite", "postgres"),
+        ("postgres", "sqlite"),
+        ("postgres", "postgres"),
+    ],
+)
+def test_export_then_import_changes_no_view(tmp_path, source_kind, target_kind):
+    clock = FakeClock()
+    with ExitStack() as stack:
+        src = stack.enter_context(a_location(source_kind, tmp_path, "src"))
+        dst = stack.enter_context(a_location(target_kind, tmp_path, "dst"))
+        source = stack.enter_context(TimelineStore.open(src, clock=clock))
+        moments = fill(source, clock)
+        buffer = io.BytesIO()
+        exported = export_events(source, buffer, clock=clock)
+        assert exported.events == len(feed_lines()) - 1 + 2  # one duplicate line, 2 retractions
+        clock.advance(days=30)  # the restore happens later: record times must not move
+        target = stack.enter_context(TimelineStore.open(dst, clock=clock))
+        path = tmp_path / "backup.jsonl"
+        path.write_bytes(buffer.getvalue())
+        report = import_events(target, path, batch_size=7)
+        assert report.ok and report.accepted == exported.events
+        assert views(target, moments) == views(source, moments)
+
+
+def test_import_twice_stores_nothing_more(tmp_path):
+    clock = FakeClock()
+    with TimelineStore.open(str(tmp_path / "a.db"), clock=clock) as source:
+        fill(source, clock)
+        buffer = io.BytesIO()
+        export_events(source, buffer)
+    path = tmp_path / "backup.jsonl"
+    path.write_bytes(buffer.getvalue())
+    with TimelineStore.open(str(tmp_path / "b.db"), clock=clock) as target:
+        first = import_events(target, path)
+        position = target.max_position()
+        again = import_events(target, path)
+        assert (again.accepted, again.duplicates) == (0, first.accepted)
+        assert target.max_position() == position
+
+
+def test_a_truncated_backup_is_refused_and_restores_nothing(tmp_path):
+    clock = FakeClock()
+    with TimelineStore.open(str(tmp_path / "a.db"), clock=clock) as source:
+        fill(source, clock)
+        buffer = io.BytesIO()
+        export_events(source, buffer)
+    lines = buffer.getvalue().splitlines(keepends=True)
+    cut = tmp_path / "cut.jsonl"
+    cut.write_bytes(b"".join(lines[: len(lines) // 2]))
+    with TimelineStore.open(str(tmp_path / "b.db"), clock=clock) as target:
+        report = import_events(target, cut)
+        assert not report.ok
+        assert "truncated" in report.rejected[-1].error
+        assert target.max_position() == 0
+
+
+def test_a_feed_file_is_not_mistaken_for_a_backup(tmp_path):
+    with TimelineStore.open(str(tmp_path / "b.db")) as target:
+        report = import_events(target, FEED)
+        assert [r.error for r in report.rejected] == [
+            "not a residency-timeline export (no header line)"
+        ]
+        assert target.max_position() == 0
+
+
+def test_an_event_line_without_its_record_time_is_refused(tmp_path):
+    clock = FakeClock()
+    with TimelineStore.open(str(tmp_path / "a.db"), clock=clock) as source:
+        fill(source, clock)
+        buffer = io.BytesIO()
+        export_events(source, buffer)
+    lines = buffer.getvalue().decode().splitlines()
+    broken = json.loads(lines[3])
+    broken["recorded_at"] = "2024-06-01T00:00:00"  # no offset: ambiguous
+    lines[3] = json.dumps(broken)
+    path = tmp_path / "bad.jsonl"
+    path.write_text("\n".join(lines) + "\n")
+    with TimelineStore.open(str(tmp_path / "b.db")) as target:
+        report = import_events(target, path)
+        assert [(r.position, r.error) for r in report.rejected] == [
+            (4, "recorded_at: must carry a UTC offset")
+        ]
+        assert target.max_position() == 0
+
+
+def test_an_incremental_export_completes_a_restored_full_one(tmp_path):
+    clock = FakeClock()
+    with TimelineStore.open(str(tmp_path / "a.db"), clock=clock) as source:
+        moments = fill(source, clock)
+        full, increment = io.BytesIO(), io.BytesIO()
+        export_events(source, full)
+        clock.advance(days=1)
+        later = [
+            {
+                "event_id": "late-1",
+                "source": "staff",
+                "student_id": "S1001",
+                "type": "departed",
+                "occurred_on": "2025-07-01",
+            }
+        ]
+        assert ingest_objects(source, later).ok
+        moments.append(clock.now)
+        export_events(source, increment, since=moments[-2])
+        expected = views(source, moments)
+    (tmp_path / "full.jsonl").write_bytes(full.getvalue())
+    (tmp_path / "inc.jsonl").write_bytes(increment.getvalue())
+    assert increment.getvalue().count(b"\n") == 3  # header, the one new event, trailer
+    with TimelineStore.open(str(tmp_path / "b.db"), clock=clock) as target:
+        assert import_events(target, tmp_path / "full.jsonl").ok
+        assert import_events(target, tmp_path / "inc.jsonl").accepted == 1
+        assert views(target, moments) == expected
+
+
+def test_encrypted_store_round_trips_through_a_backup(tmp_path):
+    from eventsourcing.cipher import AESCipher
+
+    clock = FakeClock()
+    key = AESCipher.create_key(32)
+    with TimelineStore.open(str(tmp_path / "a.db"), cipher_key=key, clock=clock) as source:
+        moments = fill(source, clock)
+        buffer = io.BytesIO()
+        export_events(source, buffer)
+        expected = views(source, moments)
+    path = tmp_path / "backup.jsonl"
+    path.write_bytes(buffer.getvalue())
+    other = AESCipher.create_key(32)
+    with TimelineStore.open(str(tmp_path / "b.db"), cipher_key=other, clock=clock) as target:
+        assert import_events(target, path).ok
+        assert views(target, moments) == expected
+    stored = b"".join(p.read_bytes() for p in tmp_path.glob("b.db*"))
+    assert b"University Rd" not in stored and b"P7712045" not in stored
+    assert b"University Rd" in path.read_bytes()  # the backup itself is clear text
+
+
+def test_cli_export_to_a_file_then_import(tmp_path):
+    runner = CliRunner()
+    src, dst = str(tmp_path / "a.db"), str(tmp_path / "b.db")
+    result = runner.invoke(main, ["--db", src, "ingest", str(FEED)])
+    assert result.exit_code == 0, result.output
+    backup = tmp_path / "backup.jsonl"
+    result = runner.invoke(main, ["--db", src, "export", "-o", str(backup)])
+    assert result.exit_code == 0, result.output
+    assert oct(os.stat(backup).st_mode & 0o777) == "0o600"  # it holds personal data
+    assert not list(tmp_path.glob(".*.partial"))
+    result = runner.invoke(main, ["--db", dst, "import", str(backup)])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["accepted"] == 92
+    first = runner.invoke(main, ["--db", src, "history", "S1002", "--json"]).stdout
+    second = runner.invoke(main, ["--db", dst, "history", "S1002", "--json"]).stdout
+    assert first == second
