@@ -16,7 +16,7 @@ from datetime import date
 from projections.readmodel import ReadModel, default_read_db
 from projections.rules import RuleBook, rulebook_from_env
 from scheduler.emit import RunReport, emit_day, run_until
-from scheduler.outbox import EmitterLock, Outbox, OutboxDB, outbox_location
+from scheduler.outbox import BATCH_SIZE, EmitterLock, Outbox, OutboxDB, outbox_location
 from scheduler.sinks import Sink, sink_from_spec
 from timeline.clock import parse_day, taipei_today
 from timeline.store import TimelineStore
@@ -32,6 +32,16 @@ class Wiring:
     model: ReadModel
     outbox: Outbox
     sink: Sink
+
+
+def batch_size_from_env() -> int:
+    """Rows per delivery batch: `TIMELINE_ALERT_BATCH` (1..10,000), default 500."""
+    text = os.environ.get("TIMELINE_ALERT_BATCH", "").strip()
+    if not text:
+        return BATCH_SIZE
+    if not text.isdigit() or not 1 <= int(text) <= 10_000:
+        raise ValueError("TIMELINE_ALERT_BATCH must be a whole number from 1 to 10000")
+    return int(text)
 
 
 @contextmanager
@@ -76,7 +86,7 @@ def daily_alerts(
     today_ = parse_day(today) if today else taipei_today()
     with wiring(db, read_db, sink) as w, EmitterLock(w.outbox.db) as lock:
         lock.acquire(wait=wait)
-        report = run_until(w.model, w.outbox, w.sink, today_)
+        report = run_until(w.model, w.outbox, w.sink, today_, batch_size=batch_size_from_env())
     summary = report.as_json()
     log.info("daily alerts for %s: %s", today_.isoformat(), summary)
     return summary
@@ -93,4 +103,4 @@ def emit_once(
     """`timeline alerts --on DAY --emit`: one day, once per alert key."""
     with wiring(db, read_db, sink, rules) as w, EmitterLock(w.outbox.db) as lock:
         lock.acquire(wait=wait)
-        return emit_day(w.model, w.outbox, w.sink, day)
+        return emit_day(w.model, w.outbox, w.sink, day, batch_size=batch_size_from_env())

@@ -468,7 +468,7 @@ def alerts(
     """The alerts that fall on a day; with --emit, deliver them once per key."""
     from scheduler.alerts import alerts_on
     from scheduler.emit import summary_sentence
-    from scheduler.jobs import emit_once, wiring
+    from scheduler.jobs import batch_size_from_env, emit_once, wiring
     from scheduler.outbox import EmitterBusy
     from scheduler.sinks import sink_from_spec
 
@@ -500,6 +500,10 @@ def alerts(
                 )
         return
     if emit:
+        try:
+            batch_size_from_env()
+        except ValueError as exc:
+            raise UsageFailure(str(exc)) from exc
         try:
             report = emit_once(
                 db or (ctx.obj or {}).get("db"),
