@@ -53,7 +53,6 @@ _SCHEMA = (
 # Columns added after the first release, for outboxes created before them.
 _ADDED_COLUMNS = {"fingerprint": "TEXT"}
 
-UNSENT = ("pending", "sending", "dead")
 WITHDRAWN_REASON = "withdrawn: no longer falls on this day under the current rules"
 # Rows per batch for sinks that take batches: one write + fsync and two transactions each.
 BATCH_SIZE = 500
