@@ -76,7 +76,11 @@ def clean_env(**extra: str) -> dict[str, str]:
 
 
 def emit_args(location: str, sink: str) -> list[str]:
-    return [TIMELINE, "alerts", "--on", DAY.isoformat(), "--emit", "--sink", sink, "--db", location]
+    # --wait: PostgreSQL frees a killed session's advisory lock once it sees the socket close.
+    return [
+        *(TIMELINE, "alerts", "--on", DAY.isoformat(), "--emit", "--sink", sink),
+        *("--db", location, "--wait", "10"),
+    ]
 
 
 def run(args: list[str], cwd: Path, **env: str) -> subprocess.CompletedProcess[str]:
