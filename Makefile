@@ -34,6 +34,7 @@ lint: $(VENV)/.dev
 bench: $(VENV)/.dev
 	$(BIN)/python -m benchmarks.ingest
 	$(BIN)/python -m benchmarks.projections
+	$(BIN)/python -m benchmarks.alerts
 
 clean:
 	rm -rf $(VENV) $(DB) alerts.jsonl .pytest_cache

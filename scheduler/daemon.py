@@ -38,6 +38,8 @@ class DaemonConfig:
     jobstore_url: str
     hour: int = 8
     minute: int = 0
+    # The PostgreSQL schema of the store: its job table lives there, apart from other stores.
+    jobstore_schema: str | None = None
 
 
 def jobstore_url(store_location: str, read_db: str) -> str:
@@ -48,10 +50,22 @@ def jobstore_url(store_location: str, read_db: str) -> str:
     return f"sqlite:///{read_db}"
 
 
+def jobstore_schema(store_location: str) -> str | None:
+    """The PostgreSQL schema named in the store location (`?schema=`), if any."""
+    if not store_location.startswith(("postgresql://", "postgres://")):
+        return None
+    _, _, query = store_location.partition("?")
+    return dict(p.split("=", 1) for p in query.split("&") if "=" in p).get("schema")
+
+
 def build_scheduler(config: DaemonConfig) -> BlockingScheduler:
     """A paused-start scheduler that adds the daily job only when the store lacks it."""
     scheduler = BlockingScheduler(
-        jobstores={"default": SQLAlchemyJobStore(url=config.jobstore_url)},
+        jobstores={
+            "default": SQLAlchemyJobStore(
+                url=config.jobstore_url, tableschema=config.jobstore_schema
+            )
+        },
         job_defaults={"coalesce": True, "misfire_grace_time": None, "max_instances": 1},
         timezone=TAIPEI,
     )

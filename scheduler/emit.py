@@ -8,8 +8,9 @@ from datetime import date
 
 from projections import dates
 from projections.readmodel import ReadModel
+from projections.rules import rulebook_fingerprint
 from scheduler.alert import Alert
-from scheduler.alerts import Milestone, milestones_on
+from scheduler.alerts import Milestone, alerts_on, milestones_on
 from scheduler.outbox import DeliveryReport, EnqueueReport, Outbox
 from scheduler.sinks import Sink
 from timeline.clock import Clock, system_clock
@@ -25,6 +26,10 @@ class RunReport:
     found: int = 0
     enqueued: EnqueueReport = field(default_factory=EnqueueReport)
     delivered: DeliveryReport = field(default_factory=DeliveryReport)
+    # Rows an earlier run had left undelivered (pending, or 'sending' when it died).
+    left_unsent: int = 0
+    # Unsent rows that no longer fall on their day under the current rules.
+    withdrawn: int = 0
 
     def as_json(self) -> dict[str, object]:
         """A summary for logs and the CLI."""
@@ -32,11 +37,42 @@ class RunReport:
             "days": [d.isoformat() for d in self.days],
             "found": self.found,
             "new": self.enqueued.new,
-            "already_emitted": self.enqueued.already,
+            "already_emitted": self.enqueued.already_sent,
             "superseded": self.enqueued.superseded,
+            "left_unsent": self.left_unsent,
+            "interrupted": self.delivered.interrupted,
+            "withdrawn": self.withdrawn,
             "sent": self.delivered.sent,
+            "already_in_sink": self.delivered.already_in_sink,
             "failed": self.delivered.failed,
         }
+
+
+def summary_sentence(summary: dict[str, object], label: str) -> str:
+    """The one-line account on stderr, made from the JSON summary so the two agree."""
+    n = {name: int(value) for name, value in summary.items() if isinstance(value, int)}
+    if n["sent"] == n["failed"] == n["withdrawn"] == 0:
+        return (
+            f"Nothing new to emit for {label}: "
+            f"{n['already_emitted']} alert(s) were already emitted."
+        )
+    text = f"Emitted {n['sent']} alert(s) for {label}"
+    details = []
+    if n["left_unsent"]:
+        details.append(f"{n['left_unsent']} left unsent by an earlier run")
+    if n["already_in_sink"]:
+        details.append(
+            f"{n['already_in_sink']} already in the sink from an interrupted run, not written again"
+        )
+    if details:
+        text += f" ({'; '.join(details)})"
+    text += f"; {n['failed']} failed."
+    if n["withdrawn"]:
+        text += (
+            f" {n['withdrawn']} unsent alert(s) withdrawn: they no longer fall on their day "
+            "under the current rules."
+        )
+    return text
 
 
 def latest_per_subject(found: list[Milestone]) -> tuple[list[Milestone], list[Milestone]]:
@@ -54,6 +90,30 @@ def _pairs(milestones: list[Milestone]) -> list[tuple[date, Alert]]:
     return [(m.day, m.alert) for m in milestones]
 
 
+def fingerprint_of(model: ReadModel) -> str:
+    """The fingerprint of the rule book the read models compute with."""
+    return rulebook_fingerprint(model.rules)
+
+
+def recheck_unsent(model: ReadModel, outbox: Outbox, fingerprint: str) -> int:
+    """Re-check unsent rows computed under other rules; withdraw those no longer due.
+
+    A row still due takes the current wording; one that no longer falls on its day (a
+    setting moved the deadline, a rule value changed) is withdrawn, so a rules change never
+    sends a false overdue alert or fine. Returns how many were withdrawn.
+    """
+    stale = outbox.stale(fingerprint)
+    withdrawn = 0
+    for day in sorted({day for _key, day in stale}):
+        current = {alert.key: alert for alert in alerts_on(model, day)}
+        keys = [key for key, on in stale if on == day]
+        outbox.confirm([current[key] for key in keys if key in current], fingerprint)
+        withdrawn += outbox.withdraw([key for key in keys if key not in current], fingerprint)
+    if withdrawn:
+        log.info("withdrew %d unsent alert(s) no longer due under the current rules", withdrawn)
+    return withdrawn
+
+
 def emit_day(
     model: ReadModel,
     outbox: Outbox,
@@ -65,7 +125,10 @@ def emit_day(
     """Enqueue the alerts of one day (once per key) and deliver what is pending."""
     found = milestones_on(model, day)
     report = RunReport(days=[day], found=len(found))
-    report.enqueued = outbox.enqueue(_pairs(found), now=clock())
+    fingerprint = fingerprint_of(model)
+    report.withdrawn = recheck_unsent(model, outbox, fingerprint)
+    report.left_unsent = outbox.unsent_count()
+    report.enqueued = outbox.enqueue(_pairs(found), now=clock(), fingerprint=fingerprint)
     report.delivered = outbox.deliver(sink, now=clock, **delivery)  # type: ignore[arg-type]
     return report
 
@@ -94,8 +157,15 @@ def run_until(
         day = dates.next_day(day)
     report.found = len(found)
     keep, dropped = latest_per_subject(found)
+    fingerprint = fingerprint_of(model)
+    report.withdrawn = recheck_unsent(model, outbox, fingerprint)
+    report.left_unsent = outbox.unsent_count()
     report.enqueued = outbox.enqueue(
-        _pairs(keep), _pairs(dropped), now=clock(), watermark=max(today, mark) if mark else today
+        _pairs(keep),
+        _pairs(dropped),
+        now=clock(),
+        watermark=max(today, mark) if mark else today,
+        fingerprint=fingerprint,
     )
     report.delivered = outbox.deliver(sink, now=clock, **delivery)  # type: ignore[arg-type]
     log.info(

@@ -14,11 +14,11 @@ from dataclasses import dataclass
 from datetime import date
 
 from projections.readmodel import ReadModel, default_read_db
-from projections.rules import rulebook_from_env
+from projections.rules import RuleBook, rulebook_from_env
 from scheduler.emit import RunReport, emit_day, run_until
-from scheduler.outbox import EmitterLock, Outbox, OutboxDB, outbox_location
+from scheduler.outbox import BATCH_SIZE, EmitterLock, Outbox, OutboxDB, outbox_location
 from scheduler.sinks import Sink, sink_from_spec
-from timeline.clock import taipei_today
+from timeline.clock import parse_day, taipei_today
 from timeline.store import TimelineStore
 
 log = logging.getLogger(__name__)
@@ -34,16 +34,33 @@ class Wiring:
     sink: Sink
 
 
+def batch_size_from_env() -> int:
+    """Rows per delivery batch: `TIMELINE_ALERT_BATCH` (1..10,000), default 500."""
+    text = os.environ.get("TIMELINE_ALERT_BATCH", "").strip()
+    if not text:
+        return BATCH_SIZE
+    if not text.isdigit() or not 1 <= int(text) <= 10_000:
+        raise ValueError("TIMELINE_ALERT_BATCH must be a whole number from 1 to 10000")
+    return int(text)
+
+
 @contextmanager
-def wiring(db: str | None, read_db: str | None, sink: str | None) -> Iterator[Wiring]:
-    """Open store, read models (synced), outbox and sink; close them afterwards."""
+def wiring(
+    db: str | None, read_db: str | None, sink: str | None, rules: RuleBook | None = None
+) -> Iterator[Wiring]:
+    """Open store, read models (synced), outbox and sink; close them afterwards.
+
+    `rules` is the CLI's one reading of the settings; jobs started by APScheduler get only
+    plain arguments and read the environment through the same `rulebook_from_env`.
+    """
+    rules = rules if rules is not None else rulebook_from_env(os.environ)
     store = TimelineStore.open(db)
     model = outbox_db = None
     try:
         path = (
             read_db or os.environ.get("TIMELINE_READ_DB") or default_read_db(store.config.location)
         )
-        model = ReadModel(path, rulebook_from_env(os.environ))
+        model = ReadModel(path, rules)
         model.sync(store)
         outbox_db = OutboxDB(outbox_location(store.config.location, path))
         yield Wiring(store, model, Outbox(outbox_db), sink_from_spec(sink))
@@ -56,22 +73,34 @@ def wiring(db: str | None, read_db: str | None, sink: str | None) -> Iterator[Wi
 
 
 def daily_alerts(
-    db: str | None = None, read_db: str | None = None, sink: str | None = None, wait: float = 600.0
+    db: str | None = None,
+    read_db: str | None = None,
+    sink: str | None = None,
+    wait: float = 600.0,
+    today: str | None = None,
 ) -> dict[str, object]:
-    """The scheduled job: catch up from the watermark to today (Taipei) and deliver."""
-    today = taipei_today()
+    """The scheduled job: catch up from the watermark to today (Taipei) and deliver.
+
+    `today` (YYYY-MM-DD) stands in for the clock, for tests and manual catch-ups.
+    """
+    today_ = parse_day(today) if today else taipei_today()
     with wiring(db, read_db, sink) as w, EmitterLock(w.outbox.db) as lock:
         lock.acquire(wait=wait)
-        report = run_until(w.model, w.outbox, w.sink, today)
+        report = run_until(w.model, w.outbox, w.sink, today_, batch_size=batch_size_from_env())
     summary = report.as_json()
-    log.info("daily alerts for %s: %s", today.isoformat(), summary)
+    log.info("daily alerts for %s: %s", today_.isoformat(), summary)
     return summary
 
 
 def emit_once(
-    db: str | None, read_db: str | None, sink: str | None, day: date, wait: float = 0.0
+    db: str | None,
+    read_db: str | None,
+    sink: str | None,
+    day: date,
+    wait: float = 0.0,
+    rules: RuleBook | None = None,
 ) -> RunReport:
     """`timeline alerts --on DAY --emit`: one day, once per alert key."""
-    with wiring(db, read_db, sink) as w, EmitterLock(w.outbox.db) as lock:
+    with wiring(db, read_db, sink, rules) as w, EmitterLock(w.outbox.db) as lock:
         lock.acquire(wait=wait)
-        return emit_day(w.model, w.outbox, w.sink, day)
+        return emit_day(w.model, w.outbox, w.sink, day, batch_size=batch_size_from_env())

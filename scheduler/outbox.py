@@ -2,10 +2,18 @@
 
 Exactly once: an alert enters the outbox through `INSERT … ON CONFLICT (key) DO NOTHING`,
 so a restart, a second run for the same day or a second process cannot enqueue it twice;
-one emitter at a time holds the emitter lock (`EmitterLock`) while it enqueues and
-delivers. Delivery is at-least-once towards a sink only if the process dies between a
-successful send and the row being marked sent; the webhook's `Idempotency-Key` and the
-e-mail's deterministic `Message-ID` let the receiver drop that rare repeat.
+one emitter at a time holds the emitter lock (`EmitterLock`, per database file or per
+PostgreSQL schema) while it enqueues and delivers.
+
+A row goes pending → sending → sent (or back to pending on a failed attempt, or dead).
+'sending' is committed before the sink is touched, so a run killed mid-delivery leaves
+rows that say so; the next run delivers them again and the sink makes that safe: the
+JSON Lines sink skips keys the file already holds (see `JsonlSink`), the webhook repeats
+its `Idempotency-Key` and the e-mail its deterministic `Message-ID`.
+
+Each row records the fingerprint of the rule book it was computed under; unsent rows from
+another fingerprint are re-checked before delivery (`scheduler.emit.recheck_unsent`) and
+`withdrawn` when their alert no longer falls on its day. Sent rows are history and stay.
 
 The same table lives in SQLite (sqlite-utils) or PostgreSQL (psycopg), following where
 the events live.
@@ -14,18 +22,19 @@ the events live.
 from __future__ import annotations
 
 import fcntl
+import hashlib
 import logging
 import random
 import time
-import zlib
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import date, datetime
 from typing import Any, TextIO
 
+from scheduler import crashpoints
 from scheduler.alert import Alert
-from scheduler.sinks import DeliveryError, Sink, backoff_delay
+from scheduler.sinks import BatchSink, DeliveryError, Sink, backoff_delay
 from timeline.clock import Clock, system_clock
 
 log = logging.getLogger(__name__)
@@ -35,13 +44,24 @@ _SCHEMA = (
     " key TEXT PRIMARY KEY, day TEXT NOT NULL, student_id TEXT NOT NULL, task TEXT NOT NULL,"
     " milestone TEXT NOT NULL, payload TEXT NOT NULL, state TEXT NOT NULL,"
     " attempts INTEGER NOT NULL DEFAULT 0, last_error TEXT, created_at TEXT NOT NULL,"
-    " sent_at TEXT, sink TEXT)",
+    " sent_at TEXT, sink TEXT, fingerprint TEXT)",
     "CREATE INDEX IF NOT EXISTS alert_outbox_state ON alert_outbox (state, day)",
     "CREATE TABLE IF NOT EXISTS scheduler_state (name TEXT PRIMARY KEY, value TEXT NOT NULL)",
 )
 
 
-_SCHEMA_LOCK = zlib.crc32(b"residency-timeline outbox schema")
+# Columns added after the first release, for outboxes created before them.
+_ADDED_COLUMNS = {"fingerprint": "TEXT"}
+
+WITHDRAWN_REASON = "withdrawn: no longer falls on this day under the current rules"
+# Rows per batch for sinks that take batches: one write + fsync and two transactions each.
+BATCH_SIZE = 500
+
+
+def lock_key(name: str, schema: str | None) -> int:
+    """A 64-bit advisory-lock key for `name`, distinct per PostgreSQL schema."""
+    digest = hashlib.sha256(f"residency-timeline {name} {schema or ''}".encode()).digest()
+    return int.from_bytes(digest[:8], "big", signed=True)
 
 
 class EmitterBusy(RuntimeError):
@@ -54,6 +74,8 @@ class EnqueueReport:
 
     new: int = 0
     already: int = 0
+    # Of `already`: rows that had been delivered before this run.
+    already_sent: int = 0
     superseded: int = 0
 
 
@@ -64,6 +86,11 @@ class DeliveryReport:
     sent: int = 0
     failed: int = 0
     dead: list[str] = field(default_factory=list)
+    # Of `sent`: alerts the sink already held (delivered by a run that died before it
+    # could record so) and therefore did not deliver again.
+    already_in_sink: int = 0
+    # Rows found in 'sending': an earlier run died while delivering them.
+    interrupted: int = 0
 
 
 class OutboxDB:
@@ -80,6 +107,9 @@ class OutboxDB:
             schema = dict(p.split("=", 1) for p in query.split("&") if "=" in p).get("schema")
             if schema:
                 self.conn.execute(f'SET search_path TO "{schema}"')
+            row = self.conn.execute("SELECT current_schema()").fetchone()
+            # Locks are per schema: two stores in two schemas of one database stay apart.
+            self.schema: str | None = row[0] if row else schema
         else:
             from sqlite_utils import Database
 
@@ -88,12 +118,31 @@ class OutboxDB:
             # Autocommit: a lone UPDATE is durable at once; `transaction()` uses BEGIN.
             self.conn.isolation_level = None
             self.conn.execute("PRAGMA busy_timeout = 30000")
+            self.schema = None
         with self.transaction():
             if self.is_postgres:
                 # CREATE ... IF NOT EXISTS races with a concurrent creator on PostgreSQL.
-                self.execute("SELECT pg_advisory_xact_lock(?)", [_SCHEMA_LOCK])
+                self.execute("SELECT pg_advisory_xact_lock(?)", [lock_key("schema", self.schema)])
             for statement in _SCHEMA:
                 self.execute(statement)
+            self._add_columns()
+
+    def _add_columns(self) -> None:
+        # Look before altering: ALTER TABLE takes an exclusive lock even when it has nothing
+        # to do, and would make this open wait behind a running emitter's transaction.
+        if self.is_postgres:
+            have = {
+                row[0]
+                for row in self.execute(
+                    "SELECT column_name FROM information_schema.columns "
+                    "WHERE table_schema = current_schema() AND table_name = 'alert_outbox'"
+                )
+            }
+        else:
+            have = {row[1] for row in self.execute("PRAGMA table_info(alert_outbox)")}
+        for name, kind in _ADDED_COLUMNS.items():
+            if name not in have:
+                self.execute(f"ALTER TABLE alert_outbox ADD COLUMN {name} {kind}")
 
     def execute(self, sql: str, params: Sequence[Any] = ()) -> Any:
         """Run one statement; returns the cursor."""
@@ -126,7 +175,7 @@ class EmitterLock:
     def __init__(self, outbox: OutboxDB, name: str = "emitter") -> None:
         self.outbox = outbox
         self.name = name
-        self.key = zlib.crc32(f"residency-timeline {name}".encode())
+        self.key = lock_key(name, outbox.schema)
         self._file: TextIO | None = None
         self._pg: Any = None
 
@@ -145,7 +194,9 @@ class EmitterLock:
             time.sleep(0.2)
 
     def _where(self) -> str:
-        return "this PostgreSQL database" if self.outbox.is_postgres else self.outbox.location
+        if self.outbox.is_postgres:
+            return f"schema {self.outbox.schema} of this PostgreSQL database"
+        return self.outbox.location
 
     def _try(self) -> bool:
         if self.outbox.is_postgres:
@@ -211,15 +262,21 @@ class Outbox:
         *,
         now: datetime,
         watermark: date | None = None,
+        fingerprint: str | None = None,
     ) -> EnqueueReport:
-        """Insert alerts (pending) and superseded ones (recorded, never sent), atomically."""
+        """Insert alerts (pending) and superseded ones (recorded, never sent), atomically.
+
+        A due alert whose row was withdrawn (the rules had moved it off its day) and that
+        falls on its day again goes back to pending.
+        """
         report = EnqueueReport()
         with self.db.transaction():
+            states = self.states([alert.key for _day, alert in due])
             for rows, state in ((due, "pending"), (superseded, "superseded")):
                 for day, alert in rows:
                     cursor = self.db.execute(
                         "INSERT INTO alert_outbox (key, day, student_id, task, milestone, "
-                        "payload, state, created_at) VALUES (?,?,?,?,?,?,?,?) "
+                        "payload, state, created_at, fingerprint) VALUES (?,?,?,?,?,?,?,?,?) "
                         "ON CONFLICT (key) DO NOTHING",
                         [
                             alert.key,
@@ -230,6 +287,7 @@ class Outbox:
                             alert.model_dump_json(),
                             state,
                             now.isoformat(),
+                            fingerprint,
                         ],
                     )
                     if cursor.rowcount == 1:
@@ -237,11 +295,72 @@ class Outbox:
                             report.new += 1
                         else:
                             report.superseded += 1
+                    elif state == "pending" and states.get(alert.key) == "withdrawn":
+                        self.db.execute(
+                            "UPDATE alert_outbox SET state = 'pending', payload = ?, "
+                            "fingerprint = ?, last_error = NULL WHERE key = ? "
+                            "AND state = 'withdrawn'",
+                            [alert.model_dump_json(), fingerprint, alert.key],
+                        )
+                        report.new += 1
                     elif state == "pending":
                         report.already += 1
+                        report.already_sent += states.get(alert.key) == "sent"
             if watermark is not None:
                 self._set_watermark(watermark)
         return report
+
+    def states(self, keys: Sequence[str]) -> dict[str, str]:
+        """The state of each of `keys` that has a row."""
+        found: dict[str, str] = {}
+        for start in range(0, len(keys), BATCH_SIZE):
+            chunk = list(keys[start : start + BATCH_SIZE])
+            marks = ",".join("?" * len(chunk))
+            for key, state in self.db.execute(
+                f"SELECT key, state FROM alert_outbox WHERE key IN ({marks})", chunk
+            ):
+                found[key] = state
+        return found
+
+    def unsent_count(self) -> int:
+        """Rows waiting for delivery (pending, or left 'sending' by a run that died)."""
+        row = self.db.execute(
+            "SELECT count(*) FROM alert_outbox WHERE state IN ('pending', 'sending')"
+        ).fetchone()
+        return int(row[0])
+
+    # -- rules changed -------------------------------------------------------------------
+    def stale(self, fingerprint: str) -> list[tuple[str, date]]:
+        """Unsent rows computed under another rule book (or before fingerprints): key, day."""
+        rows = self.db.execute(
+            "SELECT key, day FROM alert_outbox WHERE state IN ('pending', 'sending', 'dead') "
+            "AND (fingerprint IS NULL OR fingerprint <> ?) ORDER BY day, key",
+            [fingerprint],
+        ).fetchall()
+        return [(key, date.fromisoformat(day)) for key, day in rows]
+
+    def confirm(self, alerts: Sequence[Alert], fingerprint: str) -> None:
+        """Unsent rows that still fall on their day: take the current wording and fingerprint."""
+        with self.db.transaction():
+            for alert in alerts:
+                self.db.execute(
+                    "UPDATE alert_outbox SET payload = ?, fingerprint = ? WHERE key = ? "
+                    "AND state IN ('pending', 'sending', 'dead')",
+                    [alert.model_dump_json(), fingerprint, alert.key],
+                )
+
+    def withdraw(self, keys: Sequence[str], fingerprint: str) -> int:
+        """Mark unsent rows `withdrawn`: never to be sent, kept and listed."""
+        count = 0
+        with self.db.transaction():
+            for key in keys:
+                cursor = self.db.execute(
+                    "UPDATE alert_outbox SET state = 'withdrawn', last_error = ?, fingerprint = ? "
+                    "WHERE key = ? AND state IN ('pending', 'sending', 'dead')",
+                    [WITHDRAWN_REASON, fingerprint, key],
+                )
+                count += cursor.rowcount
+        return count
 
     # -- deliver -------------------------------------------------------------------------
     def deliver(
@@ -254,44 +373,122 @@ class Outbox:
         max_delay: float = 30.0,
         sleep: Callable[[float], None] = time.sleep,
         rng: Callable[[], float] = random.random,
+        batch_size: int = BATCH_SIZE,
     ) -> DeliveryReport:
-        """Send every pending alert (retrying with backoff); dead-letter after `attempts`."""
+        """Send every pending alert (retrying with backoff); dead-letter after `attempts`.
+
+        Rows are marked 'sending' (committed) before the sink is touched and 'sent' after;
+        rows already 'sending' were interrupted by a crash and are delivered again, which
+        the sinks make harmless (idempotent by key).
+        """
         report = DeliveryReport()
         rows = self.db.execute(
-            "SELECT key, payload, attempts FROM alert_outbox WHERE state = 'pending' "
-            "ORDER BY day, key"
+            "SELECT key, payload, attempts, state FROM alert_outbox "
+            "WHERE state IN ('pending', 'sending') ORDER BY day, key"
         ).fetchall()
-        for key, payload, tried in rows:
-            alert = Alert.model_validate_json(payload)
-            while True:
-                tried += 1
-                try:
-                    sink.send(alert)
-                except DeliveryError as exc:
-                    give_up = exc.permanent or tried >= attempts
-                    self.db.execute(
-                        "UPDATE alert_outbox SET attempts = ?, last_error = ?, state = ?, "
-                        "sink = ? WHERE key = ?",
-                        [tried, str(exc)[:500], "dead" if give_up else "pending", sink.name, key],
-                    )
-                    log.warning("alert %s: attempt %d failed: %s", key, tried, exc)
-                    if give_up:
-                        report.dead.append(key)
-                        report.failed += 1
-                        break
-                    delay = backoff_delay(tried, base_delay, max_delay, rng)
-                    if exc.retry_after:
-                        delay = min(max(delay, exc.retry_after), max_delay)
-                    sleep(delay)
-                    continue
-                self.db.execute(
-                    "UPDATE alert_outbox SET attempts = ?, state = 'sent', sent_at = ?, sink = ?, "
-                    "last_error = NULL WHERE key = ?",
-                    [tried, now().isoformat(), sink.name, key],
-                )
-                report.sent += 1
-                break
+        report.interrupted = sum(1 for row in rows if row[3] == "sending")
+        retry = _Retry(attempts, base_delay, max_delay, sleep, rng)
+        if isinstance(sink, BatchSink):
+            for start in range(0, len(rows), batch_size):
+                batch = [
+                    (key, payload, tried)
+                    for key, payload, tried, _ in rows[start : start + batch_size]
+                ]
+                self._deliver_batch(sink, batch, report, retry, now)
+        else:
+            for key, payload, tried, _state in rows:
+                self._deliver_one(sink, key, payload, tried, report, retry, now)
         return report
+
+    def _mark_sending(self, keys: Sequence[str]) -> None:
+        marks = ",".join("?" * len(keys))
+        self.db.execute(
+            f"UPDATE alert_outbox SET state = 'sending' WHERE key IN ({marks})", list(keys)
+        )
+        crashpoints.reach("outbox_marked_sending")
+
+    def _mark_sent(self, keys: Sequence[str], tries: int, sink: Sink, now: Clock) -> None:
+        crashpoints.reach("outbox_delivered")
+        marks = ",".join("?" * len(keys))
+        self.db.execute(
+            f"UPDATE alert_outbox SET attempts = attempts + ?, state = 'sent', sent_at = ?, "
+            f"sink = ?, last_error = NULL WHERE key IN ({marks})",
+            [tries, now().isoformat(), sink.name, *keys],
+        )
+        crashpoints.reach("outbox_marked_sent")
+
+    def _mark_failed(
+        self, keys: Sequence[str], tries: int, error: DeliveryError, dead: bool, sink: Sink
+    ) -> None:
+        marks = ",".join("?" * len(keys))
+        self.db.execute(
+            f"UPDATE alert_outbox SET attempts = attempts + ?, last_error = ?, state = ?, "
+            f"sink = ? WHERE key IN ({marks})",
+            [tries, str(error)[:500], "dead" if dead else "pending", sink.name, *keys],
+        )
+
+    def _deliver_one(
+        self,
+        sink: Sink,
+        key: str,
+        payload: str,
+        tried: int,
+        report: DeliveryReport,
+        retry: _Retry,
+        now: Clock,
+    ) -> None:
+        alert = Alert.model_validate_json(payload)
+        self._mark_sending([key])
+        tries = 0
+        while True:
+            tries += 1
+            try:
+                sink.send(alert)
+            except DeliveryError as exc:
+                give_up = exc.permanent or tried + tries >= retry.attempts
+                log.warning("alert %s: attempt %d failed: %s", key, tried + tries, exc)
+                if give_up:
+                    self._mark_failed([key], tries, exc, True, sink)
+                    report.dead.append(key)
+                    report.failed += 1
+                    return
+                retry.wait(tried + tries, exc)
+                continue
+            self._mark_sent([key], tries, sink, now)
+            report.sent += 1
+            return
+
+    def _deliver_batch(
+        self,
+        sink: BatchSink,
+        batch: Sequence[tuple[str, str, int]],
+        report: DeliveryReport,
+        retry: _Retry,
+        now: Clock,
+    ) -> None:
+        keys = [key for key, _payload, _tried in batch]
+        alerts = [Alert.model_validate_json(payload) for _key, payload, _tried in batch]
+        tried = max(t for _key, _payload, t in batch)
+        self._mark_sending(keys)
+        tries = 0
+        while True:
+            tries += 1
+            try:
+                result = sink.send_batch(alerts)
+            except DeliveryError as exc:
+                give_up = exc.permanent or tried + tries >= retry.attempts
+                log.warning("%d alerts: attempt %d failed: %s", len(keys), tried + tries, exc)
+                if give_up:
+                    self._mark_failed(keys, tries, exc, True, sink)
+                    report.dead.extend(keys)
+                    report.failed += len(keys)
+                    return
+                retry.wait(tried + tries, exc)
+                continue
+            self._mark_sent(keys, tries, sink, now)
+            report.sent += len(keys)
+            report.already_in_sink += len(result.present)
+            return
 
     # -- reading -------------------------------------------------------------------------
     def rows(self, state: str | None = None) -> list[dict[str, Any]]:
@@ -325,6 +522,24 @@ class Outbox:
             "UPDATE alert_outbox SET state = 'pending', attempts = 0 WHERE state = 'dead'"
         )
         return cursor.rowcount
+
+
+@dataclass(frozen=True)
+class _Retry:
+    """The retry policy of one delivery run."""
+
+    attempts: int
+    base_delay: float
+    max_delay: float
+    sleep: Callable[[float], None]
+    rng: Callable[[], float]
+
+    def wait(self, tried: int, error: DeliveryError) -> None:
+        """Sleep the jittered backoff after attempt `tried`, honouring Retry-After."""
+        delay = backoff_delay(tried, self.base_delay, self.max_delay, self.rng)
+        if error.retry_after:
+            delay = min(max(delay, error.retry_after), self.max_delay)
+        self.sleep(delay)
 
 
 def outbox_location(store_location: str, read_db: str) -> str:

@@ -24,11 +24,12 @@ from datetime import UTC, datetime
 from email.message import EmailMessage
 from email.utils import format_datetime
 from pathlib import Path
-from typing import Protocol, runtime_checkable
+from typing import NamedTuple, Protocol, runtime_checkable
 from urllib.parse import unquote, urlsplit
 
 import httpx
 
+from scheduler import crashpoints
 from scheduler.alert import Alert
 
 DEFAULT_JSONL_PATH = "alerts.jsonl"
@@ -123,42 +124,123 @@ def deliver_with_retries(
 # --- JSON Lines file -------------------------------------------------------------------
 
 
+class BatchResult(NamedTuple):
+    """What one batch delivery did: keys written now, keys the sink already held."""
+
+    written: list[str]
+    present: list[str]
+
+
+@runtime_checkable
+class BatchSink(Sink, Protocol):
+    """A sink that takes many alerts in one attempt and is idempotent by alert key."""
+
+    def send_batch(self, alerts: Sequence[Alert]) -> BatchResult:
+        """Deliver every alert whose key the sink lacks, in one attempt."""
+        ...
+
+
 class JsonlSink:
-    """Appends one JSON object per line to a file; safe for concurrent appending processes."""
+    """Appends one JSON object per line to a file, each alert key at most once.
+
+    Idempotent by key: under the file's exclusive flock the sink reads the lines added
+    since it last looked (the whole file once per process) and skips keys already there,
+    so a run that died between writing and recording "sent" is reconciled, not repeated.
+    A torn last line (a writer killed mid-write; never acknowledged) is cut off before
+    anything is appended. Safe for concurrent appending processes.
+    """
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = Path(path)
         self.name = f"jsonl:{self.path}"
+        self._keys: set[str] = set()
+        # (device, inode, offset): the file and how far its keys are in `_keys`.
+        self._seen: tuple[int, int, int] | None = None
 
     def send(self, alert: Alert) -> None:
-        """Append the alert as one line, under an exclusive flock, then fsync."""
-        line = (alert_json(alert) + "\n").encode("utf-8")
+        """Append the alert as one line unless its key is already in the file."""
+        self.send_batch([alert])
+
+    def send_batch(self, alerts: Sequence[Alert]) -> BatchResult:
+        """Append every alert whose key the file lacks: one write and one fsync, under flock."""
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             existed = self.path.exists()
-            # O_RDWR (not O_WRONLY) so we can peek at the last byte; O_APPEND makes every
-            # write land at the current end even with other writers.
+            # O_RDWR (not O_WRONLY) to read the keys back; O_APPEND makes every write land
+            # at the current end even with other writers.
             fd = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o644)
         except OSError as error:
             raise _file_error(self.path, error) from error
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
-            if _ends_mid_line(fd):
-                # A writer died mid-line; start ours on a fresh line so it stays parseable.
-                line = b"\n" + line
-            _write_all(fd, line)
-            os.fsync(fd)
+            self._catch_up(fd)
+            written: list[str] = []
+            present: list[str] = []
+            lines: list[bytes] = []
+            for alert in alerts:
+                if alert.key in self._keys or alert.key in written:
+                    present.append(alert.key)
+                    continue
+                written.append(alert.key)
+                lines.append((alert_json(alert) + "\n").encode("utf-8"))
+            data = b"".join(lines)
+            if data:
+                if crashpoints.due("jsonl_mid_write"):
+                    _write_all(fd, data[: len(data) // 2 + 1])
+                    crashpoints.crash()
+                _write_all(fd, data)
+                os.fsync(fd)
+                self._keys.update(written)
+                stat = os.fstat(fd)
+                self._seen = (stat.st_dev, stat.st_ino, stat.st_size)
         except OSError as error:
             raise _file_error(self.path, error) from error
         finally:
             os.close(fd)  # also releases the flock
         if not existed:
             _fsync_directory(self.path.parent)
+        return BatchResult(written, present)
+
+    def _catch_up(self, fd: int) -> None:
+        # Called under the flock: nobody is writing, so an unfinished last line is torn.
+        stat = os.fstat(fd)
+        if self._seen is None or self._seen[:2] != (stat.st_dev, stat.st_ino):
+            self._keys, offset = set(), 0  # first look, or the file was replaced
+        elif stat.st_size < self._seen[2]:
+            self._keys, offset = set(), 0  # truncated by someone else: read it again
+        else:
+            offset = self._seen[2]
+        end = offset
+        rest = b""
+        while True:
+            chunk = os.pread(fd, _READ_CHUNK, end)
+            if not chunk:
+                break
+            end += len(chunk)
+            lines = (rest + chunk).split(b"\n")
+            rest = lines.pop()
+            for line in lines:
+                key = _line_key(line)
+                if key is not None:
+                    self._keys.add(key)
+        if rest:
+            end -= len(rest)
+            os.ftruncate(fd, end)
+            os.fsync(fd)
+        self._seen = (stat.st_dev, stat.st_ino, end)
 
 
-def _ends_mid_line(fd: int) -> bool:
-    size = os.fstat(fd).st_size
-    return size > 0 and os.pread(fd, 1, size - 1) != b"\n"
+_READ_CHUNK = 1 << 20
+
+
+def _line_key(line: bytes) -> str | None:
+    # Lines that are not our JSON objects are left alone and hold no key.
+    try:
+        value = json.loads(line)
+    except ValueError:
+        return None
+    key = value.get("key") if isinstance(value, dict) else None
+    return key if isinstance(key, str) else None
 
 
 def _write_all(fd: int, data: bytes) -> None:

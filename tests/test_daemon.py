@@ -22,12 +22,21 @@ from typing import Any
 import pytest
 import time_machine
 from apscheduler.events import EVENT_JOB_EXECUTED, EVENT_JOB_SUBMITTED, JobEvent
+from apscheduler.jobstores.sqlalchemy import SQLAlchemyJobStore
 from apscheduler.schedulers.base import STATE_RUNNING, STATE_STOPPED
 from apscheduler.schedulers.blocking import BlockingScheduler
+from conftest import POSTGRES_URL, _postgres_location
 
 from projections.readmodel import ReadModel
 from scheduler.alerts import alerts_on
-from scheduler.daemon import JOB_FUNC, JOB_ID, DaemonConfig, build_scheduler
+from scheduler.daemon import (
+    JOB_FUNC,
+    JOB_ID,
+    DaemonConfig,
+    build_scheduler,
+    jobstore_schema,
+    jobstore_url,
+)
 from scheduler.outbox import Outbox, OutboxDB
 from timeline.clock import TAIPEI
 from timeline.ingest import ingest_objects
@@ -263,3 +272,35 @@ def test_cli_scheduler_stops_cleanly_on_sigterm_and_refuses_a_second_instance(wo
         third.send_signal(signal.SIGTERM)
         assert third.wait(timeout=10) == 0, read(log)
         assert "scheduler stopped" in read(log)
+
+
+@pytest.mark.skipif(not POSTGRES_URL, reason="TIMELINE_TEST_POSTGRES_URL is not set")
+def test_job_stores_of_two_schemas_in_one_database_stay_apart(tmp_path):
+    # Two stores in two schemas of one database: each daemon keeps its own daily job
+    # (a shared job table would make the second daemon rewrite the first one's job).
+    generators = [_postgres_location(), _postgres_location()]
+    locations = [next(g) for g in generators]
+    try:
+        for location in locations:
+            config = DaemonConfig(
+                db=location,
+                read_db=None,
+                sink=f"jsonl:{tmp_path / 'a.jsonl'}",
+                jobstore_url=jobstore_url(location, "unused"),
+                jobstore_schema=jobstore_schema(location),
+            )
+            with running(config):
+                pass
+        for location in locations:
+            store = SQLAlchemyJobStore(
+                url=jobstore_url(location, "unused"), tableschema=jobstore_schema(location)
+            )
+            store.start(None, "default")  # type: ignore[arg-type]
+            try:
+                jobs = store.get_all_jobs()
+                assert [job.kwargs["db"] for job in jobs] == [location]
+            finally:
+                store.shutdown()
+    finally:
+        for generator in generators:
+            next(generator, None)

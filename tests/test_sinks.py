@@ -33,11 +33,13 @@ from aiosmtpd.smtp import AuthResult, LoginPassword
 
 from scheduler.alert import Alert, Message
 from scheduler.sinks import (
+    BatchResult,
     DeliveryError,
     JsonlSink,
     Sink,
     SmtpSink,
     WebhookSink,
+    alert_json,
     backoff_delay,
     deliver_with_retries,
     sink_from_spec,
@@ -552,13 +554,60 @@ def test_jsonl_appends_one_readable_json_object_per_line(tmp_path: Path) -> None
     ]
 
 
-def test_jsonl_starts_a_fresh_line_after_a_torn_write(tmp_path: Path) -> None:
+def test_jsonl_cuts_a_torn_last_line_before_appending(tmp_path: Path) -> None:
     path = tmp_path / "alerts.jsonl"
-    path.write_bytes(b'{"key": "torn')  # a writer died mid-line
-    JsonlSink(path).send(make_alert())
+    whole = alert_json(make_alert("k1")) + "\n"
+    # A writer killed mid-line never had that line acknowledged: it goes, the rest stays.
+    path.write_bytes(whole.encode() + b'{"key": "k2", "stud')
+    result = JsonlSink(path).send_batch([make_alert("k1"), make_alert("k2")])
+    assert result == BatchResult(written=["k2"], present=["k1"])
     lines = path.read_text(encoding="utf-8").splitlines()
-    assert lines[0] == '{"key": "torn'
-    assert json.loads(lines[1]) == make_alert().model_dump(mode="json")
+    assert [json.loads(line)["key"] for line in lines] == ["k1", "k2"]
+    assert path.read_bytes().endswith(b"\n")
+
+
+def test_jsonl_skips_keys_the_file_already_holds(tmp_path: Path) -> None:
+    path = tmp_path / "alerts.jsonl"
+    JsonlSink(path).send(make_alert("k1"))
+    # A new process (a new sink object) learns the keys from the file itself.
+    again = JsonlSink(path)
+    again.send(make_alert("k1"))
+    result = again.send_batch([make_alert("k2"), make_alert("k1"), make_alert("k2")])
+    assert result == BatchResult(written=["k2"], present=["k1", "k2"])
+    keys = [json.loads(line)["key"] for line in path.read_text(encoding="utf-8").splitlines()]
+    assert keys == ["k1", "k2"]
+
+
+def test_jsonl_sees_keys_another_writer_appended_since(tmp_path: Path) -> None:
+    path = tmp_path / "alerts.jsonl"
+    first, second = JsonlSink(path), JsonlSink(path)
+    first.send(make_alert("k1"))
+    second.send(make_alert("k2"))
+    assert first.send_batch([make_alert("k2"), make_alert("k3")]).written == ["k3"]
+    assert second.send_batch([make_alert("k1"), make_alert("k3")]).written == []
+    keys = [json.loads(line)["key"] for line in path.read_text(encoding="utf-8").splitlines()]
+    assert keys == ["k1", "k2", "k3"]
+
+
+def test_jsonl_rotated_file_is_read_afresh(tmp_path: Path) -> None:
+    path = tmp_path / "alerts.jsonl"
+    sink = JsonlSink(path)
+    sink.send(make_alert("k1"))
+    path.rename(tmp_path / "alerts.jsonl.1")  # a log rotator moved it away
+    sink.send(make_alert("k2"))
+    assert [json.loads(line)["key"] for line in path.read_text("utf-8").splitlines()] == ["k2"]
+    path.write_text("")  # truncated in place: nothing known any more
+    sink.send(make_alert("k2"))
+    assert [json.loads(line)["key"] for line in path.read_text("utf-8").splitlines()] == ["k2"]
+
+
+def test_jsonl_keeps_foreign_lines_and_ignores_them(tmp_path: Path) -> None:
+    path = tmp_path / "alerts.jsonl"
+    path.write_text('not json\n[1, 2]\n{"key": 7}\n', encoding="utf-8")
+    JsonlSink(path).send(make_alert("k1"))
+    lines = path.read_text(encoding="utf-8").splitlines()
+    assert lines[:3] == ["not json", "[1, 2]", '{"key": 7}']
+    assert json.loads(lines[3])["key"] == "k1"
 
 
 def test_jsonl_unwritable_path_is_permanent(tmp_path: Path) -> None:

@@ -519,6 +519,11 @@ def rebuild(ctx: click.Context, db: str | None, read_db: str | None) -> None:
 @click.option("--failed", is_flag=True, help="List dead-lettered alerts instead.")
 @click.option("--retry-failed", is_flag=True, help="Put dead-lettered alerts back to pending.")
 @click.option(
+    "--withdrawn",
+    is_flag=True,
+    help="List unsent alerts withdrawn because the rules or settings changed.",
+)
+@click.option(
     "--wait",
     type=float,
     default=0.0,
@@ -536,13 +541,15 @@ def alerts(
     sink: str | None,
     failed: bool,
     retry_failed: bool,
+    withdrawn: bool,
     wait: float,
     db: str | None,
     read_db: str | None,
 ) -> None:
     """The alerts that fall on a day; with --emit, deliver them once per key."""
     from scheduler.alerts import alerts_on
-    from scheduler.jobs import emit_once, wiring
+    from scheduler.emit import summary_sentence
+    from scheduler.jobs import batch_size_from_env, emit_once, wiring
     from scheduler.outbox import EmitterBusy
     from scheduler.sinks import sink_from_spec
 
@@ -552,16 +559,20 @@ def alerts(
             sink_from_spec(sink)
         except ValueError as exc:
             raise UsageFailure(f"--sink: {exc}") from exc
-    if failed or retry_failed:
-        with wiring(db or (ctx.obj or {}).get("db"), read_db, sink) as w:
+    if failed or retry_failed or withdrawn:
+        rules = (ctx.obj or {}).get("rules")
+        with wiring(db or (ctx.obj or {}).get("db"), read_db, sink, rules) as w:
             if retry_failed:
                 click.echo(f"{w.outbox.retry_dead()} dead-lettered alert(s) back to pending")
                 return
-            rows = w.outbox.rows("dead")
+            rows = w.outbox.rows("withdrawn" if withdrawn else "dead")
         if as_json:
             print_json(rows)
         elif not rows:
-            click.echo("No failed alerts.")
+            click.echo("No withdrawn alerts." if withdrawn else "No failed alerts.")
+        elif withdrawn:
+            for row in rows:
+                click.echo(f"{row['day']} {row['key']}: {row['last_error']}")
         else:
             for row in rows:
                 click.echo(
@@ -571,23 +582,24 @@ def alerts(
         return
     if emit:
         try:
-            report = emit_once(db or (ctx.obj or {}).get("db"), read_db, sink, day, wait)
+            batch_size_from_env()
+        except ValueError as exc:
+            raise UsageFailure(str(exc)) from exc
+        try:
+            report = emit_once(
+                db or (ctx.obj or {}).get("db"),
+                read_db,
+                sink,
+                day,
+                wait,
+                rules=(ctx.obj or {}).get("rules"),
+            )
         except EmitterBusy as exc:
             click.echo(f"error: {exc}", err=True)
             ctx.exit(1)
         summary = report.as_json()
-        if report.enqueued.new == 0:
-            click.echo(
-                f"Nothing new to emit for {day.isoformat()}: "
-                f"{report.enqueued.already} alert(s) were already emitted.",
-                err=True,
-            )
-        else:
-            click.echo(
-                f"Emitted {report.delivered.sent} alert(s) for {day.isoformat()}; "
-                f"{report.delivered.failed} failed.",
-                err=True,
-            )
+        # Made from the summary itself, so the sentence and the JSON cannot disagree.
+        click.echo(summary_sentence(summary, day.isoformat()), err=True)
         print_json(summary)
         ctx.exit(0 if report.delivered.failed == 0 else 1)
     store = open_store(ctx, db)
@@ -633,7 +645,7 @@ def scheduler_command(
 ) -> None:
     """Run the daily alert job (APScheduler) until SIGTERM."""
     from projections.readmodel import default_read_db
-    from scheduler.daemon import DaemonConfig, jobstore_url, run_daemon
+    from scheduler.daemon import DaemonConfig, jobstore_schema, jobstore_url, run_daemon
     from scheduler.jobs import daily_alerts
     from scheduler.outbox import EmitterBusy, EmitterLock, OutboxDB, outbox_location
     from scheduler.sinks import sink_from_spec
@@ -668,6 +680,7 @@ def scheduler_command(
                 read_db=read_db,
                 sink=sink,
                 jobstore_url=jobstore_url(store.config.location, path),
+                jobstore_schema=jobstore_schema(store.config.location),
                 hour=hour,
                 minute=minute,
             )
