@@ -810,15 +810,24 @@ def derive(
     counted = known_facts(facts, known_at)
     sid = student_id or (counted[0].student_id if counted else "")
     replay = _Replay(sid, as_of, rules, cal)
+    current: Fact | None = None
     try:
-        for fact in counted:
-            if fact.occurred_on > as_of:
+        for current in counted:
+            if current.occurred_on > as_of:
                 break
-            replay.advance_to(fact.occurred_on)
-            replay.apply(fact)
+            replay.advance_to(current.occurred_on)
+            replay.apply(current)
+        current = None
         fines, overstay = replay.finish()
     except dates.DateOutOfRangeError as exc:
         raise DerivationError(sid, str(exc), out_of_range_events(counted)) from None
+    except (TypeError, AttributeError, ValueError, KeyError) as exc:
+        # A stored fact of a shape the contract would refuse (written before it tightened,
+        # or by a bug): this student only is left out; the message names the event, never
+        # its content.
+        culprit = f"event {current.event_id!r}" if current is not None else "its facts"
+        reason = f"{culprit} could not be applied ({type(exc).__name__}): correct or retract it"
+        raise DerivationError(sid, reason, []) from None
     return Derivation(sid, as_of, replay, fines, overstay)
 
 

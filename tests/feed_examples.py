@@ -52,6 +52,17 @@ REQUIRED: dict[str, tuple[str, ...]] = {
 ENVELOPE_REQUIRED = ("event_id", "student_id", "occurred_on")
 
 
+def ev(student: str, name: str, type_: str, on: str, **fields: Any) -> dict[str, Any]:
+    """A raw event of `student` keyed `<student>-<name>` (for scenario tests)."""
+    return {
+        "event_id": f"{student}-{name}",
+        "student_id": student,
+        "type": type_,
+        "occurred_on": on,
+        **fields,
+    }
+
+
 def example(type_: str, **overrides: Any) -> dict[str, Any]:
     """A valid raw event of `type_` (student S1, 2024-03-01), with `overrides` applied."""
     raw: dict[str, Any] = {

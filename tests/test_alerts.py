@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from feed_examples import ev
 
 from projections.readmodel import ReadModel
 from scheduler.alert import Alert
@@ -28,16 +29,6 @@ from timeline.store import TimelineStore
 TIMELINE = str(Path(sys.executable).with_name("timeline"))
 CJK = re.compile(r"[\u4e00-\u9fff]")
 ALERT_KEYS = {"key", "student_id", "task", "milestone", "due_on", "rule", "message"}
-
-
-def ev(student: str, name: str, type_: str, on: str, **fields: Any) -> dict[str, Any]:
-    return {
-        "event_id": f"{student}-{name}",
-        "student_id": student,
-        "type": type_,
-        "occurred_on": on,
-        **fields,
-    }
 
 
 def entered(student: str = "S1", on: str = "2024-03-16") -> list[dict[str, Any]]:

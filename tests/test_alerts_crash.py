@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from feed_examples import ev
 from test_sinks import StoringHandler, http_server, smtp_server
 
 from projections.readmodel import default_read_db
@@ -37,16 +38,6 @@ DAY = date(2024, 6, 1)
 SEED = int(os.environ.get("TIMELINE_CRASH_SEED", "7"))
 POINTS = ("outbox_marked_sending", "jsonl_mid_write", "outbox_delivered", "outbox_marked_sent")
 PER_STUDENT_TRIO = 5  # alerts on DAY per cohort() unit
-
-
-def ev(student: str, name: str, type_: str, on: str, **fields: Any) -> dict[str, Any]:
-    return {
-        "event_id": f"{student}-{name}",
-        "student_id": student,
-        "type": type_,
-        "occurred_on": on,
-        **fields,
-    }
 
 
 def holding_arc(student: str, valid_until: str) -> list[dict[str, Any]]:

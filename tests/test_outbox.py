@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from feed_examples import ev
 
 from projections.readmodel import ReadModel
 from scheduler.alerts import alerts_on
@@ -33,16 +34,6 @@ from timeline.store import TimelineStore
 TIMELINE = str(Path(sys.executable).with_name("timeline"))
 DAY = date(2024, 6, 1)
 POSTGRES_URL = os.environ.get("TIMELINE_TEST_POSTGRES_URL")
-
-
-def ev(student: str, name: str, type_: str, on: str, **fields: Any) -> dict[str, Any]:
-    return {
-        "event_id": f"{student}-{name}",
-        "student_id": student,
-        "type": type_,
-        "occurred_on": on,
-        **fields,
-    }
 
 
 def entered(student: str, on: str) -> list[dict[str, Any]]:

@@ -161,8 +161,11 @@ def test_population_queries_answer_for_the_healthy_and_name_the_broken(broken_st
     assert "far-arc" in errors["FAR"]["message"]  # names the event to correct
     assert "far-in" not in errors["FAR"]["message"]  # and only that one
     assert "old-in" in errors["ANCIENT"]["message"]
-    # An unexpected failure keeps only its class: its text could quote a fact.
-    assert errors["BUG"]["error"] in ("AttributeError", "TypeError")
+    # A fact of the wrong shape names the event and the failure's class, never its text
+    # (which could quote the fact).
+    assert errors["BUG"]["error"] == "DerivationError"
+    assert "bug-arc" in errors["BUG"]["message"]
+    assert "AttributeError" in errors["BUG"]["message"]
     assert PASSPORT not in json.dumps(model.errors())
 
 

@@ -27,10 +27,10 @@ from starlette.datastructures import MutableHeaders
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from timeline.api_settings import ANY_SOURCE, ApiConfig, Token
+from timeline.api_settings import ANY_SOURCE, ApiConfig, ApiConfigError, Token
 from timeline.clock import parse_day, parse_known_at, taipei_today
 from timeline.contract import parse_event
-from timeline.errors import ContractError, TimelineError
+from timeline.errors import ContractError, StorageConfigError, TimelineError
 from timeline.history import history_entries
 from timeline.ingest import ingest_objects
 from timeline.rawjson import loads_strict
@@ -40,6 +40,11 @@ from timeline.webpage import PAGE_CSS, PAGE_HTML, PAGE_JS
 __all__ = ["ApiConfig", "ApiError", "create_app"]
 
 log = logging.getLogger(__name__)
+
+# Population answers keep SPEC §4's array shape; students whose facts cannot be derived
+# (and so are missing from the array) are named in these headers (at most 50 ids).
+LEFT_OUT = "X-Timeline-Left-Out"
+LEFT_OUT_COUNT = "X-Timeline-Left-Out-Count"
 access_log = logging.getLogger("timeline.access")
 
 # The whole batch is one report; beyond this many events a request is refused rather
@@ -233,8 +238,16 @@ def _moment(value: str | None, name: str) -> datetime | None:
         raise ApiError(400, f"{name}: {exc}") from None
 
 
-def create_app(config: ApiConfig) -> FastAPI:
-    """The FastAPI application."""
+def create_app(config: ApiConfig, rules: Any = None) -> FastAPI:
+    """The FastAPI application; `rules` (a RuleBook) default to the environment's, read once."""
+    from projections.readmodel import ReadModel, default_read_db
+    from projections.rules import rulebook_from_env
+
+    try:
+        rulebook = rules if rules is not None else rulebook_from_env(os.environ)
+    except ValueError as exc:
+        raise ApiConfigError(str(exc)) from None
+    read_db_setting = config.read_db or os.environ.get("TIMELINE_READ_DB")
     app = FastAPI(
         title="residency-timeline",
         version="0.1.0",
@@ -277,7 +290,13 @@ def create_app(config: ApiConfig) -> FastAPI:
 
     @app.exception_handler(TimelineError)
     async def core_error(_: Request, exc: TimelineError) -> JSONResponse:
-        return JSONResponse({"error": str(exc)}, status_code=400)
+        if isinstance(exc, StorageConfigError):
+            # Its text may name the database URL or path: the log has it, the client not.
+            log.error("storage unavailable: %s", type(exc).__name__)
+            return JSONResponse({"error": "the event store is unavailable"}, status_code=503)
+        # A student whose facts cannot be derived (DerivationError) is unprocessable data.
+        status = 422 if type(exc).__name__ == "DerivationError" else 400
+        return JSONResponse({"error": str(exc)}, status_code=status)
 
     @app.exception_handler(RequestValidationError)
     async def bad_request(_: Request, exc: RequestValidationError) -> JSONResponse:
@@ -357,14 +376,13 @@ def create_app(config: ApiConfig) -> FastAPI:
     ) -> JSONResponse:
         """The student view (SPEC §4) as of a date, as known at a moment."""
         from projections.engine import view
-        from projections.rules import rulebook_from_env
 
         on, moment = _day(as_of, "as_of"), _moment(known_at, "known_at")
         with store() as opened:
             stream = opened.stream(student_id)
         if not stream:
             raise ApiError(404, f"no events stored for student {student_id[:64]!r}")
-        result = view(stream, on, moment, rulebook_from_env(os.environ), student_id=student_id)
+        result = view(stream, on, moment, rulebook, student_id=student_id)
         return JSONResponse(result.model_dump(mode="json"))
 
     @app.get("/v1/students/{student_id}/history", dependencies=[require("staff")])
@@ -373,49 +391,51 @@ def create_app(config: ApiConfig) -> FastAPI:
         with store() as opened:
             return history_entries(opened.stream(student_id))
 
-    def read_model(opened: TimelineStore) -> Any:
-        from projections.readmodel import ReadModel, default_read_db
-        from projections.rules import rulebook_from_env
-
-        path = (
-            config.read_db
-            or os.environ.get("TIMELINE_READ_DB")
-            or default_read_db(opened.config.location)
-        )
-        model = ReadModel(path, rulebook_from_env(os.environ))
+    def read_model(opened: TimelineStore) -> ReadModel:
+        path = read_db_setting or default_read_db(opened.config.location)
+        model = ReadModel(path, rulebook)
         model.sync(opened)
         return model
+
+    def population(rows: list[Any], model: ReadModel) -> JSONResponse:
+        """A population answer; students left out (their facts cannot be derived) in headers."""
+        response = JSONResponse(rows)
+        left_out = [row["student_id"] for row in model.errors()]
+        if left_out:
+            response.headers[LEFT_OUT_COUNT] = str(len(left_out))
+            response.headers[LEFT_OUT] = ",".join(quote(sid, safe="") for sid in left_out[:50])
+        return response
 
     @app.get("/v1/tasks", dependencies=[require("staff")])
     def get_tasks(
         as_of: str | None = None,
         status: Annotated[list[str] | None, Query()] = None,
         kind: Annotated[list[str] | None, Query()] = None,
-    ) -> list[dict[str, Any]]:
-        """Every student's tasks as of a day."""
+    ) -> JSONResponse:
+        """Every student's tasks as of a day (left-out students named in X-Timeline-Left-Out)."""
         on = _day(as_of, "as_of")
         with store() as opened:
             model = read_model(opened)
             try:
-                return model.tasks_on(on, status or (), kind or ())
+                return population(model.tasks_on(on, status or (), kind or ()), model)
             finally:
                 model.close()
 
     @app.get("/v1/fines", dependencies=[require("staff")])
     def get_fines(
         as_of: str | None = None, status: Annotated[list[str] | None, Query()] = None
-    ) -> list[dict[str, Any]]:
-        """Every student's fines accrued by a day."""
+    ) -> JSONResponse:
+        """Every student's fines accrued by a day (left-out students in X-Timeline-Left-Out)."""
         on = _day(as_of, "as_of")
         with store() as opened:
             model = read_model(opened)
             try:
-                return model.fines_on(on, status or ())
+                return population(model.fines_on(on, status or ()), model)
             finally:
                 model.close()
 
     @app.get("/v1/alerts", dependencies=[require("staff")])
-    def get_alerts(on: str | None = None) -> list[dict[str, Any]]:
+    def get_alerts(on: str | None = None) -> JSONResponse:
         """The alerts that fall on a day (a pure query)."""
         from scheduler.alerts import alerts_on
 
@@ -423,7 +443,7 @@ def create_app(config: ApiConfig) -> FastAPI:
         with store() as opened:
             model = read_model(opened)
             try:
-                return [a.model_dump(mode="json") for a in alerts_on(model, day)]
+                return population([a.model_dump(mode="json") for a in alerts_on(model, day)], model)
             finally:
                 model.close()
 

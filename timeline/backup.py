@@ -16,12 +16,13 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from datetime import UTC, date, datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, Any, BinaryIO
 
 from timeline.aggregate import Student
 from timeline.clock import Clock, system_clock
+from timeline.history import plain
 from timeline.ingest import BATCH_SIZE, Ingestor, IngestReport, RawRecord
 from timeline.rawjson import loads_strict
 from timeline.store import TimelineStore
@@ -38,14 +39,6 @@ class ExportReport:
     events: int = 0
     students: int = 0
     position: int = 0
-
-
-def _plain(value: Any) -> Any:
-    if isinstance(value, datetime | date):
-        return value.isoformat()
-    if isinstance(value, list | tuple):
-        return [_plain(v) for v in value]
-    return value
 
 
 def _line(value: dict[str, Any]) -> bytes:
@@ -104,7 +97,7 @@ def export_events(
                 "type": event.type,
                 "occurred_on": event.occurred_on.isoformat(),
             }
-            line.update({k: _plain(v) for k, v in event.data.items() if v is not None})
+            line.update({k: plain(v) for k, v in event.data.items() if v is not None})
             if event.note is not None:
                 line["note"] = event.note
             line["recorded_at"] = event.timestamp.astimezone(UTC).isoformat()

@@ -717,7 +717,11 @@ def serve(ctx: click.Context, host: str, port: int, db: str | None, read_db: str
     # uvicorn's access log would print query strings (a token sent as ?token=...): the
     # app logs its own line per request, redacted, on the `timeline.access` logger.
     logging.getLogger("timeline.access").setLevel(logging.INFO)
-    uvicorn.run(create_app(config), host=host, port=port, log_level="info", access_log=False)
+    try:
+        app = create_app(config, rules_of(ctx))
+    except ApiConfigError as exc:
+        raise UsageFailure(str(exc)) from exc
+    uvicorn.run(app, host=host, port=port, log_level="info", access_log=False)
 
 
 @main.command("export")

@@ -8,11 +8,12 @@ from typing import Any
 from timeline.facts import Fact, chronological
 
 
-def _plain(value: Any) -> Any:
+def plain(value: Any) -> Any:
+    """A stored value as JSON: dates and datetimes as ISO text, tuples as lists."""
     if isinstance(value, datetime | date):
         return value.isoformat()
     if isinstance(value, list | tuple):
-        return [_plain(v) for v in value]
+        return [plain(v) for v in value]
     return value
 
 
@@ -40,7 +41,7 @@ def history_entries(stream: list[Fact]) -> list[dict[str, Any]]:
             "type": fact.type,
             "occurred_on": fact.occurred_on.isoformat(),
         }
-        entry.update({k: _plain(v) for k, v in fact.data.items() if v is not None})
+        entry.update({k: plain(v) for k, v in fact.data.items() if v is not None})
         if fact.note is not None:
             entry["note"] = fact.note
         entry["recorded_at"] = fact.recorded_at.isoformat()
