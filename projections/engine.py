@@ -34,7 +34,13 @@ APPLY_KINDS = ("apply_arc", "apply_residence")
 EXTENSION_KINDS = ("extend_arc", "submit_student_status")
 # ARC-bound tasks that a revocation makes moot (R-CEASED).
 ALL_KINDS = tuple(TASK_KINDS)
-MOOT_ON_REVOCATION = (*APPLY_KINDS, *EXTENSION_KINDS, "replace_arc", "update_passport_details")
+MOOT_ON_REVOCATION = (
+    *APPLY_KINDS,
+    *EXTENSION_KINDS,
+    "replace_arc",
+    "update_passport_details",
+    "pay_fine_and_reapply",
+)
 
 
 class DerivationError(TimelineError):
@@ -85,6 +91,9 @@ class _Task:
     # Earlier due days replaced later (leave_by set after the task opened): (from, due).
     due_changes: list[tuple[date, date | None]] = field(default_factory=list)
     opens_from: date | None = None  # opens_on learnt from a later fact: known from this day
+    where: str | None = None  # None: the kind's usual place (TASK_KINDS)
+    # From this day the task can no longer be done (cancelled then; nothing completes it).
+    lapses_on: date | None = None
 
     def due_versions(self) -> list[tuple[date | None, date | None, date | None]]:
         """(known from, known until (exclusive), due day) for each due day the task had.
@@ -116,7 +125,13 @@ class _Task:
         if self.cancelled_on is None or on < self.cancelled_on:
             self.cancelled_on = on
 
+    def place(self) -> str:
+        """Where this task is done: its own place, else its kind's usual one."""
+        return self.where or TASK_KINDS[self.kind].where
+
     def complete(self, on: date, event_id: str) -> None:
+        if self.lapses_on is not None and on >= self.lapses_on:
+            return  # too late: the task lapsed (cancelled on that day in `finish`)
         if self.is_pending():
             self.done_on = on
             self.done_by.append(event_id)
@@ -164,6 +179,12 @@ def completes(kind: str, fact: Fact) -> bool:
         return fact.type == "arc_applied" and kind_of == "extension"
     if kind == "report_address_change":
         return fact.type == "details_updated" and "address" in fields
+    if kind == "report_workplace_change":
+        return fact.type == "details_updated" and "employer" in fields
+    if kind == "pay_fine_and_reapply":
+        return (fact.type == "arc_applied" and kind_of in ("reapplication", "extension")) or (
+            fact.type == "arc_issued"
+        )
     if kind == "report_passport_loss":
         return fact.type == "passport_replaced" or (
             fact.type == "details_updated" and "passport" in fields
@@ -237,6 +258,7 @@ class _Replay:
         self.last_entry: str | None = None
         self.arc: _Arc | None = None
         self.expiry_handled = False
+        self.reapply_at_center = False  # A-REAPPLY-AT-CENTER: an ARC expired abroad
         self.pending: list[_Pending] = []
         self.initial_basis = "registration"
         self.registrations: list[tuple[date, str]] = []
@@ -251,6 +273,8 @@ class _Replay:
     # -- helpers -------------------------------------------------------------------------
     def add_task(self, task: _Task) -> _Task:
         task.fee_ntd = _fee(task.kind, task.trigger_on, self.rules)
+        if task.kind == "apply_arc" and self.reapply_at_center:
+            task.where = "service_center"  # A-REAPPLY-AT-CENTER
         self.tasks.append(task)
         # Same-day facts count whatever order they were recorded in: a completion
         # replayed before its trigger on the trigger's own day still completes it.
@@ -337,6 +361,20 @@ class _Replay:
                 caused_by=[arc.event_id],
             )
         )
+        if kind == "overstay":
+            # R-OVERSTAY, A-PAY-FINE-TASK: reapply after paying the fine, while under N days.
+            under = self.rules["R-OVERSTAY"].value("reapply_under_days", first_day_without)
+            self.add_task(
+                _Task(
+                    "pay_fine_and_reapply",
+                    "R-OVERSTAY",
+                    first_day_without,
+                    first_day_without,
+                    dates.days_after(arc.valid_until, under - 1),
+                    [arc.event_id],
+                    lapses_on=dates.days_after(arc.valid_until, under),
+                )
+            )
         if kind == "expired_abroad":
             # R-EXPIRED-ABROAD: an ARC that expired abroad cannot be extended any more.
             if arc.task is not None:
@@ -377,6 +415,7 @@ class _Replay:
             if abroad is not None:
                 abroad.resolved_on = on
                 self.complete_with(fact, ["reapply_visa"])
+                self.reapply_at_center = True
             if self.revoked_on is not None:
                 self.revoked_on = None  # a new residence on a new visa
             if self.holds_valid_arc(on):
@@ -400,12 +439,19 @@ class _Replay:
             code = (fact.get("visa_code") or "").upper()
             stay_until = fact.get("stay_until")
             if code in values["visa_codes"] and stay_until is not None:
+                lead_day = dates.days_before(stay_until, values["days"])
                 if self.rules.visitor_reading == "window":
-                    opens = dates.days_before(stay_until, values["days"])
-                    due = stay_until
+                    opens, due = max(on, lead_day), stay_until
                 else:
-                    due = dates.days_before(stay_until, values["days"])
-                    opens = min(on, due)
+                    opens, due = on, max(on, lead_day)  # never due before the arrival
+                if lead_day < on:  # A-SHORT-STAY
+                    self.anomaly(
+                        "stay_shorter_than_lead",
+                        on,
+                        f"the stay ends less than {values['days']} days after the entry: "
+                        "apply for residence at once",
+                        [fact.event_id],
+                    )
                 self.add_task(
                     _Task("apply_residence", "R-VISITOR", on, opens, due, [fact.event_id])
                 )
@@ -447,6 +493,7 @@ class _Replay:
                     episode.end = dates.previous_day(on)
         if self.revoked_on is not None:
             self.revoked_on = None  # a new ARC after a revocation: a new residence
+        self.reapply_at_center = False
         self.complete_with(fact, ALL_KINDS)
         previous = self.arc
         if previous is not None and previous.valid_until == valid_until:
@@ -501,6 +548,13 @@ class _Replay:
             "report_address_change", "R-ADDRESS", fact, "late_details_update", "R-DETAILS-LATE"
         )
 
+    def on_workplace_changed(self, fact: Fact, on: date) -> None:
+        if self.in_taiwan is None:
+            self.in_taiwan = True  # A-PRESENCE
+        self.add_period_task(
+            "report_workplace_change", "R-WORKPLACE", fact, "late_details_update", "R-DETAILS-LATE"
+        )
+
     def on_details_updated(self, fact: Fact, on: date) -> None:
         self.complete_with(fact, ALL_KINDS)
 
@@ -540,9 +594,10 @@ class _Replay:
             overstay.end = on
             overstay.departed_by = fact.event_id
         self.complete_with(fact, ["report_and_surrender_arc"])
-        for task in self.pending_tasks(APPLY_KINDS, on):
-            if task.due_on is None or task.due_on >= on:
-                task.cancel(on)  # A-DEPARTURE-BEFORE-DUE
+        # R-ARC-ENTRY: every arrival starts its own clock; a fine already accrued stays
+        # (no fine when still within the period: A-DEPARTURE-BEFORE-DUE).
+        for task in self.pending_tasks((*APPLY_KINDS, "pay_fine_and_reapply"), on):
+            task.cancel(on)
 
     def revoke(self, fact: Fact, on: date, leave_by: date | None) -> None:
         if self.arc is not None and self.arc.ended_on is None:
@@ -632,6 +687,8 @@ class _Replay:
                 )
                 overstay_fine = fine
         for task in self.tasks:
+            if task.lapses_on is not None and task.lapses_on <= self.as_of:
+                task.cancel(task.lapses_on)
             if task.kind == "submit_student_status" and task.opens_on is None:
                 task.opens_on = self._registration_after(task.trigger_on)
                 task.opens_from = task.opens_on  # known once the registration happened
@@ -890,7 +947,7 @@ def _task_out(task: _Task, as_of: date) -> Task:
         opens_on=task.opens_on,
         due_on=task.due_on,
         done_on=task.done_on,
-        where=TASK_KINDS[task.kind].where,
+        where=task.place(),
         fee_ntd=task.fee_ntd,
         documents=[Document(en=en, zh=zh) for en, zh in DOCUMENTS[task.kind]],
         rule=task.rule,

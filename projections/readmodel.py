@@ -46,7 +46,7 @@ from projections.engine import (
     out_of_range_events,
     overstay_fine_range,
 )
-from projections.rules import DEFAULT_RULES, TASK_KINDS, RuleBook, rulebook_fingerprint
+from projections.rules import DEFAULT_RULES, RuleBook, rulebook_fingerprint
 from timeline.aggregate import Student
 from timeline.errors import TimelineError
 from timeline.facts import Fact, known_facts
@@ -56,7 +56,7 @@ log = logging.getLogger(__name__)
 
 HORIZON = date(2199, 12, 31)
 FOREVER = "9999-12-31"
-LAYOUT_VERSION = 7  # bump when a table changes: old read models are rebuilt
+LAYOUT_VERSION = 8  # bump when a table changes: old read models are rebuilt
 STREAM_CACHE = 20_000  # students whose facts stay in memory between batches
 TRACKING = "rm_tracking"
 NAME = "student_views"
@@ -260,7 +260,7 @@ class _Rows:
                 *_overdue_window(t, due),
                 _iso(t.done_on),
                 _iso(t.cancelled_on),
-                TASK_KINDS[t.kind].where,
+                t.place(),
                 t.fee_ntd,
                 _cited(t.cited()),
             )

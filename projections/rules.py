@@ -65,7 +65,9 @@ _RULES: tuple[Rule, ...] = (
     Rule(
         "R-ARC-ENTRY",
         "rule",
-        "Entry on a resident visa without a valid ARC: task apply_arc, due entry + N days.",
+        "Entry on a resident visa without a valid ARC: task apply_arc, due entry + N days. Every "
+        "arrival starts its own clock (a departure cancels a pending apply_arc; the next entry "
+        "opens a new one and, if missed, a new fine).",
         (
             Dated(
                 EPOCH,
@@ -115,7 +117,8 @@ _RULES: tuple[Rule, ...] = (
     Rule(
         "R-VISITOR",
         "rule",
-        "Entry on an FS, FC or FR visitor visa: task apply_residence, due stay_until − N days.",
+        "Entry on an FS, FC or FR visitor visa: task apply_residence, due stay_until − N days; "
+        "a stay shorter than N days is due on the entry day, with anomaly stay_shorter_than_lead.",
         (
             Dated(
                 EPOCH,
@@ -188,10 +191,29 @@ _RULES: tuple[Rule, ...] = (
         ),
     ),
     Rule(
+        "R-WORKPLACE",
+        "rule",
+        "Change of place of employment: task report_workplace_change, due change + N days "
+        "(online, no fee); a late one is an R-DETAILS-LATE offense like an address.",
+        (
+            Dated(
+                EPOCH, {"days": 15}, "Immigration Act Art. 31 before the 2023 amendment: 15 days."
+            ),
+            Dated(
+                date(2024, 1, 1),
+                {"days": 30},
+                "Immigration Act Art. 31 as amended; guide: 外國人變更居留地址或服務處所時，"
+                "應於30日內備妥文件辦理資料異動，違規者，處新臺幣 2,000-10,000 元罰鍰 / "
+                "A foreigner who changes their residential address or their place of "
+                "employment must … apply within 30 days to have this change recorded.",
+            ),
+        ),
+    ),
+    Rule(
         "R-DETAILS-LATE",
         "rule",
-        "A details update (address, passport) not done by its due day: fine late_details_update "
-        "by offense number, accrued the day after the due day.",
+        "A details update (address, place of employment, passport) not done by its due day: fine "
+        "late_details_update by offense number (one sequence), accrued the day after the due day.",
         (
             Dated(
                 EPOCH,
@@ -236,7 +258,8 @@ _RULES: tuple[Rule, ...] = (
         "R-OVERSTAY",
         "rule",
         "In Taiwan after valid_until with no later ARC: status overstay, fine by days "
-        "overstayed; reapplication only under N days.",
+        "overstayed; reapplication only under N days: task pay_fine_and_reapply (service "
+        "center) from overstay day 1, due day N − 1, cancelled on day N or at departure.",
         (
             Dated(
                 EPOCH,
@@ -252,16 +275,20 @@ _RULES: tuple[Rule, ...] = (
                 },
                 "Immigration Act Art. 74-1 (from 2024-03-01); guide table 逾期天數: 10日以下 "
                 "NTD 10,000; 11~30日 NTD 20,000; 31~60日 NTD 30,000; 61~90日 NTD 40,000; 91日以上 "
-                "NTD 50,000. 逾期居留30日(含第30天)以上者，不得重辦居留 / A foreigner who "
-                "overstays … by 30 days or more is not permitted to reapply for residence and "
-                "must first leave Taiwan and then reapply for a visa.",
+                "NTD 50,000. 逾期居留未滿30日，原申請居留原因仍繼續存在者，經處罰鍰後，得重新申請"
+                "居留 / If a foreigner overstays … by less than 30 days and the reason for their "
+                "original residency application continues to exist, they may reapply for "
+                "residency after paying a fine. 逾期居留30日(含第30天)以上者，不得重辦居留 / A "
+                "foreigner who overstays … by 30 days or more is not permitted to reapply for "
+                "residence and must first leave Taiwan and then reapply for a visa.",
             ),
         ),
     ),
     Rule(
         "R-EXPIRED-ABROAD",
         "rule",
-        "Out of Taiwan when the ARC expires: status expired_abroad, no fine; task reapply_visa.",
+        "Out of Taiwan when the ARC expires: status expired_abroad, no fine; task reapply_visa; "
+        "the apply_arc of the next resident-visa entry is at a service center.",
         (
             Dated(
                 EPOCH,
@@ -359,6 +386,51 @@ _RULES: tuple[Rule, ...] = (
         (Dated(EPOCH, {}, "Guide: within 30 days of arriving in Taiwan."),),
     ),
     Rule(
+        "A-REAPPLY-AT-CENTER",
+        "assumption",
+        "After an ARC expired abroad, every apply_arc opened until a new ARC is issued is at a "
+        "service center (not online).",
+        (
+            Dated(
+                EPOCH,
+                {},
+                "Guide: 至服務站重新申請辦理居留證 / reapply for a resident certificate at a "
+                "service center.",
+            ),
+        ),
+    ),
+    Rule(
+        "A-SHORT-STAY",
+        "assumption",
+        "A visitor stay shorter than the R-VISITOR lead: apply_residence opens and is due on the "
+        "entry day (never before the arrival), reported as anomaly stay_shorter_than_lead.",
+        (Dated(EPOCH, {}, "SPEC §3 R-VISITOR."),),
+    ),
+    Rule(
+        "A-PAY-FINE-TASK",
+        "assumption",
+        "pay_fine_and_reapply opens on overstay day 1 and is due on the last day a reapplication "
+        "is allowed (day N − 1 of R-OVERSTAY); it carries no fee of its own (the overstay fine "
+        "is the fine) and lists the extension documents (the guide names none for it); done by "
+        "arc_applied (reapplication or extension) or arc_issued; cancelled on day N, at "
+        "departure, or when studies cease.",
+        (
+            Dated(
+                EPOCH,
+                {},
+                "Guide: may reapply for residency after paying a fine (no list of documents); "
+                "SPEC §3 R-OVERSTAY.",
+            ),
+        ),
+    ),
+    Rule(
+        "A-WORKPLACE-DOCUMENTS",
+        "assumption",
+        "report_workplace_change lists the guide's change-of-address documents: the guide puts "
+        "both changes under one heading (資料異動) and gives one list.",
+        (Dated(EPOCH, {}, "Guide: 外僑居留證資料異動 Changing ARC details."),),
+    ),
+    Rule(
         "A-OVERSTAY-END",
         "assumption",
         "Overstay days stop at departure (the departure day counts) or the day before a new ARC "
@@ -430,6 +502,19 @@ DOCUMENTS: dict[str, tuple[tuple[str, str], ...]] = {
             "房屋契約或是學校開立地址之住宿證明",
         ),
     ),
+    "report_workplace_change": (
+        _APPLICATION_LETTER,
+        _PASSPORT,
+        _ARC,
+        _PHOTO,
+        (
+            "A rental lease, or a certificate issued by the educational institution regarding "
+            "having accommodation at a particular address",
+            "房屋契約或是學校開立地址之住宿證明",
+        ),
+    ),
+    # A-PAY-FINE-TASK: the guide names no list; the extension documents.
+    "pay_fine_and_reapply": (_APPLICATION_FORM, _PASSPORT, _CURRENT_ARC, _STUDENT_ID, _PHOTO),
     "report_passport_loss": (
         _APPLICATION_LETTER,
         (
@@ -464,7 +549,7 @@ DOCUMENTS: dict[str, tuple[tuple[str, str], ...]] = {
 
 @dataclass(frozen=True)
 class TaskKind:
-    """Where a task is done and which rule prices it."""
+    """Where a task of this kind is done by default and which rule prices it."""
 
     where: Where
     fee_rule: str | None
@@ -476,6 +561,8 @@ TASK_KINDS: dict[str, TaskKind] = {
     "extend_arc": TaskKind("online", "R-EXTEND"),
     "submit_student_status": TaskKind("online", "R-ADMISSION"),
     "report_address_change": TaskKind("online", None),
+    "report_workplace_change": TaskKind("online", None),
+    "pay_fine_and_reapply": TaskKind("service_center", None),
     "report_passport_loss": TaskKind("service_center", None),
     "update_passport_details": TaskKind("online", None),
     "replace_arc": TaskKind("service_center", "R-ARC-LOST"),

@@ -1,7 +1,8 @@
 """Which alerts fall on a day (SPEC §5), asked of the read models — never a copy of the rules.
 
 Milestones:
-- a task's `window_open` on its opens_on when that is before its due day (or it has none);
+- a task's `window_open` on its opens_on when that is before its due day (or it has none),
+  unless another alert announces it (`pay_fine_and_reapply`: `overstay_started`);
 - `due_in_30`, `due_in_14`, `due_in_7`, `due_in_1`, `due_today` while the task is open;
 - `overdue` on the day after the due day; a fine's `accrued` on its accrued_on;
 - `overstay_started` on overstay day 1, `reapply_window_closing` on day 25 and
@@ -25,6 +26,9 @@ log = logging.getLogger(__name__)
 DUE_MILESTONES = {30: "due_in_30", 14: "due_in_14", 7: "due_in_7", 1: "due_in_1", 0: "due_today"}
 CLOSING_DAY = 25
 CLOSED_DAY = 30
+# Tasks whose opening another alert already announces: no window_open of their own
+# (pay_fine_and_reapply opens on overstay day 1, announced by `overstay_started`).
+OPENING_ANNOUNCED = frozenset({"pay_fine_and_reapply"})
 
 
 @dataclass(frozen=True)
@@ -77,7 +81,8 @@ def milestones_on(model: ReadModel, day: date, *, log_left_out: bool = True) -> 
     ).fetchall()
     for student_id, kind, rule, opens_on, due_on, place, fee, caused_by, status in rows:
         found: list[str] = []
-        if opens_on == d and status == "open" and (due_on is None or opens_on < due_on):
+        opening = opens_on == d and status == "open" and (due_on is None or opens_on < due_on)
+        if opening and kind not in OPENING_ANNOUNCED:
             found.append("window_open")
         if status == "open" and due_on in wanted_due:
             found.append(wanted_due[due_on])

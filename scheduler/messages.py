@@ -16,6 +16,11 @@ TASK_NAMES: dict[str, tuple[str, str]] = {
         "submit proof of current student status to extend your ARC",
     ),
     "report_address_change": ("辦理居住地址異動", "report your change of address"),
+    "report_workplace_change": ("辦理服務處所異動", "report your change of place of employment"),
+    "pay_fine_and_reapply": (
+        "繳納逾期居留罰鍰並重新申請居留（逾期居留未滿30日）",
+        "pay the overstay fine and reapply for residence (possible only under 30 days of overstay)",
+    ),
     "report_passport_loss": ("至服務站報告護照遺失", "report the loss of your passport in person"),
     "update_passport_details": ("辦理護照資料異動", "update your passport details"),
     "replace_arc": ("申請補發外僑居留證", "apply for a replacement ARC"),

@@ -129,6 +129,22 @@ EXTEND_ARC = {
     ("extend_arc", "overdue"): ["2024-06-01"],
 }
 
+PAY_FINE = {
+    # overstay day 1 = 2024-06-01 -> pay_fine_and_reapply due on day 29 (2024-06-29);
+    # due_in_30 would fall before the task exists; cancelled on day 30, never overdue;
+    # its opening is announced by overstay_started, not by a window_open of its own.
+    ("pay_fine_and_reapply", "due_in_14"): ["2024-06-15"],
+    ("pay_fine_and_reapply", "due_in_7"): ["2024-06-22"],
+    ("pay_fine_and_reapply", "due_in_1"): ["2024-06-28"],
+    ("pay_fine_and_reapply", "due_today"): ["2024-06-29"],
+}
+
+
+def pay_fine_until(last: str) -> dict[tuple[str, str], list[str]]:
+    """The pay_fine_and_reapply milestones up to `last` (the task ends that day)."""
+    return {k: days for k, days in PAY_FINE.items() if days[0] <= last}
+
+
 SCENARIOS: dict[str, tuple[list[dict], str, str, dict[tuple[str, str], list[str]]]] = {
     "apply_arc left open": (entered(), "2024-03-01", "2024-05-31", APPLY_ARC_OPEN),
     "apply_arc done before due_in_1": (
@@ -154,6 +170,7 @@ SCENARIOS: dict[str, tuple[list[dict], str, str, dict[tuple[str, str], list[str]
             ("overstay", "reapply_window_closing"): ["2024-06-25"],  # overstay day 25
             ("overstay", "reapply_window_closed"): ["2024-06-30"],  # overstay day 30
             ("leave_and_reapply_visa", "window_open"): ["2024-06-30"],
+            **PAY_FINE,
         },
     ),
     "departs on overstay day 10": (
@@ -165,6 +182,7 @@ SCENARIOS: dict[str, tuple[list[dict], str, str, dict[tuple[str, str], list[str]
             ("overstay", "accrued"): ["2024-06-01"],
             ("overstay", "overstay_started"): ["2024-06-01"],
             # gone before day 25: no closing / closed, no leave_and_reapply_visa
+            **pay_fine_until("2024-06-09"),  # nothing: gone before due_in_14
         },
     ),
     "departs on overstay day 27": (
@@ -176,6 +194,7 @@ SCENARIOS: dict[str, tuple[list[dict], str, str, dict[tuple[str, str], list[str]
             ("overstay", "accrued"): ["2024-06-01"],
             ("overstay", "overstay_started"): ["2024-06-01"],
             ("overstay", "reapply_window_closing"): ["2024-06-25"],
+            **pay_fine_until("2024-06-26"),
         },
     ),
     "new ARC on overstay day 20": (
@@ -196,6 +215,7 @@ SCENARIOS: dict[str, tuple[list[dict], str, str, dict[tuple[str, str], list[str]
             **EXTEND_ARC,
             ("overstay", "accrued"): ["2024-06-01"],
             ("overstay", "overstay_started"): ["2024-06-01"],
+            **pay_fine_until("2024-06-19"),
         },
     ),
     "admission ARC, registered on its due day (opens_on == due_on)": (

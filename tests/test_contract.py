@@ -33,6 +33,8 @@ def test_the_examples_cover_exactly_the_spec_types():
         "arc_applied",
         "arc_issued",
         "address_changed",
+        "workplace_changed",
+        "contact_updated",
         "details_updated",
         "arc_lost",
         "passport_lost",
@@ -70,6 +72,8 @@ def test_minimal_example_parses_with_only_required_fields(type_):
     raw = {name: example(type_)[name] for name in (*ENVELOPE_REQUIRED, "type", *REQUIRED[type_])}
     if type_ == "entered":
         raw["visa"] = "resident"  # a visitor entry also needs stay_until
+    if type_ == "contact_updated":
+        raw["language"] = "zh"  # each field is optional, but one is required
     event = parse_event(raw)
     assert event.type == type_
     assert event.source == "manual"  # the envelope default

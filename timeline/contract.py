@@ -48,6 +48,8 @@ EVENT_TYPES = (
     "arc_applied",
     "arc_issued",
     "address_changed",
+    "workplace_changed",
+    "contact_updated",
     "details_updated",
     "arc_lost",
     "passport_lost",
@@ -222,6 +224,49 @@ class AddressChanged(_Event):
     address: str = Field(min_length=1, max_length=500)
 
 
+class WorkplaceChanged(_Event):
+    """Started at or changed their place of employment, 服務處所 (personal data)."""
+
+    type: Literal["workplace_changed"]
+    workplace: str | None = Field(default=None, min_length=1, max_length=500)
+
+
+_LINE_USER_ID = re.compile(r"U[0-9a-f]{32}")
+
+
+class ContactUpdated(_Event):
+    """How the student wants to be reached (personal data: never logged nor echoed)."""
+
+    type: Literal["contact_updated"]
+    email: str | None = Field(default=None, min_length=3, max_length=254)
+    line_user_id: str | None = None
+    language: Literal["en", "zh"] | None = None
+
+    @field_validator("email")
+    @classmethod
+    def _looks_like_an_address(cls, value: str | None) -> str | None:
+        # The messages never quote the value: it is personal data.
+        if value is None:
+            return value
+        local, at, domain = value.partition("@")
+        if not at or not local or not domain or "@" in domain or any(c.isspace() for c in value):
+            raise ValueError("must look like an e-mail address (one @, no spaces)")
+        return value
+
+    @field_validator("line_user_id")
+    @classmethod
+    def _line_id(cls, value: str | None) -> str | None:
+        if value is not None and not _LINE_USER_ID.fullmatch(value):
+            raise ValueError("must be a LINE user id: U followed by 32 lowercase hex digits")
+        return value
+
+    @model_validator(mode="after")
+    def _at_least_one(self) -> ContactUpdated:
+        if self.email is None and self.line_user_id is None and self.language is None:
+            raise ValueError("at least one of email, line_user_id, language is required")
+        return self
+
+
 class DetailsUpdated(_Event):
     """A change was recorded with the NIA."""
 
@@ -316,6 +361,8 @@ FeedEvent = Annotated[
     | ArcApplied
     | ArcIssued
     | AddressChanged
+    | WorkplaceChanged
+    | ContactUpdated
     | DetailsUpdated
     | ArcLost
     | PassportLost
@@ -335,17 +382,10 @@ MODELS: dict[str, type[_Event]] = {
     for m in _Event.__subclasses__()
 }
 # Fields that are personal data: never logged, encrypted at rest when a key is set.
-PERSONAL_FIELDS = frozenset({"address", "passport_number"})
+PERSONAL_FIELDS = frozenset({"address", "passport_number", "workplace", "email", "line_user_id"})
 # Fields whose values never appear in a rejection message: personal data and free text.
 # (`reason` is free text in a retraction, an enumeration in studies_ceased.)
-UNECHOED_FIELDS = PERSONAL_FIELDS | {
-    "note",
-    "reason",
-    "arc_number",
-    "email",
-    "line_user_id",
-    "workplace",
-}
+UNECHOED_FIELDS = PERSONAL_FIELDS | {"note", "reason", "arc_number"}
 
 
 def parse_event(raw: Any) -> _Event:
