@@ -14,7 +14,13 @@ Expected dates are counted by hand ("within N days of X" ends on X + N).
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
+from eventsourcing.cipher import AESCipher
 from facts_builder import Timeline, d, fines_of, only, tasks_of
 
 from projections.engine import view
@@ -573,3 +579,54 @@ def test_read_model_agrees_with_the_view_on_new_rules(tmp_path, scenario, days):
             expected = view(stream, d(day)).model_dump(mode="json")["tasks"]
             assert _rows(model.tasks_on(d(day))) == _rows(expected), day
         model.close()
+
+
+# -- personal data of the new events: encrypted at rest, shown to staff in history ------------
+
+EMAIL = "zq.unique.student@example.org"
+WORKPLACE = "Qwertyville Quantum Lab 4711"
+
+
+def _personal_events() -> list[dict]:
+    envelope = {"student_id": "S1", "occurred_on": "2024-03-01"}
+    return [
+        envelope | {"event_id": "w", "type": "workplace_changed", "workplace": WORKPLACE},
+        envelope
+        | {"event_id": "c", "type": "contact_updated", "email": EMAIL, "line_user_id": LINE_ID},
+    ]
+
+
+@pytest.mark.parametrize("with_key", [False, True])
+def test_workplace_and_contact_are_encrypted_at_rest_with_a_key(tmp_path, with_key):
+    path = str(tmp_path / "enc.db")
+    key = AESCipher.create_key(32) if with_key else None
+    with TimelineStore.open(path, cipher_key=key) as store:
+        assert ingest_objects(store, _personal_events()).accepted == 2
+        facts = {f.event_id: f for f in store.facts("S1")}
+        assert facts["w"].get("workplace") == WORKPLACE
+        assert facts["c"].get("email") == EMAIL
+    raw = b"".join(p.read_bytes() for p in tmp_path.glob("enc.db*"))
+    for secret in (EMAIL, WORKPLACE, LINE_ID):
+        # without a key the control shows the raw read would see them
+        assert (secret.encode() in raw) is not with_key
+
+
+def test_history_and_schema_show_the_new_events(tmp_path):
+    timeline = str(Path(sys.executable).with_name("timeline"))
+    db = str(tmp_path / "h.db")
+    feed = tmp_path / "feed.jsonl"
+    feed.write_text("\n".join(json.dumps(e) for e in _personal_events()) + "\n")
+    env = {"PATH": "/usr/bin:/bin", "TIMELINE_DB": db}
+    ingest = subprocess.run(
+        [timeline, "ingest", str(feed)], capture_output=True, text=True, env=env
+    )
+    assert ingest.returncode == 0, ingest.stderr
+    shown = subprocess.run(
+        [timeline, "history", "S1", "--json"], capture_output=True, text=True, env=env
+    )
+    entries = {e["event_id"]: e for e in json.loads(shown.stdout)}
+    assert entries["w"]["workplace"] == WORKPLACE
+    assert entries["c"]["email"] == EMAIL
+    schema = subprocess.run([timeline, "schema"], capture_output=True, text=True, env=env)
+    mapping = json.loads(schema.stdout)["discriminator"]["mapping"]
+    assert {"workplace_changed", "contact_updated"} <= set(mapping)
