@@ -48,6 +48,10 @@ def events(draw: st.DrawFn, student: str) -> list[dict]:
                     "arc_revoked",
                     "fine_imposed",
                     "fine_paid",
+                    "workplace_changed",
+                    "contact_updated",
+                    "left_and_back",
+                    "short_arc",
                 ]
             )
         )
@@ -80,10 +84,25 @@ def events(draw: st.DrawFn, student: str) -> list[dict]:
         elif kind == "address_changed":
             base |= {"type": "address_changed", "address": "Somewhere"}
         elif kind == "details_updated":
-            base |= {
-                "type": "details_updated",
-                "fields": draw(st.sampled_from([["address"], ["passport"]])),
-            }
+            fields = [["address"], ["passport"], ["employer"], ["address", "employer"]]
+            base |= {"type": "details_updated", "fields": draw(st.sampled_from(fields))}
+        elif kind == "workplace_changed":
+            base |= {"type": "workplace_changed"}
+            if draw(st.booleans()):
+                base["workplace"] = "Somewhere"
+        elif kind == "contact_updated":
+            base |= {"type": "contact_updated", "language": draw(st.sampled_from(["en", "zh"]))}
+            if draw(st.booleans()):
+                base["email"] = f"{student.lower()}@example.edu.tw"
+        elif kind == "left_and_back":
+            # every arrival starts its own clock (R-ARC-ENTRY): leave, come back on a visa
+            out.append(base | {"type": "departed"})
+            back = offset + draw(st.integers(1, 60))
+            base = base | {"event_id": f"{student}-{n}b", "occurred_on": _day(back)}
+            base |= {"type": "entered", "visa": "resident"}
+        elif kind == "short_arc":
+            # a short ARC: its overstay (and days 29/30, see _query_days) falls in the period
+            base |= {"type": "arc_issued", "valid_until": _day(offset + draw(st.integers(0, 30)))}
         elif kind in ("arc_lost", "passport_lost", "departed"):
             base |= {"type": kind}
         elif kind == "passport_replaced":
@@ -95,13 +114,25 @@ def events(draw: st.DrawFn, student: str) -> list[dict]:
         elif kind == "fine_imposed":
             base |= {
                 "type": "fine_imposed",
-                "fine": draw(st.sampled_from(["late_arc_application", "overstay"])),
+                "fine": draw(
+                    st.sampled_from(["late_arc_application", "overstay", "late_details_update"])
+                ),
                 "amount_ntd": draw(st.sampled_from([2000, 4000, 10000])),
             }
         else:
             base |= {"type": "fine_paid", "amount_ntd": draw(st.sampled_from([1000, 2000, 4000]))}
         out.append(base)
     return out
+
+
+def _query_days(offsets: list[int], flat: list[dict]) -> list[date]:
+    """The drawn days, plus overstay days 28-31 of the first ARC (the day 29/30 edges)."""
+    days = [START + timedelta(days=offset) for offset in offsets]
+    issued = [e for e in flat if e["type"] == "arc_issued"]
+    if issued:
+        valid_until = date.fromisoformat(issued[0]["valid_until"])
+        days += [valid_until + timedelta(days=n) for n in (28, 29, 30, 31)]
+    return days
 
 
 def _task_rows(rows: list[dict]) -> list[tuple]:
@@ -156,8 +187,7 @@ def test_read_model_equals_pure_projection(population, days):
             model = ReadModel(path)
             model.sync(store)
             streams = {h[0]["student_id"]: store.stream(h[0]["student_id"]) for h in population}
-            for offset in days:
-                day = START + timedelta(days=offset)
+            for day in _query_days(days, flat):
                 expected_tasks, expected_fines = [], []
                 for sid, stream in streams.items():
                     v = view(stream, day, student_id=sid).model_dump(mode="json")
