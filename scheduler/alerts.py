@@ -26,9 +26,6 @@ log = logging.getLogger(__name__)
 DUE_MILESTONES = {30: "due_in_30", 14: "due_in_14", 7: "due_in_7", 1: "due_in_1", 0: "due_today"}
 CLOSING_DAY = 25
 CLOSED_DAY = 30
-# Tasks whose opening another alert already announces: no window_open of their own
-# (pay_fine_and_reapply opens on overstay day 1, announced by `overstay_started`).
-OPENING_ANNOUNCED = frozenset({"pay_fine_and_reapply"})
 
 
 @dataclass(frozen=True)
@@ -82,7 +79,7 @@ def milestones_on(model: ReadModel, day: date, *, log_left_out: bool = True) -> 
     for student_id, kind, rule, opens_on, due_on, place, fee, caused_by, status in rows:
         found: list[str] = []
         opening = opens_on == d and status == "open" and (due_on is None or opens_on < due_on)
-        if opening and kind not in OPENING_ANNOUNCED:
+        if opening:
             found.append("window_open")
         if status == "open" and due_on in wanted_due:
             found.append(wanted_due[due_on])

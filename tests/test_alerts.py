@@ -131,8 +131,9 @@ EXTEND_ARC = {
 
 PAY_FINE = {
     # overstay day 1 = 2024-06-01 -> pay_fine_and_reapply due on day 29 (2024-06-29);
-    # due_in_30 would fall before the task exists; cancelled on day 30, never overdue;
-    # its opening is announced by overstay_started, not by a window_open of its own.
+    # due_in_30 would fall before the task exists; cancelled on day 30, never overdue.
+    # SPEC §5: a window_open on its opens_on (day 1, before its due day).
+    ("pay_fine_and_reapply", "window_open"): ["2024-06-01"],
     ("pay_fine_and_reapply", "due_in_14"): ["2024-06-15"],
     ("pay_fine_and_reapply", "due_in_7"): ["2024-06-22"],
     ("pay_fine_and_reapply", "due_in_1"): ["2024-06-28"],
@@ -230,6 +231,7 @@ SCENARIOS: dict[str, tuple[list[dict], str, str, dict[tuple[str, str], list[str]
             ("submit_student_status", "overdue"): ["2024-08-20"],
             ("overstay", "overstay_started"): ["2024-08-20"],
             ("overstay", "accrued"): ["2024-08-20"],
+            ("pay_fine_and_reapply", "window_open"): ["2024-08-20"],  # overstay day 1
         },
     ),
     "admission ARC, registered 9 days before the due day": (
@@ -361,9 +363,15 @@ def test_alert_keys_are_stable_across_a_rebuild(sqlite_model_of, sqlite_store):
 
 def test_catch_up_subjects_separate_tasks_fines_and_overstays(sqlite_model_of):
     model = sqlite_model_of(holding_arc())
-    subjects = {m.alert.milestone: m.subject for m in milestones_on(model, date(2024, 6, 1))}
-    assert set(subjects) == {"overdue", "overstay_started", "accrued"}
-    assert len(set(subjects.values())) == 3
+    found = milestones_on(model, date(2024, 6, 1))
+    subjects = {(m.alert.task, m.alert.milestone): m.subject for m in found}
+    assert set(subjects) == {
+        ("extend_arc", "overdue"),
+        ("overstay", "overstay_started"),
+        ("overstay", "accrued"),
+        ("pay_fine_and_reapply", "window_open"),
+    }
+    assert len(set(subjects.values())) == 4
 
 
 def test_cli_alerts_json_prints_exactly_the_alerts(tmp_path: Path):
@@ -384,7 +392,7 @@ def test_cli_alerts_json_prints_exactly_the_alerts(tmp_path: Path):
     assert result.returncode == 0, result.stderr
     printed = json.loads(result.stdout)
     assert printed == expected
-    assert len(printed) == 3
+    assert len(printed) == 4  # B's extend_arc overdue, overstay started and fine, pay_fine opens
     for item in printed:
         assert set(item) == ALERT_KEYS
         assert set(item["message"]) == {"zh", "en"}

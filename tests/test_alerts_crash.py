@@ -49,12 +49,12 @@ def holding_arc(student: str, valid_until: str) -> list[dict[str, Any]]:
 
 
 def cohort(n: int) -> list[dict[str, Any]]:
-    """5 alerts per unit on DAY: overdue + overstay_started + accrued, due_in_30, due_today."""
+    """5 alerts per unit on DAY: B's extend_arc overdue, overstay_started, its fine accrued and
+    pay_fine_and_reapply's window_open (overstay day 1); C's extend_arc due_in_30."""
     events: list[dict[str, Any]] = []
     for i in range(n):
         events += holding_arc(f"B{i}", "2024-05-31")
         events += holding_arc(f"C{i}", "2024-07-01")
-        events += [ev(f"D{i}", "entered", "entered", "2024-05-02", visa="resident")]
     return events
 
 
@@ -250,7 +250,8 @@ def test_stderr_sentence_agrees_with_the_summary_in_every_case(sqlite_store, tmp
     summary = assert_agrees(fresh)  # a new file, but the outbox already sent them all
     assert summary["sent"] == 0 and not (tmp_path / "b.jsonl").exists()
 
-    next_day = [*args[:3], "2024-06-02", *args[4:]]
+    # B's pay_fine_and_reapply is due in 14 days on 2024-06-15 (overstay day 29 = 06-29).
+    next_day = [*args[:3], "2024-06-15", *args[4:]]
     (tmp_path / "a-directory").mkdir()
     failing = run([*next_day[:6], f"jsonl:{tmp_path / 'a-directory'}", *next_day[7:]], tmp_path)
     assert failing.returncode == 1
@@ -264,7 +265,7 @@ def test_stderr_sentence_agrees_with_the_summary_in_every_case(sqlite_store, tmp
     summary = assert_agrees(retried)
     assert (summary["new"], summary["left_unsent"], summary["sent"]) == (0, dead, dead)
     assert retried.stderr.startswith(
-        f"Emitted {dead} alert(s) for 2024-06-02 ({dead} left unsent by an earlier run); 0 failed."
+        f"Emitted {dead} alert(s) for 2024-06-15 ({dead} left unsent by an earlier run); 0 failed."
     )
 
 

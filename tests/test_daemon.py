@@ -79,7 +79,7 @@ def holding_arc(student: str, valid_until: str) -> list[dict[str, Any]]:
 
 @pytest.fixture
 def world(tmp_path: Path) -> dict[str, Any]:
-    """A SQLite store whose student has three alerts on 2024-06-01, and where things go."""
+    """A SQLite store whose student has four alerts on 2024-06-01, and where things go."""
     db = str(tmp_path / "timeline.db")
     with TimelineStore.open(db) as store:
         assert ingest_objects(store, holding_arc("B", "2024-05-31")).ok
@@ -87,7 +87,7 @@ def world(tmp_path: Path) -> dict[str, Any]:
         model.sync(store)
         expected = {a.key for a in alerts_on(model, DAY)}
         model.close()
-    assert len(expected) == 3
+    assert len(expected) == 4
     out = tmp_path / "alerts.jsonl"
     return {
         "db": db,

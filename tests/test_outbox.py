@@ -49,10 +49,11 @@ def holding_arc(student: str, valid_until: str) -> list[dict[str, Any]]:
 
 
 def cohort(n: int = 1) -> list[dict[str, Any]]:
-    """Students with 5 alerts each on 2024-06-01 (DAY)."""
+    """Students with 6 alerts each on 2024-06-01 (DAY)."""
     events: list[dict[str, Any]] = []
     for i in range(n):
-        events += holding_arc(f"B{i}", "2024-05-31")  # overdue, overstay_started, accrued
+        # overdue, overstay_started, accrued, and pay_fine_and_reapply's window_open
+        events += holding_arc(f"B{i}", "2024-05-31")
         events += holding_arc(f"C{i}", "2024-07-01")  # extend_arc due_in_30
         events += entered(f"D{i}", "2024-05-02")  # apply_arc due_today
     return events
@@ -92,14 +93,14 @@ def test_emit_day_twice_sends_each_alert_once(store, tmp_path):
     sink = JsonlSink(tmp_path / "alerts.jsonl")
     with wired(store, tmp_path, cohort(2)) as (model, outbox, location):
         expected = {a.key for a in alerts_on(model, DAY)}
-        assert len(expected) == 10
+        assert len(expected) == 12
 
         first = emit_day(model, outbox, sink, DAY)
-        assert (first.found, first.enqueued.new, first.enqueued.already) == (10, 10, 0)
-        assert (first.delivered.sent, first.delivered.failed) == (10, 0)
+        assert (first.found, first.enqueued.new, first.enqueued.already) == (12, 12, 0)
+        assert (first.delivered.sent, first.delivered.failed) == (12, 0)
 
         second = emit_day(model, outbox, sink, DAY)
-        assert (second.found, second.enqueued.new, second.enqueued.already) == (10, 0, 10)
+        assert (second.found, second.enqueued.new, second.enqueued.already) == (12, 0, 12)
         assert (second.delivered.sent, second.delivered.failed) == (0, 0)
 
         # A restart: a new connection and outbox object; still nothing new.
@@ -117,7 +118,7 @@ def test_emit_day_twice_sends_each_alert_once(store, tmp_path):
         assert {r["sink"] for r in rows} == {sink.name}
 
     keys = jsonl_keys(tmp_path / "alerts.jsonl")
-    assert len(keys) == len(set(keys)) == 10
+    assert len(keys) == len(set(keys)) == 12
     assert set(keys) == expected
 
 
@@ -136,18 +137,18 @@ def test_cli_emit_twice_emits_nothing_the_second_time(tmp_path):
 
     first = run_cli(*args, cwd=tmp_path)
     assert first.returncode == 0, first.stderr
-    assert "Emitted 5 alert(s) for 2024-06-01" in first.stderr
-    assert json.loads(first.stdout)["new"] == json.loads(first.stdout)["sent"] == 5
+    assert "Emitted 6 alert(s) for 2024-06-01" in first.stderr
+    assert json.loads(first.stdout)["new"] == json.loads(first.stdout)["sent"] == 6
 
     second = run_cli(*args, cwd=tmp_path)
     assert second.returncode == 0, second.stderr
     assert "Nothing new to emit for 2024-06-01" in second.stderr
-    assert "5 alert(s) were already emitted" in second.stderr
+    assert "6 alert(s) were already emitted" in second.stderr
     summary = json.loads(second.stdout)
-    assert (summary["new"], summary["already_emitted"], summary["sent"]) == (0, 5, 0)
+    assert (summary["new"], summary["already_emitted"], summary["sent"]) == (0, 6, 0)
 
     keys = jsonl_keys(out)
-    assert len(keys) == len(set(keys)) == 5
+    assert len(keys) == len(set(keys)) == 6
     assert not (tmp_path / "alerts.jsonl").exists(), "the default sink was used instead"
 
 
@@ -177,6 +178,7 @@ def test_catch_up_sends_only_each_subjects_latest_milestone(store, tmp_path):
             ("B", "extend_arc", "overdue"),  # 04-06; due_in_1, due_today superseded
             ("B", "overstay", "overstay_started"),  # 04-06 (the overstay episode)
             ("B", "overstay", "accrued"),  # 04-06 (the overstay fine)
+            ("B", "pay_fine_and_reapply", "window_open"),  # 04-06 (overstay day 1)
         }
         assert triples(superseded) == {
             ("A", "apply_arc", "due_in_14"),
@@ -186,8 +188,8 @@ def test_catch_up_sends_only_each_subjects_latest_milestone(store, tmp_path):
         assert {r["day"] for r in superseded} == {"2024-04-01", "2024-04-04", "2024-04-05"}
         assert all(r["sent_at"] is None and r["attempts"] == 0 for r in superseded)
         assert outbox.rows() == sorted(sent + superseded, key=lambda r: (r["day"], r["key"]))
-        assert (report.enqueued.new, report.enqueued.superseded) == (4, 3)
-        assert (report.delivered.sent, report.delivered.failed) == (4, 0)
+        assert (report.enqueued.new, report.enqueued.superseded) == (5, 3)
+        assert (report.delivered.sent, report.delivered.failed) == (5, 0)
 
         keys = jsonl_keys(out)
         assert sorted(keys) == sorted(r["key"] for r in sent)
@@ -205,7 +207,7 @@ def test_catch_up_sends_only_each_subjects_latest_milestone(store, tmp_path):
         nxt = run_until(model, outbox, sink, date(2024, 4, 11))
         assert nxt.days == [date(2024, 4, 11)]
         assert outbox.watermark() == date(2024, 4, 11)
-        assert len(outbox.rows()) == 7
+        assert len(outbox.rows()) == 8
 
     assert jsonl_keys(out) == keys
 
@@ -381,13 +383,13 @@ def test_two_processes_deliver_every_key_exactly_once(location, tmp_path, mode):
         expected = {a.key for a in alerts_on(model, DAY)}
     finally:
         model.close()
-    assert len(expected) == 40
+    assert len(expected) == 48
 
     keys = jsonl_keys(out)
     assert len(keys) == len(set(keys)), "a key was delivered twice"
     assert set(keys) == expected
-    assert sorted(s["sent"] for s in summaries) == [0, 40]
-    assert sorted(s["new"] for s in summaries) == [0, 40]
+    assert sorted(s["sent"] for s in summaries) == [0, 48]
+    assert sorted(s["new"] for s in summaries) == [0, 48]
     assert all(s["failed"] == 0 for s in summaries)
 
     db = OutboxDB(location)  # SQLite: the store file is the read db; else PostgreSQL
@@ -395,7 +397,7 @@ def test_two_processes_deliver_every_key_exactly_once(location, tmp_path, mode):
         rows = Outbox(db).rows()
     finally:
         db.close()
-    assert len(rows) == 40 and {r["state"] for r in rows} == {"sent"}
+    assert len(rows) == 48 and {r["state"] for r in rows} == {"sent"}
     assert {r["attempts"] for r in rows} == {1}
 
 
@@ -451,11 +453,11 @@ def test_webhook_dead_letter_listed_by_cli_then_retried(sqlite_store, tmp_path):
     try:
         with Receiver() as receiver, WebhookSink(receiver.url, timeout=5) as sink:
             expected = {a.key for a in alerts_on(model, DAY)}
-            assert len(expected) == 3
+            assert len(expected) == 4
             report = emit_day(model, outbox, sink, DAY, attempts=3, sleep=sleeps.append)
-            assert report.delivered.sent == 0 and report.delivered.failed == 3
+            assert report.delivered.sent == 0 and report.delivered.failed == 4
             assert set(report.delivered.dead) == expected
-            assert len(receiver.requests) == 9 and len(sleeps) == 6
+            assert len(receiver.requests) == 12 and len(sleeps) == 8
 
             dead = outbox.rows("dead")
             assert {r["key"] for r in dead} == expected
@@ -474,13 +476,13 @@ def test_webhook_dead_letter_listed_by_cli_then_retried(sqlite_store, tmp_path):
 
             # A second emit for the day does not resurrect dead letters by itself.
             again = emit_day(model, outbox, sink, DAY, attempts=3, sleep=sleeps.append)
-            assert (again.enqueued.new, again.delivered.sent, len(receiver.requests)) == (0, 0, 9)
+            assert (again.enqueued.new, again.delivered.sent, len(receiver.requests)) == (0, 0, 12)
 
             receiver.status = 200
-            assert outbox.retry_dead() == 3
+            assert outbox.retry_dead() == 4
             assert {(r["state"], r["attempts"]) for r in outbox.rows()} == {("pending", 0)}
             delivered = outbox.deliver(sink, attempts=3, sleep=lambda _s: None)
-            assert (delivered.sent, delivered.failed) == (3, 0)
+            assert (delivered.sent, delivered.failed) == (4, 0)
             ok = [r for r in receiver.requests if r[0] == 200]
             assert sorted(key for _, key, _ in ok) == sorted(expected)
             assert all(body["key"] == key for _, key, body in ok)

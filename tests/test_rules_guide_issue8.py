@@ -639,7 +639,13 @@ def test_pay_fine_and_reapply_done_by_reapplication_extension_or_new_arc(event, 
     task = only(v, "pay_fine_and_reapply")
     assert (task.status, task.done_on) == ("done", d(on))
     assert "done" in task.caused_by
-    assert tasks_of(v, "leave_and_reapply_visa") == []
+    # SPEC R-OVERSTAY: only an extension applied on or before valid_until suspends the
+    # overstay, so an undecided reapplication leaves the count running: once day 30 is
+    # reached, leave_and_reapply_visa appears unless a new ARC was issued before it.
+    leave = tasks_of(v, "leave_and_reapply_visa")
+    assert (
+        leave == [] if event == "arc_issued" else [t.opens_on for t in leave] == [d("2024-06-30")]
+    )
 
 
 def test_an_initial_or_replacement_application_does_not_complete_pay_fine_and_reapply():
