@@ -61,6 +61,9 @@ def wiring(
             read_db or os.environ.get("TIMELINE_READ_DB") or default_read_db(store.config.location)
         )
         model = ReadModel(path, rules)
+        if model.rebuild_reason:
+            # The rebuild below can take minutes on a big store: say why (stderr in the CLI).
+            log.warning("%s", model.rebuild_reason)
         model.sync(store)
         outbox_db = OutboxDB(outbox_location(store.config.location, path))
         yield Wiring(store, model, Outbox(outbox_db), sink_from_spec(sink))

@@ -18,6 +18,7 @@ from typing import Any
 
 import pytest
 from conftest import POSTGRES_URL, _postgres_location
+from test_outbox import holding_arc
 
 from projections.readmodel import ReadModel
 from projections.rules import RuleBook, rulebook_fingerprint, rulebook_from_env
@@ -284,3 +285,34 @@ def _alert(key: str) -> Alert:
         rule="R-ARC-LATE",
         message=Message(zh="逾期", en="overdue"),
     )
+
+
+def test_emit_says_why_it_rebuilds_when_the_rules_changed(tmp_path):
+    """A settings change makes the next `alerts --emit` rebuild: it says so, not silently."""
+    db = str(tmp_path / "timeline.db")
+    with TimelineStore.open(db) as store:
+        assert ingest_objects(store, holding_arc("B", "2024-05-31")).ok
+    args = [
+        TIMELINE,
+        "--db",
+        db,
+        "alerts",
+        "--on",
+        "2024-06-01",
+        "--emit",
+        "--sink",
+        f"jsonl:{tmp_path / 'a.jsonl'}",
+    ]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TIMELINE_")}
+    first = subprocess.run(args, capture_output=True, text=True, env=env, check=False)
+    assert first.returncode == 0, first.stderr
+    assert "rebuilding" not in first.stderr
+    changed = subprocess.run(
+        args,
+        capture_output=True,
+        text=True,
+        check=False,
+        env=env | {"TIMELINE_DEADLINE_ROLLOVER": "1"},
+    )
+    assert changed.returncode == 0, changed.stderr
+    assert "rules changed since the read models were built: rebuilding" in changed.stderr
