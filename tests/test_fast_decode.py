@@ -166,12 +166,51 @@ def test_decode_refuses_a_broken_state_as_the_mapper_does(
         sqlite_store.decode(broken)
 
 
-def test_stream_of_an_encrypted_store_still_decodes(tmp_path: Path, clock: FakeClock) -> None:
+def test_an_encrypted_store_still_decodes(tmp_path: Path, clock: FakeClock) -> None:
     key = AESCipher.create_key(16)
     location = str(tmp_path / "secret.db")
     with TimelineStore.open(location, cipher_key=key, clock=clock) as store:
         ingest_file(store, EXAMPLES)
         facts = store.stream("S1011")
         assert facts and all(type(f.occurred_on) is date for f in facts)
+        assert {s.student_id: s.facts for s in store.streams()}["S1011"] == facts
         first = _all_notifications(store)[1]
         _same(store.decode(first), store.app.mapper.to_domain_event(first))
+
+
+def _example_students() -> list[str]:
+    return sorted({json.loads(line)["student_id"] for line in EXAMPLES.read_text().splitlines()})
+
+
+def test_streams_read_every_student_once_as_stream_does(store: TimelineStore) -> None:
+    ingest_file(store, EXAMPLES)
+    streams = list(store.streams())
+    assert sorted(s.student_id for s in streams) == _example_students()
+    for s in streams:
+        assert s.uuid == student_uuid(s.student_id).hex
+        assert s.facts == store.stream(s.student_id)
+        assert s.version == len(s.facts) + 1  # the registration, then one version per fact
+    # Pages of three rows split streams anywhere: the same streams come out.
+    assert [(s.student_id, s.facts) for s in store.streams(page=3)] == [
+        (s.student_id, s.facts) for s in streams
+    ]
+
+
+def test_streams_stop_at_the_given_log_position(
+    store: TimelineStore, clock: FakeClock, tmp_path: Path
+) -> None:
+    lines = EXAMPLES.read_text().splitlines()
+    first, second = tmp_path / "first.jsonl", tmp_path / "second.jsonl"
+    first.write_text("\n".join(lines[:40]) + "\n")
+    second.write_text("\n".join(lines[40:]) + "\n")
+    ingest_file(store, first)
+    upto = store.max_position()
+    before = {s: store.stream(s) for s in _example_students()}
+    clock.advance(days=1)
+    ingest_file(store, second)
+    assert store.max_position() > upto
+    at_upto = {s.student_id: s.facts for s in store.streams(upto, page=5)}
+    assert at_upto == {s: facts for s, facts in before.items() if facts}
+    assert {s.student_id: s.facts for s in store.streams()} == {
+        s: store.stream(s) for s in _example_students()
+    }

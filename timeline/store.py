@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import sqlite3
 import time
@@ -42,6 +43,7 @@ from timeline.errors import StorageConfigError
 from timeline.facts import Fact
 
 DEFAULT_DB = "timeline.db"
+log = logging.getLogger(__name__)
 # One feed key as written next to its event: (source, event_id, student_id, type, digest).
 FeedKey = tuple[str, str, str, str, str]
 
@@ -191,6 +193,16 @@ class PostgresTimelineRecorder(PostgresApplicationRecorder):
         with self.datastore.get_connection() as conn, conn.cursor() as curs:
             curs.execute(self._select_students, (list(ids),))
             return {r["originator_id"] for r in curs.fetchall()}
+
+
+@dataclass
+class StoredStream:
+    """One student's stream as `TimelineStore.streams` reads it."""
+
+    uuid: str  # the aggregate id, hex
+    student_id: str
+    facts: list[Fact]  # every fact (retractions included), in record order
+    version: int  # the last version read
 
 
 class TimelineApp(Application[UUID]):
@@ -415,6 +427,100 @@ class TimelineStore:
         except MapperDeserialisationError:
             raise StorageConfigError(_CIPHER_MISMATCH) from None
 
+    def streams(self, upto: int | None = None, page: int = 20_000) -> Iterator[StoredStream]:
+        """Every student's stream as of log position `upto` (default: now), one at a time.
+
+        Read in primary-key order (student stream, then version) in pages of `page` rows,
+        each page its own short read, and decoded straight to facts: a rebuild derives
+        each student once from here instead of following the log notification by
+        notification. Memory holds one page and one stream. Events after `upto` are left
+        out, so the streams are the log's state at that position (track `upto` after).
+        """
+        upto = self.max_position() if upto is None else upto
+        fetch = self._stream_page_postgres if self.config.is_postgres else self._stream_page_sqlite
+        after: tuple[Any, int] | None = None
+        current: StoredStream | None = None
+        while True:
+            rows = fetch(after, upto, page)
+            for uid, version, topic, state in rows:
+                key = uid.hex if isinstance(uid, UUID) else uid
+                if current is None or current.uuid != key:
+                    if current is not None and current.student_id:
+                        yield current
+                    current = StoredStream(
+                        key, self._registered_name(uid, version, topic, state), [], 0
+                    )
+                current.version = version
+                if not current.student_id:
+                    continue  # no registration at the start of this stream: not ours
+                fact = self._fact_of(current.student_id, uid, version, topic, state)
+                if fact is not None:
+                    current.facts.append(fact)
+            if len(rows) < page:
+                break
+            after = (rows[-1][0], rows[-1][1])
+        if current is not None and current.student_id:
+            yield current
+
+    def _registered_name(self, uid: Any, version: int, topic: str, state: bytes) -> str:
+        """The student number of a stream's first event ('' when it is no registration)."""
+        if version != 1:
+            log.warning("stream %s does not start with its registration: skipped", uid)
+            return ""
+        event = self.decode(StoredEvent(uid, version, topic, state))
+        if not isinstance(event, Student.Registered):
+            log.warning("stream %s does not start with its registration: skipped", uid)
+            return ""
+        return event.student_id
+
+    def _fact_of(
+        self, student_id: str, uid: Any, version: int, topic: str, state: bytes
+    ) -> Fact | None:
+        """One stored row as a Fact (None for a registration), as `stream` decodes it."""
+        fast = self._fast
+        fact = fast.fact_of(student_id, version, topic, state) if fast is not None else None
+        if fact is None:
+            try:
+                event = self.app.mapper.to_domain_event(StoredEvent(uid, version, topic, state))
+            except MapperDeserialisationError:
+                raise StorageConfigError(_CIPHER_MISMATCH) from None
+            return to_fact(student_id, event) if isinstance(event, Student.FactRecorded) else None
+        return None if fact is _NOT_A_FACT else fact
+
+    def _stream_page_sqlite(
+        self, after: tuple[Any, int] | None, upto: int, page: int
+    ) -> list[tuple[Any, int, str, bytes]]:
+        table = self.recorder.events_table_name
+        start = after or ("", 0)
+        with self.recorder.datastore.transaction(commit=False) as c:
+            c.execute(
+                f"SELECT originator_id, originator_version, topic, state FROM {table} "
+                "WHERE (originator_id, originator_version) > (?, ?) AND rowid <= ? "
+                "ORDER BY originator_id, originator_version LIMIT ?",
+                (*start, upto, page),
+            )
+            return [(r[0], r[1], r[2], r[3]) for r in c.fetchall()]
+
+    def _stream_page_postgres(
+        self, after: tuple[Any, int] | None, upto: int, page: int
+    ) -> list[tuple[Any, int, str, bytes]]:
+        recorder = self.recorder
+        statement = SQL(
+            "SELECT originator_id, originator_version, topic, state FROM {schema}.{table} "
+            "WHERE (originator_id, originator_version) > (%s, %s) AND notification_id <= %s "
+            "ORDER BY originator_id, originator_version LIMIT %s"
+        ).format(
+            schema=Identifier(recorder.datastore.schema),
+            table=Identifier(recorder.events_table_name),
+        )
+        start = after or (UUID(int=0), 0)
+        with recorder.datastore.get_connection() as conn, conn.cursor() as curs:
+            curs.execute(statement, (*start, upto, page))
+            return [
+                (r["originator_id"], r["originator_version"], r["topic"], bytes(r["state"]))
+                for r in curs.fetchall()
+            ]
+
     def facts(self, student_id: str, known_at: datetime | None = None) -> list[Fact]:
         """The facts known at `known_at` (all when None), retractions applied, in order."""
         from timeline.facts import known_facts
@@ -524,8 +630,12 @@ class _FastDecoder:
 
     def state(self, stored: Any) -> dict[str, Any] | None:
         """The event's attributes from its stored JSON state; None to leave it to the mapper."""
+        return self.parse(stored.state)
+
+    def parse(self, raw: bytes) -> dict[str, Any] | None:
+        """Attributes from a stored JSON state; None to leave it to the mapper."""
         try:
-            text = stored.state.decode("utf8")
+            text = raw.decode("utf8")
             state, end = self.scan(text, 0)
             if end != len(text) or type(state) is not dict or "class_version" in state:
                 return None
@@ -599,10 +709,13 @@ class _FastDecoder:
 
     def fact(self, student_id: str, stored: Any) -> Fact | None:
         """The `Fact` of a stored event (`_NOT_A_FACT` for a registration); None: use the mapper."""
-        topic = stored.topic
+        return self.fact_of(student_id, stored.originator_version, stored.topic, stored.state)
+
+    def fact_of(self, student_id: str, version: int, topic: str, raw: bytes) -> Fact | None:
+        """`fact` from a stored row's parts."""
         if topic != _RECORDED and topic != _REGISTERED:
             return None
-        state = self.state(stored)
+        state = self.parse(raw)
         if state is None:
             return None
         if topic == _REGISTERED:
@@ -615,7 +728,7 @@ class _FastDecoder:
                 state["type"],
                 state["occurred_on"],
                 state["timestamp"],
-                stored.originator_version,
+                version,
                 state["data"],
                 state["note"],
             )
