@@ -75,8 +75,17 @@ def add_months(day: date, months: int) -> date:
     month += 1
     if not MINYEAR <= year <= MAXYEAR:
         raise _out_of_range(f"a date shifted by {months} calendar months")
-    last = calendar.monthrange(year, month)[1]
-    return date(year, month, min(day.day, last))
+    return date(year, month, min(day.day, month_length(year, month)))
+
+
+_MONTH_DAYS = (0, 31, 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31)
+
+
+def month_length(year: int, month: int) -> int:
+    """Days in a month (`calendar.monthrange` without its weekday computation)."""
+    if month == 2 and calendar.isleap(year):
+        return 29
+    return _MONTH_DAYS[month]
 
 
 class TaiwanCalendar:

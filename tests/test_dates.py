@@ -7,6 +7,7 @@ Year 2024 off Thu 02-08 … Wed 02-14 with Sat 02-17 a make-up working day; 2025
 
 from __future__ import annotations
 
+import calendar
 from datetime import date, timedelta
 
 import pytest
@@ -136,3 +137,9 @@ def test_three_months_back_is_never_later_than_the_same_day_number(day):
     opens = dates.add_months(day, -3)
     assert 89 <= (day - opens).days <= 92
     assert opens.day <= day.day
+
+
+def test_month_length_agrees_with_the_standard_calendar_in_every_year() -> None:
+    for year in range(1, 10000):
+        for month in range(1, 13):
+            assert dates.month_length(year, month) == calendar.monthrange(year, month)[1]

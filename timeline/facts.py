@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import date, datetime
+from operator import attrgetter
 from typing import Any
 
 
@@ -37,9 +38,12 @@ class Fact:
         return self.data.get(name, default)
 
 
+_VALID_ORDER = attrgetter("occurred_on", "recorded_at", "seq")  # C-level sort key
+
+
 def chronological(facts: Iterable[Fact]) -> list[Fact]:
     """Facts ordered by valid time, ties by record time, then stream position."""
-    return sorted(facts, key=lambda f: (f.occurred_on, f.recorded_at, f.seq))
+    return sorted(facts, key=_VALID_ORDER)
 
 
 def retraction_times(
@@ -52,7 +56,7 @@ def retraction_times(
             continue
         if known_at is not None and fact.recorded_at > known_at:
             continue
-        target = (fact.source, fact.get("retracts"))
+        target = (fact.source, fact.data.get("retracts"))
         if target not in retracted or fact.recorded_at < retracted[target]:
             retracted[target] = fact.recorded_at
     return retracted
@@ -65,6 +69,17 @@ def known_facts(facts: Iterable[Fact], known_at: datetime | None = None) -> list
     was recorded at or before `known_at`. Retraction events themselves are not facts
     about the student and are left out.
     """
-    visible = [f for f in facts if known_at is None or f.recorded_at <= known_at]
-    retracted = retraction_times(visible)
-    return chronological(f for f in visible if f.type != "retracted" and f.key not in retracted)
+    # One pass: the candidates, and the retracted keys (only which, not when, matters here).
+    kept: list[Fact] = []
+    retracted: set[tuple[str, Any]] = set()
+    for fact in facts:
+        if known_at is not None and fact.recorded_at > known_at:
+            continue
+        if fact.type == "retracted":
+            retracted.add((fact.source, fact.data.get("retracts")))
+        else:
+            kept.append(fact)
+    if retracted:
+        kept = [f for f in kept if (f.source, f.event_id) not in retracted]
+    kept.sort(key=_VALID_ORDER)
+    return kept
