@@ -46,6 +46,16 @@ def _finite_float(text: str) -> float:
     return value
 
 
+# One decoder for every call: `json.loads` with hooks builds a new one each time, which
+# costs as much as the parse of a feed line.
+_DECODER = json.JSONDecoder(
+    object_pairs_hook=_no_duplicates,
+    parse_constant=_no_constant,
+    parse_int=_bounded_int,
+    parse_float=_finite_float,
+)
+
+
 def nesting_depth(text: str) -> int:
     """The deepest nesting of arrays and objects in JSON text (brackets in strings ignored)."""
     depth = deepest = 0
@@ -78,14 +88,10 @@ def loads_strict(text: str | bytes, *, max_depth: int = MAX_DEPTH) -> Any:
     # Counting brackets is cheap and bounds the depth from above; scan only when it must.
     if text.count("[") + text.count("{") > max_depth and nesting_depth(text) > max_depth:
         raise ValueError(f"nested more than {max_depth} levels deep")
+    if text.startswith("\ufeff"):  # as `json.loads` says it
+        raise ValueError("invalid JSON: Unexpected UTF-8 BOM (decode using utf-8-sig) at column 1")
     try:
-        return json.loads(
-            text,
-            object_pairs_hook=_no_duplicates,
-            parse_constant=_no_constant,
-            parse_int=_bounded_int,
-            parse_float=_finite_float,
-        )
+        return _DECODER.decode(text)
     except json.JSONDecodeError as exc:
         raise ValueError(f"invalid JSON: {exc.msg} at column {exc.colno}") from None
     except RecursionError:  # pragma: no cover - the depth check above comes first
