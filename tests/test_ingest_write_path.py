@@ -26,6 +26,7 @@ from hypothesis import strategies as st
 from timeline.aggregate import student_uuid
 from timeline.contract import parse_event
 from timeline.ingest import Ingestor, RawRecord, Staging, ingest_objects
+from timeline.rawjson import one_shot
 from timeline.store import TimelineStore
 
 STUDENTS = ("S1", "S2")
@@ -209,3 +210,19 @@ def test_the_staging_file_of_an_encrypted_store_holds_no_plaintext():
             assert staging.count == 2
         finally:
             staging.close()
+
+
+_JSON = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.text(max_size=20),
+    lambda inner: (
+        st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4)
+    ),
+    max_leaves=12,
+)
+
+
+@settings(max_examples=80, deadline=None)
+@given(value=st.dictionaries(st.text(max_size=8), _JSON, max_size=6), ascii_only=st.booleans())
+def test_the_encoder_made_once_writes_what_json_encoder_writes(value, ascii_only):
+    encoder = json.JSONEncoder(sort_keys=ascii_only, separators=(",", ":"), ensure_ascii=ascii_only)
+    assert one_shot(encoder)(value) == encoder.encode(value)

@@ -23,7 +23,6 @@ import hashlib
 import io
 import itertools
 import json
-import json.encoder as json_encoder
 import logging
 import marshal
 import re
@@ -43,7 +42,7 @@ from eventsourcing.utils import Environment
 
 from timeline.contract import EVENT_TYPES, echo, parse_event
 from timeline.errors import ContractError
-from timeline.rawjson import loads_strict
+from timeline.rawjson import loads_strict, one_shot
 from timeline.store import FeedKey, TimelineStore
 
 log = logging.getLogger(__name__)
@@ -61,22 +60,7 @@ Seen = tuple[str, str, str]
 _DIGEST_JSON = json.JSONEncoder(
     sort_keys=True, separators=(",", ":"), default=lambda value: value.isoformat()
 )
-# `JSONEncoder.encode` builds the C encoder on every call; build it once (CPython's json).
-_digest_chunks = (
-    json_encoder.c_make_encoder(
-        None,
-        _DIGEST_JSON.default,
-        json_encoder.encode_basestring_ascii,
-        None,
-        ":",
-        ",",
-        True,
-        False,
-        True,
-    )
-    if json_encoder.c_make_encoder is not None
-    else None
-)
+_digest_text = one_shot(_DIGEST_JSON)
 
 
 @dataclass(frozen=True, slots=True)
@@ -583,12 +567,7 @@ class Ingestor:
         )
 
     def _digest(self, event: Any) -> str:
-        fields = event.__dict__
-        canonical = (
-            "".join(_digest_chunks(fields, 0))
-            if _digest_chunks is not None
-            else _DIGEST_JSON.encode(fields)
-        )
+        canonical = _digest_text(event.__dict__)
         return hashlib.blake2b(canonical.encode(), digest_size=16, key=self._digest_key).hexdigest()
 
     def _batch(

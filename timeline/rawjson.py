@@ -10,6 +10,8 @@ never repeats the content (which may be personal data).
 from __future__ import annotations
 
 import json
+import json.encoder as json_encoder
+from collections.abc import Callable
 from typing import Any
 
 MAX_DEPTH = 20
@@ -96,3 +98,31 @@ def loads_strict(text: str | bytes, *, max_depth: int = MAX_DEPTH) -> Any:
         raise ValueError(f"invalid JSON: {exc.msg} at column {exc.colno}") from None
     except RecursionError:  # pragma: no cover - the depth check above comes first
         raise ValueError(f"nested more than {max_depth} levels deep") from None
+
+
+def one_shot(encoder: json.JSONEncoder) -> Callable[[Any], str]:
+    """`encoder.encode` for containers, without building the C encoder on every call.
+
+    `JSONEncoder.encode` makes a new C encoder per call, which costs as much as encoding
+    a feed event; this one is made once, from the encoder's own settings, so the text is
+    the same for data without reference cycles (which JSON values decoded from text or
+    validated events never have). Falls back to `encoder.encode` where the C accelerator
+    is missing.
+    """
+    make = json_encoder.c_make_encoder
+    if make is None or encoder.indent is not None:
+        return encoder.encode
+    chunks = make(
+        None,  # no circular-reference markers: a dict reused after an error could go stale
+        encoder.default,
+        json_encoder.encode_basestring_ascii
+        if encoder.ensure_ascii
+        else json_encoder.encode_basestring,
+        encoder.indent,
+        encoder.key_separator,
+        encoder.item_separator,
+        encoder.sort_keys,
+        encoder.skipkeys,
+        encoder.allow_nan,
+    )
+    return lambda value: "".join(chunks(value, 0))

@@ -35,6 +35,7 @@ from timeline.aggregate import DateAsISO, Student, student_uuid
 from timeline.clock import Clock, system_clock
 from timeline.errors import StorageConfigError
 from timeline.facts import Fact
+from timeline.rawjson import one_shot
 
 DEFAULT_DB = "timeline.db"
 # One feed key as written next to its event: (source, event_id, student_id, type, digest).
@@ -353,6 +354,13 @@ class TimelineStore:
             with _opening(config):
                 self.app = TimelineApp(env=env)
                 self.recorder: SQLiteTimelineRecorder | PostgresTimelineRecorder = self.app.recorder  # type: ignore[assignment]
+                transcoder = self.app.mapper.transcoder
+                # The transcoder's own encoder, made once (see `one_shot`): same bytes.
+                self._encode_text = (
+                    one_shot(transcoder.encoder)
+                    if isinstance(transcoder, JSONTranscoder)
+                    else lambda value: transcoder.encode(value).decode("utf8")
+                )
                 self._check_cipher()
         except StorageConfigError:
             raise
@@ -501,7 +509,7 @@ class TimelineStore:
             "note": note,
             "digest": digest,
         }
-        return self.app.mapper.transcoder.encode(state)[1:]
+        return self._encode_text(state)[1:].encode("utf8")
 
     def append(self, facts: Sequence[NewFact], feed_keys: Sequence[FeedKey]) -> None:
         """Store new facts after the last event of each stream, with their keys, atomically.
@@ -514,8 +522,7 @@ class TimelineStore:
         """
         if not facts:
             return
-        mapper = self.app.mapper
-        encode = mapper.transcoder.encode
+        encode = self.app.mapper.transcoder.encode
         now = self.clock()
         stamps: dict[datetime, bytes] = {}
         wanted = {sid: student_uuid(sid) for sid in dict.fromkeys(fact[0] for fact in facts)}
