@@ -842,7 +842,7 @@ def ingest_stream(
 
         def records() -> Iterator[RawRecord]:
             source.seek(start)
-            yield from reader(source, on_checked, encoding=encoding)
+            yield from reader(source, on_checked if on_bytes else None, encoding=encoding)
 
         return ingestor.run(records)
 
