@@ -30,7 +30,6 @@ import sqlite3
 import tempfile
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -51,7 +50,6 @@ BATCH_SIZE = 2000
 SAVE_ATTEMPTS = 8
 SEEN_CACHE_KIB = 16_384  # page cache of the dry pass's key table; the rest stays on disk
 _SEEN_CHUNK = 500
-SPOOL_CHUNK = 1 << 20  # bytes per read when copying a pipe to a temporary file
 # What classification remembers of each fresh key: (digest, student_id, type).
 Seen = tuple[str, str, str]
 # The canonical JSON of a digest: `json.dumps(event.model_dump(mode="json"), sort_keys=True,
@@ -812,9 +810,9 @@ def ingest_stream(
 ) -> IngestReport:
     """Ingest JSONL or CSV from a binary stream, in bounded memory whatever its size.
 
-    Atomic mode reads the input twice (check, then write): a stream that cannot seek back
-    (a pipe, stdin) is first copied to a temporary file, so the check pass does not
-    consume what the write pass needs. `on_bytes` hears of every byte read, copy included.
+    Both modes read the input once, so a pipe (stdin) needs no copy: atomic mode's write
+    pass works from what its check pass staged. `on_bytes` hears of every byte read, and
+    in atomic mode of the same bytes again as the write pass stores them.
     """
     if encoding not in ENCODINGS:
         raise ValueError(f"unsupported encoding {encoding!r} (use one of: {', '.join(ENCODINGS)})")
@@ -838,39 +836,7 @@ def ingest_stream(
             checked[1] = due
 
     ingestor = Ingestor(store, batch_size=batch_size, on_written=on_written)
-    with _rewindable(stream, on_bytes) as (source, start):
-
-        def records() -> Iterator[RawRecord]:
-            source.seek(start)
-            yield from reader(source, on_checked if on_bytes else None, encoding=encoding)
-
-        return ingestor.run(records)
-
-
-@contextmanager
-def _rewindable(
-    stream: BinaryIO, on_bytes: Callable[[int], None] | None
-) -> Iterator[tuple[BinaryIO, int]]:
-    """The stream and where it starts, or a spooled copy of it when it cannot seek."""
-    if _can_seek(stream):
-        yield stream, stream.tell()
-        return
-    with tempfile.TemporaryFile(prefix="timeline-ingest-") as spool:
-        while chunk := stream.read(SPOOL_CHUNK):
-            spool.write(chunk)
-            if on_bytes:
-                on_bytes(len(chunk))
-        yield spool, 0
-
-
-def _can_seek(stream: BinaryIO) -> bool:
-    try:
-        if not stream.seekable():
-            return False
-        stream.seek(stream.tell())  # some streams say seekable and then fail
-    except (OSError, ValueError):
-        return False
-    return True
+    return ingestor.run(lambda: reader(stream, on_checked if on_bytes else None, encoding=encoding))
 
 
 def ingest_objects(
