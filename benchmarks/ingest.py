@@ -12,10 +12,15 @@ child process so that the peak RSS is that phase's alone (not the generator's):
 3. `partial`: the file into another fresh store in the one-pass mode;
 4. `bare`: the rows the store wrote to `stored_events` (the same number, the library's
    table shape, the library's JSON state layout and size) inserted with plain `sqlite3`
-   `executemany` in one transaction into a fresh file: the floor any store pays.
+   `executemany` in one transaction into a fresh file: the floor any store pays;
+5. with a PostgreSQL server (`--postgres URL`, else `TIMELINE_BENCH_POSTGRES_URL` or
+   `TIMELINE_TEST_POSTGRES_URL`): `pg atomic`, the file into a fresh schema, and
+   `pg bare`, the same rows with psycopg `COPY` in one transaction into the library's
+   table shape (its primary key and notification-id index included) in another fresh
+   schema. Both schemas are dropped afterwards.
 
-Targets: atomic rate / bare rate ≥ 0.2, re-ingest ≥ 3x the atomic rate, peak RSS of an
-ingest well under 300 MB.
+Targets: atomic rate / bare rate ≥ 0.2 (SQLite) and ≥ 0.25 (PostgreSQL, against `COPY`),
+re-ingest ≥ 3x the atomic rate, peak RSS of an ingest well under 300 MB.
 """
 
 from __future__ import annotations
@@ -33,6 +38,7 @@ import sqlite3
 import sys
 import tempfile
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor
 from datetime import UTC, date, datetime, timedelta
@@ -42,6 +48,7 @@ from typing import Any
 CHUNK_STUDENTS = 250  # students per export chunk (their events interleaved by date)
 BARE_CHUNK_ROWS = 50_000
 TARGET_BARE_RATIO = 0.2
+TARGET_COPY_RATIO = 0.25
 TARGET_REINGEST_SPEEDUP = 3.0
 TARGET_RSS_MB = 300
 
@@ -363,6 +370,64 @@ def phase_bare(db: str, feed: str) -> dict[str, Any]:
     return {"seconds": seconds, "rows": total, "avg_state_bytes": state_bytes / max(total, 1)}
 
 
+def phase_copy(url: str, schema: str, feed: str) -> dict[str, Any]:
+    """The same rows with psycopg `COPY` into the library's PostgreSQL table; time the SQL."""
+    import psycopg
+
+    with psycopg.connect(url) as conn:
+        conn.execute(
+            f'CREATE TABLE "{schema}".stored_events (originator_id uuid NOT NULL, '
+            "originator_version bigint NOT NULL, topic text, state bytea, "
+            "notification_id bigserial, PRIMARY KEY (originator_id, originator_version))"
+        )
+        conn.execute(f'CREATE UNIQUE INDEX ON "{schema}".stored_events (notification_id ASC)')
+        conn.commit()
+        rows = bare_rows(Path(feed))
+        total, seconds = 0, 0.0
+        with conn.cursor() as cursor:
+            while chunk := list(itertools.islice(rows, BARE_CHUNK_ROWS)):  # built outside the clock
+                total += len(chunk)
+                started = time.perf_counter()
+                with cursor.copy(
+                    f'COPY "{schema}".stored_events '
+                    "(originator_id, originator_version, topic, state) FROM STDIN"
+                ) as copy:
+                    for row in chunk:
+                        copy.write_row(row)
+                seconds += time.perf_counter() - started
+        started = time.perf_counter()
+        conn.commit()
+        seconds += time.perf_counter() - started
+    return {"seconds": seconds, "rows": total}
+
+
+class PostgresSchemas:
+    """Fresh schemas on a PostgreSQL server for the benchmark, dropped at the end."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.made: list[str] = []
+
+    def new(self) -> str:
+        """Create an empty schema; its name."""
+        import psycopg
+
+        name = f"bench_{uuid.uuid4().hex[:12]}"
+        with psycopg.connect(self.url, autocommit=True) as conn:
+            conn.execute(f'CREATE SCHEMA "{name}"')
+        self.made.append(name)
+        return name
+
+    def drop_all(self) -> None:
+        """Drop the schemas this run made (and nothing else)."""
+        import psycopg
+
+        with psycopg.connect(self.url, autocommit=True) as conn:
+            for name in self.made:
+                conn.execute(f'DROP SCHEMA IF EXISTS "{name}" CASCADE')
+        self.made.clear()
+
+
 def stored_shape(db: str) -> dict[str, Any]:
     """Row counts and the average state size of a store's tables."""
     conn = sqlite3.connect(db)
@@ -399,6 +464,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--skip-partial", action="store_true", help="leave out the partial-mode phase"
     )
+    parser.add_argument(
+        "--postgres",
+        default=os.environ.get("TIMELINE_BENCH_POSTGRES_URL")
+        or os.environ.get("TIMELINE_TEST_POSTGRES_URL"),
+        help="PostgreSQL server URL for the PostgreSQL phases (default: "
+        "TIMELINE_BENCH_POSTGRES_URL or TIMELINE_TEST_POSTGRES_URL; none: skipped)",
+    )
+    parser.add_argument(
+        "--skip-postgres", action="store_true", help="leave out the PostgreSQL phases"
+    )
     args = parser.parse_args(argv)
     if args.events < 1 or args.students < 1:
         parser.error("--events and --students must be positive")
@@ -414,6 +489,8 @@ def main(argv: list[str] | None = None) -> int:
     def say(text: str) -> None:
         print(text, flush=True)
 
+    postgres = None if args.skip_postgres or not args.postgres else args.postgres.split("?")[0]
+    schemas = PostgresSchemas(postgres) if postgres else None
     try:
         say(f"feed: {args.events:,} events over {students:,} students -> {feed}")
         started = time.perf_counter()
@@ -453,6 +530,27 @@ def main(argv: list[str] | None = None) -> int:
             f"  {bare['rows'] / bare['seconds']:,.0f} rows/s ({bare['seconds']:.1f}s for "
             f"{bare['rows']:,} rows, avg state {bare['avg_state_bytes']:.0f} B)"
         )
+
+        pg: dict[str, dict[str, Any]] = {}
+        if schemas is not None and postgres is not None:
+            location = f"{postgres}?schema={schemas.new()}"
+            say(f"pg atomic: ingesting into {location} ...")
+            pg["atomic"] = in_child(phase_ingest, location, str(feed), False, args.batch_size)
+            result = pg["atomic"]
+            say(
+                f"  {n / result['seconds']:,.0f} events/s ({result['seconds']:.1f}s); accepted "
+                f"{result['accepted']:,}, rejected {result['rejected']:,}; "
+                f"peak RSS {result['rss_peak_mb']:.0f} MB"
+            )
+            say("pg bare: psycopg COPY ...")
+            pg["copy"] = in_child(phase_copy, postgres, schemas.new(), str(feed))
+            say(
+                f"  {pg['copy']['rows'] / pg['copy']['seconds']:,.0f} rows/s "
+                f"({pg['copy']['seconds']:.1f}s for {pg['copy']['rows']:,} rows)"
+            )
+            schemas.drop_all()
+        else:
+            say("PostgreSQL phases skipped (no --postgres URL)")
 
         atomic, again = results["atomic"], results["re-ingest"]
         # Same workload on both sides (the rows N feed events produce): compare per feed event.
@@ -505,6 +603,36 @@ def main(argv: list[str] | None = None) -> int:
             )
         )
         rows.append(("atomic / bare", f"{ratio:.3f}", "", "", f"target ≥ {TARGET_BARE_RATIO:g}"))
+        copy_ratio = None
+        if pg:
+            pg_rate = n / pg["atomic"]["seconds"]
+            copy_rate = n / pg["copy"]["seconds"]
+            copy_ratio = pg_rate / copy_rate
+            ok = ok and pg["atomic"]["accepted"] == n and pg["atomic"]["rejected"] == 0
+            peak = max(peak, pg["atomic"]["rss_peak_mb"])
+            rows += [
+                (
+                    "pg atomic ingest",
+                    f"{pg_rate:,.0f}",
+                    f"{pg['atomic']['seconds']:.1f}",
+                    f"{pg['atomic']['rss_peak_mb']:.0f}",
+                    "",
+                ),
+                (
+                    "pg bare COPY",
+                    f"{copy_rate:,.0f}",
+                    f"{pg['copy']['seconds']:.1f}",
+                    "-",
+                    f"{pg['copy']['rows'] / pg['copy']['seconds']:,.0f} rows/s",
+                ),
+                (
+                    "pg atomic / COPY",
+                    f"{copy_ratio:.3f}",
+                    "",
+                    "",
+                    f"target ≥ {TARGET_COPY_RATIO:g}",
+                ),
+            ]
         header = ("phase", "events/s", "seconds", "peak RSS MB", "note")
         widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
         say("")
@@ -522,11 +650,15 @@ def main(argv: list[str] | None = None) -> int:
             f"peak RSS < {TARGET_RSS_MB} MB": peak < TARGET_RSS_MB,
             "counts as expected": ok,
         }
+        if copy_ratio is not None:
+            verdicts[f"pg atomic/COPY ≥ {TARGET_COPY_RATIO:g}"] = copy_ratio >= TARGET_COPY_RATIO
         say(
             "targets: " + ", ".join(f"{k}: {'met' if v else 'MISSED'}" for k, v in verdicts.items())
         )
         return 0 if all(verdicts.values()) else 1
     finally:
+        if schemas is not None:
+            schemas.drop_all()
         if args.dir is None:
             shutil.rmtree(work, ignore_errors=True)
 

@@ -1,14 +1,18 @@
 """Ingestion: stream raw feed records into the store, idempotently and in batches.
 
-Records are validated against the contract, classified against the feed-key index
-(new, duplicate, conflict) and saved many aggregates per transaction.
+Records are validated against the contract (once), digested (once), classified against
+the feed-key index (new, duplicate, conflict) and written through the library's recorder
+as `StoredEvent`s, many students per transaction, with no aggregate loaded
+(`TimelineStore.append`).
 
-- **Atomic** (default): a first pass validates and classifies the whole input without
-  writing; if anything is rejected nothing is stored. Only then does a second pass write,
-  one transaction per batch. (A crash in the second pass leaves a prefix stored; sending
-  the same input again completes it, the stored part counting as duplicates.) When the
-  first pass finds nothing new (a feed sent again), there is no second pass. The first
-  pass remembers the keys of the whole input in a temporary SQLite table, not in memory.
+- **Atomic** (default): a check pass validates and classifies the whole input without
+  writing, and stages what is new (ready-to-store state, on disk, in order); if anything
+  is rejected nothing is stored. Only then does the write pass store the staged records,
+  one transaction per batch, without reading the input again. (A crash in the write
+  pass leaves a prefix stored; sending the same input again completes it, the stored
+  part counting as duplicates.) When the check pass finds nothing new (a feed sent
+  again), there is no write pass. The check pass remembers the keys of the whole input
+  in a temporary SQLite table and stages into a temporary file: memory stays bounded.
 - **Partial**: one pass; good records are stored, bad ones reported.
 """
 
@@ -20,39 +24,41 @@ import io
 import itertools
 import json
 import logging
+import marshal
 import re
 import sqlite3
 import tempfile
 import time
-from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any, BinaryIO
 
+from eventsourcing.cipher import AESCipher
 from eventsourcing.persistence import IntegrityError
+from eventsourcing.utils import Environment
 
-from timeline.aggregate import Student
 from timeline.contract import EVENT_TYPES, echo, parse_event
 from timeline.errors import ContractError
-from timeline.rawjson import loads_strict
+from timeline.rawjson import loads_strict, one_shot
 from timeline.store import FeedKey, TimelineStore
 
 log = logging.getLogger(__name__)
 
 BATCH_SIZE = 2000
 SAVE_ATTEMPTS = 8
-AGGREGATE_CACHE = 20_000
 SEEN_CACHE_KIB = 16_384  # page cache of the dry pass's key table; the rest stays on disk
 _SEEN_CHUNK = 500
-SPOOL_CHUNK = 1 << 20  # bytes per read when copying a pipe to a temporary file
 # What classification remembers of each fresh key: (digest, student_id, type).
 Seen = tuple[str, str, str]
-# The canonical JSON of a digest (`json.dumps(..., sort_keys=True, separators=(",", ":"))`,
-# without building an encoder per call).
-_CANONICAL = json.JSONEncoder(sort_keys=True, separators=(",", ":"))
+# The canonical JSON of a digest: `json.dumps(event.model_dump(mode="json"), sort_keys=True,
+# separators=(",", ":"))`, written straight from the validated event's fields (all JSON
+# values but dates, which `default` writes as pydantic does), with one encoder for all.
+_DIGEST_JSON = json.JSONEncoder(
+    sort_keys=True, separators=(",", ":"), default=lambda value: value.isoformat()
+)
+_digest_text = one_shot(_DIGEST_JSON)
 
 
 @dataclass(frozen=True, slots=True)
@@ -418,6 +424,55 @@ class SeenKeys:
         self._db.close()
 
 
+# One fresh record as the check pass stages it for the write pass: (position, source,
+# event_id, student_id, type, digest, record time as ISO text or None, state tail).
+Staged = tuple[int, str, str, str, str, str, str | None, bytes]
+
+
+class Staging:
+    """The fresh records of a check pass, in input order, on disk: what the write pass stores.
+
+    Batches are marshalled into an unlinked temporary file, so memory stays bounded
+    whatever the input size, and the write pass neither reads, parses, validates nor
+    digests the input again. When the store is encrypted, each batch is encrypted with
+    a key that lives only in this process: personal data never reaches the disk in clear.
+    """
+
+    def __init__(self, *, encrypted: bool) -> None:
+        # Closed by `close()`, which `Ingestor.run` calls in a `finally`.
+        self._file = tempfile.TemporaryFile(prefix="timeline-staged-")  # noqa: SIM115
+        self._cipher = (
+            AESCipher(Environment(env={"CIPHER_KEY": AESCipher.create_key(32)}))
+            if encrypted
+            else None
+        )
+        self.count = 0
+
+    def add(self, rows: list[Staged]) -> None:
+        """Append one batch."""
+        if not rows:
+            return
+        blob = marshal.dumps(rows)
+        if self._cipher is not None:
+            blob = self._cipher.encrypt(blob)
+        self._file.write(len(blob).to_bytes(8, "big"))
+        self._file.write(blob)
+        self.count += len(rows)
+
+    def batches(self) -> Iterator[list[Staged]]:
+        """The batches, in the order they were added."""
+        self._file.seek(0)
+        while header := self._file.read(8):
+            blob = self._file.read(int.from_bytes(header, "big"))
+            if self._cipher is not None:
+                blob = self._cipher.decrypt(blob)
+            yield marshal.loads(blob)
+
+    def close(self) -> None:
+        """Delete the file."""
+        self._file.close()
+
+
 class Ingestor:
     """Streams records into a `TimelineStore`."""
 
@@ -427,11 +482,13 @@ class Ingestor:
         *,
         batch_size: int = BATCH_SIZE,
         on_record: Callable[[], None] | None = None,
+        on_written: Callable[[int, int], None] | None = None,
     ) -> None:
         self.store = store
         self.batch_size = batch_size
         self.on_record = on_record
-        self._cache: OrderedDict[str, Student] = OrderedDict()
+        # The write pass of atomic mode reads no input: it reports (written, staged).
+        self.on_written = on_written
         key = (store.config.cipher_key or "").encode()
         # With a cipher key, digests are keyed so the index leaks nothing of the content.
         self._digest_key = hashlib.blake2b(key, digest_size=32).digest() if key else b""
@@ -439,32 +496,33 @@ class Ingestor:
     def run(
         self, open_records: Callable[[], Iterable[RawRecord]], *, partial: bool = False
     ) -> IngestReport:
-        """Ingest the records `open_records()` yields (called twice in atomic mode)."""
+        """Ingest the records `open_records()` yields (once, in both modes)."""
         report = IngestReport()
-        if not partial:
+        if partial:
+            self._pass(open_records(), report, staging=None)
+            return report
+        staging = Staging(encrypted=bool(self.store.config.cipher_key))
+        try:
             check = IngestReport()
-            self._pass(open_records(), check, write=False)
+            self._pass(open_records(), check, staging=staging)
             if check.rejected:
                 report.rejected = check.rejected
                 return report
-            if not check.accepted:
-                # Every record is a duplicate of a stored event; stored keys are never
-                # removed, so the write pass would find exactly that again: skip it.
-                report.duplicates = check.duplicates
-                return report
-        self._pass(open_records(), report, write=True, atomic=not partial)
-        return report
+            # Duplicates of stored events stay duplicates: stored keys are never removed.
+            # With nothing new (a feed sent again) there is nothing to write.
+            report.duplicates = check.duplicates
+            if staging.count:
+                self._write_staged(staging, report)
+            return report
+        finally:
+            staging.close()
 
-    # -- one pass --------------------------------------------------------------------------
+    # -- one pass over the input --------------------------------------------------------
     def _pass(
-        self,
-        records: Iterable[RawRecord],
-        report: IngestReport,
-        *,
-        write: bool,
-        atomic: bool = False,
+        self, records: Iterable[RawRecord], report: IngestReport, *, staging: Staging | None
     ) -> None:
-        seen = None if write else SeenKeys()  # whole-input keys, for the dry pass
+        """Validate and classify; stage the fresh records (atomic) or store them (partial)."""
+        seen = SeenKeys() if staging is not None else None  # whole-input keys
         try:
             batch: list[_Valid] = []
             for record in records:
@@ -477,10 +535,10 @@ class Ingestor:
                     continue
                 batch.append(valid)
                 if len(batch) >= self.batch_size:
-                    self._batch(batch, report, seen, write=write, atomic=atomic)
+                    self._batch(batch, report, seen, staging)
                     batch = []
             if batch and not report.halted:
-                self._batch(batch, report, seen, write=write, atomic=atomic)
+                self._batch(batch, report, seen, staging)
         finally:
             if seen is not None:
                 seen.close()
@@ -507,7 +565,7 @@ class Ingestor:
         )
 
     def _digest(self, event: Any) -> str:
-        canonical = _CANONICAL.encode(event.model_dump(mode="json"))
+        canonical = _digest_text(event.__dict__)
         return hashlib.blake2b(canonical.encode(), digest_size=16, key=self._digest_key).hexdigest()
 
     def _batch(
@@ -515,28 +573,30 @@ class Ingestor:
         batch: list[_Valid],
         report: IngestReport,
         seen: SeenKeys | None,
-        *,
-        write: bool,
-        atomic: bool = False,
+        staging: Staging | None,
     ) -> None:
-        for attempt in range(1, SAVE_ATTEMPTS + 1):
+        if staging is not None:
+            # The check pass: classify against the store and the whole input; stage.
             fresh, duplicates, rejected = self._classify(batch, seen)
-            if write and atomic and rejected:
-                # Another writer stored a conflicting event after the check pass: write
-                # nothing more (the input fits one batch: nothing at all) and stop.
-                report.rejected.extend(rejected)
-                report.halted = True
-                return
-            if not write or not fresh:
+            if not rejected and not report.rejected:  # once rejected, only errors count
+                staging.add([self._staged(item) for item in fresh])
+            report.accepted += len(fresh)
+            report.duplicates += duplicates
+            report.rejected.extend(rejected)
+            return
+        for attempt in range(1, SAVE_ATTEMPTS + 1):
+            fresh, duplicates, rejected = self._classify(batch, None)
+            if not fresh:
                 break
             try:
-                self._save(fresh)
+                self.store.append(
+                    [(i.student_id, i.recorded_at, self._tail(i)) for i in fresh],
+                    [(i.source, i.event_id, i.student_id, i.type, i.digest) for i in fresh],
+                )
                 break
             except IntegrityError:
-                # Another writer got there first (same key, or a newer version of a
-                # student's stream): forget what we hold and classify again.
-                for item in fresh:
-                    self._cache.pop(item.student_id, None)
+                # Another writer got there first (same key, or the next version of a
+                # student's stream): classify again against what it stored.
                 if attempt == SAVE_ATTEMPTS:
                     raise
                 log.info("write conflict on batch, retrying (attempt %d)", attempt)
@@ -545,13 +605,101 @@ class Ingestor:
         report.duplicates += duplicates
         report.rejected.extend(rejected)
 
+    def _tail(self, item: _Valid) -> bytes:
+        event = item.event
+        return self.store.fact_tail(
+            source=item.source,
+            event_id=item.event_id,
+            type=item.type,
+            occurred_on=event.occurred_on,
+            data=event.body(),
+            note=event.note,
+            digest=item.digest,
+        )
+
+    def _staged(self, item: _Valid) -> Staged:
+        at = item.recorded_at.isoformat() if item.recorded_at is not None else None
+        return (
+            item.position,
+            item.source,
+            item.event_id,
+            item.student_id,
+            item.type,
+            item.digest,
+            at,
+            self._tail(item),
+        )
+
+    # -- the write pass of atomic mode ---------------------------------------------------
+    def _write_staged(self, staging: Staging, report: IngestReport) -> None:
+        """Store the staged records, one transaction per staged batch.
+
+        The check pass classified every record against the store and the input, so the
+        first attempt writes at once: if another writer stored one of these keys (or a
+        version of one of these streams) meanwhile, the write fails on the key index and
+        the batch is classified again. A key it stored with the same content is then a
+        duplicate; with other content, a conflict that stops the ingest. Retractions
+        need no new check: their targets are stored, or staged earlier and so written
+        earlier (or found conflicting, which stopped the ingest first).
+        """
+        written = 0
+        for rows in staging.batches():
+            fresh = rows
+            duplicates = 0
+            for attempt in range(1, SAVE_ATTEMPTS + 1):
+                if attempt > 1:
+                    fresh, duplicates, conflicts = self._reclassify(rows)
+                    if conflicts:
+                        # Write nothing more (an input of one batch: nothing at all).
+                        report.rejected.extend(conflicts)
+                        report.halted = True
+                        return
+                    if not fresh:
+                        break
+                try:
+                    self.store.append(
+                        [
+                            (r[3], datetime.fromisoformat(r[6]) if r[6] else None, r[7])
+                            for r in fresh
+                        ],
+                        [(r[1], r[2], r[3], r[4], r[5]) for r in fresh],
+                    )
+                    break
+                except IntegrityError:
+                    if attempt == SAVE_ATTEMPTS:
+                        raise
+                    log.info("write conflict on batch, retrying (attempt %d)", attempt)
+                    time.sleep(0.01 * 2**attempt)
+            report.accepted += len(fresh)
+            report.duplicates += duplicates
+            written += len(rows)
+            if self.on_written:
+                self.on_written(written, staging.count)
+
+    def _reclassify(self, rows: list[Staged]) -> tuple[list[Staged], int, list[Rejection]]:
+        """Split staged rows into still fresh, now stored (duplicates) and conflicts."""
+        stored = self.store.lookup_keys([(r[1], r[2]) for r in rows])
+        fresh: list[Staged] = []
+        duplicates = 0
+        conflicts: list[Rejection] = []
+        for row in rows:
+            known = stored.get((row[1], row[2]))
+            if known is None:
+                fresh.append(row)
+            elif known[4] == row[5]:
+                duplicates += 1
+            else:
+                conflicts.append(Rejection(row[0], _conflict_text(row[2], row[1])))
+        return fresh, duplicates, conflicts
+
+    # -- classification ----------------------------------------------------------------
     def _classify(
         self, batch: list[_Valid], seen: SeenKeys | None
     ) -> tuple[list[_Valid], int, list[Rejection]]:
         """Split a batch into fresh events, duplicates and rejections.
 
         Keys are checked against the store, and against the earlier records of this
-        batch, and (`seen`, the dry pass) of the whole input so far.
+        batch, and (`seen`, the check pass) of the whole input so far.
         """
         keys = list(
             {item.key for item in batch}
@@ -615,39 +763,14 @@ class Ingestor:
             )
         return None
 
-    def _save(self, fresh: list[_Valid]) -> None:
-        wanted = [
-            sid for sid in dict.fromkeys(i.student_id for i in fresh) if sid not in self._cache
-        ]
-        loaded = self.store.load_students(wanted) if wanted else {}
-        students: dict[str, Student] = {}
-        for sid in dict.fromkeys(i.student_id for i in fresh):
-            students[sid] = self._cache.pop(sid) if sid in self._cache else loaded[sid]
-        now = self.store.clock()
-        keys: list[FeedKey] = []
-        for item in fresh:
-            event = item.event
-            students[item.student_id].record(
-                source=item.source,
-                event_id=item.event_id,
-                type=item.type,
-                occurred_on=event.occurred_on,
-                data=event.body(),
-                note=event.note,
-                digest=item.digest,
-                at=item.recorded_at or now,
-            )
-            keys.append((item.source, item.event_id, item.student_id, item.type, item.digest))
-        self.store.save(students.values(), keys)
-        for sid, student in students.items():
-            self._cache[sid] = student
-        while len(self._cache) > AGGREGATE_CACHE:
-            self._cache.popitem(last=False)
-
 
 def _conflict_message(item: _Valid) -> str:
+    return _conflict_text(item.event_id, item.source)
+
+
+def _conflict_text(event_id: str, source: str) -> str:
     return (
-        f"conflict: event_id {echo(item.event_id)} from source {echo(item.source)} was already "
+        f"conflict: event_id {echo(event_id)} from source {echo(source)} was already "
         "received with different content (send a correction as a new event, or retract it)"
     )
 
@@ -687,49 +810,33 @@ def ingest_stream(
 ) -> IngestReport:
     """Ingest JSONL or CSV from a binary stream, in bounded memory whatever its size.
 
-    Atomic mode reads the input twice (check, then write): a stream that cannot seek back
-    (a pipe, stdin) is first copied to a temporary file, so the check pass does not
-    consume what the write pass needs. `on_bytes` hears of every byte read, copy included.
+    Both modes read the input once, so a pipe (stdin) needs no copy: atomic mode's write
+    pass works from what its check pass staged. `on_bytes` hears of every byte read, and
+    in atomic mode of the same bytes again as the write pass stores them.
     """
     if encoding not in ENCODINGS:
         raise ValueError(f"unsupported encoding {encoding!r} (use one of: {', '.join(ENCODINGS)})")
     reader = read_csv if fmt == "csv" else read_jsonl
-    ingestor = Ingestor(store, batch_size=batch_size)
     if partial:
+        ingestor = Ingestor(store, batch_size=batch_size)
         return ingestor.run(lambda: reader(stream, on_bytes, encoding=encoding), partial=True)
-    with _rewindable(stream, on_bytes) as (source, start):
+    # The write pass reads no input: it reports the check pass's bytes again as it writes,
+    # so that progress runs to twice the input, as `on_bytes` callers expect.
+    checked = [0, 0]  # bytes read by the check pass, bytes reported for the write pass
 
-        def records() -> Iterator[RawRecord]:
-            source.seek(start)
-            yield from reader(source, on_bytes, encoding=encoding)
+    def on_checked(count: int) -> None:
+        checked[0] += count
+        if on_bytes:
+            on_bytes(count)
 
-        return ingestor.run(records)
+    def on_written(done: int, total: int) -> None:
+        if on_bytes:
+            due = checked[0] * done // total if done < total else checked[0]
+            on_bytes(due - checked[1])
+            checked[1] = due
 
-
-@contextmanager
-def _rewindable(
-    stream: BinaryIO, on_bytes: Callable[[int], None] | None
-) -> Iterator[tuple[BinaryIO, int]]:
-    """The stream and where it starts, or a spooled copy of it when it cannot seek."""
-    if _can_seek(stream):
-        yield stream, stream.tell()
-        return
-    with tempfile.TemporaryFile(prefix="timeline-ingest-") as spool:
-        while chunk := stream.read(SPOOL_CHUNK):
-            spool.write(chunk)
-            if on_bytes:
-                on_bytes(len(chunk))
-        yield spool, 0
-
-
-def _can_seek(stream: BinaryIO) -> bool:
-    try:
-        if not stream.seekable():
-            return False
-        stream.seek(stream.tell())  # some streams say seekable and then fail
-    except (OSError, ValueError):
-        return False
-    return True
+    ingestor = Ingestor(store, batch_size=batch_size, on_written=on_written)
+    return ingestor.run(lambda: reader(stream, on_checked if on_bytes else None, encoding=encoding))
 
 
 def ingest_objects(

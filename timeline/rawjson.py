@@ -10,6 +10,8 @@ never repeats the content (which may be personal data).
 from __future__ import annotations
 
 import json
+import json.encoder as json_encoder
+from collections.abc import Callable
 from typing import Any
 
 MAX_DEPTH = 20
@@ -46,6 +48,16 @@ def _finite_float(text: str) -> float:
     return value
 
 
+# One decoder for every call: `json.loads` with hooks builds a new one each time, which
+# costs as much as the parse of a feed line.
+_DECODER = json.JSONDecoder(
+    object_pairs_hook=_no_duplicates,
+    parse_constant=_no_constant,
+    parse_int=_bounded_int,
+    parse_float=_finite_float,
+)
+
+
 def nesting_depth(text: str) -> int:
     """The deepest nesting of arrays and objects in JSON text (brackets in strings ignored)."""
     depth = deepest = 0
@@ -78,15 +90,39 @@ def loads_strict(text: str | bytes, *, max_depth: int = MAX_DEPTH) -> Any:
     # Counting brackets is cheap and bounds the depth from above; scan only when it must.
     if text.count("[") + text.count("{") > max_depth and nesting_depth(text) > max_depth:
         raise ValueError(f"nested more than {max_depth} levels deep")
+    if text.startswith("\ufeff"):  # as `json.loads` says it
+        raise ValueError("invalid JSON: Unexpected UTF-8 BOM (decode using utf-8-sig) at column 1")
     try:
-        return json.loads(
-            text,
-            object_pairs_hook=_no_duplicates,
-            parse_constant=_no_constant,
-            parse_int=_bounded_int,
-            parse_float=_finite_float,
-        )
+        return _DECODER.decode(text)
     except json.JSONDecodeError as exc:
         raise ValueError(f"invalid JSON: {exc.msg} at column {exc.colno}") from None
     except RecursionError:  # pragma: no cover - the depth check above comes first
         raise ValueError(f"nested more than {max_depth} levels deep") from None
+
+
+def one_shot(encoder: json.JSONEncoder) -> Callable[[Any], str]:
+    """`encoder.encode` for containers, without building the C encoder on every call.
+
+    `JSONEncoder.encode` makes a new C encoder per call, which costs as much as encoding
+    a feed event; this one is made once, from the encoder's own settings, so the text is
+    the same for data without reference cycles (which JSON values decoded from text or
+    validated events never have). Falls back to `encoder.encode` where the C accelerator
+    is missing.
+    """
+    make = json_encoder.c_make_encoder
+    if make is None or encoder.indent is not None:
+        return encoder.encode
+    chunks = make(
+        None,  # no circular-reference markers: a dict reused after an error could go stale
+        encoder.default,
+        json_encoder.encode_basestring_ascii
+        if encoder.ensure_ascii
+        else json_encoder.encode_basestring,
+        encoder.indent,
+        encoder.key_separator,
+        encoder.item_separator,
+        encoder.sort_keys,
+        encoder.skipkeys,
+        encoder.allow_nan,
+    )
+    return lambda value: "".join(chunks(value, 0))

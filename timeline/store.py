@@ -19,7 +19,7 @@ import zlib
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import closing, contextmanager
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import date, datetime
 from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlparse
@@ -35,17 +35,26 @@ from eventsourcing.persistence import (
 )
 from eventsourcing.postgres import PostgresApplicationRecorder
 from eventsourcing.sqlite import SQLiteApplicationRecorder
+from eventsourcing.utils import get_topic
 from psycopg.sql import SQL, Identifier
 
 from timeline.aggregate import DateAsISO, Student, student_uuid
 from timeline.clock import Clock, system_clock
 from timeline.errors import StorageConfigError
 from timeline.facts import Fact
+from timeline.rawjson import one_shot
 
 DEFAULT_DB = "timeline.db"
 log = logging.getLogger(__name__)
 # One feed key as written next to its event: (source, event_id, student_id, type, digest).
 FeedKey = tuple[str, str, str, str, str]
+# One new fact for `TimelineStore.append`: (student_id, record time or None for "now",
+# its stored state after the timestamp, from `TimelineStore.fact_tail`).
+NewFact = tuple[str, datetime | None, bytes]
+# The library's topics for what `append` writes (exactly what `Application.save` stores).
+_STUDENT_TOPIC = get_topic(Student)
+_REGISTERED_TOPIC = get_topic(Student.Registered)
+_FACT_TOPIC = get_topic(Student.FactRecorded)
 
 
 _FEED_KEYS_SQLITE = (
@@ -135,6 +144,21 @@ class SQLiteTimelineRecorder(SQLiteApplicationRecorder):
                 found.update(UUID(row[0]) for row in c.fetchall())
         return found
 
+    def last_versions(self, ids: Sequence[UUID]) -> dict[UUID, int]:
+        """The last version of each of these streams that exists."""
+        found: dict[UUID, int] = {}
+        with self.datastore.transaction(commit=False) as c:
+            for start in range(0, len(ids), _LOOKUP_CHUNK):
+                chunk = ids[start : start + _LOOKUP_CHUNK]
+                marks = ",".join("?" for _ in chunk)
+                c.execute(
+                    f"SELECT originator_id, MAX(originator_version) FROM {self.events_table_name} "
+                    f"WHERE originator_id IN ({marks}) GROUP BY originator_id",
+                    [i.hex for i in chunk],
+                )
+                found.update((UUID(row[0]), row[1]) for row in c.fetchall())
+        return found
+
 
 class PostgresTimelineRecorder(PostgresApplicationRecorder):
     """The library's PostgreSQL recorder plus the feed-key index in the same transaction."""
@@ -149,9 +173,11 @@ class PostgresTimelineRecorder(PostgresApplicationRecorder):
                 "type text NOT NULL, digest text NOT NULL, PRIMARY KEY (source, event_id))"
             ).format(schema=schema)
         )
-        self._insert_keys = SQL("INSERT INTO {schema}.feed_keys VALUES (%s,%s,%s,%s,%s)").format(
-            schema=schema
-        )
+        # One statement for the whole batch's keys (an executemany is a round trip each).
+        self._insert_keys = SQL(
+            "INSERT INTO {schema}.feed_keys SELECT * FROM "
+            "unnest(%b::text[], %b::text[], %b::text[], %b::text[], %b::text[])"
+        ).format(schema=schema)
         self._select_keys = SQL(
             "SELECT k.source, k.event_id, k.student_id, k.type, k.digest FROM {schema}.feed_keys k "
             "JOIN unnest(%s::text[], %s::text[]) AS q(source, event_id) "
@@ -161,13 +187,43 @@ class PostgresTimelineRecorder(PostgresApplicationRecorder):
             "SELECT originator_id FROM {schema}.{table} "
             "WHERE originator_version = 1 AND originator_id = ANY(%s)"
         ).format(schema=schema, table=Identifier(self.events_table_name))
+        # The library's insert, with one binary array per column instead of an array of
+        # its composite type: psycopg's pure-Python text dumping of composites (a regex
+        # per field) cost more than the rest of an ingest together.
+        self._insert_columns = SQL(
+            "INSERT INTO {schema}.{table} (originator_id, originator_version, topic, state) "
+            "SELECT * FROM unnest(%b::uuid[], %b::bigint[], %b::text[], %b::bytea[]) "
+            "RETURNING notification_id"
+        ).format(schema=schema, table=Identifier(self.events_table_name))
+        self._select_versions = SQL(
+            "SELECT originator_id, MAX(originator_version) AS version FROM {schema}.{table} "
+            "WHERE originator_id = ANY(%s) GROUP BY originator_id"
+        ).format(schema=schema, table=Identifier(self.events_table_name))
 
     def _insert_events(
         self, curs: Any, stored_events: Sequence[StoredEvent], **kwargs: Any
     ) -> None:
         feed_keys: Sequence[FeedKey] = kwargs.get("feed_keys", ())
         if feed_keys:
-            curs.executemany(self._insert_keys, feed_keys)
+            curs.execute(
+                self._insert_keys, [list(column) for column in zip(*feed_keys, strict=True)]
+            )
+
+    def _insert_stored_events(
+        self, curs: Any, stored_events: Sequence[StoredEvent], **kwargs: Any
+    ) -> None:
+        """The library's table lock and notification, then the rows as column arrays."""
+        self._lock_table(curs)
+        self._notify_channel(curs)
+        curs.execute(
+            self._insert_columns,
+            (
+                [s.originator_id for s in stored_events],
+                [s.originator_version for s in stored_events],
+                [s.topic for s in stored_events],
+                [s.state for s in stored_events],
+            ),
+        )
 
     def lookup_keys(self, keys: Sequence[tuple[str, str]]) -> dict[tuple[str, str], FeedKey]:
         """The stored feed keys among `keys`."""
@@ -193,6 +249,14 @@ class PostgresTimelineRecorder(PostgresApplicationRecorder):
         with self.datastore.get_connection() as conn, conn.cursor() as curs:
             curs.execute(self._select_students, (list(ids),))
             return {r["originator_id"] for r in curs.fetchall()}
+
+    def last_versions(self, ids: Sequence[UUID]) -> dict[UUID, int]:
+        """The last version of each of these streams that exists."""
+        if not ids:
+            return {}
+        with self.datastore.get_connection() as conn, conn.cursor() as curs:
+            curs.execute(self._select_versions, (list(ids),))
+            return {r["originator_id"]: r["version"] for r in curs.fetchall()}
 
 
 @dataclass
@@ -333,6 +397,13 @@ class TimelineStore:
                 self.app = TimelineApp(env=env)
                 self.recorder: SQLiteTimelineRecorder | PostgresTimelineRecorder = self.app.recorder  # type: ignore[assignment]
                 self._fast = _FastDecoder.for_mapper(self.app.mapper)
+                transcoder = self.app.mapper.transcoder
+                # The transcoder's own encoder, made once (see `one_shot`): same bytes.
+                self._encode_text = (
+                    one_shot(transcoder.encoder)
+                    if isinstance(transcoder, JSONTranscoder)
+                    else lambda value: transcoder.encode(value).decode("utf8")
+                )
                 self._check_cipher()
         except StorageConfigError:
             raise
@@ -567,6 +638,84 @@ class TimelineStore:
     def save(self, students: Iterable[Student], feed_keys: Sequence[FeedKey]) -> None:
         """Save the pending events of `students` and their feed keys in one transaction."""
         self.app.save(*students, feed_keys=feed_keys)
+
+    def fact_tail(
+        self,
+        *,
+        source: str,
+        event_id: str,
+        type: str,
+        occurred_on: date,
+        data: dict[str, Any],
+        note: str | None,
+        digest: str,
+    ) -> bytes:
+        """A new fact's stored state after its timestamp, unencrypted (see `append`)."""
+        # The field order of `Student.FactRecorded` after `timestamp`: the library's mapper
+        # encodes `vars(event)` in that order, with this same transcoder.
+        state = {
+            "source": source,
+            "event_id": event_id,
+            "type": type,
+            "occurred_on": occurred_on,
+            "data": data,
+            "note": note,
+            "digest": digest,
+        }
+        return self._encode_text(state)[1:].encode("utf8")
+
+    def append(self, facts: Sequence[NewFact], feed_keys: Sequence[FeedKey]) -> None:
+        """Store new facts after the last event of each stream, with their keys, atomically.
+
+        Writes what `Application.save` of `Student.record` would (same topics, same state
+        bytes, the cipher applied), without loading an aggregate: the versions come from
+        the streams' last versions, and a student without a stream gets its `Registered`
+        event first. Raises the library's `IntegrityError` when another writer took one
+        of these versions or keys meanwhile (the caller classifies again and retries).
+        """
+        if not facts:
+            return
+        encode = self.app.mapper.transcoder.encode
+        now = self.clock()
+        stamps: dict[datetime, bytes] = {}
+        wanted = {sid: student_uuid(sid) for sid in dict.fromkeys(fact[0] for fact in facts)}
+        versions = self.recorder.last_versions(list(wanted.values()))
+        # The next version of each stream; 1 for a student without one, whose
+        # `Registered` event goes into the log just before its first fact.
+        next_version = {sid: versions.get(uid, 0) + 1 for sid, uid in wanted.items()}
+        stored: list[StoredEvent] = []
+        for sid, at, tail in facts:
+            version = next_version[sid]
+            if version == 1:
+                registered = {
+                    "timestamp": now,
+                    "originator_topic": _STUDENT_TOPIC,
+                    "student_id": sid,
+                }
+                stored.append(
+                    StoredEvent(
+                        wanted[sid], 1, _REGISTERED_TOPIC, self._protect(encode(registered))
+                    )
+                )
+                version = 2
+            moment = at or now
+            stamp = stamps.get(moment)
+            if stamp is None:
+                stamp = stamps[moment] = b'{"timestamp":' + encode(moment) + b","
+            next_version[sid] = version + 1
+            stored.append(
+                StoredEvent(wanted[sid], version, _FACT_TOPIC, self._protect(stamp + tail))
+            )
+        self.recorder.insert_events(stored, feed_keys=feed_keys)
+
+    def _protect(self, state: bytes) -> bytes:
+        """Compress and encrypt a state as the library's mapper does (when configured)."""
+        mapper = self.app.mapper
+        if mapper.compressor:
+            state = mapper.compressor.compress(state)
+        if mapper.cipher:
+            state = mapper.cipher.encrypt(state)
+        return state
 
 
 def to_fact(student_id: str, event: Student.FactRecorded) -> Fact:
