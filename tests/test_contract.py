@@ -393,3 +393,18 @@ def test_schema_forbids_unknown_fields_and_lists_required_ones():
         required = set(definition.get("required", []))
         assert {*ENVELOPE_REQUIRED, "type", *REQUIRED[type_]} <= required, type_
         assert "recorded_at" not in definition["properties"], type_
+
+
+def test_a_rejection_message_stays_short_whatever_was_sent():
+    # Escaping an echoed value can multiply its length (one astral character + a control
+    # character -> '\U0001f600\x00'...): every message is capped all the same.
+    raw = {
+        "event_id": "e",
+        "student_id": "s",
+        "type": "\U0001f600\x00" * 40,
+        "occurred_on": "2024-01-01",
+    }
+    with pytest.raises(ContractError) as caught:
+        parse_event(raw)
+    assert caught.value.messages
+    assert all(len(m) <= 400 and m.isprintable() for m in caught.value.messages)

@@ -38,6 +38,7 @@ _FORBIDDEN_CATEGORIES = frozenset({"Cc", "Cf", "Cs", "Zl", "Zp"})
 FREE_TEXT_FIELDS = frozenset({"note", "reason"})
 _FREE_TEXT_ALLOWED = frozenset("\t\n")
 MAX_MESSAGES = 10  # problems listed per rejected event
+MAX_MESSAGE_CHARS = 400  # characters per problem
 
 FINE_KINDS = ("late_arc_application", "late_details_update", "overstay")
 APPLICATION_KINDS = ("initial", "extension", "replacement", "reapplication")
@@ -440,7 +441,10 @@ def describe_errors(exc: ValidationError, raw: dict[str, Any]) -> list[str]:
             messages.append(f"{field}: {err['msg'][0].lower()}{err['msg'][1:]}{got}")
     if len(errors) > MAX_MESSAGES:
         messages.append(f"and {len(errors) - MAX_MESSAGES} more problems")
-    return messages
+    # Every message stays short whatever was sent (a long field path plus a long echo).
+    return [
+        m if len(m) <= MAX_MESSAGE_CHARS else m[: MAX_MESSAGE_CHARS - 1] + "…" for m in messages
+    ]
 
 
 def _field_name(loc: list[str]) -> str:
