@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import date, datetime
+from operator import attrgetter
 
 from projections import dates
 from projections.dates import TaiwanCalendar, taiwan_calendar
@@ -655,6 +656,7 @@ class _Replay:
         self.advance_to(self.as_of)
         fines: list[_Fine] = []
         overstay_view: Overstay | None = None
+        overstay_open: tuple[date, int, bool] | None = None
         overstay_fine: _Fine | None = None
         for episode in self.episodes:
             if episode.kind != "overstay":
@@ -698,11 +700,11 @@ class _Replay:
                     if moot.kind in EXTENSION_KINDS and moot.due_on == episode.valid_until:
                         moot.cancel(day_limit)
             if episode.resolved_on is None:
-                overstay_view = Overstay(
-                    since=episode.since,
-                    days=days,
-                    can_reapply=days < rule["reapply_under_days"] and not episode.ceased,
-                    fine_ntd=0,  # set after impositions below
+                # The view is built once its fine is known (after impositions, below).
+                overstay_open = (
+                    episode.since,
+                    days,
+                    days < rule["reapply_under_days"] and not episode.ceased,
                 )
                 overstay_fine = fine
         for task in self.tasks:
@@ -726,14 +728,18 @@ class _Replay:
                             order=(accrued, task.trigger_on),
                         )
                     )
-        fines.sort(key=lambda f: f.order)
+        fines.sort(key=_FINE_ORDER)
         self._number_offenses(fines)
         self._apply_money(fines)
-        if overstay_view is not None and overstay_fine is not None:
-            overstay_view.fine_ntd = (
-                overstay_fine.amount
+        if overstay_open is not None and overstay_fine is not None:
+            since, days, can_reapply = overstay_open
+            overstay_view = Overstay(
+                since=since,
+                days=days,
+                can_reapply=can_reapply,
+                fine_ntd=overstay_fine.amount
                 if overstay_fine.amount is not None
-                else overstay_fine.amount_min
+                else overstay_fine.amount_min,
             )
         return fines, overstay_view
 
@@ -756,7 +762,7 @@ class _Replay:
             fine.amount_min = fine.amount_max = tiers[min(count, len(tiers)) - 1]
 
     def _apply_money(self, fines: list[_Fine]) -> None:
-        for fact in sorted(self.money, key=lambda f: (f.occurred_on, f.recorded_at, f.seq)):
+        for fact in sorted(self.money, key=_FACT_ORDER):
             on, kind, amount = fact.occurred_on, fact.data.get("fine"), fact.data.get("amount_ntd")
             if fact.type == "fine_imposed":
                 candidates = [
@@ -816,6 +822,9 @@ class _Replay:
                     [fact.event_id],
                 )
 
+
+_FINE_ORDER = attrgetter("order")
+_FACT_ORDER = attrgetter("occurred_on", "recorded_at", "seq")
 
 # Fact type → its `_Replay.on_<type>` method (types without one change nothing).
 _HANDLERS: dict[str, Callable[[_Replay, Fact, date], None]] = {

@@ -538,7 +538,10 @@ class TimelineStore:
         if version != 1:
             log.warning("stream %s does not start with its registration: skipped", uid)
             return ""
-        event = self.decode(StoredEvent(uid, version, topic, state))
+        try:
+            event = self.decode(StoredEvent(uid, version, topic, state))
+        except MapperDeserialisationError:
+            raise StorageConfigError(_CIPHER_MISMATCH) from None
         if not isinstance(event, Student.Registered):
             log.warning("stream %s does not start with its registration: skipped", uid)
             return ""
