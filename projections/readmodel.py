@@ -217,13 +217,14 @@ def known_sql(known_at: datetime | None, alias: str = "") -> tuple[str, dict[str
     return f"{a}known_from <= :k AND {a}known_until > :k", {"k": moment_text(known_at)}
 
 
-def tasks_on_sql(known: str) -> str:
+def tasks_on_sql(known: str, indexed: str = "") -> str:
     """The tasks that existed on day :d, with the due day known that day, believed per `known`."""
+    indexed = f"INDEXED BY {indexed} " if indexed else ""
     return f"""
 (SELECT student_id, n, kind, rule, trigger_on,
         CASE WHEN opens_from IS NULL OR opens_from <= :d THEN opens_on END AS opens_on,
         due_on, done_on, cancelled_on, place, fee_ntd, caused_by
- FROM rm_tasks WHERE +trigger_on <= :d AND (due_from IS NULL OR due_from <= :d)
+ FROM rm_tasks {indexed}WHERE +trigger_on <= :d AND (due_from IS NULL OR due_from <= :d)
  AND (due_until IS NULL OR :d < due_until) AND {known})
 """
 
@@ -242,7 +243,8 @@ END
 """
 # The events a row cites that counted by day :d, as a JSON array (built by SQLite).
 CITED_SQL = (
-    "(SELECT json_group_array(value ->> 0) FROM json_each(caused_by) WHERE value ->> 1 <= :d)"
+    "CASE WHEN substr(caused_by, 2, 1) = '[' THEN (SELECT json_group_array(value ->> 0) "
+    "FROM json_each(caused_by) WHERE value ->> 1 <= :d) ELSE caused_by END"
 )
 
 
@@ -308,8 +310,21 @@ def _iso(day: date | None) -> str | None:
     return day.isoformat() if day else None
 
 
-def _cited(pairs: Iterable[tuple[str, date]]) -> str:
+def _cited(pairs: Iterable[tuple[str, date]], listed_from: date) -> str:
+    """The cited events: their ids alone when all count from the row's first listed day,
+    else [id, day from which it counts] pairs (filtered by day in SQL)."""
+    pairs = list(pairs)
+    if all(day <= listed_from for _, day in pairs):
+        return json.dumps([event_id for event_id, _ in pairs])
     return json.dumps([[event_id, day.isoformat()] for event_id, day in pairs])
+
+
+def first_cause(caused_by: str) -> str:
+    """The first event a row cites ("-" for none), in either form `_cited` stores."""
+    cited = json.loads(caused_by)
+    if not cited:
+        return "-"
+    return cited[0][0] if isinstance(cited[0], list) else cited[0]
 
 
 def derived_rows(student_id: str, derived: Derivation) -> dict[str, list[Row]]:
@@ -331,7 +346,7 @@ def derived_rows(student_id: str, derived: Derivation) -> dict[str, list[Row]]:
             _iso(t.cancelled_on),
             t.place(),
             t.fee_ntd,
-            _cited(t.cited()),
+            _cited(t.cited(), t.trigger_on),
         )
         for n, t in enumerate(derived.tasks)
         for since, until, due in t.due_versions()
@@ -354,7 +369,7 @@ def derived_rows(student_id: str, derived: Derivation) -> dict[str, list[Row]]:
                 f.amount if f.imposed_on else None,
                 _iso(f.valid_until),
                 _iso(f.last_day),
-                _cited(cited),
+                _cited(cited, f.accrued_on),
             )
         )
         payments.extend(
@@ -887,13 +902,15 @@ class ReadModel:
         statuses, kinds = list(statuses), list(kinds)
         known, params = known_sql(known_at)
         params["d"] = day.isoformat()
-        inner = tasks_on_sql(known)
         if statuses == ["overdue"]:
-            # by index: only tasks whose overdue window contains the day
-            inner = inner.replace(
+            # by index: only tasks whose overdue window contains the day (named, or SQLite
+            # walks the student index to spare the sort, a full scan)
+            inner = tasks_on_sql(known, "rm_tasks_overdue").replace(
                 "WHERE +trigger_on <= :d AND",
                 "WHERE overdue_to >= :d AND overdue_from <= :d AND +trigger_on <= :d AND",
             )
+        else:
+            inner = tasks_on_sql(known)
         where = _filters(params, statuses, kinds, changed_since)
         sql = f"""
 SELECT student_id, n, json_object(
@@ -938,7 +955,7 @@ FROM (
       (SELECT COALESCE(SUM(p.amount), 0) FROM rm_payments p
        WHERE p.student_id = f.student_id AND p.fine_n = f.n AND p.paid_on <= :d
        AND {known_p}) AS paid,
-      {CITED_SQL.replace("caused_by", "f.caused_by")} AS cited
+      ({CITED_SQL.replace("caused_by", "f.caused_by")}) AS cited
     FROM rm_fines f WHERE {known_f} AND {accrued}
   )
 )

@@ -11,13 +11,18 @@ Milestones:
 
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import dataclass
 from datetime import date, datetime
 
 from projections import dates
-from projections.readmodel import TASK_STATUS_SQL, ReadModel, known_sql, tasks_on_sql
+from projections.readmodel import (
+    TASK_STATUS_SQL,
+    ReadModel,
+    first_cause,
+    known_sql,
+    tasks_on_sql,
+)
 from scheduler.alert import Alert, Message
 from scheduler.messages import fine_message, overstay_message, task_message
 
@@ -35,11 +40,6 @@ class Milestone:
     day: date
     subject: str
     alert: Alert
-
-
-def _first_cause(caused_by: str) -> str:
-    cited = json.loads(caused_by)
-    return cited[0][0] if cited else "-"
 
 
 def _key(student_id: str, thing: str, cause: str, milestone: str, due: str | None) -> str:
@@ -95,7 +95,7 @@ def milestones_on(
             found.append(wanted_due[due_on])
         if status == "overdue" and due_on == overdue_due:
             found.append("overdue")
-        cause = _first_cause(caused_by)
+        cause = first_cause(caused_by)
         due = date.fromisoformat(due_on) if due_on else None
         for milestone in found:
             zh, en = task_message(kind, milestone, day, due, place, fee, rule)
