@@ -453,6 +453,7 @@ class ReadModel:
         self.rules = rules
         self.calendar = calendar or taiwan_calendar()
         self.fingerprint = fingerprint or read_model_fingerprint(rules, self.calendar)
+        self._overstay_bounds: dict[tuple[str, str, str | None, str], tuple[int, int]] = {}
         self.db.conn.create_function("rm_overstay_ntd", 5, self._overstay_ntd, deterministic=True)
         # Why the tables were last dropped by this object (None: they were current).
         self.rebuild_reason: str | None = None
@@ -470,11 +471,17 @@ class ReadModel:
         self, accrued_on: str, valid_until: str, last_day: str | None, day: str, high: int
     ) -> int:
         """An overstay fine's range bound on `day` (SQL function: the rule stays in Python)."""
-        on = date.fromisoformat(day)
-        end = min(on, date.fromisoformat(last_day)) if last_day else on
-        days = (end - date.fromisoformat(valid_until)).days
-        low, top = overstay_fine_range(self.rules, date.fromisoformat(accrued_on), days)
-        return top if high else low
+        key = (accrued_on, valid_until, last_day, day)
+        bounds = self._overstay_bounds.get(key)
+        if bounds is None:  # asked twice per fine (low, high): computed once
+            on = date.fromisoformat(day)
+            end = min(on, date.fromisoformat(last_day)) if last_day else on
+            days = (end - date.fromisoformat(valid_until)).days
+            bounds = overstay_fine_range(self.rules, date.fromisoformat(accrued_on), days)
+            if len(self._overstay_bounds) > 100_000:
+                self._overstay_bounds.clear()
+            self._overstay_bounds[key] = bounds
+        return bounds[1] if high else bounds[0]
 
     # -- layout and rules the tables were built with -----------------------------------
     def _stored_build(self) -> tuple[int, str | None] | None:
