@@ -283,3 +283,42 @@ def test_rows_that_do_not_change_are_kept_and_changes_are_listed(tmp_path, clock
         before = model.tasks_on(date(2024, 3, 1), known_at=t1)
         assert before == model.tasks_on(date(2024, 3, 1), known_at=t2 - timedelta(microseconds=1))
         model.close()
+
+
+def test_a_student_broken_then_mended_is_left_out_only_as_known_while_broken(tmp_path, clock):
+    """The error row is versioned like the rows: left out as known at T1, back at T2."""
+    from test_read_side_robustness import write_directly
+
+    with TimelineStore.open(str(tmp_path / "e.db"), clock=clock) as store:
+        t0 = clock.now
+        entered = {
+            "event_id": "in",
+            "student_id": "FAR",
+            "type": "entered",
+            "visa": "resident",
+            "occurred_on": "2024-03-01",
+        }
+        assert ingest_objects(store, [entered]).ok
+        t1 = clock.advance(hours=1)
+        arc = {"valid_until": date(9999, 12, 31), "application": "initial"}
+        write_directly(store, "FAR", [("far-arc", "arc_issued", date(2024, 3, 10), arc)])
+        t2 = clock.advance(hours=1)
+        fix = {
+            "event_id": "fix",
+            "student_id": "FAR",
+            "source": "manual",
+            "type": "retracted",
+            "retracts": "far-arc",
+            "reason": "typo",
+            "occurred_on": "2024-03-10",
+        }
+        assert ingest_objects(store, [fix]).ok
+        model = ReadModel(str(tmp_path / "r.db"))
+        model.sync(store, batch=1)
+        day = date(2024, 5, 1)
+        assert [e["student_id"] for e in model.errors(t1)] == ["FAR"]
+        assert model.errors(t0) == model.errors(t2) == model.errors() == []
+        assert model.tasks_on(day, known_at=t1) == []
+        assert _task_rows(model.tasks_on(day, known_at=t0)) == _task_rows(model.tasks_on(day))
+        assert model.tasks_on(day)  # the apply_arc task is back once the bad fact is retracted
+        model.close()
