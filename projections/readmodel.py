@@ -314,9 +314,10 @@ def _cited(pairs: Iterable[tuple[str, date]], listed_from: date) -> str:
     """The cited events: their ids alone when all count from the row's first listed day,
     else [id, day from which it counts] pairs (filtered by day in SQL)."""
     pairs = list(pairs)
-    if all(day <= listed_from for _, day in pairs):
-        return json.dumps([event_id for event_id, _ in pairs])
-    return json.dumps([[event_id, day.isoformat()] for event_id, day in pairs])
+    for _, day in pairs:
+        if day > listed_from:
+            return json.dumps([[event_id, day.isoformat()] for event_id, day in pairs])
+    return json.dumps([event_id for event_id, _ in pairs])
 
 
 def first_cause(caused_by: str) -> str:
@@ -729,10 +730,11 @@ class ReadModel:
             for table in _VERSIONED:
                 held = state[table]
                 fresh = rows[table]
-                keep = set(fresh)
-                for content in [c for c in held if c not in keep]:
-                    held.pop(content).until = at
-                    changed = True
+                if held:
+                    keep = set(fresh)
+                    for content in [c for c in held if c not in keep]:
+                        held.pop(content).until = at
+                        changed = True
                 for content in fresh:
                     if content not in held:
                         entry = _Entry(None, at, OPEN, position=plan.position)
