@@ -1,24 +1,48 @@
 """Read models: the projection's output materialized in SQLite with sqlite-utils.
 
-For every student the pure projection is evaluated once at a far horizon, which gives the
-full derived history with its dates (a task's opens/due/done/cancelled days, a fine's
-accrual, imposition and payments, an overstay's first and last day). "Who had an overdue
-task on 2024-05-01" is then a SQL range query over those dates, not a replay. Nothing
-here re-derives a rule: the dates come from `projections.engine`.
+For every student the pure projection is evaluated at a far horizon, which gives the full
+derived history with its dates (a task's opens/due/done/cancelled days, a fine's accrual,
+imposition and payments, an overstay's first and last day). "Who had an overdue task on
+2024-05-01" is then a SQL range query over those dates, not a replay. Nothing here
+re-derives a rule: the dates come from `projections.engine`.
+
+**Bitemporal.** Each derived row also carries the record-time interval during which it was
+believed, `[known_from, known_until)` (UTC ISO text, fixed width; `OPEN` while it still is).
+A student's derivation as known at T is `derive(facts, HORIZON, known_at=T)`; it only
+changes at the distinct `recorded_at` values of the student's events, so the follower
+derives one version per distinct `recorded_at` and, against the version before, closes the
+rows that changed at that moment and opens the new ones. Unchanged rows are kept: storage
+grows with changes, not with events. Events that share one `recorded_at` (one ingest batch)
+make one version; the rows valid at T are those of the last version at or before T, which
+is what `show --known-at T` derives. `rm_changes` lists the (student, moment) pairs where
+the derivation changed, for `changed_since`.
+
+Record time is stamped when a batch is written, so the notification order and the
+`recorded_at` order can differ (two writers at once, a batch split over two follower
+batches, or `timeline import` writing old record times). The follower does not assume
+either order: when a student's new events carry a `recorded_at` at or before the last one
+it applied for that student, it rewinds that student to just before that moment (rows
+opened at or after it are deleted, rows closed at or after it are reopened) and derives
+every version from there again. The tables after any prefix of the log are therefore
+exactly the bitemporal derivation of the facts in that prefix, whatever the batching.
 
 The tables follow the event store's notification log. Each batch of notifications is
 applied in ONE SQLite transaction together with the new tracking position, so a crash
 loses nothing and applies nothing twice; `sync` resumes from the stored position.
 
-One student's facts can never stop the others: a student whose derivation fails gets a
+One student's facts can never stop the others: a version whose derivation fails gets a
 row in `rm_errors` (student, position, error class, a message without personal data)
 and NO rows in the other tables (stale rows would be false), and the follower goes on.
-A later event that makes the student derivable again clears the error row.
+A later event that makes the student derivable again closes the error row.
 
 The tables record the layout version and the fingerprint of the rules they were derived
 under (rule values, settings, the code that derives, the holidays data). Opened under
 another fingerprint, they are dropped and re-followed from position 0, so population
 queries always follow the rules in force.
+
+Population queries build their JSON in SQLite (`json_object`) and hand back one JSON text
+per row, in (student, task/fine number) order, optionally one page at a time: callers
+stream them without building Python rows.
 """
 
 from __future__ import annotations
@@ -31,7 +55,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import date
+from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any
 
@@ -56,19 +80,21 @@ log = logging.getLogger(__name__)
 
 HORIZON = date(2199, 12, 31)
 FOREVER = "9999-12-31"
-LAYOUT_VERSION = 8  # bump when a table changes: old read models are rebuilt
+OPEN = "9999-12-31T23:59:59.999999+00:00"  # known_until of a row still believed
+LAYOUT_VERSION = 9  # bump when a table changes: old read models are rebuilt
 STREAM_CACHE = 20_000  # students whose facts stay in memory between batches
 TRACKING = "rm_tracking"
 NAME = "student_views"
 RULES_CHANGED = "rules changed since the read models were built: rebuilding"
 LAYOUT_CHANGED = "the read-model layout changed: rebuilding"
 MAX_FOREIGN_REBUILDS = 3  # rebuilds by another process during one sync before giving up
+CHUNK = 500  # ids per `IN (...)` list
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS rm_tracking (name TEXT PRIMARY KEY, position INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS rm_students (
     uuid TEXT PRIMARY KEY, student_id TEXT NOT NULL UNIQUE, position INTEGER NOT NULL,
-    arc_valid_until TEXT, revoked_on TEXT, in_taiwan INTEGER
+    recorded_to TEXT
 );
 CREATE TABLE IF NOT EXISTS rm_tasks (
     student_id TEXT NOT NULL, n INTEGER NOT NULL, kind TEXT NOT NULL, rule TEXT NOT NULL,
@@ -76,8 +102,9 @@ CREATE TABLE IF NOT EXISTS rm_tasks (
     due_until TEXT, overdue_from TEXT, overdue_to TEXT,
     done_on TEXT, cancelled_on TEXT,
     place TEXT NOT NULL, fee_ntd INTEGER, caused_by TEXT NOT NULL,
-    PRIMARY KEY (student_id, n, due_from)
+    known_from TEXT NOT NULL, known_until TEXT NOT NULL
 );
+CREATE INDEX IF NOT EXISTS rm_tasks_student ON rm_tasks (student_id, known_until);
 CREATE INDEX IF NOT EXISTS rm_tasks_due ON rm_tasks (due_on);
 CREATE INDEX IF NOT EXISTS rm_tasks_overdue ON rm_tasks (overdue_to, overdue_from);
 CREATE INDEX IF NOT EXISTS rm_tasks_opens ON rm_tasks (opens_on);
@@ -86,23 +113,32 @@ CREATE TABLE IF NOT EXISTS rm_fines (
     accrued_on TEXT NOT NULL, amount_min INTEGER NOT NULL, amount_max INTEGER NOT NULL,
     offense INTEGER, imposed_on TEXT, imposed_amount INTEGER,
     overstay_valid_until TEXT, overstay_last_day TEXT, caused_by TEXT NOT NULL,
-    PRIMARY KEY (student_id, n)
+    known_from TEXT NOT NULL, known_until TEXT NOT NULL
 );
+CREATE INDEX IF NOT EXISTS rm_fines_student ON rm_fines (student_id, known_until);
+CREATE INDEX IF NOT EXISTS rm_fines_current ON rm_fines (known_until, student_id, n);
 CREATE INDEX IF NOT EXISTS rm_fines_accrued ON rm_fines (accrued_on);
 CREATE TABLE IF NOT EXISTS rm_payments (
-    student_id TEXT NOT NULL, fine_n INTEGER NOT NULL, paid_on TEXT NOT NULL,
-    amount INTEGER NOT NULL
+    student_id TEXT NOT NULL, fine_n INTEGER NOT NULL, k INTEGER NOT NULL,
+    paid_on TEXT NOT NULL, amount INTEGER NOT NULL,
+    known_from TEXT NOT NULL, known_until TEXT NOT NULL
 );
-CREATE INDEX IF NOT EXISTS rm_payments_fine ON rm_payments (student_id, fine_n);
+CREATE INDEX IF NOT EXISTS rm_payments_fine ON rm_payments (student_id, fine_n, known_until);
 CREATE TABLE IF NOT EXISTS rm_overstays (
-    student_id TEXT NOT NULL, since TEXT NOT NULL, valid_until TEXT NOT NULL,
-    last_day TEXT, resolved_on TEXT, ceased INTEGER NOT NULL
+    student_id TEXT NOT NULL, k INTEGER NOT NULL, since TEXT NOT NULL,
+    valid_until TEXT NOT NULL, last_day TEXT, resolved_on TEXT, ceased INTEGER NOT NULL,
+    known_from TEXT NOT NULL, known_until TEXT NOT NULL
 );
-CREATE INDEX IF NOT EXISTS rm_overstays_student ON rm_overstays (student_id);
+CREATE INDEX IF NOT EXISTS rm_overstays_student ON rm_overstays (student_id, known_until);
 CREATE TABLE IF NOT EXISTS rm_errors (
-    student_id TEXT PRIMARY KEY, position INTEGER NOT NULL, error TEXT NOT NULL,
-    message TEXT NOT NULL
+    student_id TEXT NOT NULL, position INTEGER NOT NULL, error TEXT NOT NULL,
+    message TEXT NOT NULL, known_from TEXT NOT NULL, known_until TEXT NOT NULL
 );
+CREATE INDEX IF NOT EXISTS rm_errors_student ON rm_errors (student_id, known_until);
+CREATE TABLE IF NOT EXISTS rm_changes (
+    student_id TEXT NOT NULL, at TEXT NOT NULL, PRIMARY KEY (student_id, at)
+);
+CREATE INDEX IF NOT EXISTS rm_changes_at ON rm_changes (at);
 """
 _TABLES = (
     "rm_tracking",
@@ -112,17 +148,89 @@ _TABLES = (
     "rm_payments",
     "rm_overstays",
     "rm_errors",
+    "rm_changes",
 )
-_PER_STUDENT = ("rm_tasks", "rm_fines", "rm_payments", "rm_overstays")
+# The versioned tables and the columns that make a row's content (compared between versions).
+_CONTENT: dict[str, tuple[str, ...]] = {
+    "rm_tasks": (
+        "student_id",
+        "n",
+        "kind",
+        "rule",
+        "trigger_on",
+        "opens_on",
+        "opens_from",
+        "due_on",
+        "due_from",
+        "due_until",
+        "overdue_from",
+        "overdue_to",
+        "done_on",
+        "cancelled_on",
+        "place",
+        "fee_ntd",
+        "caused_by",
+    ),
+    "rm_fines": (
+        "student_id",
+        "n",
+        "kind",
+        "rule",
+        "accrued_on",
+        "amount_min",
+        "amount_max",
+        "offense",
+        "imposed_on",
+        "imposed_amount",
+        "overstay_valid_until",
+        "overstay_last_day",
+        "caused_by",
+    ),
+    "rm_payments": ("student_id", "fine_n", "k", "paid_on", "amount"),
+    "rm_overstays": (
+        "student_id",
+        "k",
+        "since",
+        "valid_until",
+        "last_day",
+        "resolved_on",
+        "ceased",
+    ),
+    "rm_errors": ("student_id", "error", "message"),  # and `position`, not compared
+}
+_VERSIONED = tuple(_CONTENT)
+Row = tuple[Any, ...]
 
-# The tasks that existed on day :d, with the due day known that day.
-TASKS_ON_SQL = """
+
+def moment_text(moment: datetime) -> str:
+    """A record moment as the tables keep it: UTC, fixed width, so text order is time order."""
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return moment.astimezone(UTC).isoformat(timespec="microseconds")
+
+
+def known_sql(known_at: datetime | None, alias: str = "") -> tuple[str, dict[str, str]]:
+    """The condition "this row was believed at `known_at`" (now, when None) and its parameter."""
+    a = f"{alias}." if alias else ""
+    if known_at is None:
+        return f"{a}known_until = :open", {"open": OPEN}
+    return f"{a}known_from <= :k AND {a}known_until > :k", {"k": moment_text(known_at)}
+
+
+def tasks_on_sql(known: str, indexed: str = "") -> str:
+    """The tasks that existed on day :d, with the due day known that day, believed per `known`."""
+    indexed = f"INDEXED BY {indexed} " if indexed else ""
+    return f"""
 (SELECT student_id, n, kind, rule, trigger_on,
         CASE WHEN opens_from IS NULL OR opens_from <= :d THEN opens_on END AS opens_on,
         due_on, done_on, cancelled_on, place, fee_ntd, caused_by
- FROM rm_tasks WHERE +trigger_on <= :d AND (due_from IS NULL OR due_from <= :d)
- AND (due_until IS NULL OR :d < due_until))
+ FROM rm_tasks {indexed}WHERE +trigger_on <= :d AND (due_from IS NULL OR due_from <= :d)
+ AND (due_until IS NULL OR :d < due_until) AND {known})
 """
+
+
+# The tasks that existed on day :d as known now (kept for callers of the old name).
+TASKS_ON_SQL = tasks_on_sql(f"known_until = '{OPEN}'")
 TASK_STATUS_SQL = """
 CASE
   WHEN done_on IS NOT NULL AND done_on <= :d THEN
@@ -133,6 +241,11 @@ CASE
   ELSE 'open'
 END
 """
+# The events a row cites that counted by day :d, as a JSON array (built by SQLite).
+CITED_SQL = (
+    "CASE WHEN substr(caused_by, 2, 1) = '[' THEN (SELECT json_group_array(value ->> 0) "
+    "FROM json_each(caused_by) WHERE value ->> 1 <= :d) ELSE caused_by END"
+)
 
 
 def default_read_db(store_location: str) -> str:
@@ -197,110 +310,129 @@ def _iso(day: date | None) -> str | None:
     return day.isoformat() if day else None
 
 
-def _cited(pairs: Iterable[tuple[str, date]]) -> str:
-    return json.dumps([[event_id, day.isoformat()] for event_id, day in pairs])
+def _cited(pairs: Iterable[tuple[str, date]], listed_from: date) -> str:
+    """The cited events: their ids alone when all count from the row's first listed day,
+    else [id, day from which it counts] pairs (filtered by day in SQL)."""
+    pairs = list(pairs)
+    for _, day in pairs:
+        if day > listed_from:
+            return json.dumps([[event_id, day.isoformat()] for event_id, day in pairs])
+    return json.dumps([event_id for event_id, _ in pairs])
 
 
-class _Rows:
-    """The rows of a batch of students, written with one executemany per table."""
+def first_cause(caused_by: str) -> str:
+    """The first event a row cites ("-" for none), in either form `_cited` stores."""
+    cited = json.loads(caused_by)
+    if not cited:
+        return "-"
+    return cited[0][0] if isinstance(cited[0], list) else cited[0]
 
-    def __init__(self) -> None:
-        self.student_ids: list[str] = []
-        self.students: list[tuple[Any, ...]] = []
-        self.tasks: list[tuple[Any, ...]] = []
-        self.fines: list[tuple[Any, ...]] = []
-        self.payments: list[tuple[Any, ...]] = []
-        self.overstays: list[tuple[Any, ...]] = []
-        self.healthy: list[str] = []
-        self.errors: list[tuple[Any, ...]] = []
 
-    def add(self, uid: str, student_id: str, position: int, derived: Derivation) -> None:
-        """One student's derived history (all of it or, if it raises, nothing)."""
-        part = _Rows()
-        part._fill(uid, student_id, position, derived)
-        self.student_ids.append(student_id)
-        self.students.extend(part.students)
-        self.tasks.extend(part.tasks)
-        self.fines.extend(part.fines)
-        self.payments.extend(part.payments)
-        self.overstays.extend(part.overstays)
-        self.healthy.append(student_id)
-
-    def fail(self, uid: str, student_id: str, position: int, error: str, message: str) -> None:
-        """A student whose derivation failed: an error row, and no derived rows."""
-        self.student_ids.append(student_id)
-        self.students.append((uid, student_id, position, None, None, None))
-        self.errors.append((student_id, position, error, message))
-
-    def _fill(self, uid: str, student_id: str, position: int, derived: Derivation) -> None:
-        replay = derived.replay
-        arc = replay.arc
-        self.students.append(
-            (
-                uid,
-                student_id,
-                position,
-                _iso(arc.valid_until) if arc else None,
-                _iso(replay.revoked_on),
-                int(bool(replay.in_taiwan)),
-            )
+def derived_rows(student_id: str, derived: Derivation) -> dict[str, list[Row]]:
+    """One derivation's rows, table by table (content columns of `_CONTENT`, in order)."""
+    tasks = [
+        (
+            student_id,
+            n,
+            t.kind,
+            t.rule,
+            t.trigger_on.isoformat(),
+            _iso(t.opens_on),
+            _iso(t.opens_from),
+            _iso(due),
+            _iso(since),
+            _iso(until),
+            *_overdue_window(t, due),
+            _iso(t.done_on),
+            _iso(t.cancelled_on),
+            t.place(),
+            t.fee_ntd,
+            _cited(t.cited(), t.trigger_on),
         )
-        self.tasks.extend(
+        for n, t in enumerate(derived.tasks)
+        for since, until, due in t.due_versions()
+    ]
+    fines: list[Row] = []
+    payments: list[Row] = []
+    for n, f in enumerate(derived.fines):
+        cited = [(e, f.effective.get(e, f.accrued_on)) for e in f.caused_by]
+        fines.append(
             (
                 student_id,
                 n,
-                t.kind,
-                t.rule,
-                t.trigger_on.isoformat(),
-                _iso(t.opens_on),
-                _iso(t.opens_from),
-                _iso(due),
-                _iso(since),
-                _iso(until),
-                *_overdue_window(t, due),
-                _iso(t.done_on),
-                _iso(t.cancelled_on),
-                t.place(),
-                t.fee_ntd,
-                _cited(t.cited()),
+                f.kind,
+                f.rule,
+                f.accrued_on.isoformat(),
+                f.amount_min,
+                f.amount_max,
+                f.offense,
+                _iso(f.imposed_on),
+                f.amount if f.imposed_on else None,
+                _iso(f.valid_until),
+                _iso(f.last_day),
+                _cited(cited, f.accrued_on),
             )
-            for n, t in enumerate(derived.tasks)
-            for since, until, due in t.due_versions()
         )
-        for n, f in enumerate(derived.fines):
-            cited = [(e, f.effective.get(e, f.accrued_on)) for e in f.caused_by]
-            self.fines.append(
-                (
-                    student_id,
-                    n,
-                    f.kind,
-                    f.rule,
-                    f.accrued_on.isoformat(),
-                    f.amount_min,
-                    f.amount_max,
-                    f.offense,
-                    _iso(f.imposed_on),
-                    f.amount if f.imposed_on else None,
-                    _iso(f.valid_until),
-                    _iso(f.last_day),
-                    _cited(cited),
-                )
-            )
-            self.payments.extend(
-                (student_id, n, on.isoformat(), amount) for on, amount in f.payments
-            )
-        self.overstays.extend(
-            (
-                student_id,
-                e.since.isoformat(),
-                e.valid_until.isoformat(),
-                _iso(e.end),
-                _iso(e.resolved_on),
-                int(e.ceased),
-            )
-            for e in replay.episodes
-            if e.kind == "overstay"
+        payments.extend(
+            (student_id, n, k, on.isoformat(), amount) for k, (on, amount) in enumerate(f.payments)
         )
+    overstays = [
+        (
+            student_id,
+            k,
+            e.since.isoformat(),
+            e.valid_until.isoformat(),
+            _iso(e.end),
+            _iso(e.resolved_on),
+            int(e.ceased),
+        )
+        for k, e in enumerate(e for e in derived.replay.episodes if e.kind == "overstay")
+    ]
+    return {
+        "rm_tasks": tasks,
+        "rm_fines": fines,
+        "rm_payments": payments,
+        "rm_overstays": overstays,
+        "rm_errors": [],
+    }
+
+
+class _Entry:
+    """One row of a student's state: in the table (`rowid`) or new in this batch (None)."""
+
+    __slots__ = ("known_from", "loaded_until", "position", "rowid", "until")
+
+    def __init__(
+        self, rowid: int | None, known_from: str, until: str, position: int | None = None
+    ) -> None:
+        self.rowid = rowid
+        self.known_from = known_from
+        self.until = until
+        self.loaded_until = until  # what the table says now (for rows already there)
+        self.position = position
+
+
+@dataclass
+class _Student:
+    """What the follower knows of one touched student before deriving its new versions."""
+
+    uid: str
+    student_id: str
+    facts: list[Fact]
+    since: datetime | None  # the earliest record time among its new facts (None: no new fact)
+
+
+class _Plan:
+    """The writes of one batch: rewinds, closed rows, new rows, changes, tracking of students."""
+
+    def __init__(self, position: int) -> None:
+        self.position = position
+        self.rewinds: list[tuple[str, str]] = []  # (student, moment): forget from there on
+        self.loaded: dict[str, list[_Entry]] = {t: [] for t in _VERSIONED}
+        self.inserts: dict[str, list[tuple[Row, _Entry]]] = {t: [] for t in _VERSIONED}
+        self.changes: list[tuple[str, str]] = []
+        self.students: list[tuple[str, str, int, str | None]] = []
+        self.failed = 0
 
 
 class ReadModel:
@@ -313,12 +445,17 @@ class ReadModel:
         calendar: TaiwanCalendar | None = None,
         *,
         fingerprint: str | None = None,
+        any_thread: bool = False,
     ) -> None:
-        self.db = Database(str(path))
+        # `any_thread`: the connection may be used from one thread after another (never
+        # two at once), as a streamed HTTP answer does from the server's thread pool.
+        self.db = Database(sqlite3.connect(str(path), check_same_thread=not any_thread))
         self.db.execute("PRAGMA busy_timeout = 30000")
         self.rules = rules
         self.calendar = calendar or taiwan_calendar()
         self.fingerprint = fingerprint or read_model_fingerprint(rules, self.calendar)
+        self._overstay_bounds: dict[tuple[str, str, str | None, str], tuple[int, int]] = {}
+        self.db.conn.create_function("rm_overstay_ntd", 5, self._overstay_ntd, deterministic=True)
         # Why the tables were last dropped by this object (None: they were current).
         self.rebuild_reason: str | None = None
         self._ensure_build()
@@ -330,6 +467,22 @@ class ReadModel:
     def close(self) -> None:
         """Close the SQLite connection."""
         self.db.close()
+
+    def _overstay_ntd(
+        self, accrued_on: str, valid_until: str, last_day: str | None, day: str, high: int
+    ) -> int:
+        """An overstay fine's range bound on `day` (SQL function: the rule stays in Python)."""
+        key = (accrued_on, valid_until, last_day, day)
+        bounds = self._overstay_bounds.get(key)
+        if bounds is None:  # asked twice per fine (low, high): computed once
+            on = date.fromisoformat(day)
+            end = min(on, date.fromisoformat(last_day)) if last_day else on
+            days = (end - date.fromisoformat(valid_until)).days
+            bounds = overstay_fine_range(self.rules, date.fromisoformat(accrued_on), days)
+            if len(self._overstay_bounds) > 100_000:
+                self._overstay_bounds.clear()
+            self._overstay_bounds[key] = bounds
+        return bounds[1] if high else bounds[0]
 
     # -- layout and rules the tables were built with -----------------------------------
     def _stored_build(self) -> tuple[int, str | None] | None:
@@ -376,6 +529,7 @@ class ReadModel:
         self.db.execute("INSERT INTO rm_meta VALUES (?)", [LAYOUT_VERSION])
         self.db.execute("CREATE TABLE rm_fingerprint (fingerprint TEXT NOT NULL)")
         self.db.execute("INSERT INTO rm_fingerprint VALUES (?)", [self.fingerprint])
+        self._streams = OrderedDict()
         if built:
             self.rebuild_reason = LAYOUT_CHANGED if stored[0] != LAYOUT_VERSION else RULES_CHANGED
             log.info("%s", self.rebuild_reason)
@@ -432,7 +586,7 @@ class ReadModel:
                 break
             touched = self._absorb(store, notifications)
             position = notifications[-1].id
-            rows = self._derive(touched, position)
+            plan = self._plan(touched, position)
             with self._exclusive():
                 if self._rebuild_if_foreign():
                     # Another process rebuilt under other rules meanwhile: start again.
@@ -449,7 +603,7 @@ class ReadModel:
                     # Another process applied this batch meanwhile: follow from its position.
                     report.position = current
                     continue
-                self._write(rows)
+                self._write(plan)
                 self.db.execute(
                     f"INSERT INTO {TRACKING} (name, position) VALUES (?, ?) "
                     "ON CONFLICT(name) DO UPDATE SET position = excluded.position",
@@ -457,36 +611,11 @@ class ReadModel:
                 )
             report.notifications += len(notifications)
             report.students += len(touched)
-            report.failed += len(rows.errors)
+            report.failed += plan.failed
             report.position = position
             if on_progress:
                 on_progress(position, last)
         return report
-
-    def _derive(self, touched: list[str], position: int) -> _Rows:
-        """The rows of the touched students; a failure is confined to its student."""
-        rows = _Rows()
-        for uid in touched:
-            student_id, facts, _ = self._streams[uid]
-            try:
-                derived = derive(
-                    facts, HORIZON, None, self.rules, self.calendar, student_id=student_id
-                )
-                try:
-                    rows.add(uid, student_id, position, derived)
-                except dates.DateOutOfRangeError as exc:  # e.g. a due day on 9999-12-31
-                    events = out_of_range_events(known_facts(facts))
-                    raise DerivationError(student_id, str(exc), events) from None
-            except Exception as exc:  # any failure, even a bug, stays with its student
-                error, message = failure_of(student_id, exc)
-                rows.fail(uid, student_id, position, error, message)
-                # A bug's traceback frames (code lines, no values) help find it; its
-                # own text might quote a fact, so that is neither logged nor stored.
-                if isinstance(exc, DerivationError):
-                    log.info("%s", message)  # bad data, reported through rm_errors
-                else:
-                    log.error("%s%s", message, _frames(exc))
-        return rows
 
     def rebuild(self, store: TimelineStore, **kwargs: Any) -> SyncReport:
         """Recreate the tables from the whole notification log."""
@@ -494,17 +623,7 @@ class ReadModel:
         self._streams.clear()
         return self.sync(store, **kwargs)
 
-    def errors(self) -> list[dict[str, Any]]:
-        """The students left out of every population query because their derivation failed."""
-        rows = self.db.execute(
-            "SELECT student_id, position, error, message FROM rm_errors ORDER BY student_id"
-        ).fetchall()
-        return [
-            {"student_id": sid, "position": position, "error": error, "message": message}
-            for sid, position, error, message in rows
-        ]
-
-    def _absorb(self, store: TimelineStore, notifications: list[Any]) -> list[str]:
+    def _absorb(self, store: TimelineStore, notifications: list[Any]) -> list[_Student]:
         """Decode each notification once and bring the cached streams up to date."""
         new: dict[str, list[Any]] = {}
         names: dict[str, str] = {}
@@ -521,7 +640,8 @@ class ReadModel:
             first = events[0].originator_version
             if cached is None and first == 1:
                 cached = (names[uid], [], 0)
-            if cached is None or cached[2] < first - 1:
+            whole = cached is None or cached[2] < first - 1
+            if whole:
                 # Not followed from its start here: read the whole stream once.
                 student_id = cached[0] if cached else names.get(uid)
                 if student_id is None:
@@ -530,13 +650,17 @@ class ReadModel:
                 facts = store.stream(student_id)
                 cached = (student_id, facts, max([1, *(f.seq for f in facts)]))
             student_id, facts, version = cached
+            added = []
             for event in events:
                 if event.originator_version > version:
                     if isinstance(event, Student.FactRecorded):
-                        facts.append(to_fact(student_id, event))
+                        added.append(to_fact(student_id, event))
                     version = event.originator_version
+            facts.extend(added)
+            fresh = [f for f in facts if f.seq >= first] if whole else added
+            since = min((f.recorded_at for f in fresh), default=None)
             self._streams[uid] = (student_id, facts, version)
-            touched.append(uid)
+            touched.append(_Student(uid, student_id, facts, since))
         while len(self._streams) > STREAM_CACHE:
             self._streams.popitem(last=False)
         return touched
@@ -550,141 +674,434 @@ class ReadModel:
         ).fetchall()
         return {row[0]: row[1] for row in rows}
 
-    def _write(self, rows: _Rows) -> None:
-        """Replace the touched students' rows (inside the caller's transaction)."""
-        ids = rows.student_ids
-        for start in range(0, len(ids), 500):
-            chunk = ids[start : start + 500]
+    # -- deriving the versions of the touched students ---------------------------------
+    def _plan(self, touched: list[_Student], position: int) -> _Plan:
+        """Derive each touched student's new versions against the rows the tables hold.
+
+        Read outside the write transaction; `sync` applies the plan only if the tracking
+        position is still the one these reads saw (no other process wrote meanwhile).
+        """
+        plan = _Plan(position)
+        recorded = self._recorded_to([s.uid for s in touched])
+        followed: list[_Student] = []  # new facts after everything applied: go on from now
+        rewound: list[_Student] = []  # new facts at or before the last applied moment
+        for student in touched:
+            if student.since is None or student.uid not in recorded:
+                continue
+            last = recorded[student.uid]
+            if last is not None and moment_text(student.since) <= last:
+                rewound.append(student)
+            else:
+                followed.append(student)
+        states = self._load_current(plan, [s.student_id for s in followed])
+        for student in rewound:
+            since = moment_text(student.since)  # type: ignore[arg-type]
+            plan.rewinds.append((student.student_id, since))
+            states[student.student_id] = self._load_before(plan, student.student_id, since)
+        for student in touched:
+            facts = student.facts
+            if student.since is not None:
+                state = states.get(student.student_id) or {t: {} for t in _VERSIONED}
+                self._follow(plan, student, state)
+            latest = max((f.recorded_at for f in facts), default=None)
+            plan.students.append(
+                (
+                    student.uid,
+                    student.student_id,
+                    position,
+                    moment_text(latest) if latest else None,
+                )
+            )
+        return plan
+
+    def _follow(self, plan: _Plan, student: _Student, state: dict[str, dict[Row, _Entry]]) -> None:
+        """Derive one version per distinct record time from `since` on; diff each with the last."""
+        since = student.since
+        assert since is not None
+        moments = sorted({f.recorded_at for f in student.facts if f.recorded_at >= since})
+        failure: Exception | None = None
+        bug: Exception | None = None
+        for moment in moments:
+            at = moment_text(moment)
+            rows, failure = self._version(student, moment)
+            if failure is not None and not isinstance(failure, DerivationError):
+                bug = failure
+            changed = False
+            for table in _VERSIONED:
+                held = state[table]
+                fresh = rows[table]
+                if held:
+                    keep = set(fresh)
+                    for content in [c for c in held if c not in keep]:
+                        held.pop(content).until = at
+                        changed = True
+                for content in fresh:
+                    if content not in held:
+                        entry = _Entry(None, at, OPEN, position=plan.position)
+                        held[content] = entry
+                        plan.inserts[table].append((content, entry))
+                        changed = True
+            if changed:
+                plan.changes.append((student.student_id, at))
+        # Logged once per student and batch, not once per version.
+        if bug is not None:
+            message = failure_of(student.student_id, bug)[1]
+            log.error("%s%s", message, _frames(bug))
+        if failure is not None:
+            plan.failed += 1
+            if isinstance(failure, DerivationError):
+                log.info("%s", failure_of(student.student_id, failure)[1])
+
+    def _version(self, student: _Student, moment: datetime) -> tuple[dict[str, list[Row]], Any]:
+        """The rows of the student's derivation as known at `moment`, or its error row."""
+        student_id, facts = student.student_id, student.facts
+        try:
+            derived = derive(
+                facts, HORIZON, moment, self.rules, self.calendar, student_id=student_id
+            )
+            try:
+                return derived_rows(student_id, derived), None
+            except dates.DateOutOfRangeError as exc:  # e.g. a due day on 9999-12-31
+                events = out_of_range_events(known_facts(facts, moment))
+                raise DerivationError(student_id, str(exc), events) from None
+        except Exception as exc:  # any failure, even a bug, stays with its student
+            error, message = failure_of(student_id, exc)
+            rows: dict[str, list[Row]] = {table: [] for table in _VERSIONED}
+            rows["rm_errors"] = [(student_id, error, message)]
+            return rows, exc
+
+    def _recorded_to(self, uids: list[str]) -> dict[str, str | None]:
+        """The last record time applied per student already in the tables."""
+        found: dict[str, str | None] = {}
+        for start in range(0, len(uids), CHUNK):
+            chunk = uids[start : start + CHUNK]
             marks = ",".join("?" for _ in chunk)
-            for table in (*_PER_STUDENT, "rm_errors"):
-                self.db.execute(f"DELETE FROM {table} WHERE student_id IN ({marks})", chunk)
+            found.update(
+                self.db.execute(
+                    f"SELECT uuid, recorded_to FROM rm_students WHERE uuid IN ({marks})", chunk
+                ).fetchall()
+            )
+        return found
+
+    def _select_state(
+        self, plan: _Plan, where: str, params: list[Any], reopen: bool
+    ) -> dict[str, dict[str, dict[Row, _Entry]]]:
+        """Rows of the versioned tables matching `where`, as each student's current state."""
+        states: dict[str, dict[str, dict[Row, _Entry]]] = {}
+        for table, columns in _CONTENT.items():
+            position = "position" if table == "rm_errors" else "NULL"
+            rows = self.db.execute(
+                f"SELECT rowid, known_from, known_until, {position}, {', '.join(columns)} "
+                f"FROM {table} WHERE {where}",
+                params,
+            )
+            for rowid, known_from, known_until, pos, *content in rows:
+                entry = _Entry(rowid, known_from, known_until, pos)
+                if reopen:
+                    entry.until = OPEN  # believed again until the versions say otherwise
+                state = states.setdefault(content[0], {t: {} for t in _VERSIONED})
+                state[table][tuple(content)] = entry
+                plan.loaded[table].append(entry)
+        return states
+
+    def _load_current(
+        self, plan: _Plan, student_ids: list[str]
+    ) -> dict[str, dict[str, dict[Row, _Entry]]]:
+        """The rows still believed of these students."""
+        states: dict[str, dict[str, dict[Row, _Entry]]] = {}
+        for start in range(0, len(student_ids), CHUNK):
+            chunk = student_ids[start : start + CHUNK]
+            marks = ",".join("?" for _ in chunk)
+            states.update(
+                self._select_state(
+                    plan,
+                    f"student_id IN ({marks}) AND known_until = ?",
+                    [*chunk, OPEN],
+                    reopen=False,
+                )
+            )
+        return states
+
+    def _load_before(
+        self, plan: _Plan, student_id: str, moment: str
+    ) -> dict[str, dict[Row, _Entry]]:
+        """The rows believed just before `moment` (a rewind: later versions are derived again)."""
+        states = self._select_state(
+            plan,
+            "student_id = ? AND known_from < ? AND known_until >= ?",
+            [student_id, moment, moment],
+            reopen=True,
+        )
+        return states.get(student_id) or {t: {} for t in _VERSIONED}
+
+    def _write(self, plan: _Plan) -> None:
+        """Apply a plan (inside the caller's transaction)."""
         conn = self.db.conn
+        if plan.rewinds:
+            for table in _VERSIONED:
+                conn.executemany(
+                    f"DELETE FROM {table} WHERE student_id = ? AND known_from >= ?", plan.rewinds
+                )
+            conn.executemany(
+                "DELETE FROM rm_changes WHERE student_id = ? AND at >= ?", plan.rewinds
+            )
+        for table, columns in _CONTENT.items():
+            conn.executemany(
+                f"UPDATE {table} SET known_until = ? WHERE rowid = ?",
+                [(e.until, e.rowid) for e in plan.loaded[table] if e.until != e.loaded_until],
+            )
+            if table == "rm_errors":
+                conn.executemany(
+                    "INSERT INTO rm_errors (student_id, position, error, message, known_from, "
+                    "known_until) VALUES (?,?,?,?,?,?)",
+                    [
+                        (c[0], e.position, c[1], c[2], e.known_from, e.until)
+                        for c, e in plan.inserts[table]
+                    ],
+                )
+                continue
+            marks = ",".join("?" for _ in range(len(columns) + 2))
+            conn.executemany(
+                f"INSERT INTO {table} ({', '.join(columns)}, known_from, known_until) "
+                f"VALUES ({marks})",
+                [(*c, e.known_from, e.until) for c, e in plan.inserts[table]],
+            )
+        conn.executemany("INSERT INTO rm_changes VALUES (?, ?)", plan.changes)
         conn.executemany(
-            "INSERT INTO rm_students VALUES (?,?,?,?,?,?) ON CONFLICT(uuid) DO UPDATE SET "
-            "position=excluded.position, arc_valid_until=excluded.arc_valid_until, "
-            "revoked_on=excluded.revoked_on, in_taiwan=excluded.in_taiwan",
-            rows.students,
+            "INSERT INTO rm_students VALUES (?,?,?,?) ON CONFLICT(uuid) DO UPDATE SET "
+            "position=excluded.position, recorded_to=excluded.recorded_to",
+            plan.students,
         )
-        conn.executemany(
-            "INSERT INTO rm_tasks VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)", rows.tasks
-        )
-        conn.executemany("INSERT INTO rm_fines VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)", rows.fines)
-        conn.executemany("INSERT INTO rm_payments VALUES (?,?,?,?)", rows.payments)
-        conn.executemany("INSERT INTO rm_overstays VALUES (?,?,?,?,?,?)", rows.overstays)
-        conn.executemany("INSERT INTO rm_errors VALUES (?,?,?,?)", rows.errors)
 
     # -- population queries ------------------------------------------------------------
-    def tasks_on(
-        self, day: date, statuses: Iterable[str] = (), kinds: Iterable[str] = ()
-    ) -> list[dict[str, Any]]:
-        """Every task that existed on `day`, with its status that day."""
+    def errors(self, known_at: datetime | None = None) -> list[dict[str, Any]]:
+        """The students left out of population queries (as known at `known_at`, else now)."""
+        known, params = known_sql(known_at)
+        rows = self.db.execute(
+            f"SELECT student_id, position, error, message FROM rm_errors WHERE {known} "
+            "ORDER BY student_id",
+            params,
+        ).fetchall()
+        return [
+            {"student_id": sid, "position": position, "error": error, "message": message}
+            for sid, position, error, message in rows
+        ]
+
+    def changes(self, since: datetime) -> list[dict[str, Any]]:
+        """The students whose derivation changed after `since`: how often and when last."""
+        rows = self.db.execute(
+            "SELECT student_id, COUNT(*), MAX(at) FROM rm_changes WHERE at > ? "
+            "GROUP BY student_id ORDER BY student_id",
+            [moment_text(since)],
+        ).fetchall()
+        return [
+            {"student_id": sid, "changes": count, "last_changed_at": last}
+            for sid, count, last in rows
+        ]
+
+    def _tasks_sql(
+        self,
+        day: date,
+        statuses: Iterable[str],
+        kinds: Iterable[str],
+        known_at: datetime | None,
+        changed_since: datetime | None,
+    ) -> tuple[str, dict[str, Any]]:
+        """SELECT student_id, n, doc (the task's JSON as SPEC §4 shows it) of the tasks on `day`."""
         statuses, kinds = list(statuses), list(kinds)
-        sql = (
-            f"SELECT * FROM (SELECT student_id, n, kind, {TASK_STATUS_SQL} AS status, opens_on, "
-            f"due_on, done_on, cancelled_on, place, fee_ntd, rule, caused_by FROM {TASKS_ON_SQL}) "
-            "WHERE 1=1"
-        )
-        params: dict[str, Any] = {"d": day.isoformat()}
+        known, params = known_sql(known_at)
+        params["d"] = day.isoformat()
         if statuses == ["overdue"]:
-            # by index: only tasks whose overdue window contains the day
-            sql = sql.replace(
+            # by index: only tasks whose overdue window contains the day (named, or SQLite
+            # walks the student index to spare the sort, a full scan)
+            inner = tasks_on_sql(known, "rm_tasks_overdue").replace(
                 "WHERE +trigger_on <= :d AND",
                 "WHERE overdue_to >= :d AND overdue_from <= :d AND +trigger_on <= :d AND",
             )
-        if statuses:
-            sql += f" AND status IN ({','.join(f':s{i}' for i in range(len(statuses)))})"
-            params.update({f"s{i}": s for i, s in enumerate(statuses)})
-        if kinds:
-            sql += f" AND kind IN ({','.join(f':k{i}' for i in range(len(kinds)))})"
-            params.update({f"k{i}": k for i, k in enumerate(kinds)})
-        out = []
-        # Sorted here: an ORDER BY would make SQLite walk the primary key, not the index.
-        rows = sorted(self.db.execute(sql, params).fetchall(), key=lambda r: (r[0], r[1]))
-        cited = _cited_many([row[11] for row in rows], day)
-        for row, causes in zip(rows, cited, strict=True):
-            status = row[3]
-            out.append(
-                {
-                    "student_id": row[0],
-                    "kind": row[2],
-                    "status": status,
-                    "opens_on": row[4],
-                    "due_on": row[5],
-                    "done_on": row[6] if status in ("done", "done_late") else None,
-                    "where": row[8],
-                    "fee_ntd": row[9],
-                    "rule": row[10],
-                    "caused_by": causes,
-                }
-            )
-        return out
+        else:
+            inner = tasks_on_sql(known)
+        where = _filters(params, statuses, kinds, changed_since)
+        sql = f"""
+SELECT student_id, n, json_object(
+    'student_id', student_id, 'kind', kind, 'status', status, 'opens_on', opens_on,
+    'due_on', due_on, 'done_on', CASE WHEN status IN ('done', 'done_late') THEN done_on END,
+    'where', place, 'fee_ntd', fee_ntd, 'rule', rule, 'caused_by', json({CITED_SQL})) AS doc
+FROM (SELECT student_id, n, kind, {TASK_STATUS_SQL} AS status, opens_on, due_on, done_on,
+             place, fee_ntd, rule, caused_by FROM {inner})
+WHERE {where}"""
+        return sql, params
+
+    def _fines_sql(
+        self,
+        day: date,
+        statuses: Iterable[str],
+        accrued_that_day: bool,
+        known_at: datetime | None,
+        changed_since: datetime | None,
+    ) -> tuple[str, dict[str, Any]]:
+        """SELECT student_id, n, doc (the fine's JSON) of the fines accrued by (or on) `day`."""
+        known_f, params = known_sql(known_at, "f")
+        known_p, _ = known_sql(known_at, "p")
+        params["d"] = day.isoformat()
+        accrued = "f.accrued_on = :d" if accrued_that_day else "+f.accrued_on <= :d"
+        where = _filters(params, list(statuses), [], changed_since)
+        sql = f"""
+SELECT student_id, n, json_object(
+    'student_id', student_id, 'kind', kind, 'status', status, 'accrued_on', accrued_on,
+    'amount_min_ntd', low, 'amount_max_ntd', high, 'amount_ntd', amount, 'paid_ntd', paid,
+    'offense', offense, 'rule', rule, 'caused_by', json(cited)) AS doc
+FROM (
+  SELECT *, CASE WHEN amount IS NULL THEN 'accrued' WHEN paid >= amount THEN 'paid'
+                 ELSE 'imposed' END AS status
+  FROM (
+    SELECT f.student_id, f.n, f.kind, f.rule, f.accrued_on, f.offense,
+      CASE WHEN f.overstay_valid_until IS NULL THEN f.amount_min ELSE rm_overstay_ntd(
+        f.accrued_on, f.overstay_valid_until, f.overstay_last_day, :d, 0) END AS low,
+      CASE WHEN f.overstay_valid_until IS NULL THEN f.amount_max ELSE rm_overstay_ntd(
+        f.accrued_on, f.overstay_valid_until, f.overstay_last_day, :d, 1) END AS high,
+      CASE WHEN f.imposed_on IS NOT NULL AND f.imposed_on <= :d THEN f.imposed_amount
+      END AS amount,
+      (SELECT COALESCE(SUM(p.amount), 0) FROM rm_payments p
+       WHERE p.student_id = f.student_id AND p.fine_n = f.n AND p.paid_on <= :d
+       AND {known_p}) AS paid,
+      ({CITED_SQL.replace("caused_by", "f.caused_by")}) AS cited
+    FROM rm_fines f WHERE {known_f} AND {accrued}
+  )
+)
+WHERE {where}"""
+        return sql, params
+
+    def _page(
+        self, sql: str, params: dict[str, Any], limit: int | None, offset: int
+    ) -> Iterator[str]:
+        """The JSON texts of `sql`'s rows in (student, number) order, one page if `limit`."""
+        params = params | {"limit": -1 if limit is None else limit, "offset": offset}
+        cursor = self.db.conn.execute(
+            f"SELECT doc FROM ({sql}) ORDER BY student_id, n LIMIT :limit OFFSET :offset", params
+        )
+        while True:
+            rows = cursor.fetchmany(1000)
+            if not rows:
+                return
+            for (doc,) in rows:
+                yield doc
+
+    def _count(self, sql: str, params: dict[str, Any]) -> int:
+        return int(self.db.conn.execute(f"SELECT COUNT(*) FROM ({sql})", params).fetchone()[0])
+
+    def task_rows(
+        self,
+        day: date,
+        statuses: Iterable[str] = (),
+        kinds: Iterable[str] = (),
+        *,
+        known_at: datetime | None = None,
+        changed_since: datetime | None = None,
+        limit: int | None = None,
+        offset: int = 0,
+    ) -> Iterator[str]:
+        """Each task that existed on `day` as one JSON text (built by SQLite), in order."""
+        sql, params = self._tasks_sql(day, statuses, kinds, known_at, changed_since)
+        return self._page(sql, params, limit, offset)
+
+    def count_tasks(
+        self,
+        day: date,
+        statuses: Iterable[str] = (),
+        kinds: Iterable[str] = (),
+        *,
+        known_at: datetime | None = None,
+        changed_since: datetime | None = None,
+    ) -> int:
+        """How many rows `task_rows` gives without a limit."""
+        return self._count(*self._tasks_sql(day, statuses, kinds, known_at, changed_since))
+
+    def tasks_on(
+        self,
+        day: date,
+        statuses: Iterable[str] = (),
+        kinds: Iterable[str] = (),
+        *,
+        known_at: datetime | None = None,
+        changed_since: datetime | None = None,
+    ) -> list[dict[str, Any]]:
+        """Every task that existed on `day`, with its status that day, as known at `known_at`."""
+        rows = self.task_rows(day, statuses, kinds, known_at=known_at, changed_since=changed_since)
+        return json.loads("[" + ",".join(rows) + "]")
+
+    def fine_rows(
+        self,
+        day: date,
+        statuses: Iterable[str] = (),
+        *,
+        accrued_that_day: bool = False,
+        known_at: datetime | None = None,
+        changed_since: datetime | None = None,
+        limit: int | None = None,
+        offset: int = 0,
+    ) -> Iterator[str]:
+        """Each fine accrued by `day` (or only on it) as one JSON text, in order."""
+        sql, params = self._fines_sql(day, statuses, accrued_that_day, known_at, changed_since)
+        return self._page(sql, params, limit, offset)
+
+    def count_fines(
+        self,
+        day: date,
+        statuses: Iterable[str] = (),
+        *,
+        accrued_that_day: bool = False,
+        known_at: datetime | None = None,
+        changed_since: datetime | None = None,
+    ) -> int:
+        """How many rows `fine_rows` gives without a limit."""
+        return self._count(
+            *self._fines_sql(day, statuses, accrued_that_day, known_at, changed_since)
+        )
 
     def fines_on(
-        self, day: date, statuses: Iterable[str] = (), *, accrued_that_day: bool = False
+        self,
+        day: date,
+        statuses: Iterable[str] = (),
+        *,
+        accrued_that_day: bool = False,
+        known_at: datetime | None = None,
+        changed_since: datetime | None = None,
     ) -> list[dict[str, Any]]:
         """Every fine accrued by `day` (or only on it), with its amounts and status that day."""
-        wanted = set(statuses)
-        d = day.isoformat()
-        accrued = "accrued_on = ?" if accrued_that_day else "accrued_on <= ?"
-        paid_rows = self.db.execute(
-            "SELECT p.student_id, p.fine_n, SUM(p.amount) FROM rm_payments p "
-            f"JOIN rm_fines f ON f.student_id = p.student_id AND f.n = p.fine_n AND f.{accrued} "
-            "WHERE p.paid_on <= ? GROUP BY p.student_id, p.fine_n",
-            [d, d],
-        ).fetchall()
-        paid = {(r[0], r[1]): r[2] for r in paid_rows}
-        rows = self.db.execute(
-            "SELECT student_id, n, kind, rule, accrued_on, amount_min, amount_max, offense, "
-            "imposed_on, imposed_amount, overstay_valid_until, overstay_last_day, caused_by "
-            f"FROM rm_fines WHERE {accrued} ORDER BY student_id, n",
-            [d],
-        ).fetchall()
-        out = []
-        cited = _cited_many([row[12] for row in rows], day)
-        for (
-            student_id,
-            n,
-            kind,
-            rule,
-            accrued_on,
-            low,
-            high,
-            offense,
-            imposed_on,
-            imposed,
-            valid_until,
-            last_day,
-            _caused_by,
-        ), causes in zip(rows, cited, strict=True):
-            if valid_until:
-                end = min(day, date.fromisoformat(last_day)) if last_day else day
-                days = (end - date.fromisoformat(valid_until)).days
-                low, high = overstay_fine_range(self.rules, date.fromisoformat(accrued_on), days)
-            amount = imposed if imposed_on and imposed_on <= d else None
-            paid_ntd = paid.get((student_id, n), 0)
-            status = "accrued" if amount is None else "paid" if paid_ntd >= amount else "imposed"
-            if wanted and status not in wanted:
-                continue
-            out.append(
-                {
-                    "student_id": student_id,
-                    "kind": kind,
-                    "status": status,
-                    "accrued_on": accrued_on,
-                    "amount_min_ntd": low,
-                    "amount_max_ntd": high,
-                    "amount_ntd": amount,
-                    "paid_ntd": paid_ntd,
-                    "offense": offense,
-                    "rule": rule,
-                    "caused_by": causes,
-                }
-            )
-        return out
+        rows = self.fine_rows(
+            day,
+            statuses,
+            accrued_that_day=accrued_that_day,
+            known_at=known_at,
+            changed_since=changed_since,
+        )
+        return json.loads("[" + ",".join(rows) + "]")
 
 
-def _cited_many(caused_by: list[str], day: date) -> list[list[str]]:
-    """`_cited_on` for many rows with one JSON parse (it dominates big population queries)."""
-    d = day.isoformat()
-    parsed = json.loads("[" + ",".join(caused_by) + "]") if caused_by else []
-    return [[event_id for event_id, since in cites if since <= d] for cites in parsed]
+def _filters(
+    params: dict[str, Any],
+    statuses: list[str],
+    kinds: list[str],
+    changed_since: datetime | None,
+) -> str:
+    """The WHERE of a population query's outer SELECT (its parameters added to `params`)."""
+    where = ["1=1"]
+    if statuses:
+        where.append(f"status IN ({','.join(f':s{i}' for i in range(len(statuses)))})")
+        params.update({f"s{i}": s for i, s in enumerate(statuses)})
+    if kinds:
+        where.append(f"kind IN ({','.join(f':k{i}' for i in range(len(kinds)))})")
+        params.update({f"k{i}": k for i, k in enumerate(kinds)})
+    if changed_since is not None:
+        where.append("student_id IN (SELECT student_id FROM rm_changes WHERE at > :since)")
+        params["since"] = moment_text(changed_since)
+    return " AND ".join(where)
+
+
+def json_array(docs: Iterable[str]) -> Iterator[str]:
+    """JSON texts as the parts of one JSON array, one element per line (for streaming)."""
+    first = True
+    for doc in docs:
+        yield ("[\n" if first else ",\n") + doc
+        first = False
+    yield "[]\n" if first else "\n]\n"

@@ -11,13 +11,18 @@ Milestones:
 
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import dataclass
-from datetime import date
+from datetime import date, datetime
 
 from projections import dates
-from projections.readmodel import TASK_STATUS_SQL, TASKS_ON_SQL, ReadModel
+from projections.readmodel import (
+    TASK_STATUS_SQL,
+    ReadModel,
+    first_cause,
+    known_sql,
+    tasks_on_sql,
+)
 from scheduler.alert import Alert, Message
 from scheduler.messages import fine_message, overstay_message, task_message
 
@@ -37,22 +42,26 @@ class Milestone:
     alert: Alert
 
 
-def _first_cause(caused_by: str) -> str:
-    cited = json.loads(caused_by)
-    return cited[0][0] if cited else "-"
-
-
 def _key(student_id: str, thing: str, cause: str, milestone: str, due: str | None) -> str:
     return f"{student_id}:{thing}:{cause}:{milestone}:{due or '-'}"
 
 
-def milestones_on(model: ReadModel, day: date, *, log_left_out: bool = True) -> list[Milestone]:
+def milestones_on(
+    model: ReadModel,
+    day: date,
+    *,
+    log_left_out: bool = True,
+    known_at: datetime | None = None,
+) -> list[Milestone]:
     """Every milestone that falls on `day`, for every student that can be derived.
+
+    With `known_at`, from the derivations as they were known at that moment (the rows
+    believed then), exactly as `show --known-at` derives each student.
 
     A student whose facts cannot be derived has no rows in the read models, so no alert;
     they are named in a warning (and in `ReadModel.errors()`), never silently dropped.
     """
-    failed = model.errors() if log_left_out else []
+    failed = model.errors(known_at) if log_left_out else []
     if failed:
         names = ", ".join(row["student_id"] for row in failed[:20])
         more = f" and {len(failed) - 20} more" if len(failed) > 20 else ""
@@ -67,12 +76,13 @@ def milestones_on(model: ReadModel, day: date, *, log_left_out: bool = True) -> 
     out: list[Milestone] = []
     wanted_due = {dates.days_after(day, n).isoformat(): m for n, m in DUE_MILESTONES.items()}
     overdue_due = dates.previous_day(day).isoformat()
-    params = {"d": d, "overdue": overdue_due}
+    known, params = known_sql(known_at)
+    params |= {"d": d, "overdue": overdue_due}
     params.update({f"w{i}": due for i, due in enumerate(wanted_due)})
     marks = ",".join(f":w{i}" for i in range(len(wanted_due)))
     rows = model.db.execute(
         f"SELECT student_id, kind, rule, opens_on, due_on, place, fee_ntd, caused_by, "
-        f"{TASK_STATUS_SQL} AS status FROM {TASKS_ON_SQL} "
+        f"{TASK_STATUS_SQL} AS status FROM {tasks_on_sql(known)} "
         f"WHERE (opens_on = :d OR due_on = :overdue OR due_on IN ({marks}))",
         params,
     ).fetchall()
@@ -85,7 +95,7 @@ def milestones_on(model: ReadModel, day: date, *, log_left_out: bool = True) -> 
             found.append(wanted_due[due_on])
         if status == "overdue" and due_on == overdue_due:
             found.append("overdue")
-        cause = _first_cause(caused_by)
+        cause = first_cause(caused_by)
         due = date.fromisoformat(due_on) if due_on else None
         for milestone in found:
             zh, en = task_message(kind, milestone, day, due, place, fee, rule)
@@ -104,7 +114,7 @@ def milestones_on(model: ReadModel, day: date, *, log_left_out: bool = True) -> 
                     ),
                 )
             )
-    for fine in model.fines_on(day, accrued_that_day=True):
+    for fine in model.fines_on(day, accrued_that_day=True, known_at=known_at):
         cause = fine["caused_by"][0] if fine["caused_by"] else "-"
         zh, en = fine_message(
             fine["kind"], day, fine["amount_min_ntd"], fine["amount_max_ntd"], fine["rule"]
@@ -128,9 +138,10 @@ def milestones_on(model: ReadModel, day: date, *, log_left_out: bool = True) -> 
     closed = dates.days_before(day, CLOSED_DAY).isoformat()
     episodes = model.db.execute(
         "SELECT student_id, since, valid_until FROM rm_overstays "
-        "WHERE (since = ? OR valid_until IN (?, ?)) AND (last_day IS NULL OR last_day >= ?) "
-        "AND (resolved_on IS NULL OR resolved_on > ?)",
-        [d, closing, closed, d, d],
+        "WHERE (since = :d OR valid_until IN (:closing, :closed)) "
+        "AND (last_day IS NULL OR last_day >= :d) AND (resolved_on IS NULL OR resolved_on > :d) "
+        f"AND {known}",
+        params | {"closing": closing, "closed": closed},
     ).fetchall()
     for student_id, since, valid_until in episodes:
         if since == d:
@@ -161,6 +172,14 @@ def milestones_on(model: ReadModel, day: date, *, log_left_out: bool = True) -> 
     return out
 
 
-def alerts_on(model: ReadModel, day: date, *, log_left_out: bool = True) -> list[Alert]:
-    """The alerts that fall on `day` (a pure query of the read models)."""
-    return [m.alert for m in milestones_on(model, day, log_left_out=log_left_out)]
+def alerts_on(
+    model: ReadModel,
+    day: date,
+    *,
+    log_left_out: bool = True,
+    known_at: datetime | None = None,
+) -> list[Alert]:
+    """The alerts that fall on `day` (a pure query of the read models), as known at a moment."""
+    return [
+        m.alert for m in milestones_on(model, day, log_left_out=log_left_out, known_at=known_at)
+    ]

@@ -13,7 +13,7 @@ import logging
 import os
 import re
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import date, datetime
 from typing import Annotated, Any
@@ -22,7 +22,7 @@ from urllib.parse import parse_qsl, quote
 from fastapi import Depends, FastAPI, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import HTMLResponse, JSONResponse, Response
+from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
 from starlette.datastructures import MutableHeaders
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -45,6 +45,10 @@ log = logging.getLogger(__name__)
 # (and so are missing from the array) are named in these headers (at most 50 ids).
 LEFT_OUT = "X-Timeline-Left-Out"
 LEFT_OUT_COUNT = "X-Timeline-Left-Out-Count"
+TOTAL_COUNT = "X-Total-Count"  # with ?count=true: rows matching, all pages
+NEXT_OFFSET = "X-Next-Offset"  # with ?limit=: the offset of the next page, if any
+MAX_PAGE = 100_000
+JSON = "application/json"
 access_log = logging.getLogger("timeline.access")
 
 # The whole batch is one report; beyond this many events a request is refused rather
@@ -240,7 +244,7 @@ def _moment(value: str | None, name: str) -> datetime | None:
 
 def create_app(config: ApiConfig, rules: Any = None) -> FastAPI:
     """The FastAPI application; `rules` (a RuleBook) default to the environment's, read once."""
-    from projections.readmodel import ReadModel, default_read_db
+    from projections.readmodel import ReadModel, default_read_db, json_array
     from projections.rules import rulebook_from_env
 
     try:
@@ -391,59 +395,152 @@ def create_app(config: ApiConfig, rules: Any = None) -> FastAPI:
         with store() as opened:
             return history_entries(opened.stream(student_id))
 
-    def read_model(opened: TimelineStore) -> ReadModel:
+    def read_model(opened: TimelineStore, *, any_thread: bool = False) -> ReadModel:
         path = read_db_setting or default_read_db(opened.config.location)
-        model = ReadModel(path, rulebook)
-        model.sync(opened)
+        model = ReadModel(path, rulebook, any_thread=any_thread)
+        try:
+            model.sync(opened)
+        except BaseException:
+            model.close()
+            raise
         return model
 
-    def population(rows: list[Any], model: ReadModel) -> JSONResponse:
+    def left_out(model: ReadModel, known_at: datetime | None) -> dict[str, str]:
+        """Students left out (their facts cannot be derived), for the response headers."""
+        ids = [row["student_id"] for row in model.errors(known_at)]
+        if not ids:
+            return {}
+        return {
+            LEFT_OUT_COUNT: str(len(ids)),
+            LEFT_OUT: ",".join(quote(sid, safe="") for sid in ids[:50]),
+        }
+
+    def population(rows: list[Any], model: ReadModel, known_at: datetime | None) -> JSONResponse:
         """A population answer; students left out (their facts cannot be derived) in headers."""
-        response = JSONResponse(rows)
-        left_out = [row["student_id"] for row in model.errors()]
-        if left_out:
-            response.headers[LEFT_OUT_COUNT] = str(len(left_out))
-            response.headers[LEFT_OUT] = ",".join(quote(sid, safe="") for sid in left_out[:50])
-        return response
+        return JSONResponse(rows, headers=left_out(model, known_at))
+
+    def streamed(
+        model: ReadModel,
+        known_at: datetime | None,
+        docs: Callable[[int | None, int], Iterator[str]],
+        total: Callable[[], int],
+        limit: int | None,
+        offset: int,
+        count: bool,
+    ) -> Response:
+        """JSON texts built by SQLite, as one array: a page (with paging headers) or streamed.
+
+        The model is closed when the answer is complete (or the client went away).
+        """
+        try:
+            headers = left_out(model, known_at)
+            if count:
+                headers[TOTAL_COUNT] = str(total())
+            if limit is not None:
+                page = list(docs(limit + 1, offset))  # one more: is there a next page?
+                if len(page) > limit:
+                    headers[NEXT_OFFSET] = str(offset + limit)
+                    page = page[:limit]
+                model.close()
+                return Response("[" + ",".join(page) + "]", media_type=JSON, headers=headers)
+            parts = json_array(docs(None, offset))
+        except BaseException:
+            model.close()
+            raise
+
+        def body() -> Iterator[str]:
+            try:
+                yield from parts
+            finally:
+                model.close()
+
+        return StreamingResponse(body(), media_type=JSON, headers=headers)
 
     @app.get("/v1/tasks", dependencies=[require("staff")])
     def get_tasks(
         as_of: str | None = None,
         status: Annotated[list[str] | None, Query()] = None,
         kind: Annotated[list[str] | None, Query()] = None,
-    ) -> JSONResponse:
-        """Every student's tasks as of a day (left-out students named in X-Timeline-Left-Out)."""
-        on = _day(as_of, "as_of")
+        known_at: str | None = None,
+        changed_since: str | None = None,
+        limit: Annotated[int | None, Query(ge=0, le=MAX_PAGE)] = None,
+        offset: Annotated[int, Query(ge=0)] = 0,
+        count: bool = False,
+    ) -> Response:
+        """Every student's tasks as of a day, as known at a moment (paging: see the README).
+
+        Left-out students are named in X-Timeline-Left-Out.
+        """
+        on, moment = _day(as_of, "as_of"), _moment(known_at, "known_at")
+        since = _moment(changed_since, "changed_since")
+        query = {"known_at": moment, "changed_since": since}
         with store() as opened:
-            model = read_model(opened)
-            try:
-                return population(model.tasks_on(on, status or (), kind or ()), model)
-            finally:
-                model.close()
+            model = read_model(opened, any_thread=True)
+        return streamed(
+            model,
+            moment,
+            lambda lim, off: model.task_rows(
+                on, status or (), kind or (), limit=lim, offset=off, **query
+            ),
+            lambda: model.count_tasks(on, status or (), kind or (), **query),
+            limit,
+            offset,
+            count,
+        )
 
     @app.get("/v1/fines", dependencies=[require("staff")])
     def get_fines(
-        as_of: str | None = None, status: Annotated[list[str] | None, Query()] = None
-    ) -> JSONResponse:
-        """Every student's fines accrued by a day (left-out students in X-Timeline-Left-Out)."""
-        on = _day(as_of, "as_of")
+        as_of: str | None = None,
+        status: Annotated[list[str] | None, Query()] = None,
+        known_at: str | None = None,
+        changed_since: str | None = None,
+        limit: Annotated[int | None, Query(ge=0, le=MAX_PAGE)] = None,
+        offset: Annotated[int, Query(ge=0)] = 0,
+        count: bool = False,
+    ) -> Response:
+        """Every student's fines accrued by a day, as known at a moment (paging: README).
+
+        Left-out students are named in X-Timeline-Left-Out.
+        """
+        on, moment = _day(as_of, "as_of"), _moment(known_at, "known_at")
+        since = _moment(changed_since, "changed_since")
+        query = {"known_at": moment, "changed_since": since}
+        with store() as opened:
+            model = read_model(opened, any_thread=True)
+        return streamed(
+            model,
+            moment,
+            lambda lim, off: model.fine_rows(on, status or (), limit=lim, offset=off, **query),
+            lambda: model.count_fines(on, status or (), **query),
+            limit,
+            offset,
+            count,
+        )
+
+    @app.get("/v1/alerts", dependencies=[require("staff")])
+    def get_alerts(on: str | None = None, known_at: str | None = None) -> JSONResponse:
+        """The alerts that fall on a day (a pure query), as known at a moment."""
+        from scheduler.alerts import alerts_on
+
+        day, moment = _day(on, "on"), _moment(known_at, "known_at")
         with store() as opened:
             model = read_model(opened)
             try:
-                return population(model.fines_on(on, status or ()), model)
+                found = alerts_on(model, day, known_at=moment)
+                return population([a.model_dump(mode="json") for a in found], model, moment)
             finally:
                 model.close()
 
-    @app.get("/v1/alerts", dependencies=[require("staff")])
-    def get_alerts(on: str | None = None) -> JSONResponse:
-        """The alerts that fall on a day (a pure query)."""
-        from scheduler.alerts import alerts_on
-
-        day = _day(on, "on")
+    @app.get("/v1/changes", dependencies=[require("staff")])
+    def get_changes(since: str | None = None) -> JSONResponse:
+        """The students whose derivation changed after `since` (how often, and when last)."""
+        if since is None:
+            raise ApiError(400, "since: required (an ISO 8601 timestamp or a day)")
+        moment = _moment(since, "since")
         with store() as opened:
             model = read_model(opened)
             try:
-                return population([a.model_dump(mode="json") for a in alerts_on(model, day)], model)
+                return JSONResponse(model.changes(moment))
             finally:
                 model.close()
 

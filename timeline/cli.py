@@ -9,7 +9,7 @@ import logging
 import os
 import stat
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO, TypeVar
 
@@ -339,9 +339,9 @@ def open_read_model(ctx: click.Context, store: TimelineStore, read_db: str | Non
     return model
 
 
-def warn_left_out(model: ReadModel, limit: int = 20) -> None:
+def warn_left_out(model: ReadModel, limit: int = 20, known_at: Any = None) -> None:
     """Name on stderr the students a population answer leaves out (derivation failed)."""
-    failed = model.errors()
+    failed = model.errors(known_at)
     if not failed:
         return
     click.echo(
@@ -388,6 +388,46 @@ def _population_table(title: str, rows: list[dict[str, Any]], columns: list[str]
     console.print(table)
 
 
+def population_options(func: F) -> F:
+    """`--known-at`, `--changed-since`, `--limit`, `--offset`, `--count` of a population query."""
+    options = [
+        click.option(
+            "--known-at",
+            "known_at",
+            type=MOMENT,
+            default=None,
+            help="As known at this moment: only events recorded by then count (as `show`).",
+        ),
+        click.option(
+            "--changed-since",
+            "changed_since",
+            type=MOMENT,
+            default=None,
+            help="Only students whose derivation changed after this moment.",
+        ),
+        click.option(
+            "--limit", type=click.IntRange(min=0), default=None, help="At most this many rows."
+        ),
+        click.option(
+            "--offset", type=click.IntRange(min=0), default=0, help="Skip this many rows first."
+        ),
+        click.option("--count", is_flag=True, help="Print only how many rows match."),
+    ]
+    for option in reversed(options):
+        func = option(func)
+    return func
+
+
+def print_json_rows(docs: Iterable[str]) -> None:
+    """Stream JSON texts built by SQLite to stdout as one JSON array, one element per line."""
+    from projections.readmodel import json_array
+
+    out = sys.stdout
+    for part in json_array(docs):
+        out.write(part)
+    out.flush()
+
+
 @main.command()
 @click.option("--as-of", "as_of", type=DAY, default=None, help="Day (default: today in Taipei).")
 @click.option(
@@ -399,6 +439,7 @@ def _population_table(title: str, rows: list[dict[str, Any]], columns: list[str]
 )
 @click.option("--kind", "kinds", multiple=True, help="Only tasks of this kind (repeatable).")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON array.")
+@population_options
 @db_option
 @read_db_option
 @click.pass_context
@@ -408,20 +449,30 @@ def tasks(
     statuses: tuple[str, ...],
     kinds: tuple[str, ...],
     as_json: bool,
+    known_at: Any,
+    changed_since: Any,
+    limit: int | None,
+    offset: int,
+    count: bool,
     db: str | None,
     read_db: str | None,
 ) -> None:
-    """Every student's tasks as of a day (from the read models)."""
+    """Every student's tasks as of a day (from the read models), as known at a moment."""
     store = open_store(ctx, db)
     model = open_read_model(ctx, store, read_db)
-    rows = model.tasks_on(as_of or taipei_today(), statuses, kinds)
-    warn_left_out(model)
+    day = as_of or taipei_today()
+    query = {"known_at": known_at, "changed_since": changed_since}
+    warn_left_out(model, known_at=known_at)
+    if count:
+        click.echo(model.count_tasks(day, statuses, kinds, **query))
+        return
+    docs = model.task_rows(day, statuses, kinds, limit=limit, offset=offset, **query)
     if as_json:
-        print_json(rows)
+        print_json_rows(docs)
         return
     _population_table(
         "Tasks",
-        rows,
+        [json.loads(doc) for doc in docs],
         [
             "student_id",
             "kind",
@@ -446,6 +497,7 @@ def tasks(
     help="Only fines in this status that day (repeatable).",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON array.")
+@population_options
 @db_option
 @read_db_option
 @click.pass_context
@@ -454,20 +506,30 @@ def fines(
     as_of: Any,
     statuses: tuple[str, ...],
     as_json: bool,
+    known_at: Any,
+    changed_since: Any,
+    limit: int | None,
+    offset: int,
+    count: bool,
     db: str | None,
     read_db: str | None,
 ) -> None:
-    """Every student's fines accrued by a day (from the read models)."""
+    """Every student's fines accrued by a day (from the read models), as known at a moment."""
     store = open_store(ctx, db)
     model = open_read_model(ctx, store, read_db)
-    rows = model.fines_on(as_of or taipei_today(), statuses)
-    warn_left_out(model)
+    day = as_of or taipei_today()
+    query = {"known_at": known_at, "changed_since": changed_since}
+    warn_left_out(model, known_at=known_at)
+    if count:
+        click.echo(model.count_fines(day, statuses, **query))
+        return
+    docs = model.fine_rows(day, statuses, limit=limit, offset=offset, **query)
     if as_json:
-        print_json(rows)
+        print_json_rows(docs)
         return
     _population_table(
         "Fines",
-        rows,
+        [json.loads(doc) for doc in docs],
         [
             "student_id",
             "kind",
@@ -482,6 +544,36 @@ def fines(
             "caused_by",
         ],
     )
+
+
+@main.command()
+@click.option(
+    "--since",
+    "since",
+    type=MOMENT,
+    required=True,
+    help="List the students whose derivation changed after this moment.",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON array.")
+@db_option
+@read_db_option
+@click.pass_context
+def changes(
+    ctx: click.Context, since: Any, as_json: bool, db: str | None, read_db: str | None
+) -> None:
+    """The students whose derived tasks, fines or overstays changed after a moment."""
+    store = open_store(ctx, db)
+    model = open_read_model(ctx, store, read_db)
+    rows = model.changes(since)
+    if as_json:
+        print_json(rows)
+        return
+    if not rows:
+        click.echo(f"No student's derivation changed after {since.isoformat()}.")
+    for row in rows:
+        click.echo(
+            f"{row['student_id']}  {row['changes']} change(s), last at {row['last_changed_at']}"
+        )
 
 
 @main.command()
@@ -516,6 +608,13 @@ def rebuild(ctx: click.Context, db: str | None, read_db: str | None) -> None:
     help="jsonl:PATH (default jsonl:alerts.jsonl), webhook:URL, or "
     "smtp://[user:pass@]host:port?from=…&to=…",
 )
+@click.option(
+    "--known-at",
+    "known_at",
+    type=MOMENT,
+    default=None,
+    help="List the alerts as known at this moment (not with --emit).",
+)
 @click.option("--failed", is_flag=True, help="List dead-lettered alerts instead.")
 @click.option("--retry-failed", is_flag=True, help="Put dead-lettered alerts back to pending.")
 @click.option(
@@ -539,6 +638,7 @@ def alerts(
     as_json: bool,
     emit: bool,
     sink: str | None,
+    known_at: Any,
     failed: bool,
     retry_failed: bool,
     withdrawn: bool,
@@ -554,6 +654,8 @@ def alerts(
     from scheduler.sinks import sink_from_spec
 
     day = day or taipei_today()
+    if known_at is not None and (emit or failed or retry_failed or withdrawn):
+        raise UsageFailure("--known-at lists past knowledge: it cannot be combined with --emit")
     if sink is not None:
         try:
             sink_from_spec(sink)
@@ -604,8 +706,8 @@ def alerts(
         ctx.exit(0 if report.delivered.failed == 0 else 1)
     store = open_store(ctx, db)
     model = open_read_model(ctx, store, read_db)
-    found = alerts_on(model, day, log_left_out=False)  # named below, with the reasons
-    warn_left_out(model)
+    found = alerts_on(model, day, log_left_out=False, known_at=known_at)  # named below
+    warn_left_out(model, known_at=known_at)
     if as_json:
         print_json([a.model_dump(mode="json") for a in found])
         return

@@ -1,0 +1,164 @@
+"""The population surfaces (CLI and HTTP): `known_at`, `changed_since`, paging and counts.
+
+The scenario: S1 and S2 enter on 2024-03-16 (recorded at T1); at T2 S1's entry is
+retracted and S3 enters. On 2024-05-01, as known at T1, S1 and S2 were overdue with their
+ARC application; as known now, S2 and S3 are.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import date, timedelta
+
+import httpx
+from api_server import running
+from feed_examples import retraction
+from test_api_fuzz import ENV, STAFF_H
+from test_read_side_robustness import run_cli
+
+from projections.engine import view
+from projections.readmodel import ReadModel
+from timeline.api import NEXT_OFFSET, TOTAL_COUNT, create_app
+from timeline.api_settings import ApiConfig
+from timeline.ingest import ingest_objects
+from timeline.store import TimelineStore
+
+DAY = "2024-05-01"
+
+
+def _entered(event_id: str, student: str) -> dict:
+    return {
+        "event_id": event_id,
+        "student_id": student,
+        "type": "entered",
+        "occurred_on": "2024-03-16",
+        "visa": "resident",
+    }
+
+
+def populate(store: TimelineStore, clock) -> tuple:
+    """Two moments of knowledge; returns (T1, T2)."""
+    t1 = clock.now
+    assert ingest_objects(store, [_entered("e1", "S1"), _entered("e2", "S2")]).ok
+    t2 = clock.advance(hours=2)
+    assert ingest_objects(store, [retraction("r1", "e1", student="S1"), _entered("e3", "S3")]).ok
+    return t1, t2
+
+
+def _students(rows: list[dict]) -> list[str]:
+    return sorted({row["student_id"] for row in rows})
+
+
+def _expected_tasks(store: TimelineStore, known_at) -> list[dict]:
+    out = []
+    for sid in ("S1", "S2", "S3"):
+        v = view(store.stream(sid), date.fromisoformat(DAY), known_at, student_id=sid)
+        out += [t | {"student_id": sid} for t in v.model_dump(mode="json")["tasks"]]
+    return sorted(out, key=lambda t: (t["student_id"], t["kind"]))
+
+
+def _comparable(rows: list[dict]) -> list[dict]:
+    keep = ("student_id", "kind", "status", "opens_on", "due_on", "done_on", "rule", "caused_by")
+    return sorted(
+        ({k: r[k] for k in keep} for r in rows), key=lambda t: (t["student_id"], t["kind"])
+    )
+
+
+def test_cli_tasks_known_at_answers_what_show_known_at_answers(tmp_path, clock):
+    location = str(tmp_path / "timeline.db")
+    with TimelineStore.open(location, clock=clock) as store:
+        t1, _ = populate(store, clock)
+        then_expected = _comparable(_expected_tasks(store, t1))
+        now_expected = _comparable(_expected_tasks(store, None))
+    then = run_cli(
+        "tasks", "--as-of", DAY, "--known-at", t1.isoformat(), "--json", location=location
+    )
+    assert then.returncode == 0, then.stderr
+    now = run_cli("tasks", "--as-of", DAY, "--json", location=location)
+    assert _comparable(json.loads(then.stdout)) == then_expected
+    assert _comparable(json.loads(now.stdout)) == now_expected
+    assert _students(json.loads(then.stdout)) == ["S1", "S2"]
+    assert _students(json.loads(now.stdout)) == ["S2", "S3"]
+    # Paging walks the same list; --count counts it.
+    full = json.loads(now.stdout)
+    pages = []
+    for offset in range(0, len(full) + 1):
+        page = run_cli(
+            "tasks",
+            "--as-of",
+            DAY,
+            "--json",
+            "--limit",
+            "1",
+            "--offset",
+            str(offset),
+            location=location,
+        )
+        pages += json.loads(page.stdout)
+    assert pages == full
+    count = run_cli("tasks", "--as-of", DAY, "--count", location=location)
+    assert int(count.stdout) == len(full)
+    changed = run_cli(
+        "changes", "--since", (t1 + timedelta(minutes=1)).isoformat(), "--json", location=location
+    )
+    assert [r["student_id"] for r in json.loads(changed.stdout)] == ["S1", "S3"]
+    bad = run_cli("alerts", "--on", DAY, "--known-at", t1.isoformat(), "--emit", location=location)
+    assert bad.returncode == 2
+
+
+def test_cli_changed_since_keeps_only_the_students_that_changed(tmp_path, clock):
+    location = str(tmp_path / "timeline.db")
+    with TimelineStore.open(location, clock=clock) as store:
+        t1, _ = populate(store, clock)
+    result = run_cli(
+        "tasks",
+        "--as-of",
+        DAY,
+        "--json",
+        "--changed-since",
+        (t1 + timedelta(minutes=1)).isoformat(),
+        location=location,
+    )
+    assert _students(json.loads(result.stdout)) == ["S3"]  # S1 changed too, to no task
+
+
+def test_api_known_at_paging_count_and_changes(store, location, clock, tmp_path):
+    t1, _ = populate(store, clock)
+    read_db = str(tmp_path / "read.db")
+    app = create_app(ApiConfig.from_env(ENV, location, read_db))
+    with running(app) as base:
+        get = lambda route: httpx.get(base + route, headers=STAFF_H)  # noqa: E731
+        now = get(f"/v1/tasks?as_of={DAY}")
+        assert now.status_code == 200
+        assert _students(now.json()) == ["S2", "S3"]
+        then = get(f"/v1/tasks?as_of={DAY}&known_at={t1.isoformat().replace('+', '%2B')}")
+        assert _comparable(then.json()) == _comparable(_expected_tasks(store, t1))
+        assert _students(then.json()) == ["S1", "S2"]
+        first = get(f"/v1/tasks?as_of={DAY}&limit=1&count=true")
+        assert first.headers[TOTAL_COUNT] == str(len(now.json()))
+        assert first.headers[NEXT_OFFSET] == "1"
+        assert first.json() == now.json()[:1]
+        rest = get(f"/v1/tasks?as_of={DAY}&limit=100&offset=1")
+        assert NEXT_OFFSET not in rest.headers
+        assert first.json() + rest.json() == now.json()
+        fines_then = get(
+            f"/v1/fines?as_of=2024-12-31&known_at={t1.isoformat().replace('+', '%2B')}"
+        )
+        fines_now = get("/v1/fines?as_of=2024-12-31")
+        assert fines_then.status_code == fines_now.status_code == 200
+        model = ReadModel(read_db)
+        assert fines_then.json() == model.fines_on(date(2024, 12, 31), known_at=t1)
+        assert fines_now.json() == model.fines_on(date(2024, 12, 31))
+        assert _students(fines_then.json()) == ["S1", "S2"]
+        assert _students(fines_now.json()) == ["S2", "S3"]
+        model.close()
+        alerts_then = get(f"/v1/alerts?on=2024-04-16&known_at={t1.isoformat().replace('+', '%2B')}")
+        alerts_now = get("/v1/alerts?on=2024-04-16")
+        assert {a["student_id"] for a in alerts_then.json()} == {"S1", "S2"}
+        assert {a["student_id"] for a in alerts_now.json()} == {"S2", "S3"}
+        since = (t1 + timedelta(minutes=1)).isoformat().replace("+", "%2B")
+        changes = get(f"/v1/changes?since={since}")
+        assert [r["student_id"] for r in changes.json()] == ["S1", "S3"]
+        assert get("/v1/changes").status_code == 400
+        assert get(f"/v1/tasks?as_of={DAY}&limit=-1").status_code == 400
+        assert get(f"/v1/tasks?as_of={DAY}&known_at=yesterday").status_code == 400
