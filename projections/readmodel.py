@@ -503,6 +503,10 @@ class ReadModel:
         # Streams followed so far (uid → student, facts, last version): each notification
         # is decoded once; a stream not followed from its start is read whole once.
         self._streams: OrderedDict[str, tuple[str, list[Fact], int]] = OrderedDict()
+        # The last notification absorbed into `_streams`. Following again from before it
+        # (another process rebuilt, or applied a shorter batch than ours) would take those
+        # events for old ones and derive nothing from them: the cache is dropped first.
+        self._absorbed = 0
 
     def close(self) -> None:
         """Close the SQLite connection."""
@@ -570,6 +574,7 @@ class ReadModel:
         self.db.execute("CREATE TABLE rm_fingerprint (fingerprint TEXT NOT NULL)")
         self.db.execute("INSERT INTO rm_fingerprint VALUES (?)", [self.fingerprint])
         self._streams = OrderedDict()
+        self._absorbed = 0
         if built:
             self.rebuild_reason = LAYOUT_CHANGED if stored[0] != LAYOUT_VERSION else RULES_CHANGED
             log.info("%s", self.rebuild_reason)
@@ -624,8 +629,11 @@ class ReadModel:
             notifications = store.notifications(report.position, batch)
             if not notifications:
                 break
+            if report.position < self._absorbed:
+                self._streams.clear()
             touched = self._absorb(store, notifications)
             position = notifications[-1].id
+            self._absorbed = position
             plan = self._plan(touched, position)
             with self._exclusive():
                 if self._rebuild_if_foreign():
@@ -677,6 +685,7 @@ class ReadModel:
         """
         upto = store.max_position()
         self._streams.clear()
+        self._absorbed = 0
         self.db.execute(f"ATTACH DATABASE '' AS {_STAGE}")
         try:
             report = self._stage(store, upto, on_progress)
