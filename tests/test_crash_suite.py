@@ -165,7 +165,11 @@ def test_ingest_killed_at_random_moments_loses_and_doubles_nothing(fresh, tmp_pa
 
 
 def read_model_rows(path: str) -> dict[str, list[tuple]]:
-    """Every read-model table's rows, sorted (tracking and layout tables aside)."""
+    """Every read-model table's rows, sorted (tracking and layout tables aside).
+
+    A `position` column says which batch applied the row (a rebuild applies everything
+    at its snapshot's position): bookkeeping, not derivation, so it is left aside.
+    """
     with sqlite3.connect(path) as conn:
         tables = [
             row[0]
@@ -174,10 +178,12 @@ def read_model_rows(path: str) -> dict[str, list[tuple]]:
                 "ESCAPE '\\' AND name NOT IN ('rm_tracking', 'rm_meta')"
             )
         ]
-        return {
-            table: sorted(conn.execute(f"SELECT * FROM {table}").fetchall(), key=repr)
-            for table in tables
-        }
+        rows = {}
+        for table in tables:
+            columns = [c[1] for c in conn.execute(f"PRAGMA table_info({table})")]
+            kept = ", ".join(c for c in columns if c != "position")
+            rows[table] = sorted(conn.execute(f"SELECT {kept} FROM {table}").fetchall(), key=repr)
+        return rows
 
 
 def test_follower_killed_at_random_moments_ends_equal_to_a_clean_rebuild(location, tmp_path):
@@ -199,3 +205,49 @@ def test_follower_killed_at_random_moments_ends_equal_to_a_clean_rebuild(locatio
         again = run(["--db", location, "tasks", "--read-db", read_db, "--json"])
         assert again.returncode == 0, f"{context}: {again.stderr}"
         assert read_model_rows(read_db) == expected, context
+
+
+def tracked(path: str) -> int:
+    with sqlite3.connect(path) as conn:
+        return conn.execute("SELECT position FROM rm_tracking").fetchone()[0]
+
+
+def test_rebuild_killed_at_random_moments_leaves_the_old_tables_whole(location, tmp_path):
+    """A killed rebuild leaves the tables it was replacing, or the new ones: never a mix."""
+    path = tmp_path / "feed.jsonl"
+    feed(path)
+    lines = path.read_text().splitlines(keepends=True)
+    first, rest = tmp_path / "first.jsonl", tmp_path / "rest.jsonl"
+    first.write_text("".join(lines[: len(lines) // 2]))
+    rest.write_text("".join(lines[len(lines) // 2 :]))
+    assert run(["--db", location, "ingest", str(first)]).returncode == 0
+    old_db = str(tmp_path / "old-read.db")
+    assert run(["--db", location, "rebuild", "--read-db", old_db]).returncode == 0
+    old, old_position = read_model_rows(old_db), tracked(old_db)
+    assert run(["--db", location, "ingest", str(rest)]).returncode == 0
+    clean = str(tmp_path / "clean-read.db")
+    start, end = window(location, ["--db", location, "rebuild", "--read-db", clean])
+    expected, position = read_model_rows(clean), tracked(clean)
+    assert expected != old
+    rng = random.Random(SEED)
+    outcomes = set()
+    for trial in range(TRIALS):
+        read_db = str(tmp_path / f"read{trial}.db")
+        with open(old_db, "rb") as src, open(read_db, "wb") as dst:
+            dst.write(src.read())
+        delay = rng.uniform(start, end)
+        context = f"seed {SEED}, trial {trial}, kill after {delay:.2f}s of {end:.2f}s"
+        ended = kill_after(["--db", location, "rebuild", "--read-db", read_db], delay)
+        left = read_model_rows(read_db)
+        if left == old:
+            assert tracked(read_db) == old_position, context
+            outcomes.add("old")
+        else:
+            assert left == expected, context
+            assert tracked(read_db) == position, context
+            outcomes.add("new" if ended is None else "finished")
+        # Whatever was left, the follower brings it to the clean rebuild's state.
+        again = run(["--db", location, "tasks", "--read-db", read_db, "--json"])
+        assert again.returncode == 0, f"{context}: {again.stderr}"
+        assert read_model_rows(read_db) == expected, context
+    assert outcomes, "no trial ran"
