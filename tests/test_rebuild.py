@@ -9,8 +9,13 @@ nor double anything when a rebuild swaps the tables under it.
 
 from __future__ import annotations
 
+import io
 import json
+import os
+import subprocess
+import sys
 from datetime import date, timedelta
+from pathlib import Path
 
 from conftest import FakeClock
 from hypothesis import given, settings
@@ -23,6 +28,7 @@ from timeline.ingest import ingest_objects
 from timeline.store import TimelineStore
 
 DAY = date(2024, 5, 1)
+TIMELINE = str(Path(sys.executable).with_name("timeline"))
 
 
 def entered(student: str, event_id: str, on: str) -> dict:
@@ -144,11 +150,12 @@ def test_a_follower_sharing_the_file_loses_nothing_when_a_rebuild_swaps_the_tabl
         other = ReadModel(read_db)
         other.sync(store)
         rebuilding = ReadModel(read_db)
+        snapshot = store.max_position()  # what the rebuild's pass will read
         calls: list[tuple[int, int]] = []
 
         def interleave(done: int, total: int) -> None:
             calls.append((done, total))
-            if len(calls) == 1:  # the snapshot pass is over, the swap comes next
+            if len(calls) == 1:  # during the snapshot pass
                 clock.advance(hours=1)
                 arcs = [
                     {
@@ -163,11 +170,14 @@ def test_a_follower_sharing_the_file_loses_nothing_when_a_rebuild_swaps_the_tabl
                 ]
                 assert ingest_objects(store, arcs).ok
                 other.sync(store)  # onto the old tables, past the snapshot
-            elif len(calls) == 2:  # the rebuild follows one event after its snapshot
-                other.sync(store)  # then the other one takes over the rest
+            elif total > snapshot and len([c for c in calls if c[1] > snapshot]) == 1:
+                # After the swap the rebuild followed one event past its snapshot: the
+                # other follower takes over the rest, having read them all before.
+                assert rebuilding.position == snapshot + 1
+                other.sync(store)
 
         rebuilding.rebuild(store, batch=1, on_progress=interleave)
-        assert len(calls) >= 2
+        assert [c for c in calls if c[1] > snapshot], "the rebuild followed after its swap"
         assert other.sync(store).position == rebuilding.position == store.max_position()
         other.close()
         rebuilding.close()
@@ -205,3 +215,94 @@ def test_cited_text_is_exactly_what_json_dumps_gives(ids, days):
     else:
         expected = json.dumps([e for e, _ in pairs])
     assert _cited(pairs, listed_from) == expected
+
+
+def test_progress_bar_is_drawn_only_once_the_work_has_taken_its_delay():
+    from rich.console import Console
+
+    from timeline.cli import progress_bar
+
+    screen = io.StringIO()
+    console = Console(file=screen, force_terminal=True, width=100)
+    now = [0.0]
+    with progress_bar(
+        "following the log", after=1.0, start=100, console=console, clock=lambda: now[0]
+    ) as on_progress:
+        assert on_progress is not None
+        on_progress(150, 300)
+        assert screen.getvalue() == ""  # half a second of work: nothing drawn
+        now[0] = 1.5
+        on_progress(200, 300)
+        drawn = screen.getvalue()
+    assert "following the log" in drawn
+    assert "100/200" in drawn  # counted from where this sync started
+
+
+def test_progress_bar_is_never_drawn_off_a_terminal():
+    from rich.console import Console
+
+    from timeline.cli import progress_bar
+
+    screen = io.StringIO()
+    with progress_bar("rebuilding", console=Console(file=screen)) as on_progress:
+        assert on_progress is None
+    assert screen.getvalue() == ""
+
+
+def run_on_terminal(args: list[str]) -> tuple[int, str, bytes]:
+    """Run the CLI with stderr on a pseudo-terminal: (exit code, stdout, what the terminal got)."""
+    import pty
+
+    controller, terminal = pty.openpty()
+    env = {**os.environ, "TERM": "xterm-256color", "COLUMNS": "100"}
+    env.pop("NO_COLOR", None)
+    process = subprocess.Popen([TIMELINE, *args], stdout=subprocess.PIPE, stderr=terminal, env=env)
+    os.close(terminal)
+    shown = b""
+    while True:
+        try:
+            chunk = os.read(controller, 65536)
+        except OSError:  # the terminal closed with the process
+            break
+        if not chunk:
+            break
+        shown += chunk
+    stdout, _ = process.communicate(timeout=60)
+    os.close(controller)
+    return process.returncode, stdout.decode(), shown
+
+
+def test_cli_rebuild_draws_its_bar_on_a_terminal_and_nothing_into_a_pipe(tmp_path, clock):
+    db = str(tmp_path / "e.db")
+    with TimelineStore.open(db, clock=clock) as store:
+        assert ingest_objects(
+            store, [entered(f"S{n}", f"in{n}", "2024-03-01") for n in range(30)]
+        ).ok
+    code, stdout, shown = run_on_terminal(["--db", db, "rebuild"])
+    assert code == 0
+    assert json.loads(stdout)["position"] == 60
+    assert b"rebuilding" in shown
+    piped = subprocess.run(
+        [TIMELINE, "--db", db, "rebuild"], capture_output=True, text=True, check=False
+    )
+    assert piped.returncode == 0
+    assert json.loads(piped.stdout)["position"] == 60
+    assert piped.stderr == ""  # no bar, no escape codes in a pipe
+
+
+def test_an_empty_read_model_is_filled_by_the_snapshot_pass_when_asked(tmp_path, clock):
+    with TimelineStore.open(str(tmp_path / "e.db"), clock=clock) as store:
+        assert ingest_objects(
+            store, [entered(f"S{n}", f"in{n}", "2024-03-01") for n in range(6)]
+        ).ok
+        snapshot = ReadModel(tmp_path / "snapshot.db")
+        snapshot.sync(store, batch=1, rebuild_if_empty=True)
+        followed = ReadModel(tmp_path / "followed.db")
+        followed.sync(store, batch=1)
+        # The pass applies everyone at once, at its snapshot's position; following, batch by batch.
+        positions = "SELECT DISTINCT position FROM rm_students"
+        assert snapshot.db.execute(positions).fetchall() == [(store.max_position(),)]
+        assert len(followed.db.execute(positions).fetchall()) == 6
+        snapshot.close()
+        followed.close()
+    assert table_rows(str(tmp_path / "snapshot.db")) == table_rows(str(tmp_path / "followed.db"))

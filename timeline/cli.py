@@ -9,7 +9,8 @@ import logging
 import os
 import stat
 import sys
-from collections.abc import Callable, Iterable
+import time
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO, TypeVar
 
@@ -335,8 +336,61 @@ def open_read_model(ctx: click.Context, store: TimelineStore, read_db: str | Non
     if model.rebuild_reason:
         # Said before the slow part, so a user knows why this command takes a while.
         click.echo(model.rebuild_reason, err=True)
-    model.sync(store)
+    start = model.position
+    with progress_bar("following the log", after=SYNC_BAR_AFTER, start=start) as on_progress:
+        # Empty tables (a new file, other rules) are filled by the faster snapshot pass.
+        model.sync(store, on_progress=on_progress, rebuild_if_empty=True)
     return model
+
+
+SYNC_BAR_AFTER = 1.0  # seconds of following before a bar is drawn (short syncs stay quiet)
+
+
+@contextlib.contextmanager
+def progress_bar(
+    description: str,
+    *,
+    after: float = 0.0,
+    start: int = 0,
+    console: Console | None = None,
+    clock: Callable[[], float] = time.monotonic,
+) -> Iterator[Callable[[int, int], None] | None]:
+    """A (done, total) callback drawing a bar on stderr once `after` seconds have passed.
+
+    None when stderr is not a terminal: nothing is drawn into a pipe or a log file.
+    Positions count from `start` (where a sync began), so the bar measures this run.
+    """
+    console = console or Console(stderr=True)
+    if not console.is_terminal:
+        yield None
+        return
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
+
+    began = clock()
+    shown: list[Any] = []  # the Progress and its task, once drawn
+
+    def update(done: int, total: int) -> None:
+        if not shown:
+            if clock() - began < after:
+                return
+            bar = Progress(
+                "[progress.description]{task.description}",
+                BarColumn(),
+                MofNCompleteColumn(),
+                TimeRemainingColumn(),
+                console=console,
+                transient=True,
+            )
+            bar.start()
+            shown.extend([bar, bar.add_task(description, total=None)])
+        bar, task = shown
+        bar.update(task, completed=max(done - start, 0), total=max(total - start, 0), refresh=True)
+
+    try:
+        yield update
+    finally:
+        if shown:
+            shown[0].stop()
 
 
 def warn_left_out(model: ReadModel, limit: int = 20, known_at: Any = None) -> None:
@@ -587,7 +641,8 @@ def rebuild(ctx: click.Context, db: str | None, read_db: str | None) -> None:
     store = open_store(ctx, db)
     model = ReadModel(read_model_path(store, read_db), rules_of(ctx))
     ctx.call_on_close(model.close)
-    report = model.rebuild(store)
+    with progress_bar("rebuilding") as on_progress:
+        report = model.rebuild(store, on_progress=on_progress)
     warn_left_out(model)
     print_json(
         {
