@@ -340,8 +340,11 @@ def first_cause(caused_by: str) -> str:
     return cited[0][0] if isinstance(cited[0], list) else cited[0]
 
 
-def derived_rows(student_id: str, derived: Derivation) -> dict[str, list[Row]]:
-    """One derivation's rows, table by table (content columns of `_CONTENT`, in order)."""
+def derived_rows(student_id: str, derived: Derivation, tail: Row = ()) -> dict[str, list[Row]]:
+    """One derivation's rows, table by table (content columns of `_CONTENT`, in order).
+
+    `tail` is appended to every row (a rebuild's interval, when the row's is known).
+    """
     tasks: list[Row] = []
     for n, t in enumerate(derived.tasks):
         trigger = t.trigger_on
@@ -355,12 +358,13 @@ def derived_rows(student_id: str, derived: Derivation) -> dict[str, list[Row]]:
             _iso(t.opens_on),
             _iso(t.opens_from),
         )
-        tail = (
+        rest = (
             _iso(t.done_on),
             _iso(t.cancelled_on),
             t.place(),
             t.fee_ntd,
             _cited(t.cited(), trigger),
+            *tail,
         )
         for since, until, due in t.due_versions():
             tasks.append(
@@ -370,7 +374,7 @@ def derived_rows(student_id: str, derived: Derivation) -> dict[str, list[Row]]:
                     _iso(since),
                     _iso(until),
                     *_overdue_window(t, due),
-                    *tail,
+                    *rest,
                 )
             )
     fines: list[Row] = []
@@ -392,10 +396,12 @@ def derived_rows(student_id: str, derived: Derivation) -> dict[str, list[Row]]:
                 _iso(f.valid_until),
                 _iso(f.last_day),
                 _cited(cited, f.accrued_on),
+                *tail,
             )
         )
         payments.extend(
-            (student_id, n, k, on.isoformat(), amount) for k, (on, amount) in enumerate(f.payments)
+            (student_id, n, k, on.isoformat(), amount, *tail)
+            for k, (on, amount) in enumerate(f.payments)
         )
     overstays = [
         (
@@ -406,6 +412,7 @@ def derived_rows(student_id: str, derived: Derivation) -> dict[str, list[Row]]:
             _iso(e.end),
             _iso(e.resolved_on),
             int(e.ceased),
+            *tail,
         )
         for k, e in enumerate(e for e in derived.replay.episodes if e.kind == "overstay")
     ]
@@ -778,6 +785,18 @@ class ReadModel:
         """
         moments = sorted({f.recorded_at for f in facts})
         student = _Student("", student_id, facts, moments[0])
+        if len(moments) == 1:  # most students: one version, every row believed from then on
+            at = moment_text(moments[0])
+            rows, failure = self._version(student, moments[0], (at, OPEN))
+            for table, fresh in rows.items():
+                if table == "rm_errors":
+                    fresh = [(*c, at, OPEN, position) for c in fresh]
+                out.rows[table].extend(fresh)
+            if any(rows.values()):
+                out.changes.append((student_id, at))
+            bug = failure if not isinstance(failure, DerivationError | None) else None
+            _log_failure(student_id, failure, bug)
+            return failure is not None
         held: dict[str, dict[Row, str]] = {t: {} for t in _VERSIONED}
         # An error row also keeps the position it was found at (here: the snapshot's).
         tails: dict[str, Row] = {t: () for t in _VERSIONED} | {"rm_errors": (position,)}
@@ -949,15 +968,20 @@ class ReadModel:
         if failure is not None:
             plan.failed += 1
 
-    def _version(self, student: _Student, moment: datetime) -> tuple[dict[str, list[Row]], Any]:
-        """The rows of the student's derivation as known at `moment`, or its error row."""
+    def _version(
+        self, student: _Student, moment: datetime, tail: Row = ()
+    ) -> tuple[dict[str, list[Row]], Any]:
+        """The rows of the student's derivation as known at `moment`, or its error row.
+
+        `tail` is appended to the derivation's rows (not to the error row's content).
+        """
         student_id, facts = student.student_id, student.facts
         try:
             derived = derive(
                 facts, HORIZON, moment, self.rules, self.calendar, student_id=student_id
             )
             try:
-                return derived_rows(student_id, derived), None
+                return derived_rows(student_id, derived, tail), None
             except dates.DateOutOfRangeError as exc:  # e.g. a due day on 9999-12-31
                 events = out_of_range_events(known_facts(facts, moment))
                 raise DerivationError(student_id, str(exc), events) from None
