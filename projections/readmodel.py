@@ -737,6 +737,7 @@ class ReadModel:
         if on_progress:
             on_progress(0, upto)
         staged = _Staged()
+        texts: dict[datetime, str] = {}  # record moments as text (a batch shares one)
         # The pass allocates millions of short-lived rows and no cycles: the collector
         # would only walk them again and again (a fifth of the time, measured).
         collecting = gc.isenabled()
@@ -748,16 +749,20 @@ class ReadModel:
                 report.notifications += stream.version
                 report.students += 1
                 facts = stream.facts
-                latest = max((f.recorded_at for f in facts), default=None)
-                if latest is not None:
-                    report.failed += self._snapshot(stream.student_id, facts, upto, staged)
+                latest = None
+                if facts:
+                    moments = sorted({f.recorded_at for f in facts})
+                    report.failed += self._snapshot(stream.student_id, facts, moments, upto, staged)
                     staged.pending += len(facts)
-                staged.students.append(
-                    (stream.uuid, stream.student_id, upto, moment_text(latest) if latest else None)
-                )
+                    latest = texts.get(moments[-1]) or texts.setdefault(
+                        moments[-1], moment_text(moments[-1])
+                    )
+                staged.students.append((stream.uuid, stream.student_id, upto, latest))
                 if staged.pending >= _STAGE_ROWS:
                     self._insert_staged(staged)
                     staged = _Staged()
+                    if len(texts) > 10_000:  # bounded memory, whatever the log's record times
+                        texts.clear()
                     if on_progress:
                         on_progress(report.notifications, upto)
             self._insert_staged(staged)
@@ -776,14 +781,21 @@ class ReadModel:
             on_progress(upto, upto)
         return report
 
-    def _snapshot(self, student_id: str, facts: list[Fact], position: int, out: _Staged) -> bool:
+    def _snapshot(
+        self,
+        student_id: str,
+        facts: list[Fact],
+        moments: list[datetime],
+        position: int,
+        out: _Staged,
+    ) -> bool:
         """Every version of one student, each row with its final interval, into `out`.
 
         The same versions and intervals `_follow` makes from empty tables (one version per
-        distinct record time, unchanged rows kept), without the follower's bookkeeping.
-        True when the student's last version failed (it is left out, as by the follower).
+        distinct record time `moments`, sorted; unchanged rows kept), without the
+        follower's bookkeeping. True when the student's last version failed (it is left
+        out, as by the follower).
         """
-        moments = sorted({f.recorded_at for f in facts})
         student = _Student("", student_id, facts, moments[0])
         if len(moments) == 1:  # most students: one version, every row believed from then on
             at = moment_text(moments[0])
