@@ -867,21 +867,32 @@ class ReadModel:
                 names[uid] = event.student_id
             new.setdefault(uid, []).append(event)
         names.update(self._names(set(new) - set(names) - set(self._streams)))
+        # Streams not followed from their start here are read whole, together.
+        unread = [
+            uid
+            for uid, events in new.items()
+            if self._unfollowed(self._streams.get(uid), events[0].originator_version)
+        ]
+        read = {s.uuid: s for s in store.streams_of(unread)} if unread else {}
         touched = []
         for uid, events in new.items():
             cached = self._streams.pop(uid, None)
             first = events[0].originator_version
             if cached is None and first == 1:
                 cached = (names[uid], [], 0)
-            whole = cached is None or cached[2] < first - 1
+            whole = self._unfollowed(cached, first)
             if whole:
-                # Not followed from its start here: read the whole stream once.
                 student_id = cached[0] if cached else names.get(uid)
                 if student_id is None:
                     log.warning("notification for an unknown stream %s skipped", uid)
                     continue
-                facts = store.stream(student_id)
-                cached = (student_id, facts, max([1, *(f.seq for f in facts)]))
+                stream = read.get(uid)
+                if stream is not None and stream.student_id == student_id:
+                    facts, version = stream.facts, max(1, stream.version)
+                else:  # not a stream `streams_of` reads: as it always was read
+                    facts = store.stream(student_id)
+                    version = max([1, *(f.seq for f in facts)])
+                cached = (student_id, facts, version)
             student_id, facts, version = cached
             added = []
             for event in events:
@@ -897,6 +908,13 @@ class ReadModel:
         while len(self._streams) > STREAM_CACHE:
             self._streams.popitem(last=False)
         return touched
+
+    @staticmethod
+    def _unfollowed(cached: tuple[str, list[Fact], int] | None, first: int) -> bool:
+        """Whether a stream whose new events start at version `first` must be read whole."""
+        if cached is None:
+            return first != 1
+        return cached[2] < first - 1
 
     def _names(self, uuids: set[str]) -> dict[str, str]:
         if not uuids:

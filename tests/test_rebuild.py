@@ -306,3 +306,16 @@ def test_an_empty_read_model_is_filled_by_the_snapshot_pass_when_asked(tmp_path,
         snapshot.close()
         followed.close()
     assert table_rows(str(tmp_path / "snapshot.db")) == table_rows(str(tmp_path / "followed.db"))
+
+
+def test_streams_of_reads_each_stream_as_stream_does(store, clock):
+    """The follower reads the streams it has not cached together: the same facts, in order."""
+    write_history(store, clock)
+    ids = ["OK1", "OK2", "FAR", "ANCIENT", "BUG", "NEW"]
+    by_uuid = {s.uuid: s for s in store.streams()}
+    wanted = [u for u, s in by_uuid.items() if s.student_id in ids] + ["0" * 32]  # one unknown
+    read = list(store.streams_of(wanted, chunk=2))
+    assert sorted(s.student_id for s in read) == sorted(ids)
+    for stream in read:
+        assert stream.facts == store.stream(stream.student_id)
+        assert stream.version == by_uuid[stream.uuid].version
