@@ -18,7 +18,13 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
-from timeline.contract import _ADAPTER, describe_errors, parse_event, parse_event_text
+from timeline.contract import (
+    _ADAPTER,
+    _PRINTABLE,
+    describe_errors,
+    parse_event,
+    parse_event_text,
+)
 from timeline.ingest import RawRecord, json_record, record_event
 
 PROPERTY = settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -128,3 +134,10 @@ def test_a_repeated_key_is_refused_even_when_an_escaped_colon_would_balance_the_
     assert (
         record_event(RawRecord(1, text=line)) == "invalid JSON: duplicate key 'note' in one object"
     )
+
+
+def test_the_printable_validator_really_leaves_out_the_control_character_check():
+    # pydantic-core would silently reuse each model's full validator; then the fast
+    # path would cost as much as the full one (and this would raise).
+    raw = example("registered", semester="113\u200b-1")
+    assert _PRINTABLE.validate_python(raw).semester == "113\u200b-1"

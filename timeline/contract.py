@@ -410,7 +410,22 @@ def _without_clean_text(node: Any) -> Any:
 # some ten fields, a third of the validation's cost). It returns the same classes and
 # the same errors as `_ADAPTER` for any input whose text values are all printable,
 # where that check cannot fire; `parse_event` and `parse_event_text` use it only then.
-_PRINTABLE: SchemaValidator = SchemaValidator(_without_clean_text(_ADAPTER.core_schema))
+def _validator_without_clean_text() -> SchemaValidator:
+    """A validator of the contract without `_clean_text`, made of the models' own schemas."""
+    # pydantic-core reuses a finished model's own validator for a model in a schema
+    # (all validators included): marked unfinished while this one is built, each model
+    # is built from the schema given, which is what is wanted.
+    models = list(MODELS.values())
+    for model in models:
+        model.__pydantic_complete__ = False
+    try:
+        return SchemaValidator(_without_clean_text(_ADAPTER.core_schema))
+    finally:
+        for model in models:
+            model.__pydantic_complete__ = True
+
+
+_PRINTABLE = _validator_without_clean_text()
 # Values that pydantic's `str` never accepts (exact types: a subclass takes the full path).
 _NOT_TEXT = frozenset({int, float, bool, type(None), list, dict})
 
@@ -457,6 +472,10 @@ def parse_event_text(text: str) -> _Event | None:
     # plus the values' colons exactly when no key is repeated.
     given = event.model_fields_set
     colons = len(given)
+    if "\\" not in text and text.isprintable() and text.count(":") == colons:
+        # The common case at C speed: no escapes, so every value is a printable piece of
+        # the text, and there are no more colons than keys given, so no key repeats.
+        return event  # type: ignore[no-any-return]
     values = event.__dict__
     for name in given:
         value = values[name]
