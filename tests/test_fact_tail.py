@@ -8,13 +8,15 @@ is checked against the transcoder's encoding of the same dict over arbitrary val
 from __future__ import annotations
 
 from collections.abc import Iterator
-from datetime import date
+from datetime import UTC, date
 
 import pytest
+from eventsourcing.utils import get_topic
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from timeline.store import TimelineStore
+from timeline.aggregate import Student
+from timeline.store import WAL_CHECKPOINT_PAGES, TimelineStore
 
 texts = st.text(max_size=40)
 data_values = st.one_of(
@@ -61,3 +63,36 @@ def test_the_tail_by_hand_is_the_transcoders_encoding(
         "digest": digest,
     }
     assert store.fact_tail(**fields) == store._encoded_tail(**fields)
+
+
+def test_a_store_writes_the_registered_event_by_hand(store: TimelineStore):
+    assert store._registered_by_hand  # else the property below tests nothing
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(student_id=texts, now=st.datetimes(timezones=st.just(UTC)))
+def test_the_registered_event_by_hand_is_the_transcoders_encoding(store, student_id, now):
+    stamp = b'{"timestamp":' + store.app.mapper.transcoder.encode(now) + b","
+    expected = store.app.mapper.transcoder.encode(
+        {"timestamp": now, "originator_topic": get_topic(Student), "student_id": student_id}
+    )
+    assert store._registered(now, stamp, student_id) == expected
+
+
+def test_a_write_sets_the_larger_wal_checkpoint_on_the_writer_connection(tmp_path):
+    with TimelineStore.open(str(tmp_path / "w.db")) as store:
+        store.append([("S1", None, store.fact_tail(**_FACT))], [("m", "e1", "S1", "x", "d")])
+        with store.recorder.datastore.transaction(commit=True) as c:
+            c.execute("PRAGMA wal_autocheckpoint")
+            assert c.fetchone()[0] == WAL_CHECKPOINT_PAGES
+
+
+_FACT = {
+    "source": "m",
+    "event_id": "e1",
+    "type": "departed",
+    "occurred_on": date(2024, 3, 16),
+    "data": {},
+    "note": None,
+    "digest": "d",
+}
