@@ -25,6 +25,7 @@ from pydantic import (
     field_validator,
     model_validator,
 )
+from pydantic_core import SchemaValidator
 
 from timeline.clock import EARLIEST_DAY, LATEST_DAY, in_range, shown
 from timeline.errors import ContractError
@@ -389,14 +390,102 @@ PERSONAL_FIELDS = frozenset({"address", "passport_number", "workplace", "email",
 UNECHOED_FIELDS = PERSONAL_FIELDS | {"note", "reason", "arc_number"}
 
 
+_CLEAN_TEXT = _Event.__pydantic_decorators__.field_validators["_clean_text"].func.__func__
+
+
+def _without_clean_text(node: Any) -> Any:
+    """A copy of a core schema without the `_clean_text` validators (everything else kept)."""
+    if isinstance(node, dict):
+        if node.get("type") == "function-after":
+            function = node["function"].get("function")
+            if getattr(function, "__func__", None) is _CLEAN_TEXT:
+                return _without_clean_text(node["schema"])
+        return {key: _without_clean_text(value) for key, value in node.items()}
+    if isinstance(node, list):
+        return [_without_clean_text(value) for value in node]
+    return node
+
+
+# The contract minus the per-field control-character check (a Python call for each of
+# some ten fields, a third of the validation's cost). It returns the same classes and
+# the same errors as `_ADAPTER` for any input whose text values are all printable,
+# where that check cannot fire; `parse_event` and `parse_event_text` use it only then.
+def _validator_without_clean_text() -> SchemaValidator:
+    """A validator of the contract without `_clean_text`, made of the models' own schemas."""
+    # pydantic-core reuses a finished model's own validator for a model in a schema
+    # (all validators included): marked unfinished while this one is built, each model
+    # is built from the schema given, which is what is wanted.
+    models = list(MODELS.values())
+    for model in models:
+        model.__pydantic_complete__ = False
+    try:
+        return SchemaValidator(_without_clean_text(_ADAPTER.core_schema))
+    finally:
+        for model in models:
+            model.__pydantic_complete__ = True
+
+
+_PRINTABLE = _validator_without_clean_text()
+# Values that pydantic's `str` never accepts (exact types: a subclass takes the full path).
+_NOT_TEXT = frozenset({int, float, bool, type(None), list, dict})
+
+
+def _printable_values(raw: dict[str, Any]) -> bool:
+    """Whether every value is printable text or a JSON value that cannot become text."""
+    for value in raw.values():
+        kind = type(value)
+        if kind is str:
+            if not value.isprintable():
+                return False
+        elif kind not in _NOT_TEXT:
+            return False
+    return True
+
+
 def parse_event(raw: Any) -> _Event:
     """Validate one raw event (a dict) against the contract, or raise `ContractError`."""
     if not isinstance(raw, dict):
         raise ContractError([f"an event must be a JSON object (got {type(raw).__name__})"])
     try:
+        if _printable_values(raw):
+            return _PRINTABLE.validate_python(raw)  # type: ignore[no-any-return]
         return _ADAPTER.validate_python(raw)
     except ValidationError as exc:
         raise ContractError(describe_errors(exc, raw)) from None
+
+
+def parse_event_text(text: str) -> _Event | None:
+    """The valid event one JSON text holds, parsed and validated in one pass; else None.
+
+    None means only the full path (`rawjson.loads_strict`, then `parse_event`) can say:
+    the text is not a valid event, or it holds what that path refuses and pydantic's
+    parser takes silently (a duplicate key), or text that is not printable. An event
+    returned here is the one the full path returns (same class, fields and fields set).
+    """
+    try:
+        event = _PRINTABLE.validate_json(text)
+    except ValidationError:
+        return None
+    # A valid event is one flat object of known fields (so no deep nesting, NaN or huge
+    # number got through). Outside strings a colon only ends a key, and a value's colon
+    # is written `:` or `\u003a`: so with no such escape, the text holds one colon per key
+    # plus the values' colons exactly when no key is repeated.
+    given = event.model_fields_set
+    colons = len(given)
+    if "\\" not in text and text.isprintable() and text.count(":") == colons:
+        # The common case at C speed: no escapes, so every value is a printable piece of
+        # the text, and there are no more colons than keys given, so no key repeats.
+        return event  # type: ignore[no-any-return]
+    values = event.__dict__
+    for name in given:
+        value = values[name]
+        if type(value) is str:
+            if not value.isprintable():
+                return None  # the full path says which character, and where
+            colons += value.count(":")
+    if text.count(":") != colons or "\\u003a" in text or "\\u003A" in text:
+        return None
+    return event  # type: ignore[no-any-return]
 
 
 def describe_errors(exc: ValidationError, raw: dict[str, Any]) -> list[str]:

@@ -19,6 +19,7 @@ as `StoredEvent`s, many students per transaction, with no aggregate loaded
 from __future__ import annotations
 
 import csv
+import functools
 import hashlib
 import io
 import itertools
@@ -39,7 +40,7 @@ from eventsourcing.cipher import AESCipher
 from eventsourcing.persistence import IntegrityError
 from eventsourcing.utils import Environment
 
-from timeline.contract import EVENT_TYPES, echo, parse_event
+from timeline.contract import EVENT_TYPES, echo, parse_event, parse_event_text
 from timeline.errors import ContractError
 from timeline.rawjson import loads_strict, one_shot
 from timeline.store import FeedKey, TimelineStore
@@ -68,6 +69,9 @@ class RawRecord:
     position: int
     payload: Any = None
     error: str | None = None
+    # Set instead of `payload` by `read_jsonl(lazy=True)`: the line, for the reader's
+    # consumer to parse (`Ingestor` parses and validates a well-formed line in one pass).
+    text: str | None = None
     # Set only when restoring a backup: the record time the event had in the exported store.
     recorded_at: datetime | None = None
 
@@ -151,8 +155,13 @@ def read_jsonl(
     on_bytes: Callable[[int], None] | None = None,
     *,
     encoding: str = "utf-8",
+    lazy: bool = False,
 ) -> Iterator[RawRecord]:
-    """JSON Lines: one object per physical line; blank lines are skipped."""
+    """JSON Lines: one object per physical line; blank lines are skipped.
+
+    `lazy`: yield each readable line's text unparsed (`RawRecord.text`); `json_record`
+    parses it as this reader would have.
+    """
     for number, text in _physical_lines(stream, on_bytes, encoding):
         if isinstance(text, _Unreadable):
             yield RawRecord(number, error=str(text))
@@ -160,13 +169,21 @@ def read_jsonl(
         text = text.strip(_BLANKS)
         if not text:
             continue
-        try:
-            yield RawRecord(number, loads_strict(text))
-        except ValueError as exc:
-            problem = str(exc)
-            if not problem.startswith("invalid JSON"):
-                problem = f"invalid JSON: {problem}"
-            yield RawRecord(number, error=problem)
+        if lazy:
+            yield RawRecord(number, text=text)
+        else:
+            yield json_record(number, text)
+
+
+def json_record(position: int, text: str) -> RawRecord:
+    """One JSON line as `read_jsonl` reads it: its object, or why it is not JSON we take."""
+    try:
+        return RawRecord(position, loads_strict(text))
+    except ValueError as exc:
+        problem = str(exc)
+        if not problem.startswith("invalid JSON"):
+            problem = f"invalid JSON: {problem}"
+        return RawRecord(position, error=problem)
 
 
 _LIST_FIELDS = {"fields"}
@@ -363,6 +380,23 @@ def detect_format(path: Path, declared: str | None) -> str:
     return "csv" if path.suffix.lower() == ".csv" else "jsonl"
 
 
+def record_event(record: RawRecord) -> Any:
+    """The valid event a record holds, or the text it is rejected with."""
+    # A line read lazily: a valid event in one pass, else the reader's full path (strict
+    # JSON, then the contract), which alone words rejections. Same outcome either way.
+    event = parse_event_text(record.text) if record.text is not None else None
+    if event is not None:
+        return event
+    if record.text is not None:
+        record = json_record(record.position, record.text)
+    if record.error is not None:
+        return record.error
+    try:
+        return parse_event(record.payload)
+    except ContractError as exc:
+        return "; ".join(exc.messages)
+
+
 # -- ingestion -----------------------------------------------------------------------------
 @dataclass(slots=True)
 class _Valid:
@@ -544,13 +578,9 @@ class Ingestor:
                 seen.close()
 
     def _validate(self, record: RawRecord, report: IngestReport) -> _Valid | None:
-        if record.error is not None:
-            report.rejected.append(Rejection(record.position, record.error))
-            return None
-        try:
-            event = parse_event(record.payload)
-        except ContractError as exc:
-            report.rejected.append(Rejection(record.position, "; ".join(exc.messages)))
+        event = record_event(record)
+        if isinstance(event, str):
+            report.rejected.append(Rejection(record.position, event))
             return None
         return _Valid(
             position=record.position,
@@ -816,7 +846,7 @@ def ingest_stream(
     """
     if encoding not in ENCODINGS:
         raise ValueError(f"unsupported encoding {encoding!r} (use one of: {', '.join(ENCODINGS)})")
-    reader = read_csv if fmt == "csv" else read_jsonl
+    reader = read_csv if fmt == "csv" else functools.partial(read_jsonl, lazy=True)
     if partial:
         ingestor = Ingestor(store, batch_size=batch_size)
         return ingestor.run(lambda: reader(stream, on_bytes, encoding=encoding), partial=True)
