@@ -214,3 +214,72 @@ def test_streams_stop_at_the_given_log_position(
     assert {s.student_id: s.facts for s in store.streams()} == {
         s: store.stream(s) for s in _example_students()
     }
+
+
+def _fact_typed(fact: Any) -> Any:
+    return _typed({name: getattr(fact, name) for name in fact.__slots__})
+
+
+def test_the_exact_layout_path_serves_every_stored_example(store: TimelineStore) -> None:
+    ingest_file(store, EXAMPLES)
+    assert store._fast is not None and store._fast.exact
+    stored = [
+        s
+        for sid in _example_students()
+        for s in store.recorder.select_events(student_uuid(sid))
+        if s.topic == Student.FactRecorded.__module__ + ":" + Student.FactRecorded.__qualname__
+    ]
+    assert len(stored) > 90
+    for s in stored:
+        fact = store._fast.exact_fact("S", s.originator_version, s.state)
+        assert fact is not None  # the regular expression knows what `append` writes
+        library = to_fact("S", store.app.mapper.to_domain_event(s))
+        assert _fact_typed(fact) == _fact_typed(library)
+
+
+_awkward_text = st.text(alphabet='a"\\\n\x01é臺\u2028{}:,_', max_size=6)
+
+
+@settings(
+    max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    data=st.dictionaries(_keys, _json, max_size=4),
+    note=st.none() | _awkward_text,
+    source=_awkward_text,
+    event_id=_awkward_text,
+)
+@example(
+    data={"valid_until": date(2025, 3, 31), "fields": ["address"]},
+    note=None,
+    source="r",
+    event_id="e",
+)
+@example(
+    data={"a": {"_type_": "date_iso", "_data_": "2024-13-01"}}, note="x", source="r", event_id="e"
+)
+def test_exact_fact_equals_the_mapper_or_declines(
+    sqlite_store: TimelineStore, data: dict[str, Any], note: str | None, source: str, event_id: str
+) -> None:
+    stored = _stored(sqlite_store, data, note)
+    # The same event with this source and event id, as `append` writes it.
+    state = json.loads(stored.state)
+    state["source"], state["event_id"] = source, event_id
+    text = json.dumps(state, ensure_ascii=False, separators=(",", ":"))
+    stored = StoredEvent(
+        stored.originator_id, stored.originator_version, stored.topic, text.encode("utf8")
+    )
+    fast = sqlite_store._fast
+    assert fast is not None
+    fact = fast.exact_fact("S1", stored.originator_version, stored.state)
+    try:
+        library = sqlite_store.app.mapper.to_domain_event(stored)
+    except MapperDeserialisationError:
+        assert fact is None
+        return
+    if fact is not None:
+        assert _fact_typed(fact) == _fact_typed(to_fact("S1", library))
+    # Whichever path serves it, a stream reads the same fact.
+    assert _fact_typed(
+        sqlite_store._fact_of("S1", stored.originator_id, 2, stored.topic, stored.state)
+    ) == _fact_typed(to_fact("S1", library))

@@ -14,6 +14,7 @@ import json
 import json.encoder as json_encoder
 import logging
 import os
+import re
 import sqlite3
 import time
 import zlib
@@ -29,6 +30,7 @@ from uuid import UUID
 import psycopg
 from eventsourcing.application import Application
 from eventsourcing.persistence import (
+    DatetimeAsISO,
     JSONTranscoder,
     MapperDeserialisationError,
     StoredEvent,
@@ -576,12 +578,13 @@ class TimelineStore:
         table = self.recorder.events_table_name
         marks = ",".join("?" for _ in uuids)
         with self.recorder.datastore.transaction(commit=False) as c:
+            c.sqlite_cursor.row_factory = None  # plain tuples: no `sqlite3.Row` per event
             c.execute(
                 f"SELECT originator_id, originator_version, topic, state FROM {table} "
                 f"WHERE originator_id IN ({marks}) ORDER BY originator_id, originator_version",
                 list(uuids),
             )
-            return [(r[0], r[1], r[2], r[3]) for r in c.fetchall()]
+            return c.fetchall()
 
     def _streams_in_postgres(self, uuids: Sequence[str]) -> list[tuple[Any, int, str, bytes]]:
         recorder = self.recorder
@@ -604,6 +607,11 @@ class TimelineStore:
         if version != 1:
             log.warning("stream %s does not start with its registration: skipped", uid)
             return ""
+        if topic == _REGISTERED and self._fast is not None:
+            # What `decode` would build, without building the event: its attributes.
+            attributes = self._fast.parse(state)
+            if attributes is not None and type(attributes.get("student_id")) is str:
+                return attributes["student_id"]
         try:
             event = self.decode(StoredEvent(uid, version, topic, state))
         except MapperDeserialisationError:
@@ -633,13 +641,14 @@ class TimelineStore:
         table = self.recorder.events_table_name
         start = after or ("", 0)
         with self.recorder.datastore.transaction(commit=False) as c:
+            c.sqlite_cursor.row_factory = None  # plain tuples: no `sqlite3.Row` per event
             c.execute(
                 f"SELECT originator_id, originator_version, topic, state FROM {table} "
                 "WHERE (originator_id, originator_version) > (?, ?) AND rowid <= ? "
                 "ORDER BY originator_id, originator_version LIMIT ?",
                 (*start, upto, page),
             )
-            return [(r[0], r[1], r[2], r[3]) for r in c.fetchall()]
+            return c.fetchall()
 
     def _stream_page_postgres(
         self, after: tuple[Any, int] | None, upto: int, page: int
@@ -884,6 +893,18 @@ _RECORDED = "timeline.aggregate:Student.FactRecorded"
 _NOT_A_FACT: Any = object()  # `_FastDecoder.fact` for an event that is no fact (Registered)
 
 
+# A JSON string without escapes or control characters: its text is its value.
+_PLAIN = r'"([^"\\\x00-\x1f]*)"'
+# `append`'s layout of a fact's state, up to `data` (see `TimelineStore.fact_tail`).
+_FACT_HEAD = re.compile(
+    r'\{"timestamp":\{"_type_":"datetime_iso","_data_":' + _PLAIN + r"\},"
+    r'"source":' + _PLAIN + r',"event_id":' + _PLAIN + r',"type":' + _PLAIN + r","
+    r'"occurred_on":\{"_type_":"date_iso","_data_":' + _PLAIN + r'\},"data":'
+)
+_FACT_TAIL = re.compile(r',"note":(?:null|' + _PLAIN + r'),"digest":"[^"\\\x00-\x1f]*"\}')
+_DECODED_CACHE = 50_000  # distinct date and time texts remembered while decoding
+
+
 def _flat(items: list[Any]) -> bool:
     """Whether a parsed list holds no objects or lists (nothing for the hook to revive)."""
     return not any(type(v) is dict or type(v) is list for v in items)
@@ -909,6 +930,14 @@ class _FastDecoder:
         }
         # The C scanner itself: `raw_decode` minus a Python frame (StopIteration on errors).
         self.scan = json.JSONDecoder().scan_once
+        # `exact_fact` remembers decoded dates and times by their text: only when the
+        # transcodings are the known pure ones (same text, same value).
+        pure = type(self.names.get("date_iso")) is DateAsISO and (
+            type(self.names.get("datetime_iso")) is DatetimeAsISO
+        )
+        self.exact = pure
+        self.days: dict[str, date] = {}
+        self.moments: dict[str, datetime] = {}
 
     @classmethod
     def for_mapper(cls, mapper: Any) -> _FastDecoder | None:
@@ -1010,6 +1039,10 @@ class _FastDecoder:
         """`fact` from a stored row's parts."""
         if topic != _RECORDED and topic != _REGISTERED:
             return None
+        if topic == _RECORDED and self.exact:
+            fact = self.exact_fact(student_id, version, raw)
+            if fact is not None:
+                return fact
         state = self.parse(raw)
         if state is None:
             return None
@@ -1029,3 +1062,63 @@ class _FastDecoder:
             )
         except KeyError:
             return None
+
+    def exact_fact(self, student_id: str, version: int, raw: bytes) -> Fact | None:
+        """The `Fact` of a state in exactly the layout `append` writes; None for any other.
+
+        The envelope is matched by a regular expression (strings without escapes or
+        control characters, so each is its own text) and only `data` goes through the
+        JSON scanner; the dates and the record time are decoded once per distinct text
+        (a batch shares one record time). Anything else is left to `parse`.
+        """
+        try:
+            return self._exact_fact(student_id, version, raw.decode("utf8"))
+        except Exception:  # a bad text or value: `parse` and the mapper decide
+            return None
+
+    def _exact_fact(self, student_id: str, version: int, text: str) -> Fact | None:
+        """`exact_fact` of the decoded text (raises on a bad value)."""
+        head = _FACT_HEAD.match(text)
+        if head is None:
+            return None
+        data, end = self.scan(text, head.end())
+        tail = _FACT_TAIL.fullmatch(text, end)
+        if tail is None or type(data) is not dict or "_type_" in data:
+            return None  # (a `data` that is itself one transcoded value: the general walk)
+        days = self.days
+        for key, value in data.items():
+            kind = type(value)
+            if kind is dict:
+                if len(value) != 2 or value.get("_type_") != "date_iso":
+                    return None
+                day_text = value.get("_data_")
+                if type(day_text) is not str:
+                    return None
+                day = days.get(day_text)
+                if day is None:
+                    day = self._day(day_text)
+                data[key] = day
+            elif kind is list and not _flat(value):
+                return None
+        at, source, event_id, fact_type, on = head.groups()
+        moment = self.moments.get(at)
+        if moment is None:
+            moment = self._moment(at)
+        day = days.get(on)
+        if day is None:
+            day = self._day(on)
+        return Fact(student_id, source, event_id, fact_type, day, moment, version, data, tail[1])
+
+    def _day(self, text: str) -> date:
+        """A `date_iso` text decoded by the transcoder, remembered (bounded)."""
+        if len(self.days) > _DECODED_CACHE:
+            self.days.clear()
+        day = self.days[text] = self.names["date_iso"].decode(text)
+        return day
+
+    def _moment(self, text: str) -> datetime:
+        """A `datetime_iso` text decoded by the transcoder, remembered (bounded)."""
+        if len(self.moments) > _DECODED_CACHE:
+            self.moments.clear()
+        moment = self.moments[text] = self.names["datetime_iso"].decode(text)
+        return moment
