@@ -31,10 +31,24 @@ def _out_of_range(operation: str) -> DateOutOfRangeError:
     return DateOutOfRangeError(f"date out of range: {operation} is not in the years 1 to 9999")
 
 
+# The periods of the rules are few: each `timedelta` is made once (a derivation adds
+# days for most facts, and building the delta was most of that).
+_PERIODS: dict[int, timedelta] = {}
+
+
+def _period(days: int) -> timedelta:
+    period = _PERIODS.get(days)
+    if period is None:
+        period = timedelta(days=days)
+        if len(_PERIODS) < 4096:
+            _PERIODS[days] = period
+    return period
+
+
 def days_after(start: date, days: int) -> date:
     """The last day of a period "within `days` days of `start`" (day 1 = start + 1)."""
     try:
-        return start + timedelta(days=days)
+        return start + _period(days)
     except OverflowError:
         raise _out_of_range(f"the day {days} days after a date") from None
 
@@ -42,7 +56,7 @@ def days_after(start: date, days: int) -> date:
 def days_before(end: date, days: int) -> date:
     """The day `days` calendar days before `end`."""
     try:
-        return end - timedelta(days=days)
+        return end - _period(days)
     except OverflowError:
         raise _out_of_range(f"the day {days} days before a date") from None
 

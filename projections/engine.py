@@ -824,6 +824,7 @@ class _Replay:
 
 
 _FINE_ORDER = attrgetter("order")
+_TRIGGER_ORDER = attrgetter("trigger_on")
 _FACT_ORDER = attrgetter("occurred_on", "recorded_at", "seq")
 
 # Fact type → its `_Replay.on_<type>` method (types without one change nothing).
@@ -886,7 +887,7 @@ class Derivation:
     @property
     def tasks(self) -> list[_Task]:
         """Tasks in trigger order."""
-        return sorted(self.replay.tasks, key=lambda t: t.trigger_on)
+        return sorted(self.replay.tasks, key=_TRIGGER_ORDER)
 
 
 def derive(

@@ -71,7 +71,7 @@ from projections.engine import (
     out_of_range_events,
     overstay_fine_range,
 )
-from projections.rules import DEFAULT_RULES, RuleBook, rulebook_fingerprint
+from projections.rules import DEFAULT_RULES, TASK_KINDS, RuleBook, rulebook_fingerprint
 from timeline.aggregate import Student
 from timeline.errors import TimelineError
 from timeline.facts import Fact, known_facts
@@ -340,34 +340,67 @@ def first_cause(caused_by: str) -> str:
     return cited[0][0] if isinstance(cited[0], list) else cited[0]
 
 
+def _task_cited(task: Any) -> str:
+    """`_cited(task.cited(), task.trigger_on)`, without building the pairs for most tasks."""
+    if not task.done_by and not task.effective:
+        # Every cause counts from the trigger day: the ids alone.
+        return "[" + ", ".join([_quoted(e) for e in task.triggers]) + "]"
+    return _cited(task.cited(), task.trigger_on)
+
+
+def _fine_cited(fine: Any) -> str:
+    """A fine's cited events (`_cited` from its accrual day)."""
+    effective = fine.effective
+    if not effective:
+        return "[" + ", ".join([_quoted(e) for e in fine.caused_by]) + "]"
+    accrued = fine.accrued_on
+    return _cited([(e, effective.get(e, accrued)) for e in fine.caused_by], accrued)
+
+
 def derived_rows(student_id: str, derived: Derivation, tail: Row = ()) -> dict[str, list[Row]]:
     """One derivation's rows, table by table (content columns of `_CONTENT`, in order).
 
     `tail` is appended to every row (a rebuild's interval, when the row's is known).
+    Runs for every version a rebuild derives: the dates are formatted inline (a date is
+    never falsy, so `is None` is `_iso`'s test) and the common shapes take short cuts.
     """
     tasks: list[Row] = []
+    add_task = tasks.append
     for n, t in enumerate(derived.tasks):
-        trigger = t.trigger_on
+        opens, opens_from, done, cancelled = t.opens_on, t.opens_from, t.done_on, t.cancelled_on
         # The same for each due version of the task: computed once.
         head = (
             student_id,
             n,
             t.kind,
             t.rule,
-            trigger.isoformat(),
-            _iso(t.opens_on),
-            _iso(t.opens_from),
+            t.trigger_on.isoformat(),
+            None if opens is None else opens.isoformat(),
+            None if opens_from is None else opens_from.isoformat(),
         )
         rest = (
-            _iso(t.done_on),
-            _iso(t.cancelled_on),
-            t.place(),
+            None if done is None else done.isoformat(),
+            None if cancelled is None else cancelled.isoformat(),
+            t.where or TASK_KINDS[t.kind].where,  # `_Task.place`
             t.fee_ntd,
-            _cited(t.cited(), trigger),
+            _task_cited(t),
             *tail,
         )
+        if not t.due_changes:  # nearly every task: one due day, known from its trigger
+            due = t.due_on
+            add_task(
+                (
+                    *head,
+                    None if due is None else due.isoformat(),
+                    None,
+                    None,
+                    *_overdue_window(t, due),
+                    *rest,
+                )
+            )
+            continue
         for since, until, due in t.due_versions():
-            tasks.append(
+            add_task(
                 (
                     *head,
                     _iso(due),
@@ -380,7 +413,7 @@ def derived_rows(student_id: str, derived: Derivation, tail: Row = ()) -> dict[s
     fines: list[Row] = []
     payments: list[Row] = []
     for n, f in enumerate(derived.fines):
-        cited = [(e, f.effective.get(e, f.accrued_on)) for e in f.caused_by]
+        imposed, valid_until, last_day = f.imposed_on, f.valid_until, f.last_day
         fines.append(
             (
                 student_id,
@@ -391,31 +424,38 @@ def derived_rows(student_id: str, derived: Derivation, tail: Row = ()) -> dict[s
                 f.amount_min,
                 f.amount_max,
                 f.offense,
-                _iso(f.imposed_on),
-                f.amount if f.imposed_on else None,
-                _iso(f.valid_until),
-                _iso(f.last_day),
-                _cited(cited, f.accrued_on),
+                None if imposed is None else imposed.isoformat(),
+                f.amount if imposed else None,
+                None if valid_until is None else valid_until.isoformat(),
+                None if last_day is None else last_day.isoformat(),
+                _fine_cited(f),
                 *tail,
             )
         )
-        payments.extend(
-            (student_id, n, k, on.isoformat(), amount, *tail)
-            for k, (on, amount) in enumerate(f.payments)
+        if f.payments:
+            payments.extend(
+                (student_id, n, k, on.isoformat(), amount, *tail)
+                for k, (on, amount) in enumerate(f.payments)
+            )
+    overstays: list[Row] = []
+    k = 0
+    for e in derived.replay.episodes:
+        if e.kind != "overstay":
+            continue
+        end, resolved = e.end, e.resolved_on
+        overstays.append(
+            (
+                student_id,
+                k,
+                e.since.isoformat(),
+                e.valid_until.isoformat(),
+                None if end is None else end.isoformat(),
+                None if resolved is None else resolved.isoformat(),
+                int(e.ceased),
+                *tail,
+            )
         )
-    overstays = [
-        (
-            student_id,
-            k,
-            e.since.isoformat(),
-            e.valid_until.isoformat(),
-            _iso(e.end),
-            _iso(e.resolved_on),
-            int(e.ceased),
-            *tail,
-        )
-        for k, e in enumerate(e for e in derived.replay.episodes if e.kind == "overstay")
-    ]
+        k += 1
     return {
         "rm_tasks": tasks,
         "rm_fines": fines,

@@ -283,3 +283,32 @@ def test_exact_fact_equals_the_mapper_or_declines(
     assert _fact_typed(
         sqlite_store._fact_of("S1", stored.originator_id, 2, stored.topic, stored.state)
     ) == _fact_typed(to_fact("S1", library))
+
+
+@pytest.mark.parametrize("student_id", ["S1011", 'S"1', "S\\2", "S\u2028臺", "S\x01"])
+def test_the_registration_read_by_streams_names_the_mappers_student(
+    sqlite_store: TimelineStore, student_id: str
+) -> None:
+    sqlite_store.append(
+        [
+            (
+                student_id,
+                None,
+                sqlite_store.fact_tail(
+                    source="r",
+                    event_id="e",
+                    type="entered",
+                    occurred_on=date(2024, 1, 2),
+                    data={},
+                    note=None,
+                    digest="d",
+                ),
+            )
+        ],
+        [("r", "e", student_id, "entered", "d")],
+    )
+    registration = sqlite_store.recorder.select_events(student_uuid(student_id))[0]
+    assert sqlite_store._fast is not None
+    library = sqlite_store.app.mapper.to_domain_event(registration)
+    assert sqlite_store._fast.registered_name(registration.state) == library.student_id
+    assert [s.student_id for s in sqlite_store.streams()] == [student_id]

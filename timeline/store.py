@@ -608,10 +608,10 @@ class TimelineStore:
             log.warning("stream %s does not start with its registration: skipped", uid)
             return ""
         if topic == _REGISTERED and self._fast is not None:
-            # What `decode` would build, without building the event: its attributes.
-            attributes = self._fast.parse(state)
-            if attributes is not None and type(attributes.get("student_id")) is str:
-                return attributes["student_id"]
+            # What `decode` would build, without building the event: its student number.
+            student_id = self._fast.registered_name(state)
+            if student_id is not None:
+                return student_id
         try:
             event = self.decode(StoredEvent(uid, version, topic, state))
         except MapperDeserialisationError:
@@ -902,6 +902,15 @@ _FACT_HEAD = re.compile(
     r'"occurred_on":\{"_type_":"date_iso","_data_":' + _PLAIN + r'\},"data":'
 )
 _FACT_TAIL = re.compile(r',"note":(?:null|' + _PLAIN + r'),"digest":"[^"\\\x00-\x1f]*"\}')
+# `append`'s layout of a registration (`TimelineStore._registered`).
+_REGISTERED_STATE = re.compile(
+    r'\{"timestamp":\{"_type_":"datetime_iso","_data_":'
+    + _PLAIN
+    + r"\},"
+    + re.escape('"originator_topic":' + json.dumps(_STUDENT_TOPIC) + ',"student_id":')
+    + _PLAIN
+    + r"\}"
+)
 _DECODED_CACHE = 50_000  # distinct date and time texts remembered while decoding
 
 
@@ -1062,6 +1071,23 @@ class _FastDecoder:
             )
         except KeyError:
             return None
+
+    def registered_name(self, raw: bytes) -> str | None:
+        """The student number of a `Registered` state; None to leave it to the mapper."""
+        try:
+            if self.exact:
+                found = _REGISTERED_STATE.fullmatch(raw.decode("utf8"))
+                if found is not None:
+                    at = found[1]
+                    if at not in self.moments:
+                        self._moment(at)  # decoded as the mapper would (it may refuse)
+                    return found[2]
+        except Exception:  # a bad text or value: the mapper decides
+            return None
+        attributes = self.parse(raw)
+        if attributes is not None and type(attributes.get("student_id")) is str:
+            return attributes["student_id"]
+        return None
 
     def exact_fact(self, student_id: str, version: int, raw: bytes) -> Fact | None:
         """The `Fact` of a state in exactly the layout `append` writes; None for any other.
