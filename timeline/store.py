@@ -533,8 +533,9 @@ class TimelineStore:
                     if current is not None and current.student_id:
                         yield current
                     current = StoredStream(
-                        key, self._registered_name(uid, version, topic, state), [], 0
+                        key, self._registered_name(uid, version, topic, state), [], version
                     )
+                    continue  # its registration (or no stream of ours): no fact
                 current.version = version
                 if not current.student_id:
                     continue  # no registration at the start of this stream: not ours
@@ -563,8 +564,9 @@ class TimelineStore:
                     if current is not None and current.student_id:
                         yield current
                     current = StoredStream(
-                        key, self._registered_name(uid, version, topic, state), [], 0
+                        key, self._registered_name(uid, version, topic, state), [], version
                     )
+                    continue  # its registration (or no stream of ours): no fact
                 current.version = version
                 if not current.student_id:
                     continue
