@@ -187,10 +187,16 @@ class PostgresTimelineRecorder(PostgresApplicationRecorder):
             "INSERT INTO {schema}.feed_keys SELECT * FROM "
             "unnest(%b::text[], %b::text[], %b::text[], %b::text[], %b::text[])"
         ).format(schema=schema)
+        # Lookups are shaped so that the only plan is one index probe per wanted key
+        # (LATERAL … LIMIT 1 is never flattened into a join): a plain join or `= ANY`
+        # let the planner pick a (parallel) scan of the whole table, and did whenever
+        # the table had no statistics yet (a fresh store, autovacuum off or behind),
+        # which made every batch of an ingest cost in proportion to the store's size.
         self._select_keys = SQL(
-            "SELECT k.source, k.event_id, k.student_id, k.type, k.digest FROM {schema}.feed_keys k "
-            "JOIN unnest(%s::text[], %s::text[]) AS q(source, event_id) "
-            "ON k.source = q.source AND k.event_id = q.event_id"
+            "SELECT k.source, k.event_id, k.student_id, k.type, k.digest "
+            "FROM unnest(%s::text[], %s::text[]) AS q(source, event_id) "
+            "CROSS JOIN LATERAL (SELECT * FROM {schema}.feed_keys f "
+            "WHERE f.source = q.source AND f.event_id = q.event_id LIMIT 1) AS k"
         ).format(schema=schema)
         self._select_students = SQL(
             "SELECT originator_id FROM {schema}.{table} "
@@ -204,9 +210,12 @@ class PostgresTimelineRecorder(PostgresApplicationRecorder):
             "SELECT * FROM unnest(%b::uuid[], %b::bigint[], %b::text[], %b::bytea[]) "
             "RETURNING notification_id"
         ).format(schema=schema, table=Identifier(self.events_table_name))
+        # The last version of each stream: one backward probe of the primary key each.
         self._select_versions = SQL(
-            "SELECT originator_id, MAX(originator_version) AS version FROM {schema}.{table} "
-            "WHERE originator_id = ANY(%s) GROUP BY originator_id"
+            "SELECT q.id AS originator_id, v.originator_version AS version "
+            "FROM unnest(%s::uuid[]) AS q(id) "
+            "CROSS JOIN LATERAL (SELECT e.originator_version FROM {schema}.{table} e "
+            "WHERE e.originator_id = q.id ORDER BY e.originator_version DESC LIMIT 1) AS v"
         ).format(schema=schema, table=Identifier(self.events_table_name))
 
     def _insert_events(
