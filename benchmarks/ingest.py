@@ -226,8 +226,8 @@ def student_events(
     return events
 
 
-def write_feed(path: Path, events: int, students: int, seed: int) -> int:
-    """Write the feed, streaming; returns its size in bytes."""
+def write_feed(path: Path, events: int, students: int, seed: int, prefix: str = "S") -> int:
+    """Write the feed, streaming; returns its size in bytes (student ids `prefix` + digits)."""
     rng = random.Random(seed)
     base, extra = divmod(events, students)
     with path.open("w", encoding="utf-8") as out:
@@ -240,7 +240,9 @@ def write_feed(path: Path, events: int, students: int, seed: int) -> int:
                 counts[i + 1] -= swing
             chunk: list[tuple[date, int, int, dict[str, Any]]] = []
             for position, (number, count) in enumerate(zip(numbers, counts, strict=True)):
-                for seq, (day, obj) in enumerate(student_events(rng, f"S{number:07d}", count)):
+                for seq, (day, obj) in enumerate(
+                    student_events(rng, f"{prefix}{number:07d}", count)
+                ):
                     chunk.append((day, position, seq, obj))
             chunk.sort(key=lambda row: row[:3])
             out.writelines(json.dumps(row[3], ensure_ascii=False) + "\n" for row in chunk)
