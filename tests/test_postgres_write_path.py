@@ -94,3 +94,18 @@ def test_lookup_keys_answers_the_stored_keys_only_with_their_rows(filled):
         ("registrar", "E3"): ("registrar", "E3", "S3", "entered", "d" * 32),
         ("registrar", "E399"): ("registrar", "E399", "S399", "entered", "d" * 32),
     }
+
+
+def test_the_library_path_gets_notification_ids_and_append_writes_without(filled):
+    recorder = filled.recorder
+    before = filled.max_position()
+    first = uuid.uuid4()
+    ids = recorder.insert_events([StoredEvent(first, 1, "t:Topic", b"{}")])
+    assert ids == [before + 1]
+    second = uuid.uuid4()
+    assert (
+        recorder.insert_events([StoredEvent(second, 1, "t:Topic", b"{}")], notification_ids=False)
+        is None
+    )
+    assert recorder.last_versions([first, second]) == {first: 1, second: 1}
+    assert filled.max_position() == before + 2
