@@ -17,7 +17,11 @@ child process so that the peak RSS is that phase's alone (not the generator's):
    `TIMELINE_TEST_POSTGRES_URL`): `pg atomic`, the file into a fresh schema, and
    `pg bare`, the same rows with psycopg `COPY` in one transaction into the library's
    table shape (its primary key and notification-id index included) in another fresh
-   schema. Both schemas are dropped afterwards.
+   schema. Both schemas are dropped afterwards. With `--baseline-ref REF`, the ingest of
+   git revision REF (exported to a temporary folder) runs right before, into a fresh
+   schema of its own: before and after in the same run, each against the same `COPY`.
+
+`--skip-sqlite` leaves out phases 1-4 (the PostgreSQL figures alone).
 
 Targets: atomic rate / bare rate ≥ 0.2 (SQLite) and ≥ 0.25 (PostgreSQL, against `COPY`),
 re-ingest ≥ 3x the atomic rate, peak RSS of an ingest well under 300 MB.
@@ -35,6 +39,7 @@ import random
 import resource
 import shutil
 import sqlite3
+import subprocess
 import sys
 import tempfile
 import time
@@ -221,8 +226,8 @@ def student_events(
     return events
 
 
-def write_feed(path: Path, events: int, students: int, seed: int) -> int:
-    """Write the feed, streaming; returns its size in bytes."""
+def write_feed(path: Path, events: int, students: int, seed: int, prefix: str = "S") -> int:
+    """Write the feed, streaming; returns its size in bytes (student ids `prefix` + digits)."""
     rng = random.Random(seed)
     base, extra = divmod(events, students)
     with path.open("w", encoding="utf-8") as out:
@@ -235,7 +240,9 @@ def write_feed(path: Path, events: int, students: int, seed: int) -> int:
                 counts[i + 1] -= swing
             chunk: list[tuple[date, int, int, dict[str, Any]]] = []
             for position, (number, count) in enumerate(zip(numbers, counts, strict=True)):
-                for seq, (day, obj) in enumerate(student_events(rng, f"S{number:07d}", count)):
+                for seq, (day, obj) in enumerate(
+                    student_events(rng, f"{prefix}{number:07d}", count)
+                ):
                     chunk.append((day, position, seq, obj))
             chunk.sort(key=lambda row: row[:3])
             out.writelines(json.dumps(row[3], ensure_ascii=False) + "\n" for row in chunk)
@@ -249,8 +256,15 @@ def rss_mb() -> float:
     return peak / 1024 if sys.platform != "darwin" else peak / 2**20
 
 
-def phase_ingest(db: str, feed: str, partial: bool, batch_size: int | None) -> dict[str, Any]:
-    """Ingest the feed into the store at `db`; time it and report its peak RSS."""
+def phase_ingest(
+    db: str, feed: str, partial: bool, batch_size: int | None, code: str | None = None
+) -> dict[str, Any]:
+    """Ingest the feed into the store at `db`; time it and report its peak RSS.
+
+    `code`: a folder holding another revision's `timeline` package, imported instead.
+    """
+    if code is not None:
+        sys.path.insert(0, code)  # a fresh process: nothing of `timeline` is imported yet
     from timeline.ingest import BATCH_SIZE, ingest_file
     from timeline.store import TimelineStore
 
@@ -428,6 +442,18 @@ class PostgresSchemas:
         self.made.clear()
 
 
+def export_revision(ref: str, into: Path) -> str:
+    """Export git revision `ref` of this repository into a new folder under `into`."""
+    folder = into / f"rev-{ref}"
+    folder.mkdir(parents=True, exist_ok=True)
+    root = Path(__file__).resolve().parent.parent
+    archive = subprocess.run(
+        ["git", "archive", "--format=tar", ref], cwd=root, capture_output=True, check=True
+    ).stdout
+    subprocess.run(["tar", "-x", "-C", str(folder)], input=archive, check=True)
+    return str(folder)
+
+
 def stored_shape(db: str) -> dict[str, Any]:
     """Row counts and the average state size of a store's tables."""
     conn = sqlite3.connect(db)
@@ -442,6 +468,134 @@ def in_child(func: Callable[..., dict[str, Any]], *args: Any) -> dict[str, Any]:
     context = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(max_workers=1, mp_context=context) as pool:
         return pool.submit(func, *args).result()
+
+
+def run_sqlite(
+    args: argparse.Namespace,
+    work: Path,
+    feed: Path,
+    n: int,
+    rows: list[tuple[str, str, str, str, str]],
+    verdicts: dict[str, bool],
+    say: Callable[[str], None],
+) -> float:
+    """The SQLite phases: summary rows and verdicts added; returns their peak RSS."""
+    results: dict[str, dict[str, Any]] = {}
+    plan = [("atomic", "atomic.db", False), ("re-ingest", "atomic.db", False)]
+    if not args.skip_partial:
+        plan.append(("partial", "partial.db", True))
+    for label, db, partial in plan:
+        say(f"{label}: ingesting into {work / db} ...")
+        result = in_child(phase_ingest, str(work / db), str(feed), partial, args.batch_size)
+        results[label] = result
+        say(
+            f"  {n / result['seconds']:,.0f} events/s ({result['seconds']:.1f}s); accepted "
+            f"{result['accepted']:,}, duplicates {result['duplicates']:,}, rejected "
+            f"{result['rejected']:,}; peak RSS {result['rss_peak_mb']:.0f} MB "
+            f"(store open: {result['rss_before_mb']:.0f} MB)"
+        )
+        if result["rejected"]:
+            say(f"  first rejections: {result['first_rejections']}")
+    shape = stored_shape(str(work / "atomic.db"))
+    say(
+        f"store: {shape['rows']:,} stored_events rows "
+        f"(avg state {shape['avg_state_bytes']:.0f} B), "
+        f"{shape['feed_keys']:,} feed_keys rows"
+    )
+
+    say(f"bare: sqlite3 executemany into {work / 'bare.db'} ...")
+    bare = in_child(phase_bare, str(work / "bare.db"), str(feed))
+    say(
+        f"  {bare['rows'] / bare['seconds']:,.0f} rows/s ({bare['seconds']:.1f}s for "
+        f"{bare['rows']:,} rows, avg state {bare['avg_state_bytes']:.0f} B)"
+    )
+    atomic, again = results["atomic"], results["re-ingest"]
+    # Same workload on both sides (the rows N feed events produce): compare per feed event.
+    bare_rate = n / bare["seconds"]
+    atomic_rate = n / atomic["seconds"]
+    again_rate = n / again["seconds"]
+    ratio = atomic_rate / bare_rate
+    speedup = again_rate / atomic_rate
+    rows += [
+        (
+            "atomic ingest",
+            f"{atomic_rate:,.0f}",
+            f"{atomic['seconds']:.1f}",
+            f"{atomic['rss_peak_mb']:.0f}",
+            "",
+        ),
+        (
+            "re-ingest (all dup.)",
+            f"{again_rate:,.0f}",
+            f"{again['seconds']:.1f}",
+            f"{again['rss_peak_mb']:.0f}",
+            f"{speedup:.2f}x atomic (target ≥ {TARGET_REINGEST_SPEEDUP:g}x)",
+        ),
+    ]
+    if "partial" in results:
+        part = results["partial"]
+        rows.append(
+            (
+                "partial ingest",
+                f"{n / part['seconds']:,.0f}",
+                f"{part['seconds']:.1f}",
+                f"{part['rss_peak_mb']:.0f}",
+                f"{(n / part['seconds']) / bare_rate:.3f} of bare",
+            )
+        )
+    rows.append(
+        (
+            "bare executemany",
+            f"{bare_rate:,.0f}",
+            f"{bare['seconds']:.1f}",
+            "-",
+            f"{bare['rows'] / bare['seconds']:,.0f} rows/s",
+        )
+    )
+    rows.append(("atomic / bare", f"{ratio:.3f}", "", "", f"target ≥ {TARGET_BARE_RATIO:g}"))
+    verdicts["atomic/bare ≥ 0.2"] = ratio >= TARGET_BARE_RATIO
+    verdicts["re-ingest ≥ 3x"] = speedup >= TARGET_REINGEST_SPEEDUP
+    verdicts["counts as expected"] = (
+        atomic["accepted"] == n
+        and again["duplicates"] == n
+        and all(r["rejected"] == 0 for r in results.values())
+    )
+    return max(r["rss_peak_mb"] for r in results.values())
+
+
+def run_postgres(
+    args: argparse.Namespace,
+    work: Path,
+    feed: Path,
+    postgres: str,
+    schemas: PostgresSchemas,
+    say: Callable[[str], None],
+) -> dict[str, Any]:
+    """The PostgreSQL phases: the baseline revision's ingest (if any), this one's, `COPY`."""
+    plan: list[tuple[str, str | None]] = []
+    if args.baseline_ref:
+        plan.append((f"pg atomic ({args.baseline_ref})", export_revision(args.baseline_ref, work)))
+    plan.append(("pg atomic ingest", None))
+    ingests: dict[str, dict[str, Any]] = {}
+    for label, code in plan:
+        location = f"{postgres}?schema={schemas.new()}"
+        say(f"{label}: ingesting into {location} ...")
+        result = in_child(phase_ingest, location, str(feed), False, args.batch_size, code)
+        ingests[label] = result
+        say(
+            f"  {args.events / result['seconds']:,.0f} events/s ({result['seconds']:.1f}s); "
+            f"accepted {result['accepted']:,}, rejected {result['rejected']:,}; "
+            f"peak RSS {result['rss_peak_mb']:.0f} MB"
+        )
+        schemas.drop_all()
+    say("pg bare: psycopg COPY ...")
+    copy = in_child(phase_copy, postgres, schemas.new(), str(feed))
+    say(
+        f"  {copy['rows'] / copy['seconds']:,.0f} rows/s "
+        f"({copy['seconds']:.1f}s for {copy['rows']:,} rows)"
+    )
+    schemas.drop_all()
+    return {"ingests": ingests, "copy": copy}
 
 
 # -- the run -------------------------------------------------------------------------------
@@ -474,6 +628,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--skip-postgres", action="store_true", help="leave out the PostgreSQL phases"
     )
+    parser.add_argument("--skip-sqlite", action="store_true", help="leave out the SQLite phases")
+    parser.add_argument(
+        "--baseline-ref",
+        default=None,
+        help="git revision whose PostgreSQL ingest runs before this one's, in the same run",
+    )
     args = parser.parse_args(argv)
     if args.events < 1 or args.students < 1:
         parser.error("--events and --students must be positive")
@@ -501,138 +661,45 @@ def main(argv: list[str] | None = None) -> int:
         )
 
         n = args.events
-        results: dict[str, dict[str, Any]] = {}
-        plan = [("atomic", "atomic.db", False), ("re-ingest", "atomic.db", False)]
-        if not args.skip_partial:
-            plan.append(("partial", "partial.db", True))
-        for label, db, partial in plan:
-            say(f"{label}: ingesting into {work / db} ...")
-            result = in_child(phase_ingest, str(work / db), str(feed), partial, args.batch_size)
-            results[label] = result
-            say(
-                f"  {n / result['seconds']:,.0f} events/s ({result['seconds']:.1f}s); accepted "
-                f"{result['accepted']:,}, duplicates {result['duplicates']:,}, rejected "
-                f"{result['rejected']:,}; peak RSS {result['rss_peak_mb']:.0f} MB "
-                f"(store open: {result['rss_before_mb']:.0f} MB)"
-            )
-            if result["rejected"]:
-                say(f"  first rejections: {result['first_rejections']}")
-        shape = stored_shape(str(work / "atomic.db"))
-        say(
-            f"store: {shape['rows']:,} stored_events rows "
-            f"(avg state {shape['avg_state_bytes']:.0f} B), "
-            f"{shape['feed_keys']:,} feed_keys rows"
-        )
+        rows: list[tuple[str, str, str, str, str]] = []
+        verdicts: dict[str, bool] = {}
+        peak = 0.0
+        if not args.skip_sqlite:
+            peak = run_sqlite(args, work, feed, n, rows, verdicts, say)
 
-        say(f"bare: sqlite3 executemany into {work / 'bare.db'} ...")
-        bare = in_child(phase_bare, str(work / "bare.db"), str(feed))
-        say(
-            f"  {bare['rows'] / bare['seconds']:,.0f} rows/s ({bare['seconds']:.1f}s for "
-            f"{bare['rows']:,} rows, avg state {bare['avg_state_bytes']:.0f} B)"
-        )
-
-        pg: dict[str, dict[str, Any]] = {}
         if schemas is not None and postgres is not None:
-            location = f"{postgres}?schema={schemas.new()}"
-            say(f"pg atomic: ingesting into {location} ...")
-            pg["atomic"] = in_child(phase_ingest, location, str(feed), False, args.batch_size)
-            result = pg["atomic"]
-            say(
-                f"  {n / result['seconds']:,.0f} events/s ({result['seconds']:.1f}s); accepted "
-                f"{result['accepted']:,}, rejected {result['rejected']:,}; "
-                f"peak RSS {result['rss_peak_mb']:.0f} MB"
-            )
-            say("pg bare: psycopg COPY ...")
-            pg["copy"] = in_child(phase_copy, postgres, schemas.new(), str(feed))
-            say(
-                f"  {pg['copy']['rows'] / pg['copy']['seconds']:,.0f} rows/s "
-                f"({pg['copy']['seconds']:.1f}s for {pg['copy']['rows']:,} rows)"
-            )
-            schemas.drop_all()
-        else:
-            say("PostgreSQL phases skipped (no --postgres URL)")
-
-        atomic, again = results["atomic"], results["re-ingest"]
-        # Same workload on both sides (the rows N feed events produce): compare per feed event.
-        bare_rate = n / bare["seconds"]
-        atomic_rate = n / atomic["seconds"]
-        again_rate = n / again["seconds"]
-        ratio = atomic_rate / bare_rate
-        speedup = again_rate / atomic_rate
-        peak = max(r["rss_peak_mb"] for r in results.values())
-        ok = (
-            atomic["accepted"] == n
-            and again["duplicates"] == n
-            and all(r["rejected"] == 0 for r in results.values())
-        )
-
-        rows = [
-            (
-                "atomic ingest",
-                f"{atomic_rate:,.0f}",
-                f"{atomic['seconds']:.1f}",
-                f"{atomic['rss_peak_mb']:.0f}",
-                "",
-            ),
-            (
-                "re-ingest (all dup.)",
-                f"{again_rate:,.0f}",
-                f"{again['seconds']:.1f}",
-                f"{again['rss_peak_mb']:.0f}",
-                f"{speedup:.2f}x atomic (target ≥ {TARGET_REINGEST_SPEEDUP:g}x)",
-            ),
-        ]
-        if "partial" in results:
-            part = results["partial"]
-            rows.append(
-                (
-                    "partial ingest",
-                    f"{n / part['seconds']:,.0f}",
-                    f"{part['seconds']:.1f}",
-                    f"{part['rss_peak_mb']:.0f}",
-                    f"{(n / part['seconds']) / bare_rate:.3f} of bare",
-                )
-            )
-        rows.append(
-            (
-                "bare executemany",
-                f"{bare_rate:,.0f}",
-                f"{bare['seconds']:.1f}",
-                "-",
-                f"{bare['rows'] / bare['seconds']:,.0f} rows/s",
-            )
-        )
-        rows.append(("atomic / bare", f"{ratio:.3f}", "", "", f"target ≥ {TARGET_BARE_RATIO:g}"))
-        copy_ratio = None
-        if pg:
-            pg_rate = n / pg["atomic"]["seconds"]
+            pg = run_postgres(args, work, feed, postgres, schemas, say)
+            ok = all(r["accepted"] == n and r["rejected"] == 0 for r in pg["ingests"].values())
             copy_rate = n / pg["copy"]["seconds"]
-            copy_ratio = pg_rate / copy_rate
-            ok = ok and pg["atomic"]["accepted"] == n and pg["atomic"]["rejected"] == 0
-            peak = max(peak, pg["atomic"]["rss_peak_mb"])
-            rows += [
-                (
-                    "pg atomic ingest",
-                    f"{pg_rate:,.0f}",
-                    f"{pg['atomic']['seconds']:.1f}",
-                    f"{pg['atomic']['rss_peak_mb']:.0f}",
-                    "",
-                ),
+            for label, result in pg["ingests"].items():
+                rate = n / result["seconds"]
+                peak = max(peak, result["rss_peak_mb"])
+                rows.append(
+                    (
+                        label,
+                        f"{rate:,.0f}",
+                        f"{result['seconds']:.1f}",
+                        f"{result['rss_peak_mb']:.0f}",
+                        f"{rate / copy_rate:.3f} of COPY (target ≥ {TARGET_COPY_RATIO:g})",
+                    )
+                )
+            rows.append(
                 (
                     "pg bare COPY",
                     f"{copy_rate:,.0f}",
                     f"{pg['copy']['seconds']:.1f}",
                     "-",
                     f"{pg['copy']['rows'] / pg['copy']['seconds']:,.0f} rows/s",
-                ),
-                (
-                    "pg atomic / COPY",
-                    f"{copy_ratio:.3f}",
-                    "",
-                    "",
-                    f"target ≥ {TARGET_COPY_RATIO:g}",
-                ),
-            ]
+                )
+            )
+            copy_ratio = (n / pg["ingests"]["pg atomic ingest"]["seconds"]) / copy_rate
+            verdicts[f"pg atomic/COPY ≥ {TARGET_COPY_RATIO:g}"] = copy_ratio >= TARGET_COPY_RATIO
+            verdicts["pg counts as expected"] = ok
+        else:
+            say("PostgreSQL phases skipped (no --postgres URL)")
+        if rows:
+            verdicts[f"peak RSS < {TARGET_RSS_MB} MB"] = peak < TARGET_RSS_MB
+
         header = ("phase", "events/s", "seconds", "peak RSS MB", "note")
         widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
         say("")
@@ -644,14 +711,6 @@ def main(argv: list[str] | None = None) -> int:
                     for i, (cell, w) in enumerate(zip(row, widths, strict=True))
                 ).rstrip()
             )
-        verdicts = {
-            "atomic/bare ≥ 0.2": ratio >= TARGET_BARE_RATIO,
-            "re-ingest ≥ 3x": speedup >= TARGET_REINGEST_SPEEDUP,
-            f"peak RSS < {TARGET_RSS_MB} MB": peak < TARGET_RSS_MB,
-            "counts as expected": ok,
-        }
-        if copy_ratio is not None:
-            verdicts[f"pg atomic/COPY ≥ {TARGET_COPY_RATIO:g}"] = copy_ratio >= TARGET_COPY_RATIO
         say(
             "targets: " + ", ".join(f"{k}: {'met' if v else 'MISSED'}" for k, v in verdicts.items())
         )

@@ -6,7 +6,11 @@ Builds (or reuses, with --dir) a SQLite store of the synthetic registrar feed of
 `benchmarks.ingest`, then measures in one process:
 
 1. `show`: load one student's stream and evaluate the pure view, p50/p99 over a sample
-   (target p99 ≤ 5 ms);
+   (target p99 ≤ 5 ms); then the same while another process ingests a feed of new
+   students into the same store (one transaction per batch, as `ingest --partial` does),
+   on SQLite and, with a PostgreSQL server (`--postgres URL`, else
+   `TIMELINE_BENCH_POSTGRES_URL` or `TIMELINE_TEST_POSTGRES_URL`), on a PostgreSQL store
+   of the same feed measured quiet and under the same load (its schema dropped after);
 2. rebuild of the read models from the notification log, against the bare read of the
    same log in the same run (target ratio ≥ 0.25), with its two unavoidable parts timed
    alone: reading the log as facts (`TimelineStore.streams`) and deriving each student
@@ -26,7 +30,10 @@ from __future__ import annotations
 import argparse
 import contextlib
 import importlib.util
+import multiprocessing
+import os
 import random
+import sqlite3
 import statistics
 import subprocess
 import sys
@@ -38,11 +45,12 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-from benchmarks.ingest import write_feed
+from benchmarks.ingest import PostgresSchemas, write_feed
 from projections.engine import DerivationError, derive, view
 from projections.readmodel import HORIZON, ReadModel
 from scheduler.alerts import milestones_on
 from scheduler.outbox import Outbox, OutboxDB
+from timeline.aggregate import student_uuid
 from timeline.ingest import ingest_file
 from timeline.store import TimelineStore
 
@@ -100,6 +108,107 @@ def build_store(folder: Path, students: int, events: int) -> str:
     return str(db)
 
 
+def _load_ingest(location: str, feed: str, started: Any) -> int:
+    """The load: ingest `feed` into the store at `location` (in a child process)."""
+    with TimelineStore.open(location) as store:
+        started.set()
+        return ingest_file(store, Path(feed), partial=True).accepted
+
+
+def bare_reader(store: TimelineStore, location: str) -> Callable[[str], int]:
+    """A student's rows by plain SQL on a connection of its own (no pool, no decoding)."""
+    table = store.recorder.events_table_name
+    if store.config.is_postgres:
+        import psycopg
+
+        conn: Any = psycopg.connect(location.split("?")[0], autocommit=True)
+        schema = store.recorder.datastore.schema
+        query = (
+            f'SELECT originator_version, state FROM "{schema}".{table} '
+            "WHERE originator_id = %s ORDER BY originator_version"
+        )
+        return lambda sid: len(conn.execute(query, (student_uuid(sid),), prepare=True).fetchall())
+    db = sqlite3.connect(location, isolation_level=None, check_same_thread=False)
+    query = (
+        f"SELECT originator_version, state FROM {table} "
+        "WHERE originator_id = ? ORDER BY originator_version"
+    )
+    return lambda sid: len(db.execute(query, (student_uuid(sid).hex,)).fetchall())
+
+
+def show_times(
+    store: TimelineStore,
+    sample: list[str],
+    keep_going: Callable[[], bool],
+    bare: Callable[[str], int],
+) -> tuple[list[float], list[float]]:
+    """`show` latencies in ms, and those of the bare read of the same rows (the floor):
+    the sample once, then again in turn while `keep_going()`."""
+    latencies: list[float] = []
+    floor: list[float] = []
+    n = 0
+    while n < len(sample) or keep_going():
+        sid = sample[n % len(sample)]
+        started = time.perf_counter()
+        view(store.stream(sid), AS_OF, student_id=sid)
+        between = time.perf_counter()
+        if not bare(sid):
+            raise RuntimeError(f"the bare read found no rows for {sid}")
+        floor.append((time.perf_counter() - between) * 1000)
+        latencies.append((between - started) * 1000)
+        n += 1
+    return latencies, floor
+
+
+def show_under_load(location: str, sample: list[str], load_feed: Path) -> dict[str, Any]:
+    """`show` latencies on a quiet store, then while another process ingests `load_feed`."""
+    context = multiprocessing.get_context("spawn")
+    with TimelineStore.open(location) as store:
+        view(store.stream(sample[0]), AS_OF)  # warm the calendar, imports, connections
+        bare = bare_reader(store, location)
+        quiet, quiet_floor = show_times(store, sample, lambda: False, bare)
+        started = context.Event()
+        loader = context.Process(target=_load_ingest, args=(location, str(load_feed), started))
+        loader.start()
+        try:
+            if not started.wait(120):
+                raise RuntimeError("the load process did not start")
+            began = time.perf_counter()
+            loaded, loaded_floor = show_times(store, sample, loader.is_alive, bare)
+            seconds = time.perf_counter() - began
+        finally:
+            loader.join()
+        if loader.exitcode != 0:
+            raise RuntimeError(f"the load process failed ({loader.exitcode})")
+    return {
+        "quiet": quiet,
+        "loaded": loaded,
+        "quiet floor": quiet_floor,
+        "loaded floor": loaded_floor,
+        "seconds": seconds,
+    }
+
+
+def latency_text(values: list[float]) -> str:
+    """p50 / p99 / max of latencies in ms, and how many."""
+    return (
+        f"{statistics.median(values):.2f} / {percentile(values, 0.99):.2f} / "
+        f"{max(values):.1f} ms ({len(values):,} shows)"
+    )
+
+
+def build_postgres_store(url: str, schema: str, folder: Path) -> str:
+    """A PostgreSQL store (in a fresh schema) of the same feed as the SQLite one."""
+    location = f"{url}?schema={schema}"
+    started = time.perf_counter()
+    with TimelineStore.open(location) as store:
+        report = ingest_file(store, folder / "feed.jsonl", partial=True)
+    print(
+        f"PostgreSQL: ingested {report.accepted:,} events in {time.perf_counter() - started:.1f} s"
+    )
+    return location
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the benchmark and print the numbers."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -109,6 +218,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dir", type=Path, default=None, help="keep/reuse the store here")
     parser.add_argument("--baseline-ref", default=None, help="git revision to compare with")
     parser.add_argument("--skip-show", action="store_true", help="skip the show latency")
+    parser.add_argument(
+        "--show-only", action="store_true", help="only the show latencies (quiet and under load)"
+    )
+    parser.add_argument(
+        "--load-events", type=int, default=100_000, help="events of the load ingest (new students)"
+    )
+    parser.add_argument(
+        "--postgres",
+        default=os.environ.get("TIMELINE_BENCH_POSTGRES_URL")
+        or os.environ.get("TIMELINE_TEST_POSTGRES_URL"),
+        help="PostgreSQL server for the show figures on PostgreSQL (none: skipped)",
+    )
     args = parser.parse_args(argv)
     folder = args.dir or Path(tempfile.mkdtemp(prefix="bench-projections-"))
     folder.mkdir(parents=True, exist_ok=True)
@@ -129,6 +250,10 @@ def main(argv: list[str] | None = None) -> int:
                 latencies.append((time.perf_counter() - started) * 1000)
             p50, p99 = statistics.median(latencies), percentile(latencies, 0.99)
             results.append(("show p50 / p99", f"{p50:.2f} / {p99:.2f} ms", "p99 ≤ 5 ms"))
+            results.extend(show_figures(args, folder, db, sample))
+        if args.show_only:
+            print_results(results, total, args.students, folder)
+            return 0
 
         # 2. rebuild vs bare read of the same log
         started = time.perf_counter()
@@ -283,11 +408,76 @@ def main(argv: list[str] | None = None) -> int:
         )
         outbox.db.close()
         model.close()
-    print(f"\nstore: {total:,} notifications, {args.students:,} students ({folder})")
+    print_results(results, total, args.students, folder)
+    return 0
+
+
+def show_figures(
+    args: argparse.Namespace, folder: Path, db: str, sample: list[str]
+) -> list[tuple[str, str, str]]:
+    """`show` p50/p99/max quiet and while another process ingests, SQLite and PostgreSQL."""
+    load_feed = folder / "load.jsonl"
+    if not load_feed.exists():  # new students ("L…"): every record is written
+        write_feed(load_feed, args.load_events, max(1, args.load_events // 8), 11, prefix="L")
+    rows: list[tuple[str, str, str]] = []
+    # The load writes: measure on a copy of the SQLite store, so that it stays as built.
+    scratch = folder / "show-under-load.db"
+    scratch.unlink(missing_ok=True)
+    with (
+        contextlib.closing(sqlite3.connect(db)) as source,
+        contextlib.closing(sqlite3.connect(scratch)) as copy,
+    ):
+        source.backup(copy)
+    stores = [("SQLite", str(scratch))]
+    schemas = PostgresSchemas(args.postgres.split("?")[0]) if args.postgres else None
+    try:
+        if schemas is not None:
+            url = args.postgres.split("?")[0]
+            stores.append(("PostgreSQL", build_postgres_store(url, schemas.new(), folder)))
+        for name, location in stores:
+            print(f"show under load, {name} …", flush=True)
+            measured = show_under_load(location, sample, load_feed)
+            rows.append(
+                (f"show p50 / p99 / max, quiet, {name}", latency_text(measured["quiet"]), "")
+            )
+            rows.append(
+                (
+                    f"  bare read of the rows, quiet, {name}",
+                    latency_text(measured["quiet floor"]),
+                    "",
+                )
+            )
+            rows.append(
+                (
+                    f"show p50 / p99 / max, ingest running, {name}",
+                    latency_text(measured["loaded"])
+                    + f", load {args.load_events / measured['seconds']:,.0f} events/s",
+                    "p99 ≤ 5 ms",
+                )
+            )
+            rows.append(
+                (
+                    f"  bare read of the rows, ingest running, {name}",
+                    latency_text(measured["loaded floor"]),
+                    "(the floor)",
+                )
+            )
+    finally:
+        if schemas is not None:
+            schemas.drop_all()
+        for suffix in ("", "-wal", "-shm"):
+            Path(f"{scratch}{suffix}").unlink(missing_ok=True)
+    return rows
+
+
+def print_results(
+    results: list[tuple[str, str, str]], total: int, students: int, folder: Path
+) -> None:
+    """The table of figures."""
+    print(f"\nstore: {total:,} notifications, {students:,} students ({folder})")
     width = max(len(r[0]) for r in results)
     for name, value, target in results:
         print(f"{name:<{width}}  {value:<44} {target}")
-    return 0
 
 
 if __name__ == "__main__":

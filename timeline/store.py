@@ -189,10 +189,16 @@ class PostgresTimelineRecorder(PostgresApplicationRecorder):
             "INSERT INTO {schema}.feed_keys SELECT * FROM "
             "unnest(%b::text[], %b::text[], %b::text[], %b::text[], %b::text[])"
         ).format(schema=schema)
+        # Lookups are shaped so that the only plan is one index probe per wanted key
+        # (LATERAL … LIMIT 1 is never flattened into a join): a plain join or `= ANY`
+        # let the planner pick a (parallel) scan of the whole table, and did whenever
+        # the table had no statistics yet (a fresh store, autovacuum off or behind),
+        # which made every batch of an ingest cost in proportion to the store's size.
         self._select_keys = SQL(
-            "SELECT k.source, k.event_id, k.student_id, k.type, k.digest FROM {schema}.feed_keys k "
-            "JOIN unnest(%s::text[], %s::text[]) AS q(source, event_id) "
-            "ON k.source = q.source AND k.event_id = q.event_id"
+            "SELECT k.source, k.event_id, k.student_id, k.type, k.digest "
+            "FROM unnest(%s::text[], %s::text[]) AS q(source, event_id) "
+            "CROSS JOIN LATERAL (SELECT * FROM {schema}.feed_keys f "
+            "WHERE f.source = q.source AND f.event_id = q.event_id LIMIT 1) AS k"
         ).format(schema=schema)
         self._select_students = SQL(
             "SELECT originator_id FROM {schema}.{table} "
@@ -203,12 +209,15 @@ class PostgresTimelineRecorder(PostgresApplicationRecorder):
         # per field) cost more than the rest of an ingest together.
         self._insert_columns = SQL(
             "INSERT INTO {schema}.{table} (originator_id, originator_version, topic, state) "
-            "SELECT * FROM unnest(%b::uuid[], %b::bigint[], %b::text[], %b::bytea[]) "
-            "RETURNING notification_id"
+            "SELECT * FROM unnest(%b::uuid[], %b::bigint[], %b::text[], %b::bytea[])"
         ).format(schema=schema, table=Identifier(self.events_table_name))
+        self._insert_columns_returning = self._insert_columns + SQL(" RETURNING notification_id")
+        # The last version of each stream: one backward probe of the primary key each.
         self._select_versions = SQL(
-            "SELECT originator_id, MAX(originator_version) AS version FROM {schema}.{table} "
-            "WHERE originator_id = ANY(%s) GROUP BY originator_id"
+            "SELECT q.id AS originator_id, v.originator_version AS version "
+            "FROM unnest(%s::uuid[]) AS q(id) "
+            "CROSS JOIN LATERAL (SELECT e.originator_version FROM {schema}.{table} e "
+            "WHERE e.originator_id = q.id ORDER BY e.originator_version DESC LIMIT 1) AS v"
         ).format(schema=schema, table=Identifier(self.events_table_name))
 
     def _insert_events(
@@ -223,11 +232,17 @@ class PostgresTimelineRecorder(PostgresApplicationRecorder):
     def _insert_stored_events(
         self, curs: Any, stored_events: Sequence[StoredEvent], **kwargs: Any
     ) -> None:
-        """The library's table lock and notification, then the rows as column arrays."""
+        """The library's table lock and notification, then the rows as column arrays.
+
+        `notification_ids=False` (from `TimelineStore.append`, which has no use for them):
+        no RETURNING, which saved a sixth of the statement's time.
+        """
         self._lock_table(curs)
         self._notify_channel(curs)
         curs.execute(
-            self._insert_columns,
+            self._insert_columns_returning
+            if kwargs.get("notification_ids", True)
+            else self._insert_columns,
             (
                 [s.originator_id for s in stored_events],
                 [s.originator_version for s in stored_events],
@@ -235,6 +250,13 @@ class PostgresTimelineRecorder(PostgresApplicationRecorder):
                 [s.state for s in stored_events],
             ),
         )
+
+    def _fetch_ids_after_insert_events(
+        self, curs: Any, stored_events: Sequence[StoredEvent], **kwargs: Any
+    ) -> Sequence[int] | None:
+        if kwargs.get("notification_ids", True):
+            return super()._fetch_ids_after_insert_events(curs, stored_events, **kwargs)
+        return None
 
     def lookup_keys(self, keys: Sequence[tuple[str, str]]) -> dict[tuple[str, str], FeedKey]:
         """The stored feed keys among `keys`."""
@@ -852,7 +874,8 @@ class TimelineStore:
             stored.append(
                 StoredEvent(wanted[sid], version, _FACT_TOPIC, protect(state) if protect else state)
             )
-        self.recorder.insert_events(stored, feed_keys=feed_keys)
+        # No notification ids back: nothing here uses them (PostgreSQL skips RETURNING).
+        self.recorder.insert_events(stored, feed_keys=feed_keys, notification_ids=False)
 
     def _registered(self, now: datetime, stamp: bytes, student_id: str) -> bytes:
         """The state of a new stream's `Registered` event (`stamp`: `now`'s, as in `append`)."""
