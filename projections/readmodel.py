@@ -50,10 +50,11 @@ from __future__ import annotations
 import gc
 import json
 import logging
+import re
 import sqlite3
 import traceback
 from collections import OrderedDict
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
@@ -1197,6 +1198,7 @@ class ReadModel:
         kinds: Iterable[str],
         known_at: datetime | None,
         changed_since: datetime | None,
+        due_between: tuple[date, date] | None = None,
     ) -> tuple[str, dict[str, Any]]:
         """SELECT student_id, n, doc (the task's JSON as SPEC §4 shows it) of the tasks on `day`."""
         statuses, kinds = list(statuses), list(kinds)
@@ -1212,6 +1214,9 @@ class ReadModel:
         else:
             inner = tasks_on_sql(known)
         where = _filters(params, statuses, kinds, changed_since)
+        if due_between is not None:
+            where += " AND due_on BETWEEN :due_a AND :due_b"
+            params.update(due_a=due_between[0].isoformat(), due_b=due_between[1].isoformat())
         sql = f"""
 SELECT student_id, n, json_object(
     'student_id', student_id, 'kind', kind, 'status', status, 'opens_on', opens_on,
@@ -1229,13 +1234,14 @@ WHERE {where}"""
         accrued_that_day: bool,
         known_at: datetime | None,
         changed_since: datetime | None,
+        kinds: Iterable[str] = (),
     ) -> tuple[str, dict[str, Any]]:
         """SELECT student_id, n, doc (the fine's JSON) of the fines accrued by (or on) `day`."""
         known_f, params = known_sql(known_at, "f")
         known_p, _ = known_sql(known_at, "p")
         params["d"] = day.isoformat()
         accrued = "f.accrued_on = :d" if accrued_that_day else "+f.accrued_on <= :d"
-        where = _filters(params, list(statuses), [], changed_since)
+        where = _filters(params, list(statuses), list(kinds), changed_since)
         sql = f"""
 SELECT student_id, n, json_object(
     'student_id', student_id, 'kind', kind, 'status', status, 'accrued_on', accrued_on,
@@ -1263,12 +1269,23 @@ WHERE {where}"""
         return sql, params
 
     def _page(
-        self, sql: str, params: dict[str, Any], limit: int | None, offset: int
+        self,
+        sql: str,
+        params: dict[str, Any],
+        limit: int | None,
+        offset: int,
+        order: Sequence[str] = (),
     ) -> Iterator[str]:
-        """The JSON texts of `sql`'s rows in (student, number) order, one page if `limit`."""
+        """The JSON texts of `sql`'s rows in `order`, then (student, number), one page if `limit`.
+
+        `order` names fields of the row's JSON (`due_on`, `-accrued_on` for descending);
+        empty values sort last either way.
+        """
         params = params | {"limit": -1 if limit is None else limit, "offset": offset}
+        keys = "".join(_order_key(field) for field in order)
         cursor = self.db.conn.execute(
-            f"SELECT doc FROM ({sql}) ORDER BY student_id, n LIMIT :limit OFFSET :offset", params
+            f"SELECT doc FROM ({sql}) ORDER BY {keys}student_id, n LIMIT :limit OFFSET :offset",
+            params,
         )
         while True:
             rows = cursor.fetchmany(1000)
@@ -1290,10 +1307,16 @@ WHERE {where}"""
         changed_since: datetime | None = None,
         limit: int | None = None,
         offset: int = 0,
+        due_between: tuple[date, date] | None = None,
+        order: Sequence[str] = (),
     ) -> Iterator[str]:
-        """Each task that existed on `day` as one JSON text (built by SQLite), in order."""
-        sql, params = self._tasks_sql(day, statuses, kinds, known_at, changed_since)
-        return self._page(sql, params, limit, offset)
+        """Each task that existed on `day` as one JSON text (built by SQLite), in order.
+
+        `due_between` keeps the tasks due in that closed range of days; `order` sorts by
+        fields of the task (see `_page`) before the usual (student, number) order.
+        """
+        sql, params = self._tasks_sql(day, statuses, kinds, known_at, changed_since, due_between)
+        return self._page(sql, params, limit, offset, order)
 
     def count_tasks(
         self,
@@ -1303,9 +1326,12 @@ WHERE {where}"""
         *,
         known_at: datetime | None = None,
         changed_since: datetime | None = None,
+        due_between: tuple[date, date] | None = None,
     ) -> int:
         """How many rows `task_rows` gives without a limit."""
-        return self._count(*self._tasks_sql(day, statuses, kinds, known_at, changed_since))
+        return self._count(
+            *self._tasks_sql(day, statuses, kinds, known_at, changed_since, due_between)
+        )
 
     def tasks_on(
         self,
@@ -1330,10 +1356,14 @@ WHERE {where}"""
         changed_since: datetime | None = None,
         limit: int | None = None,
         offset: int = 0,
+        kinds: Iterable[str] = (),
+        order: Sequence[str] = (),
     ) -> Iterator[str]:
         """Each fine accrued by `day` (or only on it) as one JSON text, in order."""
-        sql, params = self._fines_sql(day, statuses, accrued_that_day, known_at, changed_since)
-        return self._page(sql, params, limit, offset)
+        sql, params = self._fines_sql(
+            day, statuses, accrued_that_day, known_at, changed_since, kinds
+        )
+        return self._page(sql, params, limit, offset, order)
 
     def count_fines(
         self,
@@ -1343,11 +1373,55 @@ WHERE {where}"""
         accrued_that_day: bool = False,
         known_at: datetime | None = None,
         changed_since: datetime | None = None,
+        kinds: Iterable[str] = (),
     ) -> int:
         """How many rows `fine_rows` gives without a limit."""
         return self._count(
-            *self._fines_sql(day, statuses, accrued_that_day, known_at, changed_since)
+            *self._fines_sql(day, statuses, accrued_that_day, known_at, changed_since, kinds)
         )
+
+    def _overstays_sql(self, day: date, known_at: datetime | None) -> tuple[str, dict[str, Any]]:
+        """SELECT student_id, n, doc of the overstays unresolved on `day` (status `overstay`)."""
+        known, params = known_sql(known_at)
+        params["d"] = day.isoformat()
+        sql = f"""
+SELECT student_id, k AS n, json_object(
+    'student_id', student_id, 'since', since, 'valid_until', valid_until,
+    'last_day', last_day) AS doc
+FROM rm_overstays
+WHERE since <= :d AND (resolved_on IS NULL OR resolved_on > :d) AND {known}"""
+        return sql, params
+
+    def overstay_rows(
+        self,
+        day: date,
+        *,
+        known_at: datetime | None = None,
+        limit: int | None = None,
+        offset: int = 0,
+        order: Sequence[str] = (),
+    ) -> Iterator[str]:
+        """Each overstay unresolved on `day` (`student_id`, `since`, `valid_until`, `last_day`:
+        its frozen last day, null while it runs) as one JSON text, as known at `known_at`.
+
+        Days, fine and whether the student can reapply are the student view's (`view()`).
+        """
+        sql, params = self._overstays_sql(day, known_at)
+        return self._page(sql, params, limit, offset, order)
+
+    def count_overstays(self, day: date, *, known_at: datetime | None = None) -> int:
+        """How many rows `overstay_rows` gives without a limit."""
+        return self._count(*self._overstays_sql(day, known_at))
+
+    def students_with_prefix(self, prefix: str, limit: int = 50) -> list[str]:
+        """The student ids (of stored students) that start with `prefix`, in order."""
+        escaped = prefix.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+        rows = self.db.execute(
+            "SELECT student_id FROM rm_students WHERE student_id LIKE :p ESCAPE '\\' "
+            "ORDER BY student_id LIMIT :limit",
+            {"p": escaped + "%", "limit": limit},
+        ).fetchall()
+        return [sid for (sid,) in rows]
 
     def fines_on(
         self,
@@ -1387,6 +1461,18 @@ def _filters(
         where.append("student_id IN (SELECT student_id FROM rm_changes WHERE at > :since)")
         params["since"] = moment_text(changed_since)
     return " AND ".join(where)
+
+
+_ORDERABLE = re.compile(r"-?[a-z_]{1,32}")
+
+
+def _order_key(field: str) -> str:
+    """One ORDER BY term for a field of the row's JSON (`-field`: descending), nulls last."""
+    if not _ORDERABLE.fullmatch(field):
+        raise ValueError(f"cannot sort by {field!r}")
+    name, descending = field.lstrip("-"), field.startswith("-")
+    value = f"doc ->> '$.{name}'"
+    return f"{value} IS NULL, {value}{' DESC' if descending else ''}, "
 
 
 def json_array(docs: Iterable[str]) -> Iterator[str]:

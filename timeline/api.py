@@ -22,20 +22,20 @@ from urllib.parse import parse_qsl, quote
 from fastapi import Depends, FastAPI, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
+from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.datastructures import MutableHeaders
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from timeline.api_settings import ANY_SOURCE, ApiConfig, ApiConfigError, Token
-from timeline.clock import parse_day, parse_known_at, taipei_today
+from timeline.audit import accesses, record_access
+from timeline.clock import Clock, parse_day, parse_known_at, system_clock, taipei_today
 from timeline.contract import parse_event
 from timeline.errors import ContractError, StorageConfigError, TimelineError
 from timeline.history import history_entries
 from timeline.ingest import ingest_objects
 from timeline.rawjson import loads_strict
 from timeline.store import TimelineStore
-from timeline.webpage import PAGE_CSS, PAGE_HTML, PAGE_JS
 
 __all__ = ["ApiConfig", "ApiError", "create_app"]
 
@@ -242,8 +242,12 @@ def _moment(value: str | None, name: str) -> datetime | None:
         raise ApiError(400, f"{name}: {exc}") from None
 
 
-def create_app(config: ApiConfig, rules: Any = None) -> FastAPI:
-    """The FastAPI application; `rules` (a RuleBook) default to the environment's, read once."""
+def create_app(config: ApiConfig, rules: Any = None, clock: Clock = system_clock) -> FastAPI:
+    """The FastAPI application; `rules` (a RuleBook) default to the environment's, read once.
+
+    `clock` stamps the audit of access (record time); the staff pages (`web.app`) wrap
+    this application.
+    """
     from projections.readmodel import ReadModel, default_read_db, json_array
     from projections.rules import rulebook_from_env
 
@@ -264,18 +268,25 @@ def create_app(config: ApiConfig, rules: Any = None) -> FastAPI:
     app.add_middleware(AccessLog, secrets=config.secrets())
 
     def require(kind: str) -> Any:
+        """A dependency: the bearer token of the wanted kind (feed, staff or admin)."""
+        wanted = {
+            "feed": config.feed_tokens,
+            "staff": config.readers(),
+            "admin": config.admin_tokens,
+        }[kind]
+        every = config.feed_tokens + config.readers()
+        refusal = {"feed": "write", "staff": "read", "admin": "read the audit of access"}[kind]
+
         def check(request: Request) -> Token:
             presented = _bearer(request)
-            wanted = config.feed_tokens if kind == "feed" else config.staff_tokens
-            other = config.staff_tokens if kind == "feed" else config.feed_tokens
             token = _find(presented, wanted)
             if token is not None:
                 request.state.token_name = token.name
                 return token
-            token = _find(presented, other)
+            token = _find(presented, every)
             if token is not None:
                 request.state.token_name = token.name
-                raise ApiError(403, f"this token may not {'write' if kind == 'feed' else 'read'}")
+                raise ApiError(403, f"this token may not {refusal}")
             raise ApiError(401, "unknown token")
 
         return Depends(check)
@@ -374,26 +385,61 @@ def create_app(config: ApiConfig, rules: Any = None) -> FastAPI:
             status_code=409 if conflicts else 422,
         )
 
-    @app.get("/v1/students/{student_id}", dependencies=[require("staff")])
+    reader = require("staff")
+
+    @app.get("/v1/students/{student_id}")
     def get_student(
-        student_id: str, as_of: str | None = None, known_at: str | None = None
+        student_id: str,
+        token: Token = reader,
+        as_of: str | None = None,
+        known_at: str | None = None,
     ) -> JSONResponse:
-        """The student view (SPEC §4) as of a date, as known at a moment."""
+        """The student view (SPEC §4) as of a date, as known at a moment (audited)."""
         from projections.engine import view
 
         on, moment = _day(as_of, "as_of"), _moment(known_at, "known_at")
         with store() as opened:
             stream = opened.stream(student_id)
+            if stream:
+                record_access(
+                    opened, token.name, "GET /v1/students/{student_id}", student_id, clock()
+                )
         if not stream:
             raise ApiError(404, f"no events stored for student {student_id[:64]!r}")
         result = view(stream, on, moment, rulebook, student_id=student_id)
         return JSONResponse(result.model_dump(mode="json"))
 
-    @app.get("/v1/students/{student_id}/history", dependencies=[require("staff")])
-    def get_history(student_id: str) -> list[dict[str, Any]]:
-        """The stored events with recorded_at and retraction marks ([] for unknown)."""
+    @app.get("/v1/students/{student_id}/history")
+    def get_history(student_id: str, token: Token = reader) -> list[dict[str, Any]]:
+        """The stored events with recorded_at and retraction marks ([] for unknown; audited)."""
         with store() as opened:
-            return history_entries(opened.stream(student_id))
+            stream = opened.stream(student_id)
+            if stream:
+                record_access(
+                    opened,
+                    token.name,
+                    "GET /v1/students/{student_id}/history",
+                    student_id,
+                    clock(),
+                )
+            return history_entries(stream)
+
+    @app.get("/v1/audit", dependencies=[require("admin")])
+    def get_audit(
+        student_id: str | None = None,
+        token_name: str | None = None,
+        limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+        offset: Annotated[int, Query(ge=0)] = 0,
+    ) -> JSONResponse:
+        """Who viewed whose record, newest first (admin tokens only); X-Total-Count: all rows."""
+        with store() as opened:
+            rows, total = accesses(
+                opened, student_id=student_id, token_name=token_name, limit=limit, offset=offset
+            )
+        headers = {TOTAL_COUNT: str(total)}
+        if offset + len(rows) < total:
+            headers[NEXT_OFFSET] = str(offset + len(rows))
+        return JSONResponse([r.as_json() for r in rows], headers=headers)
 
     def read_model(opened: TimelineStore, *, any_thread: bool = False) -> ReadModel:
         path = read_db_setting or default_read_db(opened.config.location)
@@ -543,20 +589,5 @@ def create_app(config: ApiConfig, rules: Any = None) -> FastAPI:
                 return JSONResponse(model.changes(moment))
             finally:
                 model.close()
-
-    @app.get("/", response_class=HTMLResponse, include_in_schema=False)
-    def page() -> str:
-        """A small page for people: look a student up with a staff token."""
-        return PAGE_HTML
-
-    @app.get("/static/page.js", include_in_schema=False)
-    def page_script() -> Response:
-        """The page's script (served, not inline, so the CSP can forbid inline script)."""
-        return Response(PAGE_JS, media_type="text/javascript; charset=utf-8")
-
-    @app.get("/static/page.css", include_in_schema=False)
-    def page_style() -> Response:
-        """The page's style sheet."""
-        return Response(PAGE_CSS, media_type="text/css; charset=utf-8")
 
     return app

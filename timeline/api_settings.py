@@ -7,6 +7,8 @@ token is bound to the sources it may write under:
   entries `name:token:source[|source...]` separated by `,`; the source `*` means any
   source (a deliberate choice for an import tool, never a default).
 - `TIMELINE_STAFF_TOKENS="alice:<token>,bob:<token>"`: entries `name:token`.
+- `TIMELINE_ADMIN_TOKENS="carol:<token>"`: entries `name:token`; an admin token reads
+  like a staff token and may also list the audit of access (who viewed whose record).
 - `TIMELINE_MAX_BODY_BYTES`: the largest request body accepted (default 10 MiB).
 
 A bare token (the old comma-separated format) is refused: there is no safe source to
@@ -24,6 +26,7 @@ from timeline.errors import TimelineError
 
 FEED_SETTING = "TIMELINE_FEED_TOKENS"
 STAFF_SETTING = "TIMELINE_STAFF_TOKENS"
+ADMIN_SETTING = "TIMELINE_ADMIN_TOKENS"
 BODY_SETTING = "TIMELINE_MAX_BODY_BYTES"
 DEFAULT_MAX_BODY_BYTES = 10 * 1024 * 1024
 ANY_SOURCE = "*"
@@ -102,20 +105,20 @@ class ApiConfig:
     feed_tokens: tuple[Token, ...] = ()
     staff_tokens: tuple[Token, ...] = ()
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
+    admin_tokens: tuple[Token, ...] = ()
 
     def __post_init__(self) -> None:
-        every = self.feed_tokens + self.staff_tokens
+        every = self.feed_tokens + self.staff_tokens + self.admin_tokens
+        settings = f"{FEED_SETTING} / {STAFF_SETTING} / {ADMIN_SETTING}"
         names = [t.name for t in every]
         if len(set(names)) != len(names):
             raise ApiConfigError(
-                f"{FEED_SETTING} / {STAFF_SETTING}: token names must be unique "
-                "(an audit log tells tokens apart by name)"
+                f"{settings}: token names must be unique (an audit log tells tokens apart by name)"
             )
         secrets = [t.secret for t in every]
         if len(set(secrets)) != len(secrets):
             raise ApiConfigError(
-                f"{FEED_SETTING} / {STAFF_SETTING}: the same token is configured twice; "
-                "give each name its own token"
+                f"{settings}: the same token is configured twice; give each name its own token"
             )
         if self.max_body_bytes < 1:
             raise ApiConfigError(f"{BODY_SETTING}: must be a positive number of bytes")
@@ -138,8 +141,13 @@ class ApiConfig:
             parse_tokens(FEED_SETTING, environ.get(FEED_SETTING, ""), feed=True),
             parse_tokens(STAFF_SETTING, environ.get(STAFF_SETTING, ""), feed=False),
             limit,
+            parse_tokens(ADMIN_SETTING, environ.get(ADMIN_SETTING, ""), feed=False),
         )
 
     def secrets(self) -> tuple[str, ...]:
         """Every configured token, for scrubbing them out of log lines."""
-        return tuple(t.secret for t in self.feed_tokens + self.staff_tokens)
+        return tuple(t.secret for t in self.feed_tokens + self.readers())
+
+    def readers(self) -> tuple[Token, ...]:
+        """The tokens that may read: staff and admin tokens."""
+        return self.staff_tokens + self.admin_tokens

@@ -857,18 +857,18 @@ def serve(ctx: click.Context, host: str, port: int, db: str | None, read_db: str
     """Run the HTTP API (TIMELINE_FEED_TOKENS, TIMELINE_STAFF_TOKENS, TIMELINE_MAX_BODY_BYTES)."""
     import uvicorn
 
-    from timeline.api import create_app
     from timeline.api_settings import ApiConfig, ApiConfigError
+    from web.app import create_app
 
     try:
         config = ApiConfig.from_env(os.environ, db or (ctx.obj or {}).get("db"), read_db)
     except ApiConfigError as exc:
         click.echo(f"error: {exc}", err=True)
         sys.exit(2)
-    if not config.feed_tokens and not config.staff_tokens:
+    if not config.feed_tokens and not config.readers():
         click.echo(
-            "warning: no TIMELINE_FEED_TOKENS / TIMELINE_STAFF_TOKENS set: every "
-            "request will be refused with 401",
+            "warning: no TIMELINE_FEED_TOKENS / TIMELINE_STAFF_TOKENS / TIMELINE_ADMIN_TOKENS "
+            "set: every request will be refused with 401",
             err=True,
         )
     # uvicorn's access log would print query strings (a token sent as ?token=...): the
