@@ -1,0 +1,416 @@
+"""The staff web app's pages through FastAPI's TestClient: sessions, CSRF, language, the
+student page, the lists and their CSV, escaping of hostile ids and notes, the API docs."""
+
+from __future__ import annotations
+
+import csv
+import io
+import re
+from pathlib import Path
+from urllib.parse import quote
+
+import pytest
+from conftest import FakeClock
+from fastapi.testclient import TestClient
+from web_client import (
+    FEED,
+    HOSTILE_ID,
+    SECRET,
+    STAFF,
+    config,
+    csrf_of,
+    login_form,
+    seed,
+    signed_in,
+    web_app,
+)
+
+from timeline.api_settings import ApiConfig
+from web.app import create_app
+from web.session import SESSION_COOKIE
+from web.settings import WebSettings
+
+
+@pytest.fixture
+def location(tmp_path: Path, clock: FakeClock) -> str:
+    """A seeded SQLite store (the pages do not depend on the backend; the audit tests do)."""
+    path = str(tmp_path / "timeline.db")
+    seed(path, clock)
+    return path
+
+
+@pytest.fixture
+def app(location: str, clock: FakeClock):
+    return web_app(location, clock)
+
+
+@pytest.fixture
+def staff(app) -> TestClient:
+    return signed_in(app)
+
+
+# -- signing in and out ----------------------------------------------------------------------
+def test_pages_send_a_browser_without_a_session_to_sign_in_and_json_gets_401(app):
+    client = TestClient(app)
+    for path in ("/", "/students/S1?as_of=2025-01-01", "/lists/overdue", "/audit"):
+        r = client.get(path, follow_redirects=False)
+        assert r.status_code == 303
+        assert r.headers["location"] == "/sign-in?next=" + quote(path, safe="")
+    r = client.get("/students/S1", params={"format": "json"})
+    assert r.status_code == 401 and "sign in" in r.json()["error"]
+
+
+def test_signing_in_sets_a_signed_httponly_strict_cookie_and_goes_back(app):
+    client = TestClient(app)
+    csrf = login_form(client)
+    r = client.post(
+        "/sign-in",
+        data={"token": STAFF, "csrf": csrf, "next": "/students/S1?as_of=2025-01-01"},
+        follow_redirects=False,
+    )
+    assert r.status_code == 303
+    assert r.headers["location"] == "/students/S1?as_of=2025-01-01"
+    cookie = next(c for c in r.headers.get_list("set-cookie") if c.startswith(SESSION_COOKIE))
+    assert "HttpOnly" in cookie and "SameSite=strict" in cookie and "Path=/" in cookie
+    assert STAFF not in cookie  # the cookie names the token, never carries it
+    page = client.get("/")
+    assert page.status_code == 200 and ">alice<" in page.text
+
+
+@pytest.mark.parametrize(
+    ("token", "status", "message"),
+    [("wrong-token-0123456789", 401, "權杖不正確"), (FEED, 403, "此權杖不可查閱資料")],
+)
+def test_a_wrong_or_feed_token_does_not_sign_in(app, token, status, message):
+    client = TestClient(app)
+    r = client.post("/sign-in", data={"token": token, "csrf": login_form(client)})
+    assert r.status_code == status and message in r.text
+    assert SESSION_COOKIE not in client.cookies
+    assert client.get("/", follow_redirects=False).status_code == 303
+
+
+def test_signing_in_needs_the_forms_csrf_token_and_its_cookie(app):
+    client = TestClient(app)
+    csrf = login_form(client)
+    forged = client.post("/sign-in", data={"token": STAFF, "csrf": csrf[:-2] + "xx"})
+    assert forged.status_code == 403
+    without_cookie = TestClient(app).post("/sign-in", data={"token": STAFF, "csrf": csrf})
+    assert without_cookie.status_code == 403
+    assert SESSION_COOKIE not in client.cookies
+
+
+@pytest.mark.parametrize("how", ["forged", "garbage", "expired", "token removed"])
+def test_a_forged_expired_or_revoked_session_is_refused(location, clock, how):
+    app = web_app(location, clock)
+    client = signed_in(app)
+    cookie = client.cookies[SESSION_COOKIE]
+    if how == "forged":  # another payload under the old signature
+        body, signature = cookie.split(".")
+        client.cookies.set(SESSION_COOKIE, body[:-3] + "AAA." + signature)
+    elif how == "garbage":
+        client.cookies.set(SESSION_COOKIE, "not-a-session")
+    elif how == "expired":
+        clock.advance(hours=8, seconds=1)
+    else:  # the same key, but alice's token is no longer configured
+        other = ApiConfig.from_env({"TIMELINE_STAFF_TOKENS": "bob:bob-secret-0123456789"}, location)
+        client = TestClient(create_app(other, settings=WebSettings(SECRET), clock=clock))
+        client.cookies.set(SESSION_COOKIE, cookie)
+    r = client.get("/students/S1", follow_redirects=False)
+    assert r.status_code == 303
+    assert r.headers["location"].startswith("/sign-in?next=") and "ended=1" in r.headers["location"]
+    assert client.get("/students/S1", params={"format": "json"}).status_code == 401
+
+
+def test_a_session_signed_with_another_key_is_refused(location, clock):
+    client = signed_in(web_app(location, clock))
+    cookie = client.cookies[SESSION_COOKIE]
+    other = TestClient(
+        create_app(
+            config(location),
+            settings=WebSettings(b"another-key-0123456789-0123456789"),
+            clock=clock,
+        )
+    )
+    other.cookies.set(SESSION_COOKIE, cookie)
+    assert other.get("/", follow_redirects=False).status_code == 303
+
+
+def test_signing_out_needs_the_sessions_csrf_token(app):
+    client = signed_in(app)
+    csrf = csrf_of(client.get("/").text)
+    assert client.post("/sign-out", data={}, follow_redirects=False).status_code == 403
+    mismatch = client.post("/sign-out", data={"csrf": csrf[::-1]}, follow_redirects=False)
+    assert mismatch.status_code == 403
+    assert client.get("/", follow_redirects=False).status_code == 200  # still signed in
+    # Another session's token is not this one's.
+    assert csrf_of(signed_in(app).get("/").text) != csrf
+    out = client.post("/sign-out", data={"csrf": csrf}, follow_redirects=False)
+    assert out.status_code == 303 and out.headers["location"] == "/sign-in?out=1"
+    assert SESSION_COOKIE not in client.cookies
+    assert client.get("/", follow_redirects=False).status_code == 303
+
+
+# -- language --------------------------------------------------------------------------------
+def test_the_language_is_chinese_by_default_english_on_request_and_remembered(staff):
+    zh = staff.get("/students/S1", params={"as_of": "2025-04-10"})
+    assert '<html lang="zh-TW">' in zh.text
+    badge = re.compile(r'id="status-badge"[^>]*>([^<]+)<')
+    assert badge.search(zh.text).group(1) == "境內逾期居留" and "應辦事項" in zh.text
+    switched = staff.get(
+        "/lang/en", params={"next": "/students/S1?as_of=2025-04-10"}, follow_redirects=False
+    )
+    assert switched.status_code == 303
+    assert switched.headers["location"] == "/students/S1?as_of=2025-04-10"
+    en = staff.get("/students/S1", params={"as_of": "2025-04-10"})
+    assert '<html lang="en">' in en.text
+    assert badge.search(en.text).group(1) == "Overstay (expired within Taiwan)"
+    assert "Tasks" in en.text and "應辦事項" not in en.text
+    assert 'id="lang-toggle"' in en.text and 'href="/lang/zh-TW?next=' in en.text
+
+
+def test_a_browser_that_prefers_english_gets_english_until_it_chooses(app):
+    client = TestClient(app, headers={"Accept-Language": "en-GB,en;q=0.8"})
+    assert '<html lang="en">' in client.get("/sign-in").text
+    client.get("/lang/zh-TW")
+    assert '<html lang="zh-TW">' in client.get("/sign-in").text
+
+
+@pytest.mark.parametrize("target", ["//evil.example/x", "https://evil.example/", "/\\evil", "x"])
+def test_redirects_go_only_to_local_paths(staff, target):
+    r = staff.get("/lang/en", params={"next": target}, follow_redirects=False)
+    assert r.headers["location"] == "/"
+
+
+# -- the student page ------------------------------------------------------------------------
+def test_the_student_page_turns_to_overstay_across_the_arc_expiry(staff):
+    before = staff.get("/students/S1", params={"as_of": "2025-03-20"})
+    assert before.status_code == 200
+    assert 'data-status="extension_window"' in before.text
+    after = staff.get("/students/S1", params={"as_of": "2025-04-10"})
+    assert 'data-status="overstay"' in after.text
+    overstay = re.search(r'id="overstay".*?</section>', after.text, re.S).group(0)
+    assert "2025-04-01" in overstay and ">10<" in overstay and "NTD 10,000" in overstay
+    # The timeline is redrawn: its as-of line moves with the day.
+    assert before.text.count("<svg") == 1 and after.text.count("<svg") == 1
+    svg = lambda page: re.search(r"<svg.*?</svg>", page, re.S).group(0)  # noqa: E731
+    assert svg(before.text) != svg(after.text)
+    assert "2025-04-10" in svg(after.text)
+
+
+def test_fines_show_range_imposed_paid_and_outstanding_never_a_range_of_one_amount(staff):
+    page = staff.get("/students/S1", params={"as_of": "2025-05-20"}).text
+    fines = re.search(r'<table id="fines">.*?</table>', page, re.S).group(0)
+    assert "NTD 30,000" in fines and "30000–30000" not in fines and "30,000–30,000" not in fines
+    late = staff.get("/students/S2", params={"as_of": "2024-05-01"}).text
+    assert "NTD 2,000–10,000" in late and "NTD 0" in late
+    assert "逾時申辦外僑居留證" in late  # the guide's name of the fine
+
+
+def test_the_student_page_shows_tasks_with_days_left_place_fee_and_documents(staff):
+    page = staff.get("/students/S2", params={"as_of": "2024-05-01"}).text
+    tasks = re.search(r'<table id="tasks">.*?</table>', page, re.S).group(0)
+    assert "申請外僑居留證" in tasks and "2024-04-15" in tasks
+    assert "已逾期 16 天" in tasks and "NTD 1,000" in tasks and "線上申辦" in tasks
+    assert "護照" in tasks and "Passport" in tasks  # the checklist in both languages
+
+
+def test_known_at_redraws_the_page_as_known_then(staff):
+    # The ARC was recorded 30 days after the entry: as known before, no ARC, application pending.
+    now = staff.get("/students/S1", params={"as_of": "2024-05-01"}).text
+    assert 'data-status="arc_valid"' in now
+    then = staff.get(
+        "/students/S1", params={"as_of": "2024-05-01", "known_at": "2024-06-15T12:00"}
+    ).text
+    assert 'data-status="application_pending"' in then
+    assert "2024-06-15 12:00:00" in then  # the known-at moment, in Taipei time
+    assert then.count('class="event unknown"') == 1  # the ARC, not yet recorded then
+    as_json = staff.get(
+        "/students/S1",
+        params={"as_of": "2024-05-01", "known_at": "2024-06-15T12:00", "format": "json"},
+    ).json()
+    assert as_json["view"]["status"] == "application_pending"
+    assert as_json["view"]["known_at"] == "2024-06-15T04:00:00Z"
+    assert [e["event_id"] for e in as_json["history"]] == ["s1-in", "s1-ap", "s1-is"]
+
+
+def test_the_student_json_is_the_api_view(app, staff):
+    page = staff.get("/students/S2", params={"as_of": "2024-05-01", "format": "json"}).json()
+    api = TestClient(app).get(
+        "/v1/students/S2",
+        params={"as_of": "2024-05-01"},
+        headers={"Authorization": f"Bearer {STAFF}"},
+    )
+    assert page["view"] == api.json()
+
+
+@pytest.mark.parametrize(
+    ("params", "field"),
+    [({"as_of": "2025-02-30"}, "as_of"), ({"known_at": "yesterday"}, "known_at")],
+)
+def test_bad_dates_are_a_400_page_naming_the_field(staff, params, field):
+    r = staff.get("/students/S1", params=params)
+    assert r.status_code == 400 and f"{field}:" in r.text
+    r = staff.get("/students/S1", params={**params, "format": "json"})
+    assert r.status_code == 400 and r.json()["error"].startswith("Invalid input: " + field)
+
+
+def test_an_unknown_student_is_404(staff):
+    assert staff.get("/students/NOPE").status_code == 404
+
+
+# -- escaping --------------------------------------------------------------------------------
+def test_hostile_ids_and_notes_are_escaped_everywhere(staff):
+    raw_id = HOSTILE_ID
+    pages = [
+        staff.get("/students/" + quote(raw_id, safe=""), params={"as_of": "2024-05-01"}),
+        staff.get("/students/S2", params={"as_of": "2024-05-01"}),
+        staff.get("/students", params={"q": '"><'}),
+        staff.get("/lists/overdue", params={"as_of": "2024-05-01"}),
+        staff.get("/students/" + quote(raw_id, safe=""), params={"as_of": raw_id}),
+    ]
+    assert [p.status_code for p in pages] == [200, 200, 200, 200, 400]
+    for page in pages:
+        assert "<img src=x" not in page.text and "<script>alert" not in page.text
+    assert "&#34;&gt;&lt;img src=x onerror=alert(1)&gt;" in pages[0].text
+    assert "&lt;script&gt;alert(&#39;note&#39;)&lt;/script&gt; &amp; &lt;/td&gt;" in pages[1].text
+    assert "&lt;img src=x" in pages[2].text and "&lt;img src=x" in pages[3].text
+
+
+# -- lists -----------------------------------------------------------------------------------
+def test_the_overdue_list_as_of_a_day_with_kind_filter_and_csv(staff):
+    page = staff.get("/lists/overdue", params={"as_of": "2024-05-01"})
+    assert page.status_code == 200
+    assert 'data-testid="csv-download"' in page.text
+    listed = staff.get("/lists/overdue", params={"as_of": "2024-05-01", "format": "json"}).json()
+    assert {(r["student_id"], r["kind"]) for r in listed["rows"]} == {
+        ("S2", "apply_arc"),
+        (HOSTILE_ID, "apply_arc"),
+        ("=1+2", "apply_arc"),
+    }
+    assert listed["total"] == 3 and all(r["days_left"] < 0 for r in listed["rows"])
+    other_kind = staff.get(
+        "/lists/overdue", params={"as_of": "2024-05-01", "kind": "extend_arc", "format": "json"}
+    ).json()
+    assert other_kind["rows"] == [] and other_kind["total"] == 0
+    assert staff.get("/lists/overdue", params={"kind": "nonsense"}).status_code == 400
+
+
+def test_lists_page_and_sort(staff):
+    params = {"as_of": "2024-05-01", "per_page": "2", "format": "json"}
+    first = staff.get("/lists/overdue", params=params).json()
+    second = staff.get("/lists/overdue", params={**params, "page": "2"}).json()
+    assert first["total"] == 3 and len(first["rows"]) == 2 and len(second["rows"]) == 1
+    ids = [r["student_id"] for r in first["rows"] + second["rows"]]
+    assert ids == sorted(ids)
+    by_due = staff.get(
+        "/lists/overdue", params={"as_of": "2024-05-01", "sort": "-due", "format": "json"}
+    ).json()["rows"]
+    assert [r["due_on"] for r in by_due] == sorted((r["due_on"] for r in by_due), reverse=True)
+    html = staff.get("/lists/overdue", params={"as_of": "2024-05-01", "per_page": "2"}).text
+    assert 'id="next-page"' in html and "page=2" in html
+    assert staff.get("/lists/overdue", params={"sort": "salary"}).status_code == 400
+
+
+def test_lists_answer_as_known_at_a_moment(staff):
+    # Before the ARC was recorded, S1's application was pending; after, its ARC is valid and
+    # the extension comes due: as known then, nothing of S1 is due in March 2025.
+    params = {"as_of": "2025-03-20", "days": "30", "format": "json"}
+    now = staff.get("/lists/due-soon", params=params).json()
+    assert ("S1", "extend_arc") in {(r["student_id"], r["kind"]) for r in now["rows"]}
+    then = staff.get("/lists/due-soon", params={**params, "known_at": "2024-06-15"}).json()
+    assert "S1" not in {r["student_id"] for r in then["rows"]}
+
+
+def test_fines_and_overstays_lists(staff):
+    fines = staff.get("/lists/fines", params={"as_of": "2025-05-20", "format": "json"}).json()
+    by_student = {r["student_id"]: r for r in fines["rows"]}
+    assert by_student["S1"]["kind"] == "overstay"
+    assert by_student["S2"]["amount_min_ntd"] == 2000
+    assert by_student["S2"]["outstanding_ntd"] is None  # accrued, not yet imposed
+    only_overstay = staff.get(
+        "/lists/fines", params={"as_of": "2025-05-20", "kind": "overstay", "format": "json"}
+    ).json()
+    assert [r["student_id"] for r in only_overstay["rows"]] == ["S1"]
+    paid = staff.get(
+        "/lists/fines", params={"as_of": "2025-05-20", "status": "paid", "format": "json"}
+    ).json()
+    assert paid["rows"] == []
+    overstays = staff.get(
+        "/lists/overstays", params={"as_of": "2025-04-10", "format": "json"}
+    ).json()
+    assert overstays["rows"] == [
+        {
+            "student_id": "S1",
+            "since": "2025-04-01",
+            "valid_until": "2025-03-31",
+            "last_day": None,
+            "days": 10,
+            "can_reapply": True,
+            "fine_ntd": 10000,
+        }
+    ]
+    page = staff.get("/lists/overstays", params={"as_of": "2025-04-10"}).text
+    assert "NTD 10,000" in page
+
+
+def test_csv_downloads_are_injection_safe_and_excel_gets_a_bom(staff):
+    plain = staff.get("/lists/overdue", params={"as_of": "2024-05-01", "format": "csv"})
+    assert plain.status_code == 200
+    assert plain.headers["content-type"].startswith("text/csv")
+    assert 'filename="overdue-2024-05-01.csv"' in plain.headers["content-disposition"]
+    assert not plain.content.startswith(b"\xef\xbb\xbf")
+    rows = list(csv.reader(io.StringIO(plain.content.decode("utf-8"))))
+    assert rows[0][:3] == ["學號", "事項", "狀態"]
+    ids = [r[0] for r in rows[1:]]
+    assert sorted(ids) == sorted(["S2", HOSTILE_ID, "'=1+2"])  # a formula is text
+    assert {r[4] for r in rows[1:]} == {"2024-04-15", "2024-04-19"}
+    assert plain.content.count(b"\r\n") == len(rows)
+    excel = staff.get("/lists/overdue", params={"as_of": "2024-05-01", "format": "excel"})
+    assert excel.content.startswith(b"\xef\xbb\xbf")
+    assert excel.content[3:] == plain.content
+
+
+# -- search, docs, headers -------------------------------------------------------------------
+def test_students_are_found_by_id_prefix_with_wildcards_taken_literally(staff):
+    assert staff.get("/students", params={"q": "s", "format": "json"}).json()["students"] == [
+        "S1",
+        "S2",
+    ]
+    assert staff.get("/students", params={"q": "%", "format": "json"}).json()["students"] == []
+    assert staff.get("/students", params={"q": "_1", "format": "json"}).json()["students"] == []
+    page = staff.get("/students", params={"q": "S"}).text
+    assert 'href="/students/S1"' in page and 'href="/students/S2"' in page
+
+
+def test_the_api_docs_are_served_offline_from_the_packaged_copy(app):
+    client = TestClient(app)
+    docs = client.get("/docs")
+    assert docs.status_code == 200
+    sources = re.findall(r'(?:src|href)="([^"]+)"', docs.text)
+    assert sources and all(s.startswith("/") for s in sources)
+    assert "<script>" not in docs.text  # no inline script
+    for source in sources:
+        assert client.get(source).status_code == 200
+    assert "SwaggerUIBundle" in client.get("/docs-assets/swagger-ui-bundle.js").text
+
+
+def test_pages_carry_the_security_headers_and_no_inline_script(staff):
+    paths = [
+        "/",
+        "/students?q=S",
+        "/students/S1?as_of=2025-04-10",
+        "/lists/overdue?as_of=2024-05-01",
+        "/lists/fines",
+        "/lists/due-soon",
+        "/lists/overstays",
+        "/sign-in",
+        "/students/NOPE",
+    ]
+    for path in paths:
+        r = staff.get(path)
+        assert r.headers["content-security-policy"].startswith("default-src 'none'")
+        assert "unsafe-inline" not in r.headers["content-security-policy"]
+        assert r.headers["x-frame-options"] == "DENY"
+        assert all(" src=" in tag for tag in re.findall(r"<script\b[^>]*>", r.text))
+        assert not re.search(r"\son[a-z]+=", r.text.replace("onerror=alert", ""))
+        assert "<style" not in r.text and ' style="' not in r.text
