@@ -14,9 +14,11 @@ def _bearer(token: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"}
 
 
-def test_every_view_of_a_record_appends_one_row_with_token_name_time_and_route(location, clock):
+def test_every_view_of_a_record_appends_one_row_with_token_name_time_and_route(
+    location, clock, tmp_path
+):
     seed(location, clock)
-    app = web_app(location, clock)
+    app = web_app(location, clock, str(tmp_path / "read.db"))
     staff = signed_in(app)
     first = clock.now
     assert staff.get("/students/S1", params={"as_of": "2025-04-10"}).status_code == 200

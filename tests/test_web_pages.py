@@ -414,3 +414,33 @@ def test_pages_carry_the_security_headers_and_no_inline_script(staff):
         assert all(" src=" in tag for tag in re.findall(r"<script\b[^>]*>", r.text))
         assert not re.search(r"\son[a-z]+=", r.text.replace("onerror=alert", ""))
         assert "<style" not in r.text and ' style="' not in r.text
+
+
+# -- what changed ----------------------------------------------------------------------------
+def test_what_changed_between_two_known_at_moments_names_the_status_and_the_events(staff):
+    params = {"as_of": "2024-05-01", "known_from": "2024-06-15", "known_to": ""}
+    page = staff.get("/students/S1/changes", params=params)
+    assert page.status_code == 200
+    status = re.search(r'id="changed-status">(.*?)</p>', page.text, re.S).group(1)
+    assert status.index("申請審核中") < status.index("居留證有效")
+    events = re.search(r'<table id="recorded-events">.*?</table>', page.text, re.S).group(0)
+    assert "s1-is" in events and "核發居留證" in events and "s1-in" not in events
+    as_json = staff.get("/students/S1/changes", params={**params, "format": "json"}).json()
+    assert as_json["status"] == {"old": "application_pending", "new": "arc_valid"}
+    assert [e["event_id"] for e in as_json["events"]] == ["s1-is"]
+    # The moments may come in either order; the same moments give nothing.
+    swapped = {"as_of": "2024-05-01", "known_from": "2030-01-01", "known_to": "2024-06-15"}
+    assert staff.get("/students/S1/changes", params={**swapped, "format": "json"}).json()[
+        "status"
+    ] == {"old": "application_pending", "new": "arc_valid"}
+    same = {"as_of": "2024-05-01", "known_from": "2024-06-15", "known_to": "2024-06-15"}
+    assert 'id="unchanged"' in staff.get("/students/S1/changes", params=same).text
+
+
+def test_what_changed_needs_a_first_moment_and_escapes_the_id(staff):
+    assert staff.get("/students/S1/changes", params={"as_of": "2024-05-01"}).status_code == 400
+    hostile = staff.get(
+        "/students/" + quote(HOSTILE_ID, safe="") + "/changes",
+        params={"known_from": "2024-06-15"},
+    )
+    assert hostile.status_code == 200 and "<img src=x" not in hostile.text

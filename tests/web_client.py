@@ -52,7 +52,7 @@ def seed(location: str, clock: FakeClock) -> None:
         clock.advance(days=1)
 
 
-def config(location: str, **extra: str) -> ApiConfig:
+def config(location: str, read_db: str | None = None, **extra: str) -> ApiConfig:
     """Staff `alice`, admin `root` and feed `desk` tokens on `location`."""
     env = {
         "TIMELINE_STAFF_TOKENS": f"alice:{STAFF}",
@@ -60,12 +60,16 @@ def config(location: str, **extra: str) -> ApiConfig:
         "TIMELINE_FEED_TOKENS": f"desk:{FEED}:manual",
         **extra,
     }
-    return ApiConfig.from_env(env, location)
+    return ApiConfig.from_env(env, location, read_db)
 
 
-def web_app(location: str, clock: FakeClock, **extra: str) -> FastAPI:
-    """The staff app on `location`, with a fixed session key and the injected clock."""
-    return create_app(config(location, **extra), settings=WebSettings(SECRET), clock=clock)
+def web_app(location: str, clock: FakeClock, read_db: str | None = None, **extra: str) -> FastAPI:
+    """The staff app on `location`, with a fixed session key and the injected clock.
+
+    On PostgreSQL, pass `read_db` (else the read models go to ./timeline-read.db).
+    """
+    settings = WebSettings(SECRET)
+    return create_app(config(location, read_db, **extra), settings=settings, clock=clock)
 
 
 def login_form(client: TestClient) -> str:

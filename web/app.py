@@ -55,6 +55,23 @@ __all__ = ["create_app"]
 log = logging.getLogger(__name__)
 HERE = Path(__file__).parent
 MAX_PER_PAGE = 500
+# The label of each field `what_changed` compares.
+CHANGE_FIELD_LABELS = {
+    "status": "state",
+    "opens_on": "opens_on",
+    "due_on": "due_on",
+    "done_on": "done_on",
+    "where": "where",
+    "fee_ntd": "fee",
+    "rule": "rule",
+    "caused_by": "caused_by",
+    "accrued_on": "accrued_on",
+    "amount_min_ntd": "amount_min",
+    "amount_max_ntd": "amount_max",
+    "amount_ntd": "imposed",
+    "paid_ntd": "paid",
+    "offense": "offense",
+}
 # History fields shown in their own columns (the rest are the event's details).
 HISTORY_ENVELOPE = frozenset(
     {
@@ -511,12 +528,11 @@ def create_app(
             "changes.html",
             {
                 "sid": student_id,
-                "c": found.as_json(),
+                "c": found,
                 "as_of": on.isoformat(),
                 "known_from": i18n.moment_param(first),
                 "known_to": i18n.moment_param(second),
-                "first": first,
-                "second": second,
+                "field_labels": CHANGE_FIELD_LABELS,
             },
             who=who,
         )

@@ -330,6 +330,8 @@ LABELS: dict[str, Bilingual] = {
     "accrued_on": {"zh": "發生日", "en": "Accrued on"},
     "fine_range": {"zh": "法定罰鍰範圍", "en": "Range"},
     "imposed": {"zh": "裁處金額", "en": "Imposed"},
+    "amount_min": {"zh": "法定最低額", "en": "Lowest amount"},
+    "amount_max": {"zh": "法定最高額", "en": "Highest amount"},
     "paid": {"zh": "已繳", "en": "Paid"},
     "outstanding": {"zh": "未繳", "en": "Outstanding"},
     "offense": {"zh": "違規次數", "en": "Offense"},
