@@ -25,7 +25,7 @@ from web_client import (
     web_app,
 )
 
-from timeline.api_settings import ApiConfig
+from timeline.api_settings import ApiConfig, ApiConfigError
 from web.app import create_app
 from web.session import SESSION_COOKIE
 from web.settings import WebSettings
@@ -444,3 +444,35 @@ def test_what_changed_needs_a_first_moment_and_escapes_the_id(staff):
         params={"known_from": "2024-06-15"},
     )
     assert hostile.status_code == 200 and "<img src=x" not in hostile.text
+
+
+# -- settings --------------------------------------------------------------------------------
+def test_web_settings_are_validated_and_name_the_setting(caplog):
+    good = WebSettings.from_env(
+        {"TIMELINE_SESSION_SECRET": "x" * 32, "TIMELINE_SESSION_HOURS": "2"}
+    )
+    assert good.session_secret == b"x" * 32 and good.session_length.total_seconds() == 7200
+    made = WebSettings.from_env({})
+    assert len(made.session_secret) == 32 and made.session_secret != b"x" * 32
+    assert "TIMELINE_SESSION_SECRET is not set" in caplog.text
+    for env, setting in [
+        ({"TIMELINE_SESSION_SECRET": "short"}, "TIMELINE_SESSION_SECRET"),
+        ({"TIMELINE_SESSION_HOURS": "0"}, "TIMELINE_SESSION_HOURS"),
+        ({"TIMELINE_SESSION_HOURS": "٣"}, "TIMELINE_SESSION_HOURS"),
+        ({"TIMELINE_COOKIE_SECURE": "maybe"}, "TIMELINE_COOKIE_SECURE"),
+    ]:
+        with pytest.raises(ApiConfigError, match=setting):
+            WebSettings.from_env({"TIMELINE_SESSION_SECRET": "y" * 32} | env)
+
+
+def test_cookies_are_secure_over_https_or_when_configured(location, clock):
+    app = create_app(
+        config(location), settings=WebSettings(SECRET, always_secure=True), clock=clock
+    )
+    client = TestClient(app, base_url="https://testserver")
+    page = client.get("/sign-in")
+    assert "Secure" in page.headers["set-cookie"]
+    plain = TestClient(web_app(location, clock)).get("/sign-in")
+    assert "Secure" not in plain.headers["set-cookie"]
+    over_https = TestClient(web_app(location, clock), base_url="https://testserver")
+    assert "Secure" in over_https.get("/sign-in").headers["set-cookie"]

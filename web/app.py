@@ -10,6 +10,7 @@ JSON with `?format=json`. The CSP forbids inline script: the pages use none.
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import math
 import os
@@ -181,13 +182,10 @@ def create_app(
 
     # After the route above, so that it wins over the mount.
     app.mount("/static", StaticFiles(directory=HERE / "static"), name="static")
-    try:
-        from swagger_ui_bundle import swagger_ui_path
-
-        app.mount("/docs-assets", StaticFiles(directory=str(swagger_ui_path)), name="docs-assets")
-        docs_available = True
-    except ImportError:  # the package is a dependency; without it /docs stays off
-        docs_available = False
+    # Swagger UI as the fastapi-offline package ships it (5.x: reads OpenAPI 3.1), no CDN.
+    docs_assets = _packaged_swagger_ui()
+    if docs_assets is not None:
+        app.mount("/docs-assets", StaticFiles(directory=docs_assets), name="docs-assets")
 
     # -- helpers ---------------------------------------------------------------------------
     @contextmanager
@@ -723,13 +721,22 @@ def create_app(
     @app.get("/docs", include_in_schema=False, response_model=None)
     def docs(request: Request) -> Response:
         """The interactive API docs (Swagger UI from the packaged copy: works offline)."""
-        if not docs_available:
+        if docs_assets is None:
             raise PageError(404, "not_found")
         response = render(request, "docs.html", {})
         response.headers["Content-Security-Policy"] = DOCS_CSP
         return response
 
     return app
+
+
+def _packaged_swagger_ui() -> Path | None:
+    """The folder of the packaged Swagger UI files (None if the package is missing)."""
+    spec = importlib.util.find_spec("fastapi_offline")
+    if spec is None or spec.origin is None:
+        return None
+    folder = Path(spec.origin).parent / "static"
+    return folder if (folder / "swagger-ui-bundle.js").is_file() else None
 
 
 def _history(stream: list[Fact], known_at: datetime | None) -> list[dict[str, Any]]:
