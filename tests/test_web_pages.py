@@ -476,3 +476,31 @@ def test_cookies_are_secure_over_https_or_when_configured(location, clock):
     assert "Secure" not in plain.headers["set-cookie"]
     over_https = TestClient(web_app(location, clock), base_url="https://testserver")
     assert "Secure" in over_https.get("/sign-in").headers["set-cookie"]
+
+
+def test_serve_refuses_a_short_session_secret_naming_the_setting_not_the_value(tmp_path):
+    from click.testing import CliRunner
+
+    from timeline.cli import main
+
+    result = CliRunner().invoke(
+        main,
+        ["--db", str(tmp_path / "t.db"), "serve"],
+        env={"TIMELINE_STAFF_TOKENS": f"alice:{STAFF}", "TIMELINE_SESSION_SECRET": "hunter2-x"},
+    )
+    assert result.exit_code == 2
+    assert "TIMELINE_SESSION_SECRET" in result.output and "hunter2-x" not in result.output
+
+
+def test_admin_tokens_are_named_and_unique_across_the_three_settings():
+    reused = {
+        "TIMELINE_STAFF_TOKENS": f"alice:{STAFF}",
+        "TIMELINE_ADMIN_TOKENS": "alice:another-secret-0123456",
+    }
+    with pytest.raises(ApiConfigError, match="token names must be unique"):
+        ApiConfig.from_env(reused)
+    with pytest.raises(ApiConfigError, match="TIMELINE_ADMIN_TOKENS entry 1") as refused:
+        ApiConfig.from_env({"TIMELINE_ADMIN_TOKENS": "bare-admin-token-0123456789"})
+    assert "bare-admin-token" not in str(refused.value)
+    both = ApiConfig.from_env({"TIMELINE_ADMIN_TOKENS": f"root:{STAFF}"})
+    assert [t.name for t in both.readers()] == ["root"] and both.staff_tokens == ()

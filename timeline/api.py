@@ -153,7 +153,8 @@ class AccessLog:
         return line
 
 
-def _bearer(request: Request) -> str:
+def bearer_token(request: Request) -> str:
+    """The presented bearer token (401 when the Authorization header has none)."""
     header = request.headers.get("authorization", "")
     scheme, _, token = header.partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
@@ -161,7 +162,8 @@ def _bearer(request: Request) -> str:
     return token.strip()
 
 
-def _find(presented: str, tokens: tuple[Token, ...]) -> Token | None:
+def find_token(presented: str, tokens: tuple[Token, ...]) -> Token | None:
+    """The configured token that `presented` is, among `tokens` (None if none)."""
     # Compare with every token (constant time each) so timing tells nothing of which.
     found = None
     for token in tokens:
@@ -278,12 +280,12 @@ def create_app(config: ApiConfig, rules: Any = None, clock: Clock = system_clock
         refusal = {"feed": "write", "staff": "read", "admin": "read the audit of access"}[kind]
 
         def check(request: Request) -> Token:
-            presented = _bearer(request)
-            token = _find(presented, wanted)
+            presented = bearer_token(request)
+            token = find_token(presented, wanted)
             if token is not None:
                 request.state.token_name = token.name
                 return token
-            token = _find(presented, every)
+            token = find_token(presented, every)
             if token is not None:
                 request.state.token_name = token.name
                 raise ApiError(403, f"this token may not {refusal}")

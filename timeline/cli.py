@@ -854,14 +854,16 @@ def scheduler_command(
 @read_db_option
 @click.pass_context
 def serve(ctx: click.Context, host: str, port: int, db: str | None, read_db: str | None) -> None:
-    """Run the HTTP API (TIMELINE_FEED_TOKENS, TIMELINE_STAFF_TOKENS, TIMELINE_MAX_BODY_BYTES)."""
+    """Run the HTTP API and the staff web app (see the README: tokens, session settings)."""
     import uvicorn
 
     from timeline.api_settings import ApiConfig, ApiConfigError
     from web.app import create_app
+    from web.settings import WebSettings
 
     try:
         config = ApiConfig.from_env(os.environ, db or (ctx.obj or {}).get("db"), read_db)
+        settings = WebSettings.from_env(os.environ)
     except ApiConfigError as exc:
         click.echo(f"error: {exc}", err=True)
         sys.exit(2)
@@ -875,7 +877,7 @@ def serve(ctx: click.Context, host: str, port: int, db: str | None, read_db: str
     # app logs its own line per request, redacted, on the `timeline.access` logger.
     logging.getLogger("timeline.access").setLevel(logging.INFO)
     try:
-        app = create_app(config, rules_of(ctx))
+        app = create_app(config, rules_of(ctx), settings=settings)
     except ApiConfigError as exc:
         raise UsageFailure(str(exc)) from exc
     uvicorn.run(app, host=host, port=port, log_level="info", access_log=False)

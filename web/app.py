@@ -254,10 +254,10 @@ def create_app(
         """Who is asking: a bearer token (scripts), else the session cookie."""
         header = request.headers.get("authorization")
         if header is not None:
-            presented = api._bearer(request)  # the API's own parsing and its 401
-            token = api._find(presented, config.readers())
+            presented = api.bearer_token(request)  # the API's own parsing and its 401
+            token = api.find_token(presented, config.readers())
             if token is None:
-                if api._find(presented, config.feed_tokens) is not None:
+                if api.find_token(presented, config.feed_tokens) is not None:
                     raise PageError(403, "sign_in_not_reader")
                 raise PageError(401, "sign_in_failed")
             request.state.token_name = token.name
@@ -362,9 +362,9 @@ def create_app(
         except SessionError:
             return sign_in_page(request, safe_next(next), "session_ended", status=403)
         presented = token.strip()
-        found: Token | None = api._find(presented, config.readers()) if presented else None
+        found: Token | None = api.find_token(presented, config.readers()) if presented else None
         if found is None:
-            feed = presented and api._find(presented, config.feed_tokens) is not None
+            feed = presented and api.find_token(presented, config.feed_tokens) is not None
             log.info("sign-in refused (%s)", "feed token" if feed else "unknown token")
             key = "sign_in_not_reader" if feed else "sign_in_failed"
             return sign_in_page(request, safe_next(next), key, status=403 if feed else 401)
