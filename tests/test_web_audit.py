@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+from conftest import FakeClock
 from fastapi.testclient import TestClient
 from web_client import ADMIN, HOSTILE_NOTE, STAFF, seed, signed_in, web_app
 
@@ -88,3 +89,17 @@ def test_a_staff_token_cannot_read_the_audit_and_an_admin_can(location, clock):
     # The audit holds who, when, which route and whose record: nothing of the record.
     assert set(by_api.json()[0]) == {"id", "at", "token_name", "route", "student_id"}
     assert HOSTILE_NOTE not in by_api.text and "resident" not in by_api.text
+
+
+def test_a_store_replaced_at_the_same_path_gets_its_audit_table_again(tmp_path, clock):
+    path = tmp_path / "timeline.db"
+    seed(str(path), clock)
+    staff = signed_in(web_app(str(path), clock))
+    assert staff.get("/students/S1").status_code == 200
+    for leftover in tmp_path.glob("timeline.db*"):
+        leftover.unlink()
+    seed(str(path), FakeClock())  # a new store (a restore) where the old one was
+    assert staff.get("/students/S1").status_code == 200
+    with TimelineStore.open(str(path)) as store:
+        rows, total = accesses(store)
+    assert total == 1 and rows[0].student_id == "S1"

@@ -125,12 +125,20 @@ def record_access(
         student_id[:MAX_ID],
     )
     table, mark = (TABLE, "?") if schema is None else (f'"{schema}".{TABLE}', "%s")
-    with store.recorder.datastore.transaction(commit=True) as c:
-        c.execute(
-            f"INSERT INTO {table} (at, token_name, route, student_id) "
-            f"VALUES ({mark}, {mark}, {mark}, {mark})",
-            values,
-        )
+    insert = (
+        f"INSERT INTO {table} (at, token_name, route, student_id) "
+        f"VALUES ({mark}, {mark}, {mark}, {mark})"
+    )
+    try:
+        with store.recorder.datastore.transaction(commit=True) as c:
+            c.execute(insert, values)
+    except Exception:
+        # The database was replaced since this process made the table (a restore into a
+        # new file at the same path): make it again, once, and append.
+        _ENSURED.discard(store.config.location)
+        ensure_table(store)
+        with store.recorder.datastore.transaction(commit=True) as c:
+            c.execute(insert, values)
 
 
 def accesses(
