@@ -151,11 +151,9 @@ def _tag(tag: str, attrs: dict[str, object], inner: str = "") -> str:
         for key, value in attrs.items()
         if value is not None
     )
-    return (
-        f"<{tag}{rendered}>{inner}</{tag}>"
-        if inner or tag in ("g", "text")
-        else (f"<{tag}{rendered}/>")
-    )
+    if inner or tag in ("g", "text"):
+        return f"<{tag}{rendered}>{inner}</{tag}>"
+    return f"<{tag}{rendered}/>"
 
 
 def _clip(text: str, columns: int = LABEL_COLUMNS) -> str:
@@ -530,7 +528,7 @@ def render_timeline(history: StudentView, facts: list[Fact], as_of: date, lang: 
     """
     language = lang_of(lang)
     counted = known_facts(facts, history.known_at)
-    cite = _Citations(list(facts), language)
+    cite = _Citations(counted, language)  # the view cites only facts it counted
     tasks = list(history.tasks)
     presence_until = max([as_of, *(f.occurred_on for f in counted)])
     presence = _presence(counted, presence_until, language, cite)
