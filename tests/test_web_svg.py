@@ -7,6 +7,7 @@ documented axis (whole months, one day = one equal slice of the plot).
 
 from __future__ import annotations
 
+import os
 import re
 import xml.etree.ElementTree as ET
 from dataclasses import replace
@@ -322,7 +323,7 @@ def test_every_status_class_has_a_colour_in_the_stylesheet() -> None:
         *(f"task.{s}" for s in ("upcoming", "open", "overdue", "done", "done_late", "cancelled")),
         *(f"fine.{s}" for s in ("accrued", "imposed", "paid")),
     ):
-        assert f".{cls} " in TIMELINE_CSS, cls
+        assert f".{cls}>" in TIMELINE_CSS, cls
 
 
 @pytest.fixture
@@ -367,3 +368,65 @@ def test_the_overstaying_example_is_drawn_with_its_overstay(example_views) -> No
     assert revoked_v.status == "revoked"
     revoked = ET.fromstring(str(render_timeline(revoked_v, revoked_facts, v.as_of, "en")))
     assert any("revoked" in g.get("class").split() for g in items(revoked, "arc"))
+
+
+CHROMIUM = os.environ.get("TIMELINE_TEST_CHROMIUM")
+
+
+@pytest.mark.skipif(not CHROMIUM, reason="TIMELINE_TEST_CHROMIUM is not set (.ci/run sets it)")
+def test_in_a_browser_focus_and_hover_show_one_tip_and_a_phone_scrolls_sideways(
+    tmp_path: Path,
+) -> None:
+    from playwright.sync_api import sync_playwright
+
+    t = overstayer()
+    t.add("departed", "2025-02-20")
+    facts = t.facts
+    v = view(facts, d("2025-03-01"))
+    svg = render_timeline(v, facts, d("2025-03-01"), "zh")
+    (tmp_path / "timeline.css").write_text(TIMELINE_CSS, encoding="utf-8")
+    page_file = tmp_path / "page.html"
+    page_file.write_text(
+        '<!doctype html><html lang="zh-Hant-TW"><meta charset="utf-8">'
+        '<link rel="stylesheet" href="timeline.css">'
+        f'<body><div class="timeline-scroll">{svg}</div></body></html>',
+        encoding="utf-8",
+    )
+    visible_tips = (
+        "[...document.querySelectorAll('svg .tip')]"
+        ".filter(t => getComputedStyle(t).visibility === 'visible')"
+        ".map(t => t.parentElement.getAttribute('data-kind'))"
+    )
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=["--no-sandbox"])
+        try:
+            page = browser.new_page(viewport={"width": 1100, "height": 600})
+            page.goto(page_file.as_uri())
+            assert page.evaluate(visible_tips) == []
+            page.keyboard.press("Tab")  # the first item: the overstay shading
+            focused = page.evaluate("document.activeElement.getAttribute('aria-label')")
+            assert focused.startswith("逾期居留 2025-02-01 – 2025-02-20")
+            assert page.evaluate(visible_tips) == ["overstay"]
+            tip_fill = page.evaluate(
+                "getComputedStyle(document.activeElement.querySelector('.tip rect')).fill"
+            )
+            assert tip_fill == "rgb(255, 255, 255)"
+            page.screenshot(path=str(tmp_path / "timeline-desktop.png"))
+            page.mouse.move(0, 0)
+            page.locator("g.item.fine > path").hover()
+            assert sorted(page.evaluate(visible_tips)) == ["fine", "overstay"]  # hover + focus
+            overdue_fill = page.evaluate(
+                "getComputedStyle(document.querySelector('g.item.fine.accrued > path')).fill"
+            )
+            assert overdue_fill == "rgb(198, 40, 40)"
+            page.set_viewport_size({"width": 390, "height": 700})
+            widths = page.evaluate(
+                "(() => { const w = document.querySelector('.timeline-scroll');"
+                " return [w.clientWidth, w.scrollWidth,"
+                " document.querySelector('svg.timeline').getBoundingClientRect().width]; })()"
+            )
+            client, scroll, drawn = widths
+            assert client <= 390 and scroll > client and drawn >= 760
+            page.screenshot(path=str(tmp_path / "timeline-390.png"))
+        finally:
+            browser.close()

@@ -77,40 +77,39 @@ DONE = ("done", "done_late")
 TIMELINE_CSS = """\
 .timeline-scroll{overflow-x:auto;-webkit-overflow-scrolling:touch}
 svg.timeline{display:block;width:100%;min-width:760px;height:auto;\
-font-family:system-ui,"Noto Sans CJK TC","Noto Sans TC",sans-serif;font-size:13px}
+font-family:system-ui,"Noto Sans CJK TC","WenQuanYi Micro Hei",sans-serif;font-size:13px}
 svg.timeline text{fill:#1f1f1f}
 svg.timeline .grid{stroke:#d9d9d9;stroke-width:1}
 svg.timeline .grid.year{stroke:#9e9e9e}
 svg.timeline .tick{fill:#4a4a4a;font-size:11px}
 svg.timeline .lane-bg{fill:#f6f7f9}
 svg.timeline .item{cursor:default;outline:none}
-svg.timeline .item:focus rect,svg.timeline .item:focus path,\
-svg.timeline .item:hover rect,svg.timeline .item:hover path{stroke:#000;stroke-width:2}
-svg.timeline .presence.in rect{fill:#1f6fa8}
-svg.timeline .presence.out rect{fill:#c9d3dd}
-svg.timeline .presence.assumed rect{fill:#7fa8c8}
-svg.timeline .arc rect{fill:#2e7d4f}
-svg.timeline .arc.revoked rect{fill:#7b3030}
-svg.timeline .task.upcoming rect{fill:#aab7c4}
-svg.timeline .task.open rect{fill:#d98e04}
-svg.timeline .task.overdue rect{fill:#c62828}
-svg.timeline .task.done rect{fill:#2e7d32}
-svg.timeline .task.done_late rect{fill:#7b3fa0}
-svg.timeline .task.cancelled rect{fill:#e0e0e0;stroke:#757575;stroke-dasharray:4 2}
-svg.timeline .task rect.late{fill:#c62828;fill-opacity:.45}
-svg.timeline .task .done-mark{fill:#fff;stroke:#1f1f1f;stroke-width:1.5}
-svg.timeline .fine.accrued path{fill:#c62828}
-svg.timeline .fine.imposed path{fill:#e65100}
-svg.timeline .fine.paid path{fill:#2e7d32}
-svg.timeline .overstay rect{fill:#c62828;fill-opacity:.13;stroke:#c62828;stroke-opacity:.5}
+svg.timeline .item:focus>rect,svg.timeline .item:focus>path,\
+svg.timeline .item:hover>rect,svg.timeline .item:hover>path{stroke:#000;stroke-width:2}
+svg.timeline .presence.in>rect{fill:#1f6fa8}
+svg.timeline .presence.out>rect{fill:#c9d3dd}
+svg.timeline .presence.assumed>rect{fill:#7fa8c8}
+svg.timeline .arc>rect{fill:#2e7d4f}
+svg.timeline .arc.revoked>rect{fill:#7b3030}
+svg.timeline .task.upcoming>rect{fill:#aab7c4}
+svg.timeline .task.open>rect{fill:#d98e04}
+svg.timeline .task.overdue>rect{fill:#c62828}
+svg.timeline .task.done>rect{fill:#2e7d32}
+svg.timeline .task.done_late>rect{fill:#7b3fa0}
+svg.timeline .task.cancelled>rect{fill:#e0e0e0;stroke:#757575;stroke-dasharray:4 2}
+svg.timeline .task>rect.late{fill:#c62828;fill-opacity:.45}
+svg.timeline .task>.done-mark{fill:#fff;stroke:#1f1f1f;stroke-width:1.5}
+svg.timeline .fine.accrued>path{fill:#c62828}
+svg.timeline .fine.imposed>path{fill:#e65100}
+svg.timeline .fine.paid>path{fill:#2e7d32}
+svg.timeline .overstay>rect{fill:#c62828;fill-opacity:.13;stroke:#c62828;stroke-opacity:.5}
 svg.timeline .as-of line{stroke:#000;stroke-width:2;stroke-dasharray:5 3}
 svg.timeline .as-of text{font-weight:600}
-svg.timeline .after{opacity:.45}
-svg.timeline .tip{visibility:hidden}
-svg.timeline .item:hover .tip,svg.timeline .item:focus .tip{visibility:visible}
-svg.timeline .tip rect{fill:#fff;stroke:none}
-svg.timeline .item:hover .tip rect,svg.timeline .item:focus .tip rect{stroke:none}
-svg.timeline .tip text{fill:#000}
+svg.timeline .after>rect,svg.timeline .after>path,svg.timeline .after>circle{opacity:.45}
+svg.timeline .tip{visibility:hidden;pointer-events:none}
+svg.timeline .item:hover>.tip,svg.timeline .item:focus>.tip{visibility:visible}
+svg.timeline .tip>rect{fill:#fff;stroke:#9e9e9e;stroke-width:1}
+svg.timeline .tip>text{fill:#000}
 """
 
 
@@ -152,11 +151,9 @@ def _tag(tag: str, attrs: dict[str, object], inner: str = "") -> str:
         for key, value in attrs.items()
         if value is not None
     )
-    return (
-        f"<{tag}{rendered}>{inner}</{tag}>"
-        if inner or tag in ("g", "text")
-        else (f"<{tag}{rendered}/>")
-    )
+    if inner or tag in ("g", "text"):
+        return f"<{tag}{rendered}>{inner}</{tag}>"
+    return f"<{tag}{rendered}/>"
 
 
 def _clip(text: str, columns: int = LABEL_COLUMNS) -> str:
@@ -531,7 +528,7 @@ def render_timeline(history: StudentView, facts: list[Fact], as_of: date, lang: 
     """
     language = lang_of(lang)
     counted = known_facts(facts, history.known_at)
-    cite = _Citations(list(facts), language)
+    cite = _Citations(counted, language)  # the view cites only facts it counted
     tasks = list(history.tasks)
     presence_until = max([as_of, *(f.occurred_on for f in counted)])
     presence = _presence(counted, presence_until, language, cite)
