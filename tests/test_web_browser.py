@@ -1,0 +1,234 @@
+"""The staff web app in a real browser (Debian's chromium driven by Playwright).
+
+The issue's scripted flow, end to end over a real uvicorn on loopback: sign in with a
+token, open an example student, move the as-of day across the ARC's expiry (the status
+turns to overstay and the timeline is redrawn), switch the language (remembered across
+pages), open the overdue list and download its CSV (and the Excel CSV with its BOM),
+then sign out. Along the way: no console error and no CSP violation on any page, the
+keyboard reaches the skip link first, and screenshots (desktop and 390 px) are saved
+under the test's tmp dir.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import os
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+from api_server import running
+from conftest import FakeClock
+from web_client import STAFF, web_app
+
+from timeline.ingest import ingest_file
+from timeline.store import TimelineStore
+from web import i18n
+
+CHROMIUM = os.environ.get("TIMELINE_TEST_CHROMIUM")
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples" / "feed.jsonl"
+# S1009's ARC is valid until 2025-01-31 and the student stays in Taiwan until 2025-03-07.
+STUDENT, LAST_VALID, OVERSTAYING = "S1009", "2025-01-31", "2025-02-10"
+
+pytestmark = pytest.mark.skipif(
+    not CHROMIUM, reason="TIMELINE_TEST_CHROMIUM is not set (.ci/run sets it)"
+)
+
+
+@pytest.fixture
+def site(tmp_path: Path):
+    """The example feed in a SQLite store; the staff app served on loopback."""
+    location = str(tmp_path / "timeline.db")
+    clock = FakeClock(datetime(2025, 6, 30, 2, 0, tzinfo=UTC))
+    with TimelineStore.open(location, clock=clock) as store:
+        assert not ingest_file(store, EXAMPLES).rejected
+    clock.advance(hours=1)
+    with running(web_app(location, clock)) as base:
+        yield base
+
+
+@pytest.fixture
+def browser():
+    """A headless chromium (the system's, never a download)."""
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=["--no-sandbox"])
+        try:
+            yield browser
+        finally:
+            browser.close()
+
+
+def watch(page) -> list[str]:
+    """Collect console errors (CSP violations among them), page errors, failed requests.
+
+    Chromium also logs every 4xx answer as a console error; those are checked on their own
+    (`refusals`), so they are left out here.
+    """
+    problems: list[str] = []
+
+    def console(message) -> None:
+        if message.type in ("error", "warning") and "Failed to load resource" not in message.text:
+            problems.append(message.text)
+
+    page.on("console", console)
+    page.on("pageerror", lambda e: problems.append(f"page error: {e}"))
+    page.on("requestfailed", lambda r: problems.append(f"failed: {r.url} {r.failure}"))
+    return problems
+
+
+def refusals(page) -> list[tuple[int, str]]:
+    """Every answer of 400 or more that `page` received: (status, path)."""
+    seen: list[tuple[int, str]] = []
+    page.on(
+        "response",
+        lambda r: r.status >= 400 and seen.append((r.status, r.url.split("/", 3)[-1])),
+    )
+    return seen
+
+
+def timeline_state(page) -> dict[str, object]:
+    """What the drawn timeline says: its as-of day, the as-of line's x, its overstay items."""
+    return page.evaluate(
+        """() => {
+          const svg = document.querySelector('#timeline svg');
+          const line = svg.querySelector('g.as-of line');
+          return {
+            asOf: svg.getAttribute('data-as-of'),
+            x: parseFloat(line.getAttribute('x1')),
+            overstays: svg.querySelectorAll('g.item[data-kind="overstay"]').length,
+            width: svg.getBoundingClientRect().width,
+          };
+        }"""
+    )
+
+
+def set_as_of(page, day: str) -> None:
+    """Type a day into the as-of control and redraw (the way a person does)."""
+    page.fill("#as-of", day)
+    with page.expect_navigation():
+        page.click("#redraw")
+
+
+def test_the_scripted_staff_flow_in_chromium(site: str, browser, tmp_path: Path) -> None:
+    context = browser.new_context(
+        viewport={"width": 1280, "height": 900}, accept_downloads=True, locale="en-US"
+    )
+    page = context.new_page()
+    problems = watch(page)
+    refused = refusals(page)
+
+    # Signed out, any page leads to the sign-in form; a wrong token is refused.
+    page.goto(f"{site}/students/{STUDENT}")
+    assert page.locator("#sign-in-form").is_visible()
+    page.keyboard.press("Tab")
+    assert page.evaluate("document.activeElement.className") == "skip"
+    page.fill("#token", "not-a-token-at-all-0000")
+    page.click("#sign-in-button")
+    assert page.locator("#sign-in-message").is_visible()
+    page.fill("#token", STAFF)
+    page.click("#sign-in-button")
+    page.wait_for_selector("#token-name")
+    assert page.text_content("#token-name") == "alice"
+    cookies = {c["name"]: c for c in context.cookies()}
+    session = next(c for n, c in cookies.items() if "session" in n)
+    assert session["httpOnly"] and session["sameSite"] in ("Lax", "Strict")
+    assert STAFF not in session["value"]
+
+    # The example student, the day the ARC is still valid.
+    page.goto(f"{site}/students/{STUDENT}?as_of={LAST_VALID}")
+    badge = page.locator("#status-badge")
+    assert badge.get_attribute("data-status") == "extension_window"  # its last month
+    before = timeline_state(page)
+    assert before["asOf"] == LAST_VALID and before["overstays"] == 0
+    page.screenshot(path=str(tmp_path / "student-desktop.png"), full_page=True)
+
+    # Across the expiry: overstay, with its details, and a redrawn timeline.
+    set_as_of(page, OVERSTAYING)
+    assert badge.get_attribute("data-status") == "overstay"
+    assert page.text_content("#overstay-days").strip() == "10"
+    after = timeline_state(page)
+    assert after["asOf"] == OVERSTAYING and after["overstays"] == 1
+    assert after["x"] > before["x"]
+    assert page.input_value("#as-of") == OVERSTAYING
+
+    # Keyboard: an item of the timeline takes the focus and shows its rule.
+    page.focus("#timeline svg g.item[data-kind='overstay']")
+    tip = page.evaluate("getComputedStyle(document.activeElement.querySelector('.tip')).visibility")
+    assert tip == "visible"
+    assert "R-OVERSTAY" in page.evaluate("document.activeElement.textContent")
+
+    # Switch the language; it is remembered on the next page.
+    english_heading = page.text_content("#tasks-heading")
+    page.click("#lang-toggle")
+    page.wait_for_load_state()
+    assert page.evaluate("document.documentElement.lang") == "zh-TW"
+    assert page.text_content("#tasks-heading") != english_heading
+    assert page.text_content("#status-badge").strip() == i18n.name("status", "overstay", "zh-TW")
+    assert badge.get_attribute("data-status") == "overstay"
+    assert page.input_value("#as-of") == OVERSTAYING  # the switch keeps the page's state
+
+    # The overdue list (still in Chinese), then its CSV downloads.
+    page.click("#nav-overdue")
+    page.wait_for_selector("#list-title")
+    assert page.evaluate("document.documentElement.lang") == "zh-TW"
+    rows = page.locator("table tbody tr")
+    assert rows.count() > 0
+    total = page.text_content("#row-count")
+    with page.expect_download() as plain:
+        page.click("#download-csv")
+    data = Path(plain.value.path()).read_bytes()
+    assert not data.startswith(b"\xef\xbb\xbf")
+    table = list(csv.reader(io.StringIO(data.decode("utf-8"))))
+    assert len(table) - 1 == rows.count() or str(len(table) - 1) in total
+    assert all(len(r) == len(table[0]) for r in table)
+    assert any(r[0].startswith("S1") for r in table[1:])
+    with page.expect_download() as excel:
+        page.click("#download-excel")
+    excel_data = Path(excel.value.path()).read_bytes()
+    assert excel_data.startswith(b"\xef\xbb\xbf")
+    assert (
+        excel_data[3:].decode("utf-8").replace("\r\n", "\n").strip().splitlines()[1:]
+        == (data.decode("utf-8").replace("\r\n", "\n").strip().splitlines()[1:])
+    )
+    page.screenshot(path=str(tmp_path / "overdue-desktop.png"), full_page=True)
+
+    # A phone: the student page fits 390 px; the timeline scrolls sideways inside its frame.
+    phone = context.new_page()
+    problems += watch(phone)
+    phone.set_viewport_size({"width": 390, "height": 844})
+    phone.goto(f"{site}/students/{STUDENT}?as_of={OVERSTAYING}")
+    overflow = phone.evaluate(
+        "document.documentElement.scrollWidth - document.documentElement.clientWidth"
+    )
+    assert overflow <= 0, f"the page is {overflow}px wider than the phone"
+    frame = phone.evaluate(
+        "(() => { const f = document.querySelector('#timeline');"
+        " return [f.clientWidth, f.scrollWidth]; })()"
+    )
+    assert frame[0] <= 390 and frame[1] > frame[0]
+    # ... scrolled so that the as-of line is in view, not left at the first month.
+    line_x, frame_left, frame_right = phone.evaluate(
+        "(() => { const f = document.querySelector('#timeline').getBoundingClientRect();"
+        " const l = document.querySelector('#timeline svg g.as-of line').getBoundingClientRect();"
+        " return [l.left, f.left, f.right]; })()"
+    )
+    assert frame_left <= line_x <= frame_right
+    phone.screenshot(path=str(tmp_path / "student-390.png"), full_page=True)
+    phone.close()
+
+    # Sign out: the session ends; the student page asks for a token again.
+    page.click("#sign-out")
+    page.wait_for_selector("#sign-in-form")
+    page.goto(f"{site}/students/{STUDENT}")
+    assert page.locator("#sign-in-form").is_visible()
+    assert not [c for c in context.cookies() if "session" in c["name"] and c["value"]]
+
+    context.close()
+    assert problems == [], problems
+    # The only refusal: the wrong token (signed out, pages redirect to the sign-in form).
+    assert refused == [(401, "sign-in")], refused
+    for shot in ("student-desktop.png", "overdue-desktop.png", "student-390.png"):
+        assert (tmp_path / shot).stat().st_size > 10_000, shot
