@@ -68,7 +68,7 @@ SECURITY_HEADERS = {
 _SECRET_PARAM = re.compile(r"token|key|secret|pass|auth|sig|session|credential", re.IGNORECASE)
 _JSON_TYPE = re.compile(r"application/([a-z0-9.+-]*\+)?json", re.IGNORECASE)
 # A secret calendar link is its own credential: the path never reaches a log line.
-_CALENDAR_LINK = re.compile(r"^/calendar/[^/]*$")
+_CALENDAR_LINK = re.compile(r"^/calendar/.*$", re.DOTALL)
 
 
 class ApiError(Exception):
