@@ -18,9 +18,10 @@ from api_server import running
 from click.testing import CliRunner
 from conftest import FakeClock
 from facts_builder import Timeline, d
+from fastapi.testclient import TestClient
 from icalendar import Calendar
 from icalendar.parser import unescape_backslash
-from web_client import FEED, STAFF, config
+from web_client import FEED, STAFF, config, seed, web_app
 
 from projections.engine import view
 from projections.ics import FeedWording, clean_text, task_calendar, task_uid
@@ -440,3 +441,16 @@ def test_cli_writes_the_feed_and_manages_the_link(tmp_path: Path) -> None:
     ):
         result = runner.invoke(main, ["--db", db, *bad])
         assert result.exit_code == 2, bad
+
+
+def test_the_staff_web_app_serves_the_secret_link_without_a_session(tmp_path: Path) -> None:
+    clock = FakeClock()
+    location = str(tmp_path / "t.db")
+    seed(location, clock)
+    client = TestClient(web_app(location, clock, str(tmp_path / "read.db")))
+    made = client.post("/v1/students/S1/calendar-link", headers=_h(STAFF))
+    assert made.status_code == 201
+    fetched = TestClient(client.app).get(made.json()["path"])  # no cookie, no token
+    assert fetched.status_code == 200
+    assert fetched.headers["content-type"] == "text/calendar; charset=utf-8"
+    assert "Extend the ARC" in str(_events(fetched.content)[0]["SUMMARY"])
