@@ -67,6 +67,8 @@ SECURITY_HEADERS = {
 # Query parameters whose values never reach a log line.
 _SECRET_PARAM = re.compile(r"token|key|secret|pass|auth|sig|session|credential", re.IGNORECASE)
 _JSON_TYPE = re.compile(r"application/([a-z0-9.+-]*\+)?json", re.IGNORECASE)
+# A secret calendar link is its own credential: the path never reaches a log line.
+_CALENDAR_LINK = re.compile(r"^/calendar/.*$", re.DOTALL)
 
 
 class ApiError(Exception):
@@ -135,6 +137,7 @@ class AccessLog:
     def target(scope: Scope) -> str:
         """The path (percent-encoded: no control characters) and the redacted query."""
         path = quote(scope["path"], safe="/:@!$&'()*+,;=-._~")
+        path = _CALENDAR_LINK.sub("/calendar/[redacted].ics", path)
         raw = scope.get("query_string", b"").decode("latin-1")
         if not raw:
             return path
@@ -425,6 +428,10 @@ def create_app(config: ApiConfig, rules: Any = None, clock: Clock = system_clock
                     clock(),
                 )
             return history_entries(stream)
+
+    from web.calendar_feed import add_calendar_routes  # the edge's wording (web.labels)
+
+    add_calendar_routes(app, reader=reader, store=store, rules=rulebook, clock=clock)
 
     @app.get("/v1/audit", dependencies=[require("admin")])
     def get_audit(

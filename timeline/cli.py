@@ -943,6 +943,92 @@ def import_command(ctx: click.Context, file: Path, db: str | None) -> None:
 
 
 @main.command()
+@click.argument("student")
+@click.option("--on", "day", type=DAY, default=None, help="As of this day (default: today).")
+@click.option(
+    "-o",
+    "--output",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Write the .ics to this file (atomically, mode 0600) instead of standard output.",
+)
+@click.option("--link", "action", flag_value="link", help="Make the secret subscription link.")
+@click.option("--rotate", "action", flag_value="rotate", help="Replace it with a new link.")
+@click.option("--revoke", "action", flag_value="revoke", help="Revoke it (it then answers 410).")
+@click.option("--base-url", default=None, help="Print the link as a URL under this address.")
+@click.option("--json", "as_json", is_flag=True, help="Print the link as JSON.")
+@db_option
+@click.pass_context
+def calendar(
+    ctx: click.Context,
+    student: str,
+    day: Any,
+    output: Path | None,
+    action: str | None,
+    base_url: str | None,
+    as_json: bool,
+    db: str | None,
+) -> None:
+    """STUDENT's open tasks as an iCalendar feed; or make, rotate, revoke their secret link."""
+    from projections.engine import DerivationError
+    from timeline import calendar_links
+    from web.calendar_feed import student_feed
+
+    if action is None and (base_url or as_json):
+        raise UsageFailure("--base-url and --json go with --link or --rotate")
+    if action is not None and (day is not None or output is not None):
+        raise UsageFailure(f"--{action} manages the link: it takes no --on or --output")
+    if base_url is not None and not base_url.startswith(("https://", "http://")):
+        raise UsageFailure("--base-url must start with https:// (or http://)")
+    store = open_store(ctx, db)
+    if action == "revoke":
+        if not calendar_links.revoke_link(store, student, system_clock()):
+            click.echo(f"error: no active calendar link for student {student!r}", err=True)
+            ctx.exit(1)
+        click.echo(f"Revoked the calendar link of {student}: it now answers 410 Gone.", err=True)
+        return
+    if not store.stream(student):
+        click.echo(f"error: no events stored for student {student!r}", err=True)
+        ctx.exit(1)
+    if action is not None:
+        active = calendar_links.active_link(store, student)
+        if action == "link" and active is not None:
+            click.echo(
+                f"error: student {student!r} already has a calendar link (made "
+                f"{active.created_at.isoformat(timespec='seconds')} by {active.created_by}); "
+                "only its hash is kept, so it cannot be shown again: --rotate makes a new "
+                "one (the old one then stops working)",
+                err=True,
+            )
+            ctx.exit(1)
+        token = calendar_links.create_link(store, student, system_clock(), "cli")
+        path = calendar_links.link_path(token)
+        url = base_url.rstrip("/") + path if base_url else None
+        if as_json:
+            print_json({"student_id": student, "path": path, "url": url})
+        else:
+            click.echo(url or path)
+        click.echo("Shown once: only its hash is stored.", err=True)
+        return
+    try:
+        feed = student_feed(store, student, day or taipei_today(), rules_of(ctx), system_clock())
+    except DerivationError as exc:
+        click.echo(f"error: {exc}", err=True)
+        ctx.exit(1)
+    assert feed is not None  # the student has events
+    if output is None:
+        sys.stdout.buffer.write(feed.body)
+        sys.stdout.buffer.flush()
+        return
+    partial_file = output.with_name(f".{output.name}.partial")
+    fd = os.open(partial_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as out:
+        out.write(feed.body)
+    os.replace(partial_file, output)
+    click.echo(f"Wrote {feed.events} event(s) to {output}.", err=True)
+
+
+@main.command()
 def schema() -> None:
     """Print the JSON Schema of one feed event."""
     print_json(json_schema())
