@@ -511,7 +511,11 @@ class SmtpSink:
                 smtp.starttls(context=ssl.create_default_context())
             if self.username is not None and self._password is not None:
                 smtp.login(self.username, self._password)
-            refused = smtp.send_message(message, from_addr=self.sender, to_addrs=recipients)
+            # Not `send_message`: its generator turns a body line "From …" into ">From …".
+            international = not all(a.isascii() for a in (self.sender, *recipients))
+            data = message.as_bytes(policy=message.policy.clone(linesep="\r\n", utf8=international))
+            options = ["SMTPUTF8", "BODY=8BITMIME"] if international else []
+            refused = smtp.sendmail(self.sender, recipients, data, mail_options=options)
         except smtplib.SMTPRecipientsRefused as error:
             codes = [code for code, _text in error.recipients.values()]
             raise DeliveryError(
