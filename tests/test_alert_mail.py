@@ -39,7 +39,7 @@ from projections.readmodel import ReadModel
 from scheduler.alert import Alert, Message
 from scheduler.alerts import alerts_on
 from scheduler.digest import DigestOutbox, digest_key, send_digests
-from scheduler.jobs import emit_once
+from scheduler.jobs import daily_alerts, emit_once
 from scheduler.mail import Composer
 from scheduler.messages import line_text
 from scheduler.notices import Students
@@ -331,6 +331,17 @@ def test_a_second_run_for_the_day_sends_nothing_at_all(stored) -> None:
         again = emit(stored, port)
     assert (again["sent"], again["digests_sent"], again["new"]) == (0, 0, 0)
     assert len(inbox.mails()) == 6
+
+
+def test_the_daily_job_mails_students_and_staff_too(stored) -> None:
+    inbox = Inbox()
+    with smtp_server(inbox) as port:
+        summary = daily_alerts(stored[0], stored[1], spec(port), today="2024-04-16")
+        again = daily_alerts(stored[0], stored[1], spec(port), today="2024-04-16")
+    assert (summary["sent"], summary["digests_sent"]) == (11, 1)
+    assert (again["sent"], again["digests_sent"]) == (0, 0)
+    assert sorted(inbox.students()) == ["s1@mail.tw", "s2@mail.tw", "s6@mail.tw"]
+    assert len(inbox.digests()) == 1
 
 
 # --- the staff digest ------------------------------------------------------------------
