@@ -46,6 +46,11 @@ def _key(student_id: str, thing: str, cause: str, milestone: str, due: str | Non
     return f"{student_id}:{thing}:{cause}:{milestone}:{due or '-'}"
 
 
+def alert_key(student_id: str, thing: str, cause: str, milestone: str, due: str | None) -> str:
+    """The stable key of an alert: `student:task:first-cause-event:milestone:due_on`."""
+    return _key(student_id, thing, cause, milestone, due)
+
+
 def milestones_on(
     model: ReadModel,
     day: date,

@@ -30,6 +30,9 @@ class RunReport:
     left_unsent: int = 0
     # Unsent rows that no longer fall on their day under the current rules.
     withdrawn: int = 0
+    # Staff digests (scheduler.digest) sent and failed by this run; e-mail sinks only.
+    digests_sent: int = 0
+    digests_failed: int = 0
 
     def as_json(self) -> dict[str, object]:
         """A summary for logs and the CLI."""
@@ -45,6 +48,8 @@ class RunReport:
             "sent": self.delivered.sent,
             "already_in_sink": self.delivered.already_in_sink,
             "failed": self.delivered.failed,
+            "digests_sent": self.digests_sent,
+            "digests_failed": self.digests_failed,
         }
 
 
@@ -67,6 +72,8 @@ def summary_sentence(summary: dict[str, object], label: str) -> str:
     if details:
         text += f" ({'; '.join(details)})"
     text += f"; {n['failed']} failed."
+    if n.get("digests_sent") or n.get("digests_failed"):
+        text += f" Staff digest: {n['digests_sent']} sent, {n['digests_failed']} failed."
     if n["withdrawn"]:
         text += (
             f" {n['withdrawn']} unsent alert(s) withdrawn: they no longer fall on their day "

@@ -8,17 +8,21 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import date
 
 from projections.readmodel import ReadModel, default_read_db
 from projections.rules import RuleBook, rulebook_from_env
+from scheduler.alert import Alert
+from scheduler.digest import send_digests
 from scheduler.emit import RunReport, emit_day, run_until
+from scheduler.mail import Composer
+from scheduler.notices import Students
 from scheduler.outbox import BATCH_SIZE, EmitterLock, Outbox, OutboxDB, outbox_location
-from scheduler.sinks import Sink, sink_from_spec
-from timeline.clock import parse_day, taipei_today
+from scheduler.sinks import Sink, SmtpSink, sink_from_spec
+from timeline.clock import parse_day, system_clock, taipei_today
 from timeline.store import TimelineStore
 
 log = logging.getLogger(__name__)
@@ -32,6 +36,8 @@ class Wiring:
     model: ReadModel
     outbox: Outbox
     sink: Sink
+    # The e-mail composer given to an SMTP sink (None for other sinks).
+    composer: Composer | None = None
 
 
 def batch_size_from_env() -> int:
@@ -66,13 +72,41 @@ def wiring(
             log.warning("%s", model.rebuild_reason)
         model.sync(store)
         outbox_db = OutboxDB(outbox_location(store.config.location, path))
-        yield Wiring(store, model, Outbox(outbox_db), sink_from_spec(sink))
+        outbox = Outbox(outbox_db)
+        target = sink_from_spec(sink)
+        composer = None
+        if isinstance(target, SmtpSink):
+            # Each alert To: its student, composed from their facts on the alert's day.
+            composer = Composer(Students(store.facts, model.rules), day_of=outbox_day(outbox))
+            target.composer = composer
+        yield Wiring(store, model, outbox, target, composer)
     finally:
         if outbox_db is not None:
             outbox_db.close()
         if model is not None:
             model.close()
         store.close()
+
+
+def outbox_day(outbox: Outbox) -> Callable[[Alert], date | None]:
+    """The day an alert falls on, as its outbox row records it."""
+
+    def day_of(alert: Alert) -> date | None:
+        row = outbox.db.execute(
+            "SELECT day FROM alert_outbox WHERE key = ?", [alert.key]
+        ).fetchone()
+        return date.fromisoformat(row[0]) if row else None
+
+    return day_of
+
+
+def digests(w: Wiring, report: RunReport) -> RunReport:
+    """Send the staff digest of each day the run covered (e-mail sinks with `to=` only)."""
+    if w.composer is None or not isinstance(w.sink, SmtpSink):
+        return report
+    sent = send_digests(w.outbox, w.sink, w.composer, report.days, now=system_clock)
+    report.digests_sent, report.digests_failed = len(sent.sent), len(sent.failed)
+    return report
 
 
 def daily_alerts(
@@ -90,6 +124,7 @@ def daily_alerts(
     with wiring(db, read_db, sink) as w, EmitterLock(w.outbox.db) as lock:
         lock.acquire(wait=wait)
         report = run_until(w.model, w.outbox, w.sink, today_, batch_size=batch_size_from_env())
+        digests(w, report)
     summary = report.as_json()
     log.info("daily alerts for %s: %s", today_.isoformat(), summary)
     return summary
@@ -106,4 +141,5 @@ def emit_once(
     """`timeline alerts --on DAY --emit`: one day, once per alert key."""
     with wiring(db, read_db, sink, rules) as w, EmitterLock(w.outbox.db) as lock:
         lock.acquire(wait=wait)
-        return emit_day(w.model, w.outbox, w.sink, day, batch_size=batch_size_from_env())
+        report = emit_day(w.model, w.outbox, w.sink, day, batch_size=batch_size_from_env())
+        return digests(w, report)

@@ -1,11 +1,23 @@
-"""Bilingual alert messages, written for the student (Traditional Chinese, then English)."""
+"""Bilingual alert messages, written for the student (Traditional Chinese, then English).
+
+`line_text` is the body of the LINE message for an alert: the same sentences, the
+student's language first, headed by the student and the task in words.
+"""
 
 from __future__ import annotations
 
 from datetime import date
+from typing import TYPE_CHECKING
 
 from projections import dates
+from projections.contact import Contact
 from projections.rules import DOCUMENTS
+from projections.wording import FINE_NAMES as FINE_TITLES
+from projections.wording import TASK_NAMES as TASK_TITLES
+from projections.wording import WHERE_DIRECTIONS, Bilingual, Lang
+
+if TYPE_CHECKING:
+    from scheduler.alert import Alert
 
 TASK_NAMES: dict[str, tuple[str, str]] = {
     "apply_arc": ("申請外僑居留證", "apply for your Alien Resident Certificate (ARC)"),
@@ -42,16 +54,9 @@ FINE_NAMES: dict[str, tuple[str, str]] = {
     ),
     "overstay": ("逾期居留罰鍰", "an overstay fine"),
 }
+# Where to go, in the shared wording (projections.wording), as (zh, en) pairs.
 PLACES: dict[str, tuple[str, str]] = {
-    "online": (
-        "移民署官網「學生線上申辦系統」",
-        "online, in the NIA Students Online Application System",
-    ),
-    "service_center": ("移民署各縣市服務站（須親自前往）", "in person at an NIA service center"),
-    "overseas_mission": (
-        "我國駐外館處",
-        "at a Republic of China (Taiwan) embassy or mission abroad",
-    ),
+    code: (entry["zh"], entry["en"]) for code, entry in WHERE_DIRECTIONS.items()
 }
 
 
@@ -141,3 +146,46 @@ def overstay_message(milestone: str, since: date, day: date, valid_until: date) 
         f"You have overstayed {days} days: you may no longer reapply for residence and must "
         "leave Taiwan and reapply for a visa. Rule R-OVERSTAY.",
     )
+
+
+OVERSTAY_TITLE: Bilingual = {"zh": "逾期居留", "en": "Overstay"}
+REMINDER: Bilingual = {"zh": "居留證提醒", "en": "ARC reminder"}
+
+
+def language_order(contact: Contact | None) -> tuple[Lang, Lang]:
+    """The student's language first, the other second; Traditional Chinese first by default."""
+    if contact is not None and contact.language == "en":
+        return ("en", "zh")
+    return ("zh", "en")
+
+
+def title_of(task: str) -> Bilingual:
+    """The name of an alert's `task` (a task kind, a fine kind, or `overstay`), as staff see it."""
+    if task in TASK_TITLES:
+        return TASK_TITLES[task]
+    if task in FINE_TITLES:
+        return FINE_TITLES[task]
+    if task == "overstay":
+        return OVERSTAY_TITLE
+    return {"zh": task, "en": task}
+
+
+def line_text(alert: Alert, contact: Contact | None) -> str:
+    """The LINE text message for an alert: both languages, the student's first.
+
+    Each language is a headline naming the student (by student id: the feed carries no
+    name), the task in words and its due day, then the alert's message in that language.
+    """
+    title = title_of(alert.task)
+    parts = []
+    for lang in language_order(contact):
+        due = alert.due_on.isoformat() if alert.due_on else None
+        if lang == "zh":
+            head = f"【{REMINDER['zh']}】{alert.student_id} 同學：{title['zh']}"
+            head += f"，期限 {due}" if due else ""
+            parts.append(f"{head}\n{alert.message.zh}")
+        else:
+            head = f"[{REMINDER['en']}] Student {alert.student_id}: {title['en']}"
+            head += f", due {due}" if due else ""
+            parts.append(f"{head}\n{alert.message.en}")
+    return "\n\n".join(parts)

@@ -22,7 +22,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from email.message import EmailMessage
-from email.utils import format_datetime
+from email.utils import format_datetime, getaddresses
 from pathlib import Path
 from typing import NamedTuple, Protocol, runtime_checkable
 from urllib.parse import unquote, urlsplit
@@ -400,8 +400,32 @@ def smtp_message(
     return message
 
 
+@runtime_checkable
+class MailComposer(Protocol):
+    """Builds the e-mail for an alert (see `scheduler.mail.Composer`)."""
+
+    def student_mail(self, alert: Alert) -> EmailMessage | None:
+        """The student's e-mail with its To header; None when no address is on file."""
+        ...
+
+
+def address_mail(message: EmailMessage, sender: str, sent_at: datetime) -> EmailMessage:
+    """A composed e-mail with From and Date set (the sink's sender, the time of sending)."""
+    del message["From"], message["Date"]
+    message["From"] = sender
+    message["Date"] = format_datetime(sent_at)
+    return message
+
+
 class SmtpSink:
-    """Sends each alert as one plain-text UTF-8 e-mail over SMTP (optionally STARTTLS + login)."""
+    """Sends each alert as one UTF-8 e-mail over SMTP (optionally STARTTLS + login).
+
+    Without a `composer`, every alert is one plain-text e-mail to the fixed recipients.
+    With one (`scheduler.mail.Composer`, set by the scheduler's wiring), each alert goes
+    To: the student's own address, in their language first, as text and HTML; an alert
+    for a student with no e-mail address on file is not e-mailed (the staff digest lists
+    them), and the fixed recipients (`staff_recipients`) get the daily digest instead.
+    """
 
     def __init__(
         self,
@@ -415,6 +439,7 @@ class SmtpSink:
         timeout: float = 10.0,
         *,
         clock: Callable[[], datetime] | None = None,
+        composer: MailComposer | None = None,
     ) -> None:
         if not host:
             raise ValueError("SMTP host is empty")
@@ -422,13 +447,17 @@ class SmtpSink:
             raise ValueError("SMTP sender is empty")
         if (username is None) != (password is None):
             raise ValueError("SMTP username and password must be given together")
+        # The fixed recipients (`to=`): every alert's without a composer, the digest's with one.
+        self.staff_recipients: list[str] = []
         if callable(recipients_for):
             self.recipients_for: Callable[[Alert], list[str]] = recipients_for
         else:
             fixed = list(recipients_for)
             if not fixed:
                 raise ValueError("SMTP recipients list is empty")
+            self.staff_recipients = list(fixed)
             self.recipients_for = lambda _alert: list(fixed)
+        self.composer = composer
         self.host = host
         self.port = port
         self.sender = sender
@@ -442,6 +471,14 @@ class SmtpSink:
     def send(self, alert: Alert) -> None:
         """Send one e-mail; raise DeliveryError (permanent on 5xx replies and misconfiguration)."""
         where = self.name
+        if self.composer is not None:
+            try:
+                composed = self.composer.student_mail(alert)
+            except ValueError as error:  # e.g. a header value with a line break
+                raise DeliveryError(f"{where}: cannot build the e-mail", permanent=True) from error
+            if composed is not None:  # None: no address on file, the digest names them
+                self.send_email(composed)
+            return
         recipients = list(self.recipients_for(alert))
         if not recipients:
             raise DeliveryError(f"{where}: no recipients for this alert", permanent=True)
@@ -449,7 +486,22 @@ class SmtpSink:
             message = smtp_message(alert, self.sender, recipients, self._clock())
         except ValueError as error:  # e.g. a header value with a line break
             raise DeliveryError(f"{where}: cannot build the e-mail", permanent=True) from error
+        self._transmit(message, recipients)
 
+    def send_email(self, message: EmailMessage) -> None:
+        """Send a composed e-mail to the addresses of its To header, From and Date set here."""
+        where = self.name
+        recipients = [address for _name, address in getaddresses(message.get_all("To", []))]
+        if not recipients:
+            raise DeliveryError(f"{where}: no recipients for this e-mail", permanent=True)
+        try:
+            address_mail(message, self.sender, self._clock())
+        except ValueError as error:
+            raise DeliveryError(f"{where}: cannot build the e-mail", permanent=True) from error
+        self._transmit(message, recipients)
+
+    def _transmit(self, message: EmailMessage, recipients: list[str]) -> None:
+        where = self.name
         smtp = smtplib.SMTP(timeout=self.timeout)
         try:
             code, greeting = smtp.connect(self.host, self.port)
@@ -459,7 +511,11 @@ class SmtpSink:
                 smtp.starttls(context=ssl.create_default_context())
             if self.username is not None and self._password is not None:
                 smtp.login(self.username, self._password)
-            refused = smtp.send_message(message, from_addr=self.sender, to_addrs=recipients)
+            # Not `send_message`: its generator turns a body line "From …" into ">From …".
+            international = not all(a.isascii() for a in (self.sender, *recipients))
+            data = message.as_bytes(policy=message.policy.clone(linesep="\r\n", utf8=international))
+            options = ["SMTPUTF8", "BODY=8BITMIME"] if international else []
+            refused = smtp.sendmail(self.sender, recipients, data, mail_options=options)
         except smtplib.SMTPRecipientsRefused as error:
             codes = [code for code, _text in error.recipients.values()]
             raise DeliveryError(

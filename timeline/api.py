@@ -586,6 +586,40 @@ def create_app(config: ApiConfig, rules: Any = None, clock: Clock = system_clock
             finally:
                 model.close()
 
+    @app.get("/v1/students/{student_id}/alerts/preview")
+    def get_alerts_preview(
+        student_id: str, token: Token = reader, on: str | None = None
+    ) -> JSONResponse:
+        """The messages of the student's alerts on a day, per channel, rendered, not sent.
+
+        Each element: the alert, the contact on file, the e-mail (headers, text, HTML), the
+        LINE text and the webhook request (as `timeline alerts --student --preview --json`).
+        Audited like the student view: it shows the student's contact.
+        """
+        from scheduler.mail import Composer
+        from scheduler.notices import Students
+        from scheduler.preview import UnknownStudent, preview_student
+
+        day = _day(on, "on")
+        with store() as opened:
+            model = read_model(opened)
+            try:
+                composer = Composer(Students(opened.facts, rulebook))
+                try:
+                    previews = preview_student(model, composer, student_id, day)
+                except UnknownStudent as exc:
+                    raise ApiError(404, str(exc)) from None
+                record_access(
+                    opened,
+                    token.name,
+                    "GET /v1/students/{student_id}/alerts/preview",
+                    student_id,
+                    clock(),
+                )
+                return JSONResponse(previews)
+            finally:
+                model.close()
+
     @app.get("/v1/changes", dependencies=[require("staff")])
     def get_changes(since: str | None = None) -> JSONResponse:
         """The students whose derivation changed after `since` (how often, and when last)."""

@@ -684,6 +684,13 @@ def rebuild(ctx: click.Context, db: str | None, read_db: str | None) -> None:
     show_default=True,
     help="Seconds to wait for another emitter to finish.",
 )
+@click.option("--student", default=None, help="Only this student's alerts.")
+@click.option(
+    "--preview",
+    is_flag=True,
+    help="With --student: print the e-mail, LINE and webhook messages of each alert, "
+    "rendered, without sending anything.",
+)
 @db_option
 @read_db_option
 @click.pass_context
@@ -698,6 +705,8 @@ def alerts(
     retry_failed: bool,
     withdrawn: bool,
     wait: float,
+    student: str | None,
+    preview: bool,
     db: str | None,
     read_db: str | None,
 ) -> None:
@@ -716,6 +725,18 @@ def alerts(
             sink_from_spec(sink)
         except ValueError as exc:
             raise UsageFailure(f"--sink: {exc}") from exc
+    if preview or student is not None:
+        modes = {"--emit": emit, "--failed": failed, "--retry-failed": retry_failed}
+        for name, on in (modes | {"--withdrawn": withdrawn}).items():
+            if on:
+                raise UsageFailure(f"--student and --preview cannot be combined with {name}")
+        if preview and student is None:
+            raise UsageFailure("--preview needs --student STUDENT")
+        if preview and known_at is not None:
+            raise UsageFailure("--preview renders what would be sent now: drop --known-at")
+    if preview:
+        _preview_alerts(ctx, db, read_db, sink, str(student), day, as_json)
+        return
     if failed or retry_failed or withdrawn:
         rules = (ctx.obj or {}).get("rules")
         with wiring(db or (ctx.obj or {}).get("db"), read_db, sink, rules) as w:
@@ -758,10 +779,12 @@ def alerts(
         # Made from the summary itself, so the sentence and the JSON cannot disagree.
         click.echo(summary_sentence(summary, day.isoformat()), err=True)
         print_json(summary)
-        ctx.exit(0 if report.delivered.failed == 0 else 1)
+        ctx.exit(0 if report.delivered.failed == 0 and not report.digests_failed else 1)
     store = open_store(ctx, db)
     model = open_read_model(ctx, store, read_db)
     found = alerts_on(model, day, log_left_out=False, known_at=known_at)  # named below
+    if student is not None:
+        found = [alert for alert in found if alert.student_id == student]
     warn_left_out(model, known_at=known_at)
     if as_json:
         print_json([a.model_dump(mode="json") for a in found])
@@ -774,6 +797,37 @@ def alerts(
             f"due {alert.due_on or '—'}  [{alert.rule}]\n  {alert.message.en}\n"
             f"  {alert.message.zh}"
         )
+
+
+def _preview_alerts(
+    ctx: click.Context,
+    db: str | None,
+    read_db: str | None,
+    sink: str | None,
+    student: str,
+    day: Any,
+    as_json: bool,
+) -> None:
+    """`alerts --student S --preview`: every channel's message, rendered, nothing sent."""
+    from scheduler.mail import Composer
+    from scheduler.notices import Students
+    from scheduler.preview import UnknownStudent, preview_student, preview_text
+    from scheduler.sinks import SmtpSink, sink_from_spec
+
+    store = open_store(ctx, db)
+    model = open_read_model(ctx, store, read_db)
+    target = sink_from_spec(sink) if sink is not None else None
+    sender = target.sender if isinstance(target, SmtpSink) else None
+    composer = Composer(Students(store.facts, rules_of(ctx)))
+    try:
+        previews = preview_student(model, composer, student, day, sender=sender, clock=system_clock)
+    except UnknownStudent as exc:
+        click.echo(f"error: {exc}", err=True)
+        ctx.exit(1)
+    if as_json:
+        print_json(previews)
+    else:
+        click.echo(preview_text(previews, student, day))
 
 
 @main.command("scheduler")
