@@ -185,4 +185,3 @@ def file_setting(name: str) -> str:
 def where_to_put(name: str) -> str:
     """The hint every "credential in the wrong place" error ends with."""
     return f"set {name} (or {file_setting(name)}, a file holding it) in the environment"
-

@@ -68,7 +68,7 @@ class LineContact(Protocol):
 
     @property
     def language(self) -> str | None:
-        """"en" or "zh" when the student chose one."""
+        """ "en" or "zh" when the student chose one."""
         ...
 
 
