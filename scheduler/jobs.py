@@ -80,11 +80,14 @@ def stored_location(location: str | None) -> str | None:
     if not location or not location.startswith(("postgresql://", "postgres://")):
         return location
     parts = urlsplit(location)
-    if parts.password is None:
-        return location
-    host = parts.netloc.rpartition("@")[2]
-    user = parts.netloc.rpartition("@")[0].partition(":")[0]
-    return urlunsplit(parts._replace(netloc=f"{user}@{host}"))
+    userinfo, at, host = parts.netloc.rpartition("@")
+    user = userinfo.partition(":")[0]
+    netloc = f"{user}@{host}" if at and user else host
+    # libpq also takes ?password=…; the schema and other parameters stay.
+    query = "&".join(
+        pair for pair in parts.query.split("&") if pair and not pair.startswith("password=")
+    )
+    return urlunsplit(parts._replace(netloc=netloc, query=query))
 
 
 def _real_location(location: str | None, config: DeliveryConfig) -> str | None:

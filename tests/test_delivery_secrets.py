@@ -192,3 +192,20 @@ def test_debug_logs_of_every_library_hold_no_secret(store_db, tmp_path, caplog, 
     assert "httpcore" in logged or "httpx" in logged  # the libraries did log, at DEBUG
     for word in secret_words():
         assert word not in logged, f"{word!r} in a DEBUG log"
+
+
+@pytest.mark.parametrize(
+    ("given", "stored"),
+    [
+        ("postgresql://u:pw-Xy@h:5432/db?schema=s", "postgresql://u@h:5432/db?schema=s"),
+        ("postgres://:pw-Xy@h/db", "postgres://h/db"),
+        ("postgresql://u@h/db?password=pw-Xy&schema=s", "postgresql://u@h/db?schema=s"),
+        ("postgresql://u@h/db?schema=s", "postgresql://u@h/db?schema=s"),
+        ("/srv/timeline.db", "/srv/timeline.db"),
+        (None, None),
+    ],
+)
+def test_the_job_store_keeps_the_store_location_without_its_password(given, stored):
+    from scheduler.jobs import stored_location
+
+    assert stored_location(given) == stored
