@@ -1,10 +1,16 @@
-"""`timeline scheduler`: APScheduler 3.11, a daily cron job, a persistent job store.
+"""`timeline scheduler`: APScheduler 3.11, a daily cron job, a retry job, a persistent job store.
 
 Safe start: `add_job(..., replace_existing=True)` at every start would silently drop a
 run missed while the daemon was down. So the scheduler starts *paused*; when it has
-started, the job is added only if the persistent store does not hold it yet; then it is
+started, each job is added only if the persistent store does not hold it yet; then it is
 resumed, and a missed run fires (coalesced into one). The job itself catches up every
 missed day from its watermark, so even a dropped run loses nothing.
+
+Two jobs: the daily one (`daily-alerts`, a cron trigger) and `retry-deliveries` (an
+interval trigger, every minute by default) that makes the next attempt at failed
+deliveries whose time has come (`scheduler.jobs.retry_due`). The job store is a table
+`apscheduler_jobs` in the store's PostgreSQL schema, or in the read-model SQLite file;
+it holds only non-secret arguments (see `scheduler.jobs`).
 """
 
 from __future__ import annotations
@@ -19,13 +25,17 @@ from apscheduler.events import EVENT_SCHEDULER_STARTED, SchedulerEvent
 from apscheduler.jobstores.sqlalchemy import SQLAlchemyJobStore
 from apscheduler.schedulers.blocking import BlockingScheduler
 from apscheduler.triggers.cron import CronTrigger
+from apscheduler.triggers.interval import IntervalTrigger
 
+from scheduler.jobs import DeliveryConfig, stored_location, use_delivery_config
 from timeline.clock import TAIPEI
 
 log = logging.getLogger(__name__)
 
 JOB_ID = "daily-alerts"
 JOB_FUNC = "scheduler.jobs:daily_alerts"
+RETRY_JOB_ID = "retry-deliveries"
+RETRY_JOB_FUNC = "scheduler.jobs:retry_due"
 
 
 @dataclass(frozen=True)
@@ -40,6 +50,8 @@ class DaemonConfig:
     minute: int = 0
     # The PostgreSQL schema of the store: its job table lives there, apart from other stores.
     jobstore_schema: str | None = None
+    # Seconds between two rounds of the retry job.
+    retry_every: int = 60
 
 
 def jobstore_url(store_location: str, read_db: str) -> str:
@@ -70,7 +82,29 @@ def build_scheduler(config: DaemonConfig) -> BlockingScheduler:
         timezone=TAIPEI,
     )
     trigger = CronTrigger(hour=config.hour, minute=config.minute, timezone=TAIPEI)
-    kwargs: dict[str, Any] = {"db": config.db, "read_db": config.read_db, "sink": config.sink}
+    # Pickled into the job store: nothing secret (no password, the spec holds no credential).
+    kwargs: dict[str, Any] = {
+        "db": stored_location(config.db),
+        "read_db": config.read_db,
+        "sink": config.sink,
+    }
+    retry_trigger = IntervalTrigger(seconds=config.retry_every, timezone=TAIPEI)
+
+    def keep_retry_job() -> None:
+        job = scheduler.get_job(RETRY_JOB_ID)
+        if job is None:
+            scheduler.add_job(
+                RETRY_JOB_FUNC,
+                retry_trigger,
+                id=RETRY_JOB_ID,
+                kwargs=kwargs,
+                name="retry deliveries",
+            )
+            log.info("added the retry job (every %d s)", config.retry_every)
+        elif str(job.trigger) != str(retry_trigger) or job.kwargs != kwargs:
+            scheduler.modify_job(RETRY_JOB_ID, kwargs=kwargs)
+            scheduler.reschedule_job(RETRY_JOB_ID, trigger=retry_trigger)
+            log.info("retry job now every %d s", config.retry_every)
 
     def on_started(event: SchedulerEvent) -> None:
         job = scheduler.get_job(JOB_ID)
@@ -88,14 +122,26 @@ def build_scheduler(config: DaemonConfig) -> BlockingScheduler:
                 scheduler.reschedule_job(JOB_ID, trigger=trigger)
                 log.info("daily job moved to %02d:%02d", config.hour, config.minute)
             log.info("daily job found in the job store; next run %s", job.next_run_time)
+        keep_retry_job()
         scheduler.resume()
 
     scheduler.add_listener(on_started, EVENT_SCHEDULER_STARTED)
     return scheduler
 
 
-def run_daemon(config: DaemonConfig) -> None:
-    """Run until SIGTERM or SIGINT; shut down cleanly (the running job finishes)."""
+def run_daemon(config: DaemonConfig, delivery: DeliveryConfig | None = None) -> None:
+    """Run until SIGTERM or SIGINT; shut down cleanly (the running job finishes).
+
+    `delivery` (credentials, retry policy), read once by the caller, reaches the jobs of
+    this process without passing through the job store.
+    """
+    if delivery is not None and config.db and stored_location(config.db) != config.db:
+        delivery = DeliveryConfig(
+            delivery.credentials,
+            delivery.policy,
+            {**delivery.locations, str(stored_location(config.db)): config.db},
+        )
+    use_delivery_config(delivery)
     scheduler = build_scheduler(config)
 
     def stop(signum: int, _frame: object) -> None:

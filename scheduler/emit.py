@@ -50,16 +50,33 @@ class RunReport:
             "failed": self.delivered.failed,
             "digests_sent": self.digests_sent,
             "digests_failed": self.digests_failed,
+            "retrying": self.delivered.retrying,
+            "waiting": self.delivered.waiting,
+            "next_attempt_at": (
+                self.delivered.next_attempt_at.isoformat()
+                if self.delivered.next_attempt_at is not None
+                else None
+            ),
         }
 
 
 def summary_sentence(summary: dict[str, object], label: str) -> str:
     """The one-line account on stderr, made from the JSON summary so the two agree."""
     n = {name: int(value) for name, value in summary.items() if isinstance(value, int)}
-    if n["sent"] == n["failed"] == n["withdrawn"] == 0:
+    retrying = n.get("retrying", 0)
+    waiting = n.get("waiting", 0)
+    later = ""
+    if retrying or waiting:
+        when = summary.get("next_attempt_at")
+        later = (
+            f" {retrying + waiting} alert(s) wait for another attempt"
+            + (f" (the next from {when})" if when else "")
+            + "."
+        )
+    if n["sent"] == n["failed"] == n["withdrawn"] == retrying == 0:
         return (
             f"Nothing new to emit for {label}: "
-            f"{n['already_emitted']} alert(s) were already emitted."
+            f"{n['already_emitted']} alert(s) were already emitted.{later}"
         )
     text = f"Emitted {n['sent']} alert(s) for {label}"
     details = []
@@ -71,7 +88,8 @@ def summary_sentence(summary: dict[str, object], label: str) -> str:
         )
     if details:
         text += f" ({'; '.join(details)})"
-    text += f"; {n['failed']} failed."
+    text += f"; {n['failed']} failed"
+    text += f", {retrying} will be retried." if retrying else "."
     if n.get("digests_sent") or n.get("digests_failed"):
         text += f" Staff digest: {n['digests_sent']} sent, {n['digests_failed']} failed."
     if n["withdrawn"]:
@@ -79,7 +97,7 @@ def summary_sentence(summary: dict[str, object], label: str) -> str:
             f" {n['withdrawn']} unsent alert(s) withdrawn: they no longer fall on their day "
             "under the current rules."
         )
-    return text
+    return text + later
 
 
 def latest_per_subject(found: list[Milestone]) -> tuple[list[Milestone], list[Milestone]]:

@@ -2,30 +2,100 @@
 
 Each opens what it needs, brings the read models up to date, takes the emitter lock,
 runs, and closes everything again: nothing is kept in memory between runs.
+
+The job store holds the job's arguments pickled, so they are never secret: the store
+location (a PostgreSQL password removed), the read-model path and the sink spec (which
+refuses credentials). Credentials and the retry policy (`DeliveryConfig`) are read once
+when the daemon starts and handed to the jobs of this process through
+`use_delivery_config`; a job function called on its own reads them from the environment.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass
-from datetime import date
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime
+from urllib.parse import urlsplit, urlunsplit
 
 from projections.readmodel import ReadModel, default_read_db
-from projections.rules import RuleBook, rulebook_from_env
+from projections.rules import RuleBook, rulebook_fingerprint, rulebook_from_env
 from scheduler.alert import Alert
+from scheduler.credentials import SinkCredentials
 from scheduler.digest import send_digests
 from scheduler.emit import RunReport, emit_day, run_until
+from scheduler.line import StoreContacts
 from scheduler.mail import Composer
 from scheduler.notices import Students
-from scheduler.outbox import BATCH_SIZE, EmitterLock, Outbox, OutboxDB, outbox_location
+from scheduler.outbox import (
+    BATCH_SIZE,
+    EmitterBusy,
+    EmitterLock,
+    Outbox,
+    OutboxDB,
+    outbox_location,
+)
+from scheduler.retry import RetryPolicy
 from scheduler.sinks import Sink, SmtpSink, sink_from_spec
-from timeline.clock import parse_day, system_clock, taipei_today
-from timeline.store import TimelineStore
+from timeline.clock import Clock, parse_day, system_clock, taipei_today
+from timeline.store import StoreConfig, TimelineStore
 
 log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class DeliveryConfig:
+    """Sink credentials and the retry policy: read once at start, passed down."""
+
+    credentials: SinkCredentials = field(default_factory=SinkCredentials)
+    policy: RetryPolicy = field(default_factory=RetryPolicy)
+    # The daemon's real store location for each location as stored in the job store
+    # (without its password): what a job connects with.
+    locations: Mapping[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str]) -> DeliveryConfig:
+        """Credentials (`TIMELINE_SMTP_*`, `TIMELINE_LINE_*`, `TIMELINE_WEBHOOK_*`) and policy."""
+        return cls(SinkCredentials.from_env(environ), RetryPolicy.from_env(environ))
+
+
+_daemon_config: DeliveryConfig | None = None
+
+
+def use_delivery_config(config: DeliveryConfig | None) -> None:
+    """Hand the daemon's configuration (read once at its start) to the jobs it runs."""
+    global _daemon_config
+    _daemon_config = config
+
+
+def delivery_config(given: DeliveryConfig | None = None) -> DeliveryConfig:
+    """The configuration a job runs with: given, else the daemon's, else the environment's."""
+    if given is not None:
+        return given
+    if _daemon_config is not None:
+        return _daemon_config
+    return DeliveryConfig.from_env(os.environ)
+
+
+def stored_location(location: str | None) -> str | None:
+    """The store location as the job store may keep it: a PostgreSQL URL loses its password."""
+    if not location or not location.startswith(("postgresql://", "postgres://")):
+        return location
+    parts = urlsplit(location)
+    userinfo, at, host = parts.netloc.rpartition("@")
+    user = userinfo.partition(":")[0]
+    netloc = f"{user}@{host}" if at and user else host
+    # libpq also takes ?password=…; the schema and other parameters stay.
+    query = "&".join(
+        pair for pair in parts.query.split("&") if pair and not pair.startswith("password=")
+    )
+    return urlunsplit(parts._replace(netloc=netloc, query=query))
+
+
+def _real_location(location: str | None, config: DeliveryConfig) -> str | None:
+    return config.locations.get(location, location) if location else location
 
 
 @dataclass
@@ -38,6 +108,7 @@ class Wiring:
     sink: Sink
     # The e-mail composer given to an SMTP sink (None for other sinks).
     composer: Composer | None = None
+    policy: RetryPolicy = field(default_factory=RetryPolicy)
 
 
 def batch_size_from_env() -> int:
@@ -52,7 +123,12 @@ def batch_size_from_env() -> int:
 
 @contextmanager
 def wiring(
-    db: str | None, read_db: str | None, sink: str | None, rules: RuleBook | None = None
+    db: str | None,
+    read_db: str | None,
+    sink: str | None,
+    rules: RuleBook | None = None,
+    delivery: DeliveryConfig | None = None,
+    clock: Clock = system_clock,
 ) -> Iterator[Wiring]:
     """Open store, read models (synced), outbox and sink; close them afterwards.
 
@@ -60,8 +136,9 @@ def wiring(
     plain arguments and read the environment through the same `rulebook_from_env`.
     """
     rules = rules if rules is not None else rulebook_from_env(os.environ)
-    store = TimelineStore.open(db)
-    model = outbox_db = None
+    config = delivery_config(delivery)
+    store = TimelineStore.open(_real_location(db, config))
+    model = outbox_db = opened = None
     try:
         path = (
             read_db or os.environ.get("TIMELINE_READ_DB") or default_read_db(store.config.location)
@@ -73,14 +150,16 @@ def wiring(
         model.sync(store)
         outbox_db = OutboxDB(outbox_location(store.config.location, path))
         outbox = Outbox(outbox_db)
-        target = sink_from_spec(sink)
+        opened = open_sink(sink, config, store, clock)
         composer = None
-        if isinstance(target, SmtpSink):
+        if isinstance(opened, SmtpSink):
             # Each alert To: its student, composed from their facts on the alert's day.
             composer = Composer(Students(store.facts, model.rules), day_of=outbox_day(outbox))
-            target.composer = composer
-        yield Wiring(store, model, outbox, target, composer)
+            opened.composer = composer
+        yield Wiring(store, model, outbox, opened, composer, config.policy)
     finally:
+        if opened is not None:
+            close_sink(opened)
         if outbox_db is not None:
             outbox_db.close()
         if model is not None:
@@ -109,24 +188,108 @@ def digests(w: Wiring, report: RunReport) -> RunReport:
     return report
 
 
+def open_sink(
+    spec: str | None, config: DeliveryConfig, store: TimelineStore, clock: Clock
+) -> Sink:
+    """The sink of `spec` with the credentials given and contacts from the store."""
+    return sink_from_spec(
+        spec, config.credentials, contact_for=StoreContacts(store, clock), clock=clock
+    )
+
+
+def close_sink(sink: Sink) -> None:
+    """Release what a sink holds (an HTTP client), if anything."""
+    close = getattr(sink, "close", None)
+    if callable(close):
+        close()
+
+
 def daily_alerts(
     db: str | None = None,
     read_db: str | None = None,
     sink: str | None = None,
     wait: float = 600.0,
     today: str | None = None,
+    delivery: DeliveryConfig | None = None,
 ) -> dict[str, object]:
     """The scheduled job: catch up from the watermark to today (Taipei) and deliver.
 
     `today` (YYYY-MM-DD) stands in for the clock, for tests and manual catch-ups.
     """
     today_ = parse_day(today) if today else taipei_today()
-    with wiring(db, read_db, sink) as w, EmitterLock(w.outbox.db) as lock:
+    with wiring(db, read_db, sink, delivery=delivery) as w, EmitterLock(w.outbox.db) as lock:
         lock.acquire(wait=wait)
-        report = run_until(w.model, w.outbox, w.sink, today_, batch_size=batch_size_from_env())
+        report = run_until(
+            w.model,
+            w.outbox,
+            w.sink,
+            today_,
+            batch_size=batch_size_from_env(),
+            policy=w.policy,
+        )
         digests(w, report)
     summary = report.as_json()
     log.info("daily alerts for %s: %s", today_.isoformat(), summary)
+    return summary
+
+
+def retry_due(
+    db: str | None = None,
+    read_db: str | None = None,
+    sink: str | None = None,
+    now: str | None = None,
+    delivery: DeliveryConfig | None = None,
+) -> dict[str, object]:
+    """The frequent job: one attempt at every outbox row whose next attempt is due.
+
+    Cheap when nothing is due (one count on the outbox). Skips the round when another
+    emitter holds the lock (the daily job delivers then anyway). Rows computed under other
+    rules are left to the daily job, which re-checks them first. `now` (ISO 8601 with an
+    offset) stands in for the clock, for tests.
+    """
+    clock: Clock = (lambda: datetime.fromisoformat(now).astimezone(UTC)) if now else system_clock
+    config = delivery_config(delivery)
+    location = StoreConfig.resolve(_real_location(db, config)).location
+    path = read_db or os.environ.get("TIMELINE_READ_DB") or default_read_db(location)
+    fingerprint = rulebook_fingerprint(rulebook_from_env(os.environ))
+    outbox_db = OutboxDB(outbox_location(location, path))
+    try:
+        outbox = Outbox(outbox_db)
+        due = outbox.due_count(clock(), fingerprint)
+        if not due:
+            return {"due": 0}
+        with EmitterLock(outbox_db) as lock:
+            try:
+                lock.acquire(wait=0.0)
+            except EmitterBusy:
+                log.info("retry round skipped: another emitter is running")
+                return {"due": due, "skipped": "another emitter is running"}
+            with TimelineStore.open(location) as store:
+                opened = open_sink(sink, config, store, clock)
+                try:
+                    report = outbox.deliver(
+                        opened,
+                        now=clock,
+                        policy=config.policy,
+                        fingerprint=fingerprint,
+                        batch_size=batch_size_from_env(),
+                    )
+                finally:
+                    close_sink(opened)
+    finally:
+        outbox_db.close()
+    summary: dict[str, object] = {
+        "due": due,
+        "sent": report.sent,
+        "already_in_sink": report.already_in_sink,
+        "interrupted": report.interrupted,
+        "retrying": report.retrying,
+        "dead": report.failed,
+        "next_attempt_at": (
+            report.next_attempt_at.isoformat() if report.next_attempt_at is not None else None
+        ),
+    }
+    log.info("retry round: %s", summary)
     return summary
 
 
@@ -137,9 +300,20 @@ def emit_once(
     day: date,
     wait: float = 0.0,
     rules: RuleBook | None = None,
+    delivery: DeliveryConfig | None = None,
 ) -> RunReport:
     """`timeline alerts --on DAY --emit`: one day, once per alert key."""
-    with wiring(db, read_db, sink, rules) as w, EmitterLock(w.outbox.db) as lock:
+    with (
+        wiring(db, read_db, sink, rules, delivery=delivery) as w,
+        EmitterLock(w.outbox.db) as lock,
+    ):
         lock.acquire(wait=wait)
-        report = emit_day(w.model, w.outbox, w.sink, day, batch_size=batch_size_from_env())
+        report = emit_day(
+            w.model,
+            w.outbox,
+            w.sink,
+            day,
+            batch_size=batch_size_from_env(),
+            policy=w.policy,
+        )
         return digests(w, report)

@@ -5,7 +5,10 @@ so a restart, a second run for the same day or a second process cannot enqueue i
 one emitter at a time holds the emitter lock (`EmitterLock`, per database file or per
 PostgreSQL schema) while it enqueues and delivers.
 
-A row goes pending → sending → sent (or back to pending on a failed attempt, or dead).
+A row goes pending → sending → sent. A failed attempt puts it back to pending with its
+next attempt due later (`next_attempt_at`, `scheduler.retry.RetryPolicy`: exponential,
+capped, kept in the row so it survives restarts); a permanent failure or the last attempt
+makes it dead (a dead letter: listed, re-queued only by `retry_dead`).
 'sending' is committed before the sink is touched, so a run killed mid-delivery leaves
 rows that say so; the next run delivers them again and the sink makes that safe: the
 JSON Lines sink skips keys the file already holds (see `JsonlSink`), the webhook repeats
@@ -29,12 +32,13 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import date, datetime
+from datetime import UTC, date, datetime
 from typing import Any, TextIO
 
 from scheduler import crashpoints
 from scheduler.alert import Alert
-from scheduler.sinks import BatchSink, DeliveryError, Sink, backoff_delay
+from scheduler.retry import RetryPolicy
+from scheduler.sinks import BatchSink, DeliveryError, Sink
 from timeline.clock import Clock, system_clock
 
 log = logging.getLogger(__name__)
@@ -51,7 +55,7 @@ _SCHEMA = (
 
 
 # Columns added after the first release, for outboxes created before them.
-_ADDED_COLUMNS = {"fingerprint": "TEXT"}
+_ADDED_COLUMNS = {"fingerprint": "TEXT", "last_attempt_at": "TEXT", "next_attempt_at": "TEXT"}
 
 WITHDRAWN_REASON = "withdrawn: no longer falls on this day under the current rules"
 # Rows per batch for sinks that take batches: one write + fsync and two transactions each.
@@ -86,6 +90,12 @@ class DeliveryReport:
     sent: int = 0
     failed: int = 0
     dead: list[str] = field(default_factory=list)
+    # Failed in this run, not for the last time: each waits in its row for its next attempt.
+    retrying: int = 0
+    # Rows that failed in earlier runs and whose next attempt is not due yet (not attempted).
+    waiting: int = 0
+    # The earliest next attempt of any row waiting (this run's failures included).
+    next_attempt_at: datetime | None = None
     # Of `sent`: alerts the sink already held (delivered by a run that died before it
     # could record so) and therefore did not deliver again.
     already_in_sink: int = 0
@@ -368,134 +378,151 @@ class Outbox:
         sink: Sink,
         *,
         now: Clock = system_clock,
-        attempts: int = 5,
-        base_delay: float = 0.5,
-        max_delay: float = 30.0,
-        sleep: Callable[[float], None] = time.sleep,
+        policy: RetryPolicy | None = None,
         rng: Callable[[], float] = random.random,
         batch_size: int = BATCH_SIZE,
+        fingerprint: str | None = None,
     ) -> DeliveryReport:
-        """Send every pending alert (retrying with backoff); dead-letter after `attempts`.
+        """Make one attempt at every row that is due; reschedule or dead-letter failures.
 
-        Rows are marked 'sending' (committed) before the sink is touched and 'sent' after;
-        rows already 'sending' were interrupted by a crash and are delivered again, which
-        the sinks make harmless (idempotent by key).
+        Due: pending with no `next_attempt_at` or one at or before `now()`, and every row
+        left 'sending' by a run that was killed (delivered again; the sinks are idempotent
+        by key). Rows are marked 'sending' (committed, attempts + 1) before the sink is
+        touched and 'sent' after. A failed attempt waits `policy.delay(...)` in the row
+        itself; a permanent failure or the last attempt makes the row 'dead'. With
+        `fingerprint`, only rows computed under that rule book are touched (the retry job
+        leaves rows of older rules to the daily job, which re-checks them first).
         """
+        policy = policy if policy is not None else RetryPolicy()
         report = DeliveryReport()
-        rows = self.db.execute(
-            "SELECT key, payload, attempts, state FROM alert_outbox "
-            "WHERE state IN ('pending', 'sending') ORDER BY day, key"
-        ).fetchall()
+        at = moment(now())
+        sql = (
+            "SELECT key, payload, attempts, state FROM alert_outbox WHERE (state = 'sending' "
+            "OR (state = 'pending' AND (next_attempt_at IS NULL OR next_attempt_at <= ?)))"
+        )
+        params: list[Any] = [at]
+        if fingerprint is not None:
+            sql += " AND fingerprint = ?"
+            params.append(fingerprint)
+        rows = self.db.execute(sql + " ORDER BY day, key", params).fetchall()
         report.interrupted = sum(1 for row in rows if row[3] == "sending")
-        retry = _Retry(attempts, base_delay, max_delay, sleep, rng)
+        report.waiting = int(
+            self.db.execute(
+                "SELECT count(*) FROM alert_outbox WHERE state = 'pending' "
+                "AND next_attempt_at > ?" + (" AND fingerprint = ?" if fingerprint else ""),
+                params,
+            ).fetchone()[0]
+        )
+        step = _Step(policy, now, rng, report)
         if isinstance(sink, BatchSink):
             for start in range(0, len(rows), batch_size):
                 batch = [
                     (key, payload, tried)
                     for key, payload, tried, _ in rows[start : start + batch_size]
                 ]
-                self._deliver_batch(sink, batch, report, retry, now)
+                self._deliver_batch(sink, batch, step)
         else:
             for key, payload, tried, _state in rows:
-                self._deliver_one(sink, key, payload, tried, report, retry, now)
+                self._deliver_one(sink, key, payload, tried, step)
+        (first,) = self.db.execute(
+            "SELECT min(next_attempt_at) FROM alert_outbox WHERE state = 'pending'"
+        ).fetchone()
+        if first is not None:
+            report.next_attempt_at = parse_moment(first)
         return report
 
-    def _mark_sending(self, keys: Sequence[str]) -> None:
+    def due_count(self, now: datetime, fingerprint: str | None = None) -> int:
+        """Rows `deliver` would attempt at `now` (optionally of one rule book only)."""
+        sql = (
+            "SELECT count(*) FROM alert_outbox WHERE (state = 'sending' OR (state = 'pending' "
+            "AND (next_attempt_at IS NULL OR next_attempt_at <= ?)))"
+        )
+        params: list[Any] = [moment(now)]
+        if fingerprint is not None:
+            sql += " AND fingerprint = ?"
+            params.append(fingerprint)
+        return int(self.db.execute(sql, params).fetchone()[0])
+
+    def _mark_sending(self, keys: Sequence[str], now: Clock) -> None:
         marks = ",".join("?" * len(keys))
+        # The attempt is counted before it is made: a run killed mid-delivery used one up.
         self.db.execute(
-            f"UPDATE alert_outbox SET state = 'sending' WHERE key IN ({marks})", list(keys)
+            f"UPDATE alert_outbox SET state = 'sending', attempts = attempts + 1, "
+            f"last_attempt_at = ? WHERE key IN ({marks})",
+            [moment(now()), *keys],
         )
         crashpoints.reach("outbox_marked_sending")
 
-    def _mark_sent(self, keys: Sequence[str], tries: int, sink: Sink, now: Clock) -> None:
+    def _mark_sent(self, keys: Sequence[str], sink: Sink, now: Clock) -> None:
         crashpoints.reach("outbox_delivered")
         marks = ",".join("?" * len(keys))
         self.db.execute(
-            f"UPDATE alert_outbox SET attempts = attempts + ?, state = 'sent', sent_at = ?, "
-            f"sink = ?, last_error = NULL WHERE key IN ({marks})",
-            [tries, now().isoformat(), sink.name, *keys],
+            f"UPDATE alert_outbox SET state = 'sent', sent_at = ?, sink = ?, last_error = NULL, "
+            f"next_attempt_at = NULL WHERE key IN ({marks})",
+            [now().isoformat(), sink.name, *keys],
         )
         crashpoints.reach("outbox_marked_sent")
 
     def _mark_failed(
-        self, keys: Sequence[str], tries: int, error: DeliveryError, dead: bool, sink: Sink
+        self, keys: Sequence[str], attempt: int, error: DeliveryError, sink: Sink, step: _Step
     ) -> None:
+        dead = error.permanent or step.policy.is_last(attempt)
+        log.warning(
+            "%s: attempt %d of %d failed%s: %s",
+            f"alert {keys[0]}" if len(keys) == 1 else f"{len(keys)} alerts",
+            attempt,
+            step.policy.attempts,
+            " (permanent)" if error.permanent else "",
+            error,
+        )
         marks = ",".join("?" * len(keys))
+        if dead:
+            next_at = None
+            step.report.dead.extend(keys)
+            step.report.failed += len(keys)
+        else:
+            due = step.now() + step.policy.delay(attempt, error.retry_after, step.rng)
+            next_at = moment(due)
+            step.report.retrying += len(keys)
         self.db.execute(
-            f"UPDATE alert_outbox SET attempts = attempts + ?, last_error = ?, state = ?, "
-            f"sink = ? WHERE key IN ({marks})",
-            [tries, str(error)[:500], "dead" if dead else "pending", sink.name, *keys],
+            f"UPDATE alert_outbox SET last_error = ?, state = ?, sink = ?, next_attempt_at = ? "
+            f"WHERE key IN ({marks})",
+            [str(error)[:500], "dead" if dead else "pending", sink.name, next_at, *keys],
         )
 
-    def _deliver_one(
-        self,
-        sink: Sink,
-        key: str,
-        payload: str,
-        tried: int,
-        report: DeliveryReport,
-        retry: _Retry,
-        now: Clock,
-    ) -> None:
+    def _deliver_one(self, sink: Sink, key: str, payload: str, tried: int, step: _Step) -> None:
         alert = Alert.model_validate_json(payload)
-        self._mark_sending([key])
-        tries = 0
-        while True:
-            tries += 1
-            try:
-                sink.send(alert)
-            except DeliveryError as exc:
-                give_up = exc.permanent or tried + tries >= retry.attempts
-                log.warning("alert %s: attempt %d failed: %s", key, tried + tries, exc)
-                if give_up:
-                    self._mark_failed([key], tries, exc, True, sink)
-                    report.dead.append(key)
-                    report.failed += 1
-                    return
-                retry.wait(tried + tries, exc)
-                continue
-            self._mark_sent([key], tries, sink, now)
-            report.sent += 1
+        self._mark_sending([key], step.now)
+        try:
+            sink.send(alert)
+        except DeliveryError as exc:
+            self._mark_failed([key], tried + 1, exc, sink, step)
             return
+        self._mark_sent([key], sink, step.now)
+        step.report.sent += 1
 
     def _deliver_batch(
-        self,
-        sink: BatchSink,
-        batch: Sequence[tuple[str, str, int]],
-        report: DeliveryReport,
-        retry: _Retry,
-        now: Clock,
+        self, sink: BatchSink, batch: Sequence[tuple[str, str, int]], step: _Step
     ) -> None:
         keys = [key for key, _payload, _tried in batch]
         alerts = [Alert.model_validate_json(payload) for _key, payload, _tried in batch]
         tried = max(t for _key, _payload, t in batch)
-        self._mark_sending(keys)
-        tries = 0
-        while True:
-            tries += 1
-            try:
-                result = sink.send_batch(alerts)
-            except DeliveryError as exc:
-                give_up = exc.permanent or tried + tries >= retry.attempts
-                log.warning("%d alerts: attempt %d failed: %s", len(keys), tried + tries, exc)
-                if give_up:
-                    self._mark_failed(keys, tries, exc, True, sink)
-                    report.dead.extend(keys)
-                    report.failed += len(keys)
-                    return
-                retry.wait(tried + tries, exc)
-                continue
-            self._mark_sent(keys, tries, sink, now)
-            report.sent += len(keys)
-            report.already_in_sink += len(result.present)
+        self._mark_sending(keys, step.now)
+        try:
+            result = sink.send_batch(alerts)
+        except DeliveryError as exc:
+            self._mark_failed(keys, tried + 1, exc, sink, step)
             return
+        self._mark_sent(keys, sink, step.now)
+        step.report.sent += len(keys)
+        step.report.already_in_sink += len(result.present)
 
     # -- reading -------------------------------------------------------------------------
     def rows(self, state: str | None = None) -> list[dict[str, Any]]:
         """Outbox rows (optionally of one state), oldest first."""
         sql = (
             "SELECT key, day, student_id, task, milestone, state, attempts, last_error, "
-            "sent_at, sink FROM alert_outbox"
+            "sent_at, sink, last_attempt_at, next_attempt_at FROM alert_outbox"
         )
         params: list[Any] = []
         if state:
@@ -513,33 +540,43 @@ class Outbox:
             "last_error",
             "sent_at",
             "sink",
+            "last_attempt_at",
+            "next_attempt_at",
         ]
         return [dict(zip(names, row, strict=True)) for row in self.db.execute(sql, params)]
 
+    def waiting_rows(self) -> list[dict[str, Any]]:
+        """Rows whose delivery failed and that wait for their next attempt, soonest first."""
+        rows = [row for row in self.rows("pending") if row["next_attempt_at"] is not None]
+        return sorted(rows, key=lambda row: (row["next_attempt_at"], row["key"]))
+
     def retry_dead(self) -> int:
-        """Put dead-lettered alerts back to pending (after the receiver is fixed)."""
+        """Put dead-lettered alerts back to pending, due at once (after the receiver is fixed)."""
         cursor = self.db.execute(
-            "UPDATE alert_outbox SET state = 'pending', attempts = 0 WHERE state = 'dead'"
+            "UPDATE alert_outbox SET state = 'pending', attempts = 0, next_attempt_at = NULL "
+            "WHERE state = 'dead'"
         )
         return cursor.rowcount
 
 
 @dataclass(frozen=True)
-class _Retry:
-    """The retry policy of one delivery run."""
+class _Step:
+    """What one delivery run needs at each row: the policy, the clock, the report."""
 
-    attempts: int
-    base_delay: float
-    max_delay: float
-    sleep: Callable[[float], None]
+    policy: RetryPolicy
+    now: Clock
     rng: Callable[[], float]
+    report: DeliveryReport
 
-    def wait(self, tried: int, error: DeliveryError) -> None:
-        """Sleep the jittered backoff after attempt `tried`, honouring Retry-After."""
-        delay = backoff_delay(tried, self.base_delay, self.max_delay, self.rng)
-        if error.retry_after:
-            delay = min(max(delay, error.retry_after), self.max_delay)
-        self.sleep(delay)
+
+def moment(value: datetime) -> str:
+    """An instant as fixed-width UTC text, so that text order is time order (SQL compares it)."""
+    return value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def parse_moment(text: str) -> datetime:
+    """The instant `moment` wrote."""
+    return datetime.strptime(text, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=UTC)
 
 
 def outbox_location(store_location: str, read_db: str) -> str:

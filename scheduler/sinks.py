@@ -1,17 +1,19 @@
-"""Delivery sinks for alerts: a JSON Lines file, a webhook, and e-mail (SPEC §5).
+"""Delivery sinks for alerts: a JSON Lines file, a webhook, e-mail (SPEC §5), LINE (line.py).
 
 A sink's `send` makes exactly ONE delivery attempt and raises `DeliveryError` on failure;
 the outbox keeps delivery state and decides when to retry. `deliver_with_retries` is the
 in-process retry loop (exponential backoff with full jitter) for callers without an outbox.
 
 Error messages never carry the alert body, the webhook's response body, credentials or
-server reply texts (they may hold personal data); they carry status codes.
+server reply texts (they may hold personal data); they carry status codes. Credentials come
+from `scheduler.credentials` (environment or secret files), never from the spec.
 """
 
 from __future__ import annotations
 
 import fcntl
 import hashlib
+import hmac
 import json
 import os
 import random
@@ -31,6 +33,15 @@ import httpx
 
 from scheduler import crashpoints
 from scheduler.alert import Alert
+from scheduler.credentials import (
+    SMTP_PASSWORD,
+    SMTP_USERNAME,
+    WEBHOOK_HEADER,
+    WEBHOOK_SECRET,
+    Secret,
+    SinkCredentials,
+    where_to_put,
+)
 
 DEFAULT_JSONL_PATH = "alerts.jsonl"
 
@@ -39,9 +50,15 @@ MESSAGE_ID_DOMAIN = "residency-timeline"
 
 ACCEPTED_SPECS = (
     "accepted sink forms: jsonl:PATH, webhook:URL (http:// or https://), "
-    "smtp://[user:pass@]host:port?from=ADDR&to=ADDR[,ADDR...][&starttls=1] "
-    "(also smtp:host:port?...)"
+    "smtp://host:port?from=ADDR&to=ADDR[,ADDR...][&starttls=1] "
+    "(also smtp:host:port?...), line (or line:BASE_URL); credentials come from the "
+    "environment, never from the spec"
 )
+
+SIGNATURE_HEADER = "X-Timeline-Signature"
+TIMESTAMP_HEADER = "X-Timeline-Timestamp"
+# How old a signed webhook may be before a receiver should refuse it (a replay).
+SIGNATURE_TOLERANCE_SECONDS = 300
 
 
 class DeliveryError(Exception):
@@ -274,8 +291,37 @@ def _file_error(path: Path, error: OSError) -> DeliveryError:
 # --- webhook ---------------------------------------------------------------------------
 
 
+def webhook_signature(secret: str, timestamp: int, body: bytes) -> str:
+    """`sha256=` + hex HMAC-SHA256, keyed by `secret`, of `"<timestamp>." + body`."""
+    signed = str(timestamp).encode("ascii") + b"." + body
+    return "sha256=" + hmac.new(secret.encode("utf-8"), signed, hashlib.sha256).hexdigest()
+
+
+def verify_webhook_signature(
+    secret: str,
+    body: bytes,
+    timestamp: str | None,
+    signature: str | None,
+    now: datetime,
+    tolerance: int = SIGNATURE_TOLERANCE_SECONDS,
+) -> bool:
+    """What a receiver checks: the signature matches and the timestamp is recent (no replay)."""
+    if not timestamp or not signature or not timestamp.isascii() or not timestamp.isdigit():
+        return False
+    if abs(now.timestamp() - int(timestamp)) > tolerance:
+        return False
+    expected = webhook_signature(secret, int(timestamp), body)
+    return hmac.compare_digest(expected.encode("ascii"), signature.encode("ascii", "replace"))
+
+
 class WebhookSink:
-    """HTTP POST of the alert JSON with `Idempotency-Key: <alert.key>`; 2xx is success."""
+    """HTTP POST of the alert JSON with `Idempotency-Key: <alert.key>`; 2xx is success.
+
+    With `signing_secret` each POST also carries `X-Timeline-Timestamp` (Unix seconds, from
+    the injected clock) and `X-Timeline-Signature: sha256=<hex HMAC-SHA256 of
+    "<timestamp>." + the exact body>`; `headers` adds configured headers (say an
+    `Authorization`), which cannot replace the sink's own.
+    """
 
     def __init__(
         self,
@@ -283,6 +329,9 @@ class WebhookSink:
         timeout: float = 10.0,
         headers: Mapping[str, str] | None = None,
         client: httpx.Client | None = None,
+        *,
+        signing_secret: Secret | None = None,
+        clock: Callable[[], datetime] | None = None,
     ) -> None:
         problem = _http_url_problem(url)
         if problem:
@@ -291,6 +340,8 @@ class WebhookSink:
         self.timeout = timeout
         self.name = f"webhook:{_redacted_url(url)}"
         self._headers = httpx.Headers(headers or {})
+        self._signing_secret = signing_secret
+        self._clock = clock or (lambda: datetime.now(UTC))
         self._owns_client = client is None
         self._client = client if client is not None else httpx.Client(timeout=timeout)
 
@@ -306,6 +357,12 @@ class WebhookSink:
         headers["Idempotency-Key"] = alert.key
         headers["Content-Type"] = "application/json"
         body = alert_json(alert).encode("utf-8")
+        if self._signing_secret is not None:
+            timestamp = int(self._clock().timestamp())
+            headers[TIMESTAMP_HEADER] = str(timestamp)
+            headers[SIGNATURE_HEADER] = webhook_signature(
+                self._signing_secret.reveal(), timestamp, body
+            )
         try:
             response = self._client.post(
                 self.url, content=body, headers=headers, timeout=self.timeout
@@ -435,7 +492,7 @@ class SmtpSink:
         recipients_for: Callable[[Alert], list[str]] | list[str],
         starttls: bool = False,
         username: str | None = None,
-        password: str | None = None,
+        password: str | Secret | None = None,
         timeout: float = 10.0,
         *,
         clock: Callable[[], datetime] | None = None,
@@ -463,7 +520,8 @@ class SmtpSink:
         self.sender = sender
         self.starttls = starttls
         self.username = username
-        self._password = password
+        # Kept wrapped: the sink object's repr, a traceback's locals never show it.
+        self._password = Secret(password) if isinstance(password, str) else password
         self.timeout = timeout
         self.name = f"smtp:{host}:{port}"
         self._clock = clock or (lambda: datetime.now(UTC))
@@ -510,7 +568,7 @@ class SmtpSink:
             if self.starttls:
                 smtp.starttls(context=ssl.create_default_context())
             if self.username is not None and self._password is not None:
-                smtp.login(self.username, self._password)
+                smtp.login(self.username, self._password.reveal())
             # Not `send_message`: its generator turns a body line "From …" into ">From …".
             international = not all(a.isascii() for a in (self.sender, *recipients))
             data = message.as_bytes(policy=message.policy.clone(linesep="\r\n", utf8=international))
@@ -569,14 +627,30 @@ def _quit_quietly(smtp: smtplib.SMTP) -> None:
 # --- the CLI's --sink ------------------------------------------------------------------
 
 
-def sink_from_spec(spec: str | None) -> Sink:
-    """The sink a `--sink` value names; empty/None means `jsonl:alerts.jsonl`."""
+def sink_from_spec(
+    spec: str | None,
+    credentials: SinkCredentials | None = None,
+    *,
+    contact_for: Callable[[Alert], object] | None = None,
+    clock: Callable[[], datetime] | None = None,
+) -> Sink:
+    """The sink a `--sink` value names; empty/None means `jsonl:alerts.jsonl`.
+
+    `credentials` are the ones read at start (`SinkCredentials.from_env`); a credential
+    written into the spec itself is refused, with a message naming where it belongs.
+    `contact_for` finds a student's contact for the LINE sink (see `scheduler.line`).
+    """
+    credentials = credentials if credentials is not None else SinkCredentials()
     text = (spec or "").strip()
     if not text:
         return JsonlSink(DEFAULT_JSONL_PATH)
     kind, colon, rest = text.partition(":")
     kind = kind.lower()
     # The spec itself is not echoed in errors: it may hold a password or a token.
+    if kind == "line":
+        from scheduler.line import line_sink_from_spec
+
+        return line_sink_from_spec(rest, credentials, contact_for=contact_for)
     if not colon:
         raise ValueError(f"sink spec has no kind prefix; {ACCEPTED_SPECS}")
     if kind == "jsonl":
@@ -584,13 +658,51 @@ def sink_from_spec(spec: str | None) -> Sink:
             raise ValueError(f"jsonl sink needs a file path; {ACCEPTED_SPECS}")
         return JsonlSink(rest)
     if kind == "webhook":
-        problem = _http_url_problem(rest)
-        if problem:
-            raise ValueError(f"webhook sink URL {problem}; {ACCEPTED_SPECS}")
-        return WebhookSink(rest)
+        return _webhook_sink_from_spec(rest, credentials, clock)
     if kind == "smtp":
-        return _smtp_sink_from_spec(rest)
+        return _smtp_sink_from_spec(rest, credentials, clock)
     raise ValueError(f"unknown sink kind {kind!r}; {ACCEPTED_SPECS}")
+
+
+# Query parameters that carry credentials in the wild (?token=, ?access_token=, ?sig=,
+# Azure's ?code=, ...): refused in a spec, which is logged in the job store.
+_CREDENTIAL_PARAMS = frozenset({"auth", "code", "key", "pass", "pwd", "sig", "signature"})
+_CREDENTIAL_WORDS = ("token", "secret", "passw", "apikey", "api_key", "api-key", "credential")
+
+
+def url_credential_problem(url: str) -> str | None:
+    """Why a sink URL would carry a credential (user:pass@, ?token=...), or None."""
+    parts = urlsplit(url)
+    if parts.username is not None or parts.password is not None or "@" in parts.netloc:
+        return "carries user:password@"
+    for name in _query_values(parts.query):
+        lowered = name.lower()
+        if lowered in _CREDENTIAL_PARAMS or any(word in lowered for word in _CREDENTIAL_WORDS):
+            return "carries a credential in its query string"
+    return None
+
+
+def _webhook_sink_from_spec(
+    rest: str, credentials: SinkCredentials, clock: Callable[[], datetime] | None
+) -> WebhookSink:
+    problem = _http_url_problem(rest)
+    if problem:
+        raise ValueError(f"webhook sink URL {problem}; {ACCEPTED_SPECS}")
+    leak = url_credential_problem(rest)
+    if leak:
+        raise ValueError(
+            f"webhook sink URL {leak}: a sink spec is visible in the process list and kept "
+            f"in the scheduler's job store; for a header such as Authorization "
+            f"{where_to_put(WEBHOOK_HEADER)} ('Name: value'), for a signature "
+            f"{where_to_put(WEBHOOK_SECRET)}"
+        )
+    headers = {}
+    if credentials.webhook_header is not None:
+        name, value = credentials.webhook_header
+        headers[name] = value.reveal()
+    return WebhookSink(
+        rest, headers=headers, signing_secret=credentials.webhook_secret, clock=clock
+    )
 
 
 _ADDRESS = re.compile(r"[^@\s,<>]+@[^@\s,<>]+")
@@ -598,11 +710,19 @@ _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off", ""}
 
 
-def _smtp_sink_from_spec(rest: str) -> SmtpSink:
+def _smtp_sink_from_spec(
+    rest: str, credentials: SinkCredentials, clock: Callable[[], datetime] | None
+) -> SmtpSink:
     def bad(problem: str) -> ValueError:
         return ValueError(f"smtp sink {problem}; {ACCEPTED_SPECS}")
 
     parts = urlsplit("smtp:" + (rest if rest.startswith("//") else "//" + rest))
+    if "@" in parts.netloc:
+        raise ValueError(
+            "smtp sink spec carries user:password@: a sink spec is visible in the process "
+            "list and kept in the scheduler's job store; "
+            f"{where_to_put(SMTP_USERNAME)} and {where_to_put(SMTP_PASSWORD)}"
+        )
     try:
         port = parts.port
     except ValueError:
@@ -637,18 +757,16 @@ def _smtp_sink_from_spec(rest: str) -> SmtpSink:
     if len(starttls_values) != 1 or starttls_values[0].lower() not in _TRUE | _FALSE:
         raise bad("starttls must be 1 or 0")
 
-    username = unquote(parts.username) if parts.username is not None else None
-    password = unquote(parts.password) if parts.password is not None else None
-    if (username is None) != (password is None) or username == "":
-        raise bad("credentials must be user:pass@")
+    username = credentials.smtp_username
     return SmtpSink(
         host=parts.hostname,
         port=port,
         sender=senders[0],
         recipients_for=recipients,
         starttls=starttls_values[0].lower() in _TRUE,
-        username=username,
-        password=password,
+        username=username.reveal() if username is not None else None,
+        password=credentials.smtp_password,
+        clock=clock,
     )
 
 

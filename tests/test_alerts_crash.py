@@ -193,7 +193,7 @@ def numbers_said(sentence: str) -> dict[str, int]:
         "sent": r"Emitted (\d+) alert",
         "left_unsent": r"(\d+) left unsent by an earlier run",
         "already_in_sink": r"(\d+) already in the sink",
-        "failed": r"; (\d+) failed\.",
+        "failed": r"; (\d+) failed[.,]",
         "withdrawn": r"(\d+) unsent alert\(s\) withdrawn",
         "already_emitted": r"(\d+) alert\(s\) were already emitted",
     }
@@ -213,7 +213,7 @@ def assert_agrees(result: subprocess.CompletedProcess[str]) -> dict[str, Any]:
     for name in ("left_unsent", "already_in_sink", "withdrawn"):
         if summary[name]:
             assert name in said, (name, result.stderr, summary)
-    if summary["sent"] or summary["failed"] or summary["withdrawn"]:
+    if summary["sent"] or summary["failed"] or summary["withdrawn"] or summary["retrying"]:
         assert {"sent", "failed"} <= said.keys(), result.stderr
         assert "Nothing new" not in result.stderr
     else:

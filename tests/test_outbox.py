@@ -15,7 +15,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from datetime import date
+from datetime import date, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -27,6 +27,7 @@ from projections.readmodel import ReadModel
 from scheduler.alerts import alerts_on
 from scheduler.emit import emit_day, run_until
 from scheduler.outbox import Outbox, OutboxDB, outbox_location
+from scheduler.retry import RetryPolicy
 from scheduler.sinks import JsonlSink, WebhookSink
 from timeline.ingest import ingest_objects
 from timeline.store import TimelineStore
@@ -442,26 +443,44 @@ class Receiver:
         self.thread.join(timeout=10)
 
 
-def test_webhook_dead_letter_listed_by_cli_then_retried(sqlite_store, tmp_path):
+def test_webhook_dead_letter_listed_by_cli_then_retried(sqlite_store, tmp_path, clock):
+    # Three attempts, 1 minute then 2: each run makes one attempt at the rows that are due.
+    policy = RetryPolicy(attempts=3, first_delay=timedelta(minutes=1))
     db = sqlite_store.config.location
     assert ingest_objects(sqlite_store, holding_arc("B", "2024-05-31")).ok
     model = ReadModel(db)  # the default read db, so the CLI finds the same outbox
     model.sync(sqlite_store)
     outbox_db = OutboxDB(outbox_location(db, db))
     outbox = Outbox(outbox_db)
-    sleeps: list[float] = []
     try:
         with Receiver() as receiver, WebhookSink(receiver.url, timeout=5) as sink:
             expected = {a.key for a in alerts_on(model, DAY)}
             assert len(expected) == 4
-            report = emit_day(model, outbox, sink, DAY, attempts=3, sleep=sleeps.append)
-            assert report.delivered.sent == 0 and report.delivered.failed == 4
-            assert set(report.delivered.dead) == expected
-            assert len(receiver.requests) == 12 and len(sleeps) == 8
+            report = emit_day(model, outbox, sink, DAY, clock=clock, policy=policy)
+            assert (report.delivered.sent, report.delivered.retrying) == (0, 4)
+            assert report.delivered.failed == 0
+            assert report.delivered.next_attempt_at == clock.now + timedelta(minutes=1)
+            assert len(receiver.requests) == 4
+
+            # Not due yet: nothing is attempted, the rows wait.
+            clock.advance(seconds=59)
+            early = outbox.deliver(sink, now=clock, policy=policy)
+            assert (early.sent, early.retrying, early.waiting) == (0, 0, 4)
+            assert len(receiver.requests) == 4
+
+            clock.advance(seconds=1)
+            second = outbox.deliver(sink, now=clock, policy=policy)
+            assert (second.retrying, second.failed) == (4, 0)
+            assert second.next_attempt_at == clock.now + timedelta(minutes=2)
+            clock.advance(minutes=2)
+            third = outbox.deliver(sink, now=clock, policy=policy)
+            assert third.failed == 4 and set(third.dead) == expected
+            assert len(receiver.requests) == 12
 
             dead = outbox.rows("dead")
             assert {r["key"] for r in dead} == expected
             assert {r["attempts"] for r in dead} == {3}
+            assert {r["next_attempt_at"] for r in dead} == {None}
             assert all("HTTP 500" in r["last_error"] for r in dead)
             assert all("t0ken" not in r["last_error"] + r["sink"] for r in dead)
 
@@ -474,14 +493,15 @@ def test_webhook_dead_letter_listed_by_cli_then_retried(sqlite_store, tmp_path):
             assert text.returncode == 0, text.stderr
             assert all(f"{key} after 3 attempt(s)" in text.stdout for key in expected)
 
-            # A second emit for the day does not resurrect dead letters by itself.
-            again = emit_day(model, outbox, sink, DAY, attempts=3, sleep=sleeps.append)
+            # A second emit for the day, much later, does not resurrect dead letters.
+            clock.advance(days=1)
+            again = emit_day(model, outbox, sink, DAY, clock=clock, policy=policy)
             assert (again.enqueued.new, again.delivered.sent, len(receiver.requests)) == (0, 0, 12)
 
             receiver.status = 200
             assert outbox.retry_dead() == 4
             assert {(r["state"], r["attempts"]) for r in outbox.rows()} == {("pending", 0)}
-            delivered = outbox.deliver(sink, attempts=3, sleep=lambda _s: None)
+            delivered = outbox.deliver(sink, now=clock, policy=policy)
             assert (delivered.sent, delivered.failed) == (4, 0)
             ok = [r for r in receiver.requests if r[0] == 200]
             assert sorted(key for _, key, _ in ok) == sorted(expected)

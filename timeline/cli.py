@@ -28,6 +28,7 @@ from timeline.store import TimelineStore
 if TYPE_CHECKING:  # the write side imports the read side only lazily, at run time
     from projections.readmodel import ReadModel
     from projections.rules import RuleBook
+    from scheduler.jobs import DeliveryConfig
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -653,6 +654,29 @@ def rebuild(ctx: click.Context, db: str | None, read_db: str | None) -> None:
     )
 
 
+def delivery_settings(sink: str | None) -> DeliveryConfig:
+    """Sink credentials and retry policy, read once from the environment; the spec checked.
+
+    Exit 2 naming the setting when one is malformed, or naming what the spec lacks (a
+    credential written into the spec itself is refused, saying where it belongs).
+    """
+    from scheduler.credentials import CredentialError
+    from scheduler.jobs import DeliveryConfig, close_sink
+    from scheduler.retry import RetrySettingError
+    from scheduler.sinks import sink_from_spec
+
+    try:
+        delivery = DeliveryConfig.from_env(os.environ)
+    except (CredentialError, RetrySettingError) as exc:
+        raise UsageFailure(str(exc)) from exc
+    if sink is not None:
+        try:
+            close_sink(sink_from_spec(sink, delivery.credentials))
+        except ValueError as exc:
+            raise UsageFailure(f"--sink: {exc}") from exc
+    return delivery
+
+
 @main.command()
 @click.option("--on", "day", type=DAY, default=None, help="Day (default: today in Taipei).")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON array of alerts.")
@@ -660,8 +684,8 @@ def rebuild(ctx: click.Context, db: str | None, read_db: str | None) -> None:
 @click.option(
     "--sink",
     default=None,
-    help="jsonl:PATH (default jsonl:alerts.jsonl), webhook:URL, or "
-    "smtp://[user:pass@]host:port?from=…&to=…",
+    help="jsonl:PATH (default jsonl:alerts.jsonl), webhook:URL, "
+    "smtp://host:port?from=…&to=…, or line (credentials from the environment: see README).",
 )
 @click.option(
     "--known-at",
@@ -672,6 +696,11 @@ def rebuild(ctx: click.Context, db: str | None, read_db: str | None) -> None:
 )
 @click.option("--failed", is_flag=True, help="List dead-lettered alerts instead.")
 @click.option("--retry-failed", is_flag=True, help="Put dead-lettered alerts back to pending.")
+@click.option(
+    "--retrying",
+    is_flag=True,
+    help="List alerts whose delivery failed and that wait for their next attempt.",
+)
 @click.option(
     "--withdrawn",
     is_flag=True,
@@ -703,6 +732,7 @@ def alerts(
     known_at: Any,
     failed: bool,
     retry_failed: bool,
+    retrying: bool,
     withdrawn: bool,
     wait: float,
     student: str | None,
@@ -715,42 +745,51 @@ def alerts(
     from scheduler.emit import summary_sentence
     from scheduler.jobs import batch_size_from_env, emit_once, wiring
     from scheduler.outbox import EmitterBusy
-    from scheduler.sinks import sink_from_spec
 
     day = day or taipei_today()
-    if known_at is not None and (emit or failed or retry_failed or withdrawn):
+    outbox_views = failed or retry_failed or retrying or withdrawn
+    if known_at is not None and (emit or outbox_views):
         raise UsageFailure("--known-at lists past knowledge: it cannot be combined with --emit")
-    if sink is not None:
-        try:
-            sink_from_spec(sink)
-        except ValueError as exc:
-            raise UsageFailure(f"--sink: {exc}") from exc
     if preview or student is not None:
         modes = {"--emit": emit, "--failed": failed, "--retry-failed": retry_failed}
-        for name, on in (modes | {"--withdrawn": withdrawn}).items():
+        for name, on in (modes | {"--retrying": retrying, "--withdrawn": withdrawn}).items():
             if on:
                 raise UsageFailure(f"--student and --preview cannot be combined with {name}")
         if preview and student is None:
             raise UsageFailure("--preview needs --student STUDENT")
         if preview and known_at is not None:
             raise UsageFailure("--preview renders what would be sent now: drop --known-at")
+    delivery = delivery_settings(sink) if (emit or outbox_views or sink is not None) else None
     if preview:
-        _preview_alerts(ctx, db, read_db, sink, str(student), day, as_json)
+        credentials = delivery.credentials if delivery is not None else None
+        _preview_alerts(ctx, db, read_db, sink, credentials, str(student), day, as_json)
         return
-    if failed or retry_failed or withdrawn:
+    if outbox_views:
         rules = (ctx.obj or {}).get("rules")
-        with wiring(db or (ctx.obj or {}).get("db"), read_db, sink, rules) as w:
+        with wiring(db or (ctx.obj or {}).get("db"), read_db, sink, rules, delivery) as w:
             if retry_failed:
                 click.echo(f"{w.outbox.retry_dead()} dead-lettered alert(s) back to pending")
                 return
-            rows = w.outbox.rows("withdrawn" if withdrawn else "dead")
+            if retrying:
+                rows = w.outbox.waiting_rows()
+            else:
+                rows = w.outbox.rows("withdrawn" if withdrawn else "dead")
         if as_json:
             print_json(rows)
         elif not rows:
-            click.echo("No withdrawn alerts." if withdrawn else "No failed alerts.")
+            empty = "No failed alerts."
+            if withdrawn or retrying:
+                empty = "No withdrawn alerts." if withdrawn else "No alerts wait for a retry."
+            click.echo(empty)
         elif withdrawn:
             for row in rows:
                 click.echo(f"{row['day']} {row['key']}: {row['last_error']}")
+        elif retrying:
+            for row in rows:
+                click.echo(
+                    f"{row['day']} {row['key']} after {row['attempts']} attempt(s), next at "
+                    f"{row['next_attempt_at']}: {row['last_error']}"
+                )
         else:
             for row in rows:
                 click.echo(
@@ -771,6 +810,7 @@ def alerts(
                 day,
                 wait,
                 rules=(ctx.obj or {}).get("rules"),
+                delivery=delivery,
             )
         except EmitterBusy as exc:
             click.echo(f"error: {exc}", err=True)
@@ -779,7 +819,8 @@ def alerts(
         # Made from the summary itself, so the sentence and the JSON cannot disagree.
         click.echo(summary_sentence(summary, day.isoformat()), err=True)
         print_json(summary)
-        ctx.exit(0 if report.delivered.failed == 0 and not report.digests_failed else 1)
+        undelivered = report.delivered.failed + report.delivered.retrying
+        ctx.exit(0 if undelivered == 0 and not report.digests_failed else 1)
     store = open_store(ctx, db)
     model = open_read_model(ctx, store, read_db)
     found = alerts_on(model, day, log_left_out=False, known_at=known_at)  # named below
@@ -804,6 +845,7 @@ def _preview_alerts(
     db: str | None,
     read_db: str | None,
     sink: str | None,
+    credentials: Any,
     student: str,
     day: Any,
     as_json: bool,
@@ -816,7 +858,7 @@ def _preview_alerts(
 
     store = open_store(ctx, db)
     model = open_read_model(ctx, store, read_db)
-    target = sink_from_spec(sink) if sink is not None else None
+    target = sink_from_spec(sink, credentials) if sink is not None else None
     sender = target.sender if isinstance(target, SmtpSink) else None
     composer = Composer(Students(store.facts, rules_of(ctx)))
     try:
@@ -842,6 +884,13 @@ def _preview_alerts(
     help="Seconds to wait if another scheduler is running (default: exit at once).",
 )
 @click.option("--run-now", is_flag=True, help="Also run the job once at start (catch-up).")
+@click.option(
+    "--retry-every",
+    type=click.IntRange(10, 3600),
+    default=60,
+    show_default=True,
+    help="Seconds between two rounds of the retry job (failed deliveries whose time has come).",
+)
 @db_option
 @read_db_option
 @click.pass_context
@@ -851,15 +900,15 @@ def scheduler_command(
     sink: str | None,
     wait: float,
     run_now: bool,
+    retry_every: int,
     db: str | None,
     read_db: str | None,
 ) -> None:
-    """Run the daily alert job (APScheduler) until SIGTERM."""
+    """Run the daily alert job and the retry job (APScheduler) until SIGTERM."""
     from projections.readmodel import default_read_db
     from scheduler.daemon import DaemonConfig, jobstore_schema, jobstore_url, run_daemon
     from scheduler.jobs import daily_alerts
     from scheduler.outbox import EmitterBusy, EmitterLock, OutboxDB, outbox_location
-    from scheduler.sinks import sink_from_spec
 
     try:
         hour, minute = (int(part) for part in at.split(":"))
@@ -867,11 +916,7 @@ def scheduler_command(
             raise ValueError
     except ValueError:
         raise UsageFailure(f"--at must be HH:MM (got {at!r})") from None
-    if sink is not None:
-        try:
-            sink_from_spec(sink)
-        except ValueError as exc:
-            raise UsageFailure(f"--sink: {exc}") from exc
+    delivery = delivery_settings(sink)
     db = db or (ctx.obj or {}).get("db")
     store = open_store(ctx, db)
     path = read_db or os.environ.get("TIMELINE_READ_DB") or default_read_db(store.config.location)
@@ -884,7 +929,7 @@ def scheduler_command(
         ctx.exit(1)
     try:
         if run_now:
-            click.echo(json.dumps(daily_alerts(db, read_db, sink)), err=True)
+            click.echo(json.dumps(daily_alerts(db, read_db, sink, delivery=delivery)), err=True)
         run_daemon(
             DaemonConfig(
                 db=db,
@@ -894,7 +939,9 @@ def scheduler_command(
                 jobstore_schema=jobstore_schema(store.config.location),
                 hour=hour,
                 minute=minute,
-            )
+                retry_every=retry_every,
+            ),
+            delivery,
         )
     finally:
         instance.release()
