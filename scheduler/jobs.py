@@ -188,9 +188,7 @@ def digests(w: Wiring, report: RunReport) -> RunReport:
     return report
 
 
-def open_sink(
-    spec: str | None, config: DeliveryConfig, store: TimelineStore, clock: Clock
-) -> Sink:
+def open_sink(spec: str | None, config: DeliveryConfig, store: TimelineStore, clock: Clock) -> Sink:
     """The sink of `spec` with the credentials given and contacts from the store."""
     return sink_from_spec(
         spec, config.credentials, contact_for=StoreContacts(store, clock), clock=clock

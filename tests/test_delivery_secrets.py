@@ -45,14 +45,27 @@ LINE_IDS = ["U" + f"{i:x}" * 32 for i in range(10, 16)]
 
 
 def secret_words() -> list[str]:
-    return [*SECRETS.values(), HEADER_VALUE, "hdr-Vc26Ns", *LINE_IDS]
+    """Credentials, and the students' LINE ids and e-mail addresses (personal data)."""
+    students = sorted({e["student_id"] for e in arrivals_due_around_today()})
+    emails = [f"{student.lower()}@example.edu.tw" for student in students]
+    return [*SECRETS.values(), HEADER_VALUE, "hdr-Vc26Ns", *LINE_IDS, *emails]
 
 
 def student_events() -> list[dict[str, Any]]:
     events = arrivals_due_around_today()
     students = sorted({e["student_id"] for e in events})
     for student, line_id in zip(students, LINE_IDS, strict=False):
-        events.append(ev(student, "contact", "contact_updated", "2020-01-01", line_user_id=line_id))
+        email = f"{student.lower()}@example.edu.tw"
+        events.append(
+            ev(
+                student,
+                "contact",
+                "contact_updated",
+                "2020-01-01",
+                line_user_id=line_id,
+                email=email,
+            )
+        )
     return events
 
 
@@ -156,7 +169,8 @@ def test_no_secret_in_the_daemons_log_job_store_or_outbox(channel, store_db, tmp
             text = run_daemon_once(store_db, spec, tmp_path)
         finally:
             controller.stop()
-        assert len(handler.envelopes) == 5
+        # Five alerts, each to its student (the first refused, then retried), and the digest.
+        assert len(handler.envelopes) == 5 + 1
     # The run really happened, failure included: the log says so.
     assert "attempt 1 of 12 failed" in text and "daily alerts for" in text
     stored = stored_text(store_db)

@@ -75,7 +75,7 @@ def test_push_request_is_what_the_messaging_api_expects() -> None:
     body = json.loads(request.body.decode("utf-8"))
     assert body == {
         "to": LINE_ID,
-        "messages": [{"type": "text", "text": f"{alert.message.zh}\n\n{alert.message.en}"}],
+        "messages": [{"type": "text", "text": line_text(alert, None)}],
     }
 
 
@@ -320,11 +320,12 @@ def test_cli_emit_to_line_pushes_each_alert_to_its_student_once(sqlite_store, tm
     assert summary["sent"] == 8
     for body in receiver.delivered.values():
         text = body["messages"][0]["text"]
-        # B chose English, C Chinese: one language each, never both.
+        # B chose English, C Chinese: both languages, the student's first.
+        assert "[ARC reminder]" in text and "【居留證提醒】" in text
         if body["to"] == LINE_ID:
-            assert text.isascii()
+            assert text.startswith("[ARC reminder] Student B")
         else:
-            assert not text.isascii() and "Rule" not in text
+            assert text.startswith("【居留證提醒】C 同學")
     assert TOKEN not in first.stderr + first.stdout and LINE_ID not in first.stderr
 
 
