@@ -104,7 +104,7 @@ class Follower:
         self.report.failed += synced.failed
         self.report.position = self.model.position
         if synced.notifications:
-            log.info(
+            log.debug(
                 "applied %d notification(s) of %d student(s); position %d",
                 synced.notifications,
                 synced.students,
