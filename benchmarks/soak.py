@@ -478,6 +478,9 @@ def run(args: argparse.Namespace, location: str, folder: Path, students: int) ->
         )
         with TimelineStore.open(location) as store:
             last = store.max_position()
+        figures["follower behind at the last write (notifications)"] = last - tracked_position(
+            read_db
+        )
         deadline = time.monotonic() + 600
         while tracked_position(read_db) < last:
             if time.monotonic() > deadline or processes["follower"].poll() is not None:
