@@ -301,6 +301,7 @@ def stored_counts(location: str) -> tuple[int, int, int]:
 
 
 def store_connection(location: str) -> Any:
+    """A plain psycopg connection to the store's database (autocommit)."""
     import psycopg
 
     return psycopg.connect(location.split("?", 1)[0], autocommit=True)
@@ -316,12 +317,14 @@ def table_rows(path: Path) -> dict[str, collections.Counter[tuple[Any, ...]]]:
 
 
 def percentile(values: list[float], q: float) -> float:
+    """The `q` quantile of `values` (nearest rank; 0 for none)."""
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))] if ordered else 0.0
 
 
 # -- the run -----------------------------------------------------------------------------------
 def main(argv: list[str] | None = None) -> int:
+    """Parse the options, make a fresh schema, run the soak, drop the schema."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--events", type=int, default=200_000)
     parser.add_argument("--students", type=int, default=None, help="default: events / 8")
@@ -373,6 +376,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def run(args: argparse.Namespace, location: str, folder: Path, students: int) -> int:
+    """Start every process, write, wait, stop, check; 0 when every check holds."""
     from timeline.store import TimelineStore
 
     read_db = folder / "read.db"
@@ -435,6 +439,7 @@ def run(args: argparse.Namespace, location: str, folder: Path, students: int) ->
                     go,
                     results,
                 ),
+                daemon=True,  # ended with this process, should it fail
             )
             for w in range(args.writers)
         ]
@@ -444,7 +449,7 @@ def run(args: argparse.Namespace, location: str, folder: Path, students: int) ->
         writers_done = spawn.Event()
         emitted = spawn.Queue()
         emitting = spawn.Process(
-            target=emitter, args=(days, env, sink, str(logs), writers_done, emitted)
+            target=emitter, args=(days, env, sink, str(logs), writers_done, emitted), daemon=True
         )
         print("writers generating their feeds ...", flush=True)
         for _ in writers:  # each says when its feed is ready, then waits for the start
@@ -455,7 +460,8 @@ def run(args: argparse.Namespace, location: str, folder: Path, students: int) ->
         began = time.monotonic()
         go.set()
         emitting.start()
-        reports = [results.get() for _ in writers]  # each writer's figures when it ends
+        # Each writer's figures when it ends (bounded: a stuck run stops by itself).
+        reports = [results.get(timeout=7200) for _ in writers]
         finished = time.monotonic()
         load_at_end = os.getloadavg()[0]
         cpu = {name: process_cpu(p.pid) - cpu_at_start[name] for name, p in processes.items()}
