@@ -678,6 +678,70 @@ def delivery_settings(sink: str | None) -> DeliveryConfig:
 
 
 @main.command()
+@click.option("--once", is_flag=True, help="Catch up once, print a JSON summary and exit.")
+@click.option(
+    "--interval",
+    type=click.FloatRange(0.05, 3600),
+    default=1.0,
+    show_default=True,
+    help="Seconds between two polls of the event store.",
+)
+@click.option(
+    "--batch-size",
+    type=click.IntRange(1, 100_000),
+    default=2000,
+    show_default=True,
+    help="Notifications per read-model transaction.",
+)
+@db_option
+@read_db_option
+@click.pass_context
+def follow(
+    ctx: click.Context,
+    once: bool,
+    interval: float,
+    batch_size: int,
+    db: str | None,
+    read_db: str | None,
+) -> None:
+    """Keep the read models caught up with the event store until SIGTERM (one per read db)."""
+    import signal
+    import threading
+
+    from projections.follower import Follower
+    from projections.readmodel import ReadModel, ReadModelConflict
+
+    store = open_store(ctx, db)
+    path = read_model_path(store, read_db)
+    model = ReadModel(path, rules_of(ctx))
+    ctx.call_on_close(model.close)
+    if model.rebuild_reason:
+        click.echo(model.rebuild_reason, err=True)
+    follower = Follower(store, model, interval=interval, batch=batch_size)
+    if once:
+        with progress_bar("following the log", after=SYNC_BAR_AFTER, start=model.position) as bar:
+            follower.catch_up(on_progress=bar)
+        print_json(follower.report.as_json() | {"store_position": store.max_position()})
+        return
+    logging.getLogger("projections.follower").setLevel(logging.INFO)
+    stop = threading.Event()
+
+    def on_signal(signum: int, _frame: object) -> None:
+        logging.getLogger("projections.follower").info("signal %d: stopping", signum)
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    click.echo(f"following the event store into {path} (every {interval:g} s)", err=True)
+    try:
+        report = follower.run(stop)
+    except ReadModelConflict as exc:
+        click.echo(f"error: {exc}", err=True)
+        ctx.exit(1)
+    print_json(report.as_json())
+
+
+@main.command()
 @click.option("--on", "day", type=DAY, default=None, help="Day (default: today in Taipei).")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON array of alerts.")
 @click.option("--emit", is_flag=True, help="Emit them, exactly once per alert key.")
