@@ -146,8 +146,10 @@ def _class(ranges: Ranges, *, negate: bool = False, extra: str = "") -> str:
 EXACT_TEXT_LENGTH = 128
 
 
-def text_pattern(max_length: int, *, free_text: bool = False) -> str:
+def text_pattern(max_length: int, *, free_text: bool = False, optional: bool = False) -> str:
     """The pattern of a text field: 1..max_length characters once stripped, none forbidden.
+
+    `optional`: 0..max_length (a field without a minimum length, such as `note`).
 
     Beyond `EXACT_TEXT_LENGTH` the length is left to `maxLength` (see `text_schema`).
     """
@@ -157,20 +159,22 @@ def text_pattern(max_length: int, *, free_text: bool = False) -> str:
     edge = _class(STRIPPED)
     inner = _class(forbidden, negate=True)
     outer = _class(_merged(forbidden, STRIPPED), negate=True)
-    if max_length == 1:
-        return f"^{edge}*{outer}{edge}*$"
     count = f"{{0,{max_length - 2}}}" if max_length <= EXACT_TEXT_LENGTH else "*"
-    return f"^{edge}*{outer}(?:{inner}{count}{outer})?{edge}*$"
+    core = outer if max_length == 1 else f"{outer}(?:{inner}{count}{outer})?"
+    return f"^{edge}*(?:{core})?{edge}*$" if optional else f"^{edge}*{core}{edge}*$"
 
 
-def text_schema(max_length: int, *, free_text: bool = False) -> dict[str, Any]:
-    """A text field of the contract, as JSON Schema."""
+def text_schema(
+    max_length: int, *, free_text: bool = False, optional: bool = False
+) -> dict[str, Any]:
+    """A text field of the contract, as JSON Schema (`optional`: may be empty)."""
     kind = "Free text (TAB and line ends allowed)" if free_text else "Text"
     schema: dict[str, Any] = {
         "type": "string",
-        "pattern": text_pattern(max_length, free_text=free_text),
+        "pattern": text_pattern(max_length, free_text=free_text, optional=optional),
         "description": (
-            f"{kind}: 1-{max_length} characters once surrounding whitespace is removed "
+            f"{kind}: {0 if optional else 1}-{max_length} characters once surrounding "
+            "whitespace is removed "
             "(it is, before storing), no control or format characters."
         ),
     }
@@ -545,8 +549,9 @@ def _exact_field(
         elif _text_like(branch):
             free = name in {"note", "reason"}
             length = int(branch.get("maxLength", 64))
-            component = f"{'FreeText' if free else 'Text'}{length}"
-            texts.setdefault(component, text_schema(length, free_text=free))
+            optional = not branch.get("minLength")
+            component = f"{'Optional' if optional else ''}{'FreeText' if free else 'Text'}{length}"
+            texts.setdefault(component, text_schema(length, free_text=free, optional=optional))
             for key in ("type", "minLength", "maxLength"):
                 branch.pop(key, None)
             branch["$ref"] = f"#/components/schemas/{component}"
