@@ -282,6 +282,56 @@ def test_the_whitespace_the_contract_strips_is_the_documented_set():
     assert stripped == {p for low, high in STRIPPED for p in range(low, high + 1)}
 
 
+def _answer_validator(document: dict[str, Any], path: str, method: str, status: int) -> Any:
+    """A validator of one documented answer's body, the components as `$defs`."""
+    answer = document["paths"][path][method]["responses"][str(status)]
+    schema = answer["content"]["application/json"]["schema"]
+    text = json.dumps({"$defs": document["components"]["schemas"], **schema})
+    return jsonschema_rs.validator_for(
+        json.loads(text.replace("#/components/schemas/", "#/$defs/")), validate_formats=True
+    )
+
+
+def test_real_answers_match_their_documented_schemas(seeded):
+    staff = {"Authorization": f"Bearer {STAFF}"}
+    calls = [
+        ("/v1/students/{student_id}", "/v1/students/S1", {"as_of": "2024-05-03"}, staff),
+        ("/v1/students/{student_id}/history", "/v1/students/S1/history", {}, staff),
+        ("/v1/tasks", "/v1/tasks", {"as_of": "2024-05-01", "count": "true"}, staff),
+        ("/v1/fines", "/v1/fines", {"as_of": "2024-05-03", "limit": "1"}, staff),
+        ("/v1/alerts", "/v1/alerts", {"on": "2024-04-16"}, staff),
+        ("/v1/changes", "/v1/changes", {"since": "2000-01-01"}, staff),
+        ("/v1/audit", "/v1/audit", {}, {"Authorization": f"Bearer {ADMIN}"}),
+    ]
+    seen: set[str] = set()
+    with running(_app(seeded)) as base:
+        document = httpx.get(f"{base}/openapi.json").json()
+        for template, path, params, headers in calls:
+            r = httpx.get(base + path, params=params, headers=headers)
+            assert r.status_code == 200, (path, r.text)
+            body = r.json()
+            assert body, f"{path}: an empty answer would check nothing"
+            _answer_validator(document, template, "get", 200).validate(body)
+            declared = document["paths"][template]["get"]["responses"]["200"].get("headers", {})
+            sent = {
+                n
+                for n in ("X-Timeline-Left-Out", "X-Total-Count", "X-Next-Offset")
+                if n in r.headers
+            }
+            seen |= sent
+            assert sent <= set(declared), path
+        bad = httpx.get(f"{base}/v1/tasks", params={"as_of": "someday"}, headers=staff)
+        refused = httpx.post(
+            f"{base}/v1/events",
+            json=dict(SPEC_STUDENT[0], visa="arc"),
+            headers={"Authorization": f"Bearer {FEED}"},
+        )
+    assert seen == {"X-Timeline-Left-Out", "X-Total-Count", "X-Next-Offset"}
+    _answer_validator(document, "/v1/tasks", "get", 400).validate(bad.json())
+    assert refused.status_code == 409
+    _answer_validator(document, "/v1/events", "post", 409).validate(refused.json())
+
+
 # -- answers the fuzzing found wrong ---------------------------------------------------------
 def test_an_unknown_method_is_405_naming_the_allowed_ones(seeded):
     with running(_app(seeded)) as base:
