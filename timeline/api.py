@@ -23,10 +23,13 @@ from fastapi import Depends, FastAPI, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
+from fastapi.security import HTTPAuthorizationCredentials
 from starlette.datastructures import MutableHeaders
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from timeline import api_models as doc
+from timeline.api_models import Day, Moment, StudentId, errors
 from timeline.api_settings import ANY_SOURCE, ApiConfig, ApiConfigError, Token
 from timeline.audit import accesses, record_access
 from timeline.clock import Clock, parse_day, parse_known_at, system_clock, taipei_today
@@ -247,6 +250,19 @@ def _moment(value: str | None, name: str) -> datetime | None:
         raise ApiError(400, f"{name}: {exc}") from None
 
 
+def allowed_methods(app: FastAPI, scope: Scope) -> list[str]:
+    """The methods the routes of `app` answer at the scope's path, sorted."""
+    from starlette.routing import Match
+
+    methods: set[str] = set()
+    for route in app.router.routes:
+        route_methods = getattr(route, "methods", None)
+        # A route whose path matches answers FULL (its method) or PARTIAL (another method).
+        if route_methods and route.matches({**scope, "type": "http"})[0] != Match.NONE:
+            methods |= set(route_methods)
+    return sorted(methods)
+
+
 def create_app(config: ApiConfig, rules: Any = None, clock: Clock = system_clock) -> FastAPI:
     """The FastAPI application; `rules` (a RuleBook) default to the environment's, read once.
 
@@ -281,8 +297,11 @@ def create_app(config: ApiConfig, rules: Any = None, clock: Clock = system_clock
         }[kind]
         every = config.feed_tokens + config.readers()
         refusal = {"feed": "write", "staff": "read", "admin": "read the audit of access"}[kind]
+        # Declares the bearer scheme in the OpenAPI document; the header is read below.
+        scheme = {"feed": doc.FEED_TOKEN, "staff": doc.STAFF_TOKEN, "admin": doc.ADMIN_TOKEN}[kind]
+        declared = Depends(scheme)
 
-        def check(request: Request) -> Token:
+        def check(request: Request, _: HTTPAuthorizationCredentials | None = declared) -> Token:
             presented = bearer_token(request)
             token = find_token(presented, wanted)
             if token is not None:
@@ -329,8 +348,15 @@ def create_app(config: ApiConfig, rules: Any = None, clock: Clock = system_clock
         return JSONResponse({"error": "; ".join(parts)}, status_code=400)
 
     @app.exception_handler(StarletteHTTPException)
-    async def http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
-        return JSONResponse({"error": str(exc.detail)}, status_code=exc.status_code)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        # Keeps the exception's headers: a 405 names the allowed methods (Allow), those of
+        # every route of the path (Starlette names only the first route's).
+        headers = dict(exc.headers or {})
+        if exc.status_code == 405:
+            headers["Allow"] = ", ".join(allowed_methods(request.app, request.scope)) or "GET"
+        return JSONResponse(
+            {"error": str(exc.detail)}, status_code=exc.status_code, headers=headers
+        )
 
     @app.exception_handler(Exception)
     async def unexpected(_: Request, exc: Exception) -> JSONResponse:
@@ -344,18 +370,25 @@ def create_app(config: ApiConfig, rules: Any = None, clock: Clock = system_clock
 
     @app.post(
         "/v1/events",
-        openapi_extra={
-            "requestBody": {
-                "required": True,
-                "content": {"application/json": {"schema": {}}},
-                "description": "One event (SPEC §2) or an array of events.",
-            }
+        response_model=doc.IngestReport,
+        responses={
+            **errors(400, 401, 403, 413, 415, 503),
+            409: {"model": doc.IngestRefused, "description": doc.WHY[409]},
+            422: {
+                "model": doc.IngestRefused,
+                "description": "Nothing was stored: some events are not valid (each rejection "
+                "names the index, the field and the reason).",
+            },
         },
+        openapi_extra={"requestBody": doc.EVENTS_BODY},
     )
     async def post_events(
         request: Request,
         token: Token = writer,
-        partial: Annotated[bool, Query()] = False,
+        partial: Annotated[
+            bool,
+            Query(description="Store the valid events and report the others (answer 200)."),
+        ] = False,
     ) -> JSONResponse:
         """Ingest one event or an array of events (atomic unless ?partial=true).
 
@@ -384,7 +417,7 @@ def create_app(config: ApiConfig, rules: Any = None, clock: Clock = system_clock
         body = report.as_json()
         if report.ok or partial:
             return JSONResponse(body, status_code=200)
-        conflicts = all(r.error.startswith("conflict:") for r in report.rejected)
+        conflicts = all(r.conflict for r in report.rejected)
         return JSONResponse(
             body | {"error": "nothing was stored: some events were rejected"},
             status_code=409 if conflicts else 422,
@@ -392,12 +425,16 @@ def create_app(config: ApiConfig, rules: Any = None, clock: Clock = system_clock
 
     reader = require("staff")
 
-    @app.get("/v1/students/{student_id}")
+    @app.get(
+        "/v1/students/{student_id}",
+        response_model=doc.StudentView,
+        responses=errors(400, 401, 403, 404, 422, 503),
+    )
     def get_student(
-        student_id: str,
+        student_id: StudentId,
         token: Token = reader,
-        as_of: str | None = None,
-        known_at: str | None = None,
+        as_of: Day = None,
+        known_at: Moment = None,
     ) -> JSONResponse:
         """The student view (SPEC §4) as of a date, as known at a moment (audited)."""
         from projections.engine import view
@@ -414,8 +451,12 @@ def create_app(config: ApiConfig, rules: Any = None, clock: Clock = system_clock
         result = view(stream, on, moment, rulebook, student_id=student_id)
         return JSONResponse(result.model_dump(mode="json"))
 
-    @app.get("/v1/students/{student_id}/history")
-    def get_history(student_id: str, token: Token = reader) -> list[dict[str, Any]]:
+    @app.get(
+        "/v1/students/{student_id}/history",
+        response_model=list[doc.HistoryEntry],
+        responses=errors(401, 403, 503),
+    )
+    def get_history(student_id: StudentId, token: Token = reader) -> JSONResponse:
         """The stored events with recorded_at and retraction marks ([] for unknown; audited)."""
         with store() as opened:
             stream = opened.stream(student_id)
@@ -427,18 +468,24 @@ def create_app(config: ApiConfig, rules: Any = None, clock: Clock = system_clock
                     student_id,
                     clock(),
                 )
-            return history_entries(stream)
+            # As built (the model documents it): absent fields stay absent, times as stored.
+            return JSONResponse(history_entries(stream))
 
     from web.calendar_feed import add_calendar_routes  # the edge's wording (web.labels)
 
     add_calendar_routes(app, reader=reader, store=store, rules=rulebook, clock=clock)
 
-    @app.get("/v1/audit", dependencies=[require("admin")])
+    @app.get(
+        "/v1/audit",
+        dependencies=[require("admin")],
+        response_model=list[doc.AuditRow],
+        responses={200: {"headers": doc.PAGE_HEADERS}, **errors(400, 401, 403, 503)},
+    )
     def get_audit(
         student_id: str | None = None,
         token_name: str | None = None,
         limit: Annotated[int, Query(ge=1, le=1000)] = 100,
-        offset: Annotated[int, Query(ge=0)] = 0,
+        offset: Annotated[int, Query(ge=0, le=doc.MAX_OFFSET)] = 0,
     ) -> JSONResponse:
         """Who viewed whose record, newest first (admin tokens only); X-Total-Count: all rows."""
         with store() as opened:
@@ -511,15 +558,23 @@ def create_app(config: ApiConfig, rules: Any = None, clock: Clock = system_clock
 
         return StreamingResponse(body(), media_type=JSON, headers=headers)
 
-    @app.get("/v1/tasks", dependencies=[require("staff")])
+    @app.get(
+        "/v1/tasks",
+        dependencies=[require("staff")],
+        response_model=list[doc.TaskRow],
+        responses={
+            200: {"headers": doc.LEFT_OUT_HEADERS | doc.PAGE_HEADERS},
+            **errors(400, 401, 403, 503),
+        },
+    )
     def get_tasks(
-        as_of: str | None = None,
-        status: Annotated[list[str] | None, Query()] = None,
-        kind: Annotated[list[str] | None, Query()] = None,
-        known_at: str | None = None,
-        changed_since: str | None = None,
+        as_of: Day = None,
+        status: Annotated[list[doc.TaskStatus] | None, Query()] = None,
+        kind: Annotated[list[doc.TaskKind] | None, Query()] = None,
+        known_at: Moment = None,
+        changed_since: doc.ChangedSince = None,
         limit: Annotated[int | None, Query(ge=0, le=MAX_PAGE)] = None,
-        offset: Annotated[int, Query(ge=0)] = 0,
+        offset: Annotated[int, Query(ge=0, le=doc.MAX_OFFSET)] = 0,
         count: bool = False,
     ) -> Response:
         """Every student's tasks as of a day, as known at a moment (paging: see the README).
@@ -543,14 +598,22 @@ def create_app(config: ApiConfig, rules: Any = None, clock: Clock = system_clock
             count,
         )
 
-    @app.get("/v1/fines", dependencies=[require("staff")])
+    @app.get(
+        "/v1/fines",
+        dependencies=[require("staff")],
+        response_model=list[doc.FineRow],
+        responses={
+            200: {"headers": doc.LEFT_OUT_HEADERS | doc.PAGE_HEADERS},
+            **errors(400, 401, 403, 503),
+        },
+    )
     def get_fines(
-        as_of: str | None = None,
-        status: Annotated[list[str] | None, Query()] = None,
-        known_at: str | None = None,
-        changed_since: str | None = None,
+        as_of: Day = None,
+        status: Annotated[list[doc.FineStatus] | None, Query()] = None,
+        known_at: Moment = None,
+        changed_since: doc.ChangedSince = None,
         limit: Annotated[int | None, Query(ge=0, le=MAX_PAGE)] = None,
-        offset: Annotated[int, Query(ge=0)] = 0,
+        offset: Annotated[int, Query(ge=0, le=doc.MAX_OFFSET)] = 0,
         count: bool = False,
     ) -> Response:
         """Every student's fines accrued by a day, as known at a moment (paging: README).
@@ -572,8 +635,13 @@ def create_app(config: ApiConfig, rules: Any = None, clock: Clock = system_clock
             count,
         )
 
-    @app.get("/v1/alerts", dependencies=[require("staff")])
-    def get_alerts(on: str | None = None, known_at: str | None = None) -> JSONResponse:
+    @app.get(
+        "/v1/alerts",
+        dependencies=[require("staff")],
+        response_model=list[doc.Alert],
+        responses={200: {"headers": doc.LEFT_OUT_HEADERS}, **errors(400, 401, 403, 503)},
+    )
+    def get_alerts(on: Day = None, known_at: Moment = None) -> JSONResponse:
         """The alerts that fall on a day (a pure query), as known at a moment."""
         from scheduler.alerts import alerts_on
 
@@ -586,9 +654,13 @@ def create_app(config: ApiConfig, rules: Any = None, clock: Clock = system_clock
             finally:
                 model.close()
 
-    @app.get("/v1/students/{student_id}/alerts/preview")
+    @app.get(
+        "/v1/students/{student_id}/alerts/preview",
+        response_model=list[dict[str, Any]],
+        responses=errors(400, 401, 403, 404, 503),
+    )
     def get_alerts_preview(
-        student_id: str, token: Token = reader, on: str | None = None
+        student_id: StudentId, token: Token = reader, on: Day = None
     ) -> JSONResponse:
         """The messages of the student's alerts on a day, per channel, rendered, not sent.
 
@@ -620,11 +692,14 @@ def create_app(config: ApiConfig, rules: Any = None, clock: Clock = system_clock
             finally:
                 model.close()
 
-    @app.get("/v1/changes", dependencies=[require("staff")])
-    def get_changes(since: str | None = None) -> JSONResponse:
+    @app.get(
+        "/v1/changes",
+        dependencies=[require("staff")],
+        response_model=list[doc.Change],
+        responses=errors(400, 401, 403, 503),
+    )
+    def get_changes(since: doc.Since) -> JSONResponse:
         """The students whose derivation changed after `since` (how often, and when last)."""
-        if since is None:
-            raise ApiError(400, "since: required (an ISO 8601 timestamp or a day)")
         moment = _moment(since, "since")
         with store() as opened:
             model = read_model(opened)
@@ -633,4 +708,5 @@ def create_app(config: ApiConfig, rules: Any = None, clock: Clock = system_clock
             finally:
                 model.close()
 
+    doc.install_openapi(app)
     return app

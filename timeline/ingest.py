@@ -82,6 +82,9 @@ class Rejection:
 
     position: int
     error: str
+    # A conflict with what is stored (the key with other content, a retraction's target),
+    # as opposed to an event that is not valid: the API answers 409 rather than 422.
+    conflict: bool = False
 
 
 @dataclass
@@ -719,7 +722,7 @@ class Ingestor:
             elif known[4] == row[5]:
                 duplicates += 1
             else:
-                conflicts.append(Rejection(row[0], _conflict_text(row[2], row[1])))
+                conflicts.append(Rejection(row[0], _conflict_text(row[2], row[1]), conflict=True))
         return fresh, duplicates, conflicts
 
     # -- classification ----------------------------------------------------------------
@@ -750,19 +753,23 @@ class Ingestor:
                 if known[4] == item.digest:
                     duplicates += 1
                 else:
-                    rejected.append(Rejection(item.position, _conflict_message(item)))
+                    rejected.append(
+                        Rejection(item.position, _conflict_message(item), conflict=True)
+                    )
                 continue
             earlier = local.get(key)
             if earlier is not None:
                 if earlier[0] == item.digest:
                     duplicates += 1
                 else:
-                    rejected.append(Rejection(item.position, _conflict_message(item)))
+                    rejected.append(
+                        Rejection(item.position, _conflict_message(item), conflict=True)
+                    )
                 continue
             if item.type == "retracted":
                 problem = self._retraction_problem(item, stored, local)
                 if problem:
-                    rejected.append(Rejection(item.position, problem))
+                    rejected.append(Rejection(item.position, problem, conflict=True))
                     continue
             local[key] = (item.digest, item.student_id, item.type)
             fresh.append(item)

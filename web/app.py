@@ -301,6 +301,10 @@ def create_app(
 
     @app.exception_handler(DerivationError)
     async def derivation_error(request: Request, exc: DerivationError) -> Response:
+        if request.url.path.startswith(("/v1/", "/calendar/")):
+            # This handler replaces the API's for the whole app: the API (and the calendar
+            # feed behind a secret link, read by calendar apps) answers its own shape.
+            return JSONResponse({"error": str(exc)}, status_code=422)
         return error_page(request, PageError(422, "cannot_derive", str(exc)))
 
     @app.exception_handler(NotSignedIn)

@@ -24,10 +24,12 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, Response
+from pydantic import BaseModel
 
 from projections.ics import FeedWording, task_calendar
 from projections.rules import RuleBook
 from timeline.api import ApiError
+from timeline.api_models import Day, ErrorBody, StudentId, errors
 from timeline.api_settings import Token
 from timeline.audit import record_access
 from timeline.calendar_links import create_link, link_path, look_up, revoke_link
@@ -84,6 +86,21 @@ def student_feed(
     return Feed(cal.to_ical(), len(cal.walk("VEVENT")))
 
 
+# The 200 answer of a feed: iCalendar text (RFC 5545).
+ICS_ANSWER: dict[str, Any] = {
+    "description": "The open tasks as iCalendar (RFC 5545), one all-day VEVENT per task.",
+    "content": {"text/calendar": {"schema": {"type": "string"}}},
+}
+
+
+class CalendarLink(BaseModel):
+    """A new secret calendar link (shown once: only its hash is kept)."""
+
+    student_id: str
+    path: str
+    url: str
+
+
 def _as_of(value: str | None, clock: Clock) -> date:
     if value is None:
         return taipei_today(clock)
@@ -129,15 +146,20 @@ def add_calendar_routes(
     @app.get(
         "/v1/students/{student_id}/calendar.ics",
         response_class=Response,
-        responses={200: {"content": {"text/calendar": {}}}},
+        responses={200: ICS_ANSWER, **errors(400, 401, 403, 404, 422, 503)},
     )
-    def get_calendar(student_id: str, token: Token = reader, as_of: str | None = None) -> Response:
+    def get_calendar(student_id: StudentId, token: Token = reader, as_of: Day = None) -> Response:
         """The student's open tasks as an iCalendar feed, as of a day (default: today; audited)."""
         return _ics(export(student_id, _as_of(as_of, clock), token.name, FEED_ROUTE))
 
-    @app.post("/v1/students/{student_id}/calendar-link", status_code=201)
+    @app.post(
+        "/v1/students/{student_id}/calendar-link",
+        status_code=201,
+        response_model=CalendarLink,
+        responses=errors(401, 403, 404, 503),
+    )
     def post_calendar_link(
-        request: Request, student_id: str, token: Token = reader
+        request: Request, student_id: StudentId, token: Token = reader
     ) -> JSONResponse:
         """Make the student's secret calendar link, revoking any earlier one (shown once)."""
         with store() as opened:
@@ -157,8 +179,17 @@ def add_calendar_routes(
             {"student_id": student_id, "path": path, "url": base + path}, status_code=201
         )
 
-    @app.delete("/v1/students/{student_id}/calendar-link", status_code=204)
-    def delete_calendar_link(student_id: str, token: Token = reader) -> Response:
+    @app.delete(
+        "/v1/students/{student_id}/calendar-link",
+        status_code=204,
+        response_class=Response,
+        responses={
+            204: {"description": "Revoked."},
+            **errors(401, 403, 503),
+            404: {"model": ErrorBody, "description": "No active calendar link for this student."},
+        },
+    )
+    def delete_calendar_link(student_id: StudentId, token: Token = reader) -> Response:
         """Revoke the student's secret calendar link (404 when none is active)."""
         with store() as opened:
             if not revoke_link(opened, student_id, clock()):
@@ -175,11 +206,14 @@ def add_calendar_routes(
     @app.get(
         "/calendar/{token}.ics",
         response_class=Response,
-        responses={200: {"content": {"text/calendar": {}}}, 404: {}, 410: {}},
+        responses={
+            200: ICS_ANSWER,
+            **errors(400, 422),
+            404: {"model": ErrorBody, "description": "No such calendar link."},
+            410: {"model": ErrorBody, "description": "The link was revoked or rotated."},
+        },
     )
-    async def get_linked_calendar(
-        request: Request, token: str, as_of: str | None = None
-    ) -> Response:
+    async def get_linked_calendar(request: Request, token: str, as_of: Day = None) -> Response:
         """The feed behind a secret link: no staff token; 404 unknown, 410 revoked."""
         request.state.token_name = LINK_TOKEN_NAME
         on = _as_of(as_of, clock)
