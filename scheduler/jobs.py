@@ -7,14 +7,13 @@ runs, and closes everything again: nothing is kept in memory between runs.
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import date
 
 from projections.readmodel import ReadModel, default_read_db
-from projections.rules import RuleBook, rulebook_from_env
+from projections.rules import DEFAULT_RULES, RuleBook
 from scheduler.emit import RunReport, emit_day, run_until
 from scheduler.outbox import BATCH_SIZE, EmitterLock, Outbox, OutboxDB, outbox_location
 from scheduler.sinks import Sink, sink_from_spec
@@ -34,32 +33,43 @@ class Wiring:
     sink: Sink
 
 
-def batch_size_from_env() -> int:
-    """Rows per delivery batch: `TIMELINE_ALERT_BATCH` (1..10,000), default 500."""
-    text = os.environ.get("TIMELINE_ALERT_BATCH", "").strip()
-    if not text:
-        return BATCH_SIZE
-    if not text.isdigit() or not 1 <= int(text) <= 10_000:
-        raise ValueError("TIMELINE_ALERT_BATCH must be a whole number from 1 to 10000")
-    return int(text)
+@dataclass(frozen=True)
+class JobSettings:
+    """What a job needs besides its plain arguments (kept out of the persistent job store)."""
+
+    rules: RuleBook = DEFAULT_RULES
+    batch_size: int = BATCH_SIZE  # rows per delivery batch
+    cipher_key: str | None = field(default=None, repr=False)
+
+
+# APScheduler calls `daily_alerts` with the plain arguments it stored; the rest comes from
+# the configuration the daemon read at start-up and handed over with `use_settings`.
+_process_settings = JobSettings()
+
+
+def use_settings(settings: JobSettings) -> None:
+    """Set what this process's jobs run under (the daemon, once, before it starts)."""
+    global _process_settings
+    _process_settings = settings
 
 
 @contextmanager
 def wiring(
-    db: str | None, read_db: str | None, sink: str | None, rules: RuleBook | None = None
+    db: str | None,
+    read_db: str | None,
+    sink: str | None,
+    rules: RuleBook | None = None,
+    cipher_key: str | None = None,
 ) -> Iterator[Wiring]:
     """Open store, read models (synced), outbox and sink; close them afterwards.
 
-    `rules` is the CLI's one reading of the settings; jobs started by APScheduler get only
-    plain arguments and read the environment through the same `rulebook_from_env`.
+    `rules` and `cipher_key` default to the process's `JobSettings` (see `use_settings`).
     """
-    rules = rules if rules is not None else rulebook_from_env(os.environ)
-    store = TimelineStore.open(db)
+    rules = rules if rules is not None else _process_settings.rules
+    store = TimelineStore.open(db, cipher_key or _process_settings.cipher_key)
     model = outbox_db = None
     try:
-        path = (
-            read_db or os.environ.get("TIMELINE_READ_DB") or default_read_db(store.config.location)
-        )
+        path = read_db or default_read_db(store.config.location)
         model = ReadModel(path, rules)
         if model.rebuild_reason:
             # The rebuild below can take minutes on a big store: say why (stderr in the CLI).
@@ -89,7 +99,9 @@ def daily_alerts(
     today_ = parse_day(today) if today else taipei_today()
     with wiring(db, read_db, sink) as w, EmitterLock(w.outbox.db) as lock:
         lock.acquire(wait=wait)
-        report = run_until(w.model, w.outbox, w.sink, today_, batch_size=batch_size_from_env())
+        report = run_until(
+            w.model, w.outbox, w.sink, today_, batch_size=_process_settings.batch_size
+        )
     summary = report.as_json()
     log.info("daily alerts for %s: %s", today_.isoformat(), summary)
     return summary
@@ -102,8 +114,12 @@ def emit_once(
     day: date,
     wait: float = 0.0,
     rules: RuleBook | None = None,
+    *,
+    batch_size: int | None = None,
+    cipher_key: str | None = None,
 ) -> RunReport:
     """`timeline alerts --on DAY --emit`: one day, once per alert key."""
-    with wiring(db, read_db, sink, rules) as w, EmitterLock(w.outbox.db) as lock:
+    batch = batch_size or _process_settings.batch_size
+    with wiring(db, read_db, sink, rules, cipher_key) as w, EmitterLock(w.outbox.db) as lock:
         lock.acquire(wait=wait)
-        return emit_day(w.model, w.outbox, w.sink, day, batch_size=batch_size_from_env())
+        return emit_day(w.model, w.outbox, w.sink, day, batch_size=batch)

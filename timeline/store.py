@@ -23,7 +23,7 @@ from contextlib import closing, contextmanager
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 from urllib.parse import unquote, urlparse
 from uuid import UUID
 
@@ -33,12 +33,13 @@ from eventsourcing.persistence import (
     DatetimeAsISO,
     JSONTranscoder,
     MapperDeserialisationError,
+    PersistenceError,
     StoredEvent,
     find_id_convertor,
 )
 from eventsourcing.postgres import PostgresApplicationRecorder
 from eventsourcing.sqlite import SQLiteApplicationRecorder
-from eventsourcing.utils import get_topic
+from eventsourcing.utils import Environment, EnvType, get_topic
 from psycopg.sql import SQL, Identifier
 
 from timeline.aggregate import DateAsISO, Student, student_uuid
@@ -312,6 +313,15 @@ class TimelineApp(Application[UUID]):
         super().register_transcodings(transcoder)
         transcoder.register(DateAsISO())
 
+    def construct_env(self, name: str, env: EnvType | None = None) -> Environment:
+        """Only the configuration given (`StoreConfig.env`), never the process environment.
+
+        The library would also read `TIMELINE_*` variables (its prefix is the application's
+        name): a stray TIMELINE_CIPHER_KEY would then change what is stored, unseen by
+        the settings (`timeline.settings`), which alone read the environment.
+        """
+        return Environment(name, dict(env or {}))
+
 
 @dataclass(frozen=True)
 class StoreConfig:
@@ -327,11 +337,8 @@ class StoreConfig:
 
     @classmethod
     def resolve(cls, location: str | None = None, cipher_key: str | None = None) -> StoreConfig:
-        """From explicit values, else `TIMELINE_DB` / `TIMELINE_CIPHER_KEY`, else defaults."""
-        return cls(
-            location=location or os.environ.get("TIMELINE_DB") or DEFAULT_DB,
-            cipher_key=cipher_key or os.environ.get("TIMELINE_CIPHER_KEY") or None,
-        )
+        """From explicit values, else the default file (settings are the edges' to read)."""
+        return cls(location=location or DEFAULT_DB, cipher_key=cipher_key or None)
 
     def env(self) -> dict[str, str]:
         """The eventsourcing environment for this configuration."""
@@ -418,6 +425,54 @@ def _opening(config: StoreConfig) -> Iterator[None]:
     yield
 
 
+StoreState = Literal["ready", "no-store", "no-schema"]
+
+
+def _postgres_schema(location: str) -> str:
+    return _postgres_env(location).get("POSTGRES_SCHEMA", "public")
+
+
+def store_state(location: str) -> StoreState:
+    """Whether the event store at `location` was created: its file, or its schema and table.
+
+    Opening a store creates it; the edges ask first, so that reading a mistyped location
+    is an error instead of a new empty store. Cannot reach PostgreSQL: StorageConfigError.
+    """
+    config = StoreConfig(location)
+    if not config.is_postgres:
+        return "ready" if Path(location).is_file() else "no-store"
+    url, _, _ = location.partition("?")
+    schema = _postgres_schema(location)
+    try:
+        with psycopg.connect(url, connect_timeout=10) as conn:
+            found = conn.execute(
+                "SELECT EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = %s), "
+                "to_regclass(%s) IS NOT NULL",
+                (schema, f'"{schema}".{TimelineApp.name.lower()}_events'),
+            ).fetchone()
+    except psycopg.Error as exc:
+        raise StorageConfigError(f"cannot connect to the event store: {exc}") from None
+    has_schema, has_table = found if found else (False, False)
+    if not has_schema:
+        return "no-schema"
+    return "ready" if has_table else "no-store"
+
+
+def create_postgres_schema(location: str) -> bool:
+    """Create the schema named in a PostgreSQL location; whether it was new."""
+    url, _, _ = location.partition("?")
+    schema = _postgres_schema(location)
+    try:
+        with psycopg.connect(url, autocommit=True, connect_timeout=10) as conn:
+            existed = conn.execute(
+                "SELECT EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = %s)", (schema,)
+            ).fetchone()
+            conn.execute(SQL("CREATE SCHEMA IF NOT EXISTS {}").format(Identifier(schema)))
+    except psycopg.Error as exc:
+        raise StorageConfigError(f"cannot create the schema {schema!r}: {exc}") from None
+    return not (existed and existed[0])
+
+
 class TimelineStore:
     """The write side's handle: append facts, read facts and history."""
 
@@ -443,7 +498,7 @@ class TimelineStore:
                 self._check_cipher()
         except StorageConfigError:
             raise
-        except (ValueError, OSError, sqlite3.Error, psycopg.Error) as exc:
+        except (ValueError, OSError, sqlite3.Error, psycopg.Error, PersistenceError) as exc:
             raise StorageConfigError(f"cannot open the event store: {exc}") from exc
 
     # -- the cipher marker -------------------------------------------------------------
@@ -497,7 +552,7 @@ class TimelineStore:
     def open(
         cls, location: str | None = None, cipher_key: str | None = None, clock: Clock = system_clock
     ) -> TimelineStore:
-        """Open (and create if needed) the store named by `location` or the environment."""
+        """Open (and create if needed) the store at `location` (default ./timeline.db)."""
         return cls(StoreConfig.resolve(location, cipher_key), clock)
 
     def close(self) -> None:
