@@ -28,7 +28,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 from urllib.parse import quote, urlparse
 
-from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic import (
+    Field,
+    PrivateAttr,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
@@ -219,6 +226,9 @@ class Settings(BaseSettings):
             raise ValueError(str(exc)) from None
         return self
 
+    # Where the user's data folder is, from the environment `load_settings` read.
+    _user_data_dir: Path | None = PrivateAttr(None)
+
     # -- derived values --------------------------------------------------------------------
     @property
     def is_postgres(self) -> bool:
@@ -238,10 +248,7 @@ class Settings(BaseSettings):
         """`data_dir`, else the user's data folder for this service (always absolute)."""
         if self.data_dir is not None:
             return Path(os.path.abspath(self.data_dir.expanduser()))
-        base = os.environ.get("XDG_DATA_HOME") or os.path.join(
-            os.path.expanduser("~"), ".local", "share"
-        )
-        return Path(os.path.abspath(base)) / APP_DIR
+        return self._user_data_dir or user_data_dir(os.environ)
 
     @property
     def read_db_location(self) -> str:
@@ -315,6 +322,14 @@ def _masked_tokens(value: SecretStr | None) -> str | None:
             continue
         entries.append(":".join([parts[0], MASK, *parts[2:]]))
     return ",".join(entries)
+
+
+def user_data_dir(environ: Mapping[str, str]) -> Path:
+    """$XDG_DATA_HOME/residency-timeline, else ~/.local/share/residency-timeline."""
+    base = environ.get("XDG_DATA_HOME") or os.path.join(
+        environ.get("HOME") or os.path.expanduser("~"), ".local", "share"
+    )
+    return Path(os.path.abspath(base)) / APP_DIR
 
 
 def is_postgres_url(location: str) -> bool:
@@ -407,7 +422,9 @@ def load_settings(
         raise SettingsError("; ".join(problems))
     token = _SOURCES.set((env_values, config_values, file_values))
     try:
-        return Settings(**{k: v for k, v in explicit.items() if v is not None})
+        settings = Settings(**{k: v for k, v in explicit.items() if v is not None})
+        settings._user_data_dir = user_data_dir(environ)
+        return settings
     except ValidationError as exc:
         raise SettingsError(describe_errors(exc)) from None
     finally:
