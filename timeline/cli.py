@@ -455,11 +455,12 @@ def show(
     """STUDENT's ARC status, tasks and fines as of a date (as known at a moment)."""
     from projections.engine import DerivationError, view
     from projections.render import print_view
-    from timeline.whatif import hypothetical_facts
 
     store = open_store(ctx, db)
     stream = store.stream(student)
     if with_file is not None:
+        from timeline.whatif import hypothetical_facts  # the feed contract: only with --with
+
         moment = known_at or system_clock()
         try:
             stream += hypothetical_facts(with_file, student, moment, len(stream) + 10_000)
