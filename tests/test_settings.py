@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-from conftest import POSTGRES_URL
+from conftest import POSTGRES_URL, _postgres_location
 from feed_examples import entered
 
 from timeline.api_settings import ApiConfig
@@ -308,10 +308,15 @@ def test_a_postgres_schema_that_does_not_exist_is_refused_without_a_traceback(mi
         assert "the schema does not exist" in done.stderr and "--create-schema" in done.stderr
 
 
-def test_a_postgres_schema_without_a_store_is_refused_on_read(location):
-    if not location.startswith("postgresql"):
-        pytest.skip("the SQLite case is above")
-    result = cli("--db", location, "show", "S1", env=clean_environ())
+@pytest.fixture
+def empty_schema():
+    if not POSTGRES_URL:
+        pytest.skip("TIMELINE_TEST_POSTGRES_URL is not set (CI sets it)")
+    yield from _postgres_location()
+
+
+def test_a_postgres_schema_without_a_store_is_refused_on_read(empty_schema):
+    result = cli("--db", empty_schema, "show", "S1", env=clean_environ())
     assert result.exit_code == 2
     assert "no event store at" in result.stderr and "timeline init" in result.stderr
 
