@@ -200,7 +200,7 @@ class TimelineApp(Application[UUID]):
         name): a stray TIMELINE_CIPHER_KEY would then change what is stored, unseen by
         the settings (`timeline.settings`), which alone read the environment.
         """
-        return Environment(name, dict(env or {}))
+        return Environment(name, {**type(self).env, **(env or {})})
 
 
 @dataclass(frozen=True)
