@@ -438,3 +438,26 @@ def test_show_imports_no_postgres_driver_nor_web_nor_scheduler(tmp_path):
     assert "projections" in modules and "eventsourcing" in modules
     for heavy in ("psycopg", "fastapi", "starlette", "uvicorn", "apscheduler", "jinja2"):
         assert heavy not in modules, heavy
+
+
+# -- the scheduler's jobs run under the settings handed to them --------------------------------
+def test_the_daily_job_uses_the_settings_the_daemon_handed_over(tmp_path):
+    from eventsourcing.cipher import AESCipher
+
+    from scheduler.jobs import JobSettings, daily_alerts, use_settings
+    from timeline.errors import StorageConfigError
+
+    key = AESCipher.create_key(32)
+    db = str(tmp_path / "secret.db")
+    with TimelineStore.open(db, key) as store:
+        assert ingest_objects(store, [entered("e1", day="2024-03-16")]).ok
+    sink = f"jsonl:{tmp_path / 'alerts.jsonl'}"
+    # APScheduler calls the job with its stored plain arguments only: no key among them.
+    with pytest.raises(StorageConfigError, match="encrypted"):
+        daily_alerts(db, None, sink, wait=5, today="2024-04-15")
+    use_settings(JobSettings(cipher_key=key, batch_size=10))
+    try:
+        summary = daily_alerts(db, None, sink, wait=5, today="2024-04-15")
+    finally:
+        use_settings(JobSettings())
+    assert summary["sent"] >= 1 and summary["failed"] == 0, summary
