@@ -66,9 +66,7 @@ def read_db_option(func: F) -> F:
     )(func)
 
 
-def settings_for(
-    ctx: click.Context, db: str | None = None, read_db: str | None = None
-) -> Settings:
+def settings_for(ctx: click.Context, db: str | None = None, read_db: str | None = None) -> Settings:
     """The configuration read by the `main` group, with this command's --db / --read-db."""
     settings: Settings = ctx.find_root().obj["settings"]
     update = {name: value for name, value in (("db", db), ("read_db", read_db)) if value}
@@ -983,9 +981,7 @@ def scheduler_command(
     path = read_model_path(settings)
     db = store.config.location
     # What the jobs need beyond their stored arguments: never written to the job store.
-    use_settings(
-        JobSettings(rules_of(ctx), settings.alert_batch, settings.secret("cipher_key"))
-    )
+    use_settings(JobSettings(rules_of(ctx), settings.alert_batch, settings.secret("cipher_key")))
     outbox_db = OutboxDB(outbox_location(store.config.location, path))
     instance = EmitterLock(outbox_db, name="scheduler")
     try:

@@ -112,7 +112,7 @@ class Settings(BaseSettings):
         "(default $XDG_DATA_HOME/residency-timeline, else ~/.local/share/residency-timeline).",
     )
     cipher_key: SecretStr | None = Field(
-        None, description="AES key encrypting events at rest (see Encryption)."
+        None, description="AES key encrypting events at rest (README: Feeding events)."
     )
     # -- rules -----------------------------------------------------------------------------
     deadline_rollover: bool = Field(
@@ -150,7 +150,6 @@ class Settings(BaseSettings):
     # New settings go here: a field (SecretStr for a secret) with a description; its
     # environment variable is TIMELINE_<NAME>, and the README's Configuration table lists it.
     # -- service (host, port, workers, root path, log format, readiness) -------------------
-
 
     @classmethod
     def settings_customise_sources(
