@@ -461,3 +461,11 @@ def test_the_daily_job_uses_the_settings_the_daemon_handed_over(tmp_path):
     finally:
         use_settings(JobSettings())
     assert summary["sent"] >= 1 and summary["failed"] == 0, summary
+
+
+def test_a_read_model_file_in_a_folder_that_does_not_exist_is_a_usage_error(tmp_path):
+    db = str(tmp_path / "t.db")
+    assert cli("--db", db, "init", env=clean_environ()).exit_code == 0
+    result = cli("--db", db, "tasks", "--read-db", str(tmp_path / "no" / "r.db"))
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    assert f"the folder of the read models does not exist: {tmp_path / 'no'}" in result.stderr

@@ -481,9 +481,12 @@ def show(
 def read_model_path(settings: Settings) -> str:
     """`--read-db`, else the configured read_db, else beside the events (an absolute path)."""
     path = settings.read_db_location
-    if Path(path).parent == settings.data_directory:
+    folder = Path(path).parent
+    if folder == settings.data_directory:
         # The default place of a PostgreSQL store's read models: ours to create.
-        settings.data_directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+        folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+    elif not folder.is_dir():
+        raise UsageFailure(f"the folder of the read models does not exist: {folder}")
     return path
 
 
