@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 from datetime import date
 from pathlib import Path
 
@@ -22,9 +21,9 @@ from rich.rule import Rule
 
 from projections.engine import view
 from projections.render import print_view
-from projections.rules import rulebook_from_env
 from timeline.cli import main as timeline_cli
 from timeline.ingest import ingest_file
+from timeline.settings import load_settings
 from timeline.store import TimelineStore
 
 FEED = Path(__file__).resolve().parent / "feed.jsonl"
@@ -45,8 +44,9 @@ def timeline(*args: str) -> None:
 def run(db: str, as_of: date) -> None:
     """Ingest the feed, then print each student's history and view, then overdue tasks."""
     console = Console()
-    rules = rulebook_from_env(os.environ)
-    with TimelineStore.open(db) as store:
+    settings = load_settings(db=db)  # the environment's settings, as the CLI reads them
+    rules = settings.rulebook()
+    with TimelineStore.open(settings.store_location, settings.secret("cipher_key")) as store:
         report = ingest_file(store, FEED)
         console.print_json(data=report.as_json())
         for student in feed_students():

@@ -9,8 +9,11 @@ from __future__ import annotations
 
 import calendar
 import hashlib
+import importlib.util
+import sys
 from datetime import MAXYEAR, MINYEAR, date, timedelta
 from functools import cached_property, lru_cache
+from pathlib import Path
 
 import holidays
 
@@ -102,6 +105,26 @@ def month_length(year: int, month: int) -> int:
     return _MONTH_DAYS[month]
 
 
+def _taiwan_holidays(years: range) -> holidays.HolidayBase:
+    """`holidays.country_holidays("TW", ...)`, loading Taiwan's module alone.
+
+    The package's `holidays.countries` imports all of its ~250 countries (a good part of a
+    second for a command that shows one student); Taiwan's module needs none of them.
+    The same class, so the same days (tests/test_dates.py compares the two).
+    """
+    name = "holidays.countries.taiwan"
+    module = sys.modules.get(name)
+    if module is None:
+        path = Path(holidays.__file__).parent / "countries" / "taiwan.py"
+        spec = importlib.util.spec_from_file_location(name, path)
+        if spec is None or spec.loader is None:  # a different layout: the documented way
+            return holidays.country_holidays("TW", years=years, categories=("public",))
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        spec.loader.exec_module(module)
+    return module.Taiwan(years=years, categories=("public",))
+
+
 class TaiwanCalendar:
     """Working days in Taiwan: public holidays off, make-up Saturdays on.
 
@@ -111,7 +134,7 @@ class TaiwanCalendar:
 
     def __init__(self, first_year: int = 2000, last_year: int = 2040) -> None:
         self._years = range(first_year, last_year + 1)
-        self._holidays = holidays.country_holidays("TW", years=self._years, categories=("public",))
+        self._holidays = _taiwan_holidays(self._years)
 
     @cached_property
     def digest(self) -> str:

@@ -1,9 +1,11 @@
-"""Sink credentials: read once from the environment or from secret files, never from a spec.
+"""Sink credentials: read once with the configuration, never from a sink spec.
 
-Each credential `NAME` comes from the variable `NAME` or from the file named by `NAME_FILE`
-(a Docker/Kubernetes secret, a systemd credential; one trailing newline is dropped), never
-both. The sink spec on the command line (`--sink`) carries no credential: it is visible in
-the process list and is stored in the scheduler's job store.
+Each credential is a setting of the one configuration (`timeline.settings`): the variable
+`NAME`, or the file named by `NAME_FILE` (a Docker/Kubernetes secret, a systemd
+credential; the final line break is dropped), or a file `NAME` in `TIMELINE_SECRETS_DIR`;
+never two of them. The configuration hands the plain values to `SinkCredentials.from_values`,
+which checks them. The sink spec on the command line (`--sink`) carries no credential: it
+is visible in the process list and is stored in the scheduler's job store.
 
 | variable | used by |
 |---|---|
@@ -19,7 +21,6 @@ object never shows one; `reveal()` is called only where the value goes on the wi
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
 from dataclasses import dataclass
 
 SMTP_USERNAME = "TIMELINE_SMTP_USERNAME"
@@ -43,7 +44,6 @@ RESERVED_HEADERS = frozenset(
         "transfer-encoding",
     }
 )
-_MAX_FILE_BYTES = 64 * 1024
 
 
 class CredentialError(ValueError):
@@ -90,9 +90,24 @@ class SinkCredentials:
     webhook_header: tuple[str, Secret] | None = None
 
     @classmethod
-    def from_env(cls, environ: Mapping[str, str]) -> SinkCredentials:
-        """Read every credential from `environ` (value or `_FILE`); CredentialError if bad."""
-        values = {name: _read(environ, name) for name in SETTINGS}
+    def from_values(
+        cls,
+        *,
+        smtp_username: str | None = None,
+        smtp_password: str | None = None,
+        line_channel_token: str | None = None,
+        webhook_secret: str | None = None,
+        webhook_header: str | None = None,
+    ) -> SinkCredentials:
+        """Credentials of plain configured values (None or "" = unset); CredentialError if bad."""
+        given = {
+            SMTP_USERNAME: smtp_username,
+            SMTP_PASSWORD: smtp_password,
+            LINE_CHANNEL_TOKEN: line_channel_token,
+            WEBHOOK_SECRET: webhook_secret,
+            WEBHOOK_HEADER: webhook_header,
+        }
+        values = {name: _secret(name, text) for name, text in given.items()}
         username, password = values[SMTP_USERNAME], values[SMTP_PASSWORD]
         if (username is None) != (password is None):
             raise CredentialError(
@@ -124,36 +139,11 @@ class SinkCredentials:
         return found
 
 
-def _read(environ: Mapping[str, str], name: str) -> Secret | None:
-    file_name = f"{name}_FILE"
-    direct = environ.get(name)
-    path = environ.get(file_name)
-    if direct and path:
-        raise CredentialError(f"set {name} or {file_name}, not both")
-    if path:
-        try:
-            with open(path, "rb") as handle:
-                data = handle.read(_MAX_FILE_BYTES + 1)
-        except OSError as error:
-            reason = error.strerror or type(error).__name__
-            raise CredentialError(f"{file_name}: cannot read the file ({reason})") from None
-        if len(data) > _MAX_FILE_BYTES:
-            raise CredentialError(f"{file_name}: the file is larger than 64 KiB")
-        try:
-            text = data.decode("utf-8")
-        except UnicodeDecodeError:
-            raise CredentialError(f"{file_name}: the file is not UTF-8 text") from None
-        # One trailing newline is how editors and `echo` end a file; it is not the secret.
-        text = text[:-1] if text.endswith("\n") else text
-        text = text[:-1] if text.endswith("\r") else text
-        if not text:
-            raise CredentialError(f"{file_name}: the file is empty")
-        _check_line(text, file_name)
-        return Secret(text)
-    if direct:
-        _check_line(direct, name)
-        return Secret(direct)
-    return None
+def _secret(name: str, text: str | None) -> Secret | None:
+    if not text:
+        return None
+    _check_line(text, name)
+    return Secret(text)
 
 
 def _check_line(text: str, setting: str) -> None:

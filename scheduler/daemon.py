@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import logging
 import signal
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
 
@@ -27,7 +27,7 @@ from apscheduler.schedulers.blocking import BlockingScheduler
 from apscheduler.triggers.cron import CronTrigger
 from apscheduler.triggers.interval import IntervalTrigger
 
-from scheduler.jobs import DeliveryConfig, stored_location, use_delivery_config
+from scheduler.jobs import DeliveryConfig, JobSettings, stored_location, use_settings
 from timeline.clock import TAIPEI
 
 log = logging.getLogger(__name__)
@@ -129,19 +129,22 @@ def build_scheduler(config: DaemonConfig) -> BlockingScheduler:
     return scheduler
 
 
-def run_daemon(config: DaemonConfig, delivery: DeliveryConfig | None = None) -> None:
+def run_daemon(config: DaemonConfig, settings: JobSettings | None = None) -> None:
     """Run until SIGTERM or SIGINT; shut down cleanly (the running job finishes).
 
-    `delivery` (credentials, retry policy), read once by the caller, reaches the jobs of
-    this process without passing through the job store.
+    `settings` (rules, batch size, cipher key, credentials, retry policy), read once by
+    the caller, reach the jobs of this process without passing through the job store.
     """
-    if delivery is not None and config.db and stored_location(config.db) != config.db:
+    settings = settings if settings is not None else JobSettings()
+    if config.db and stored_location(config.db) != config.db:
+        delivery = settings.delivery
         delivery = DeliveryConfig(
             delivery.credentials,
             delivery.policy,
             {**delivery.locations, str(stored_location(config.db)): config.db},
         )
-    use_delivery_config(delivery)
+        settings = replace(settings, delivery=delivery)
+    use_settings(settings)
     scheduler = build_scheduler(config)
 
     def stop(signum: int, _frame: object) -> None:

@@ -5,23 +5,24 @@ runs, and closes everything again: nothing is kept in memory between runs.
 
 The job store holds the job's arguments pickled, so they are never secret: the store
 location (a PostgreSQL password removed), the read-model path and the sink spec (which
-refuses credentials). Credentials and the retry policy (`DeliveryConfig`) are read once
-when the daemon starts and handed to the jobs of this process through
-`use_delivery_config`; a job function called on its own reads them from the environment.
+refuses credentials). Everything else a job needs — the rules, the batch size, the cipher
+key, the sink credentials and the retry policy (`JobSettings`) — comes from the one
+configuration, read once when the daemon (or a command) starts and handed to the jobs of
+this process through `use_settings`; a job function reads no environment.
 """
 
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
+from typing import Protocol
 from urllib.parse import urlsplit, urlunsplit
 
 from projections.readmodel import ReadModel, default_read_db
-from projections.rules import RuleBook, rulebook_fingerprint, rulebook_from_env
+from projections.rules import DEFAULT_RULES, RuleBook, rulebook_fingerprint
 from scheduler.alert import Alert
 from scheduler.credentials import SinkCredentials
 from scheduler.digest import send_digests
@@ -45,6 +46,18 @@ from timeline.store import StoreConfig, TimelineStore
 log = logging.getLogger(__name__)
 
 
+class DeliverySettings(Protocol):
+    """What `DeliveryConfig.from_settings` reads: the one configuration (`timeline.settings`)."""
+
+    def sink_credentials(self) -> SinkCredentials:
+        """The sink credentials, checked."""
+        ...
+
+    def retry_policy(self) -> RetryPolicy:
+        """The retry schedule of failed deliveries, checked."""
+        ...
+
+
 @dataclass(frozen=True)
 class DeliveryConfig:
     """Sink credentials and the retry policy: read once at start, passed down."""
@@ -56,27 +69,35 @@ class DeliveryConfig:
     locations: Mapping[str, str] = field(default_factory=dict)
 
     @classmethod
-    def from_env(cls, environ: Mapping[str, str]) -> DeliveryConfig:
+    def from_settings(cls, settings: DeliverySettings) -> DeliveryConfig:
         """Credentials (`TIMELINE_SMTP_*`, `TIMELINE_LINE_*`, `TIMELINE_WEBHOOK_*`) and policy."""
-        return cls(SinkCredentials.from_env(environ), RetryPolicy.from_env(environ))
+        return cls(settings.sink_credentials(), settings.retry_policy())
 
 
-_daemon_config: DeliveryConfig | None = None
+@dataclass(frozen=True)
+class JobSettings:
+    """What a job needs besides its plain arguments (kept out of the persistent job store)."""
+
+    rules: RuleBook = DEFAULT_RULES
+    batch_size: int = BATCH_SIZE  # rows per delivery batch
+    cipher_key: str | None = field(default=None, repr=False)
+    delivery: DeliveryConfig = field(default_factory=DeliveryConfig)
 
 
-def use_delivery_config(config: DeliveryConfig | None) -> None:
-    """Hand the daemon's configuration (read once at its start) to the jobs it runs."""
-    global _daemon_config
-    _daemon_config = config
+# APScheduler calls `daily_alerts` with the plain arguments it stored; the rest comes from
+# the configuration the daemon read at start-up and handed over with `use_settings`.
+_process_settings = JobSettings()
+
+
+def use_settings(settings: JobSettings) -> None:
+    """Set what this process's jobs run under (the daemon, once, before it starts)."""
+    global _process_settings
+    _process_settings = settings
 
 
 def delivery_config(given: DeliveryConfig | None = None) -> DeliveryConfig:
-    """The configuration a job runs with: given, else the daemon's, else the environment's."""
-    if given is not None:
-        return given
-    if _daemon_config is not None:
-        return _daemon_config
-    return DeliveryConfig.from_env(os.environ)
+    """The delivery configuration a job runs with: given, else this process's."""
+    return given if given is not None else _process_settings.delivery
 
 
 def stored_location(location: str | None) -> str | None:
@@ -111,16 +132,6 @@ class Wiring:
     policy: RetryPolicy = field(default_factory=RetryPolicy)
 
 
-def batch_size_from_env() -> int:
-    """Rows per delivery batch: `TIMELINE_ALERT_BATCH` (1..10,000), default 500."""
-    text = os.environ.get("TIMELINE_ALERT_BATCH", "").strip()
-    if not text:
-        return BATCH_SIZE
-    if not text.isdigit() or not 1 <= int(text) <= 10_000:
-        raise ValueError("TIMELINE_ALERT_BATCH must be a whole number from 1 to 10000")
-    return int(text)
-
-
 @contextmanager
 def wiring(
     db: str | None,
@@ -129,20 +140,21 @@ def wiring(
     rules: RuleBook | None = None,
     delivery: DeliveryConfig | None = None,
     clock: Clock = system_clock,
+    cipher_key: str | None = None,
 ) -> Iterator[Wiring]:
     """Open store, read models (synced), outbox and sink; close them afterwards.
 
-    `rules` is the CLI's one reading of the settings; jobs started by APScheduler get only
-    plain arguments and read the environment through the same `rulebook_from_env`.
+    `rules`, `delivery` and `cipher_key` default to the process's `JobSettings` (see
+    `use_settings`).
     """
-    rules = rules if rules is not None else rulebook_from_env(os.environ)
+    rules = rules if rules is not None else _process_settings.rules
     config = delivery_config(delivery)
-    store = TimelineStore.open(_real_location(db, config))
+    store = TimelineStore.open(
+        _real_location(db, config), cipher_key or _process_settings.cipher_key
+    )
     model = outbox_db = opened = None
     try:
-        path = (
-            read_db or os.environ.get("TIMELINE_READ_DB") or default_read_db(store.config.location)
-        )
+        path = read_db or default_read_db(store.config.location)
         model = ReadModel(path, rules)
         if model.rebuild_reason:
             # The rebuild below can take minutes on a big store: say why (stderr in the CLI).
@@ -222,7 +234,7 @@ def daily_alerts(
             w.outbox,
             w.sink,
             today_,
-            batch_size=batch_size_from_env(),
+            batch_size=_process_settings.batch_size,
             policy=w.policy,
         )
         digests(w, report)
@@ -248,8 +260,8 @@ def retry_due(
     clock: Clock = (lambda: datetime.fromisoformat(now).astimezone(UTC)) if now else system_clock
     config = delivery_config(delivery)
     location = StoreConfig.resolve(_real_location(db, config)).location
-    path = read_db or os.environ.get("TIMELINE_READ_DB") or default_read_db(location)
-    fingerprint = rulebook_fingerprint(rulebook_from_env(os.environ))
+    path = read_db or default_read_db(location)
+    fingerprint = rulebook_fingerprint(_process_settings.rules)
     outbox_db = OutboxDB(outbox_location(location, path))
     try:
         outbox = Outbox(outbox_db)
@@ -262,7 +274,7 @@ def retry_due(
             except EmitterBusy:
                 log.info("retry round skipped: another emitter is running")
                 return {"due": due, "skipped": "another emitter is running"}
-            with TimelineStore.open(location) as store:
+            with TimelineStore.open(location, _process_settings.cipher_key) as store:
                 opened = open_sink(sink, config, store, clock)
                 try:
                     report = outbox.deliver(
@@ -270,7 +282,7 @@ def retry_due(
                         now=clock,
                         policy=config.policy,
                         fingerprint=fingerprint,
-                        batch_size=batch_size_from_env(),
+                        batch_size=_process_settings.batch_size,
                     )
                 finally:
                     close_sink(opened)
@@ -299,19 +311,16 @@ def emit_once(
     wait: float = 0.0,
     rules: RuleBook | None = None,
     delivery: DeliveryConfig | None = None,
+    *,
+    batch_size: int | None = None,
+    cipher_key: str | None = None,
 ) -> RunReport:
     """`timeline alerts --on DAY --emit`: one day, once per alert key."""
+    batch = batch_size or _process_settings.batch_size
     with (
-        wiring(db, read_db, sink, rules, delivery=delivery) as w,
+        wiring(db, read_db, sink, rules, delivery, cipher_key=cipher_key) as w,
         EmitterLock(w.outbox.db) as lock,
     ):
         lock.acquire(wait=wait)
-        report = emit_day(
-            w.model,
-            w.outbox,
-            w.sink,
-            day,
-            batch_size=batch_size_from_env(),
-            policy=w.policy,
-        )
+        report = emit_day(w.model, w.outbox, w.sink, day, batch_size=batch, policy=w.policy)
         return digests(w, report)

@@ -7,7 +7,8 @@ After failed attempt n (1-based) the next one is due `first_delay · 2^(n-1)`, c
 inside the 24 hours for which LINE honours a retry key. The due time is stored in the
 outbox row (`next_attempt_at`), so the schedule survives restarts.
 
-Settings (read once by `RetryPolicy.from_env`): `TIMELINE_RETRY_ATTEMPTS` (1–100),
+Settings (read once with the configuration, `timeline.settings`, and handed over by
+`scheduler.jobs.DeliveryConfig.from_settings`): `TIMELINE_RETRY_ATTEMPTS` (1–100),
 `TIMELINE_RETRY_FIRST_DELAY` and `TIMELINE_RETRY_MAX_DELAY` (seconds),
 `TIMELINE_RETRY_JITTER` (0–1: each wait is shortened by up to that fraction, at random,
 so many failures at once do not all come back in the same second; default 0).
@@ -16,7 +17,7 @@ so many failures at once do not all come back in the same second; default 0).
 from __future__ import annotations
 
 import random
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -81,37 +82,3 @@ class RetryPolicy:
     def span(self) -> timedelta:
         """From the first attempt to the last, without jitter."""
         return sum(self.schedule(), timedelta(0))
-
-    @classmethod
-    def from_env(cls, environ: Mapping[str, str]) -> RetryPolicy:
-        """The policy from `TIMELINE_RETRY_*` (defaults where unset); RetrySettingError if bad."""
-        default = cls()
-        attempts = _whole(environ, ATTEMPTS, default.attempts)
-        first = _seconds(environ, FIRST_DELAY, default.first_delay)
-        cap = _seconds(environ, MAX_DELAY, default.max_delay)
-        jitter_text = environ.get(JITTER, "").strip()
-        try:
-            jitter = float(jitter_text) if jitter_text else default.jitter
-        except ValueError:
-            raise RetrySettingError(f"{JITTER} must be a number from 0 to 1") from None
-        if jitter != jitter:  # NaN
-            raise RetrySettingError(f"{JITTER} must be a number from 0 to 1")
-        return cls(attempts=attempts, first_delay=first, max_delay=cap, jitter=jitter)
-
-
-def _whole(environ: Mapping[str, str], name: str, default: int) -> int:
-    text = environ.get(name, "").strip()
-    if not text:
-        return default
-    if not (text.isascii() and text.isdigit()):
-        raise RetrySettingError(f"{name} must be a whole number from 1 to 100")
-    return int(text)
-
-
-def _seconds(environ: Mapping[str, str], name: str, default: timedelta) -> timedelta:
-    text = environ.get(name, "").strip()
-    if not text:
-        return default
-    if not (text.isascii() and text.isdigit()) or int(text) > 7 * 24 * 3600:
-        raise RetrySettingError(f"{name} must be a whole number of seconds, at most 604800")
-    return timedelta(seconds=int(text))

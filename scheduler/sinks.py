@@ -636,7 +636,7 @@ def sink_from_spec(
 ) -> Sink:
     """The sink a `--sink` value names; empty/None means `jsonl:alerts.jsonl`.
 
-    `credentials` are the ones read at start (`SinkCredentials.from_env`); a credential
+    `credentials` are the ones read at start (`DeliveryConfig.from_settings`); a credential
     written into the spec itself is refused, with a message naming where it belongs.
     `contact_for` finds a student's contact for the LINE sink (see `scheduler.line`).
     """

@@ -344,5 +344,5 @@ def test_bad_batch_size_is_a_usage_error_before_anything_is_sent(sqlite_store, t
         TIMELINE_ALERT_BATCH=value,
     )
     assert result.returncode == 2, result.stderr
-    assert "TIMELINE_ALERT_BATCH must be a whole number from 1 to 10000" in result.stderr
+    assert "TIMELINE_ALERT_BATCH: must be a whole number from 1 to 10000" in result.stderr
     assert not out.exists()

@@ -427,8 +427,10 @@ def _timeline() -> list[str]:
 def test_serve_logs_one_line_per_request_and_never_a_token(tmp_path):
     port = free_port()
     env = os.environ | ENV
+    db = str(tmp_path / "t.db")
+    subprocess.run([*_timeline(), "--db", db, "init"], env=env, check=True, capture_output=True)
     proc = subprocess.Popen(
-        [*_timeline(), "--db", str(tmp_path / "t.db"), "serve", "--port", str(port)],
+        [*_timeline(), "--db", db, "serve", "--port", str(port)],
         env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,

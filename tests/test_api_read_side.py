@@ -104,7 +104,8 @@ def test_storage_trouble_is_503_and_never_names_the_database(tmp_path):
     assert "hunter2" not in response.text and "secretdb" not in response.text
 
 
-def test_an_invalid_rule_setting_stops_the_app_at_creation(tmp_path, monkeypatch):
-    monkeypatch.setenv("TIMELINE_VISITOR_READING", "sideways")
+def test_an_invalid_rule_setting_stops_the_app_before_creation(tmp_path):
+    # The configuration is read (and refused) once, before the app exists; create_app
+    # itself never reads the environment (see the test above).
     with pytest.raises(ApiConfigError, match="TIMELINE_VISITOR_READING"):
-        create_app(ApiConfig.from_env(ENV, str(tmp_path / "t.db")))
+        ApiConfig.from_env({**ENV, "TIMELINE_VISITOR_READING": "sideways"}, str(tmp_path / "t.db"))

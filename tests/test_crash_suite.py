@@ -134,6 +134,7 @@ def fresh(location: str, tmp_path: Path) -> Iterator[Callable[[int], str]]:
 
 def window(location: str, args: list[str]) -> tuple[float, float]:
     """From when the CLI has started and opened the store to when the uncut run ends."""
+    assert run(["--db", location, "init"]).returncode == 0  # a read needs a created store
     startup = timed(["--db", location, "history", "nobody"])
     return startup, max(timed(args), startup * 1.5)
 

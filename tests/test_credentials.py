@@ -1,4 +1,5 @@
-"""Sink credentials: from the environment or a secret file, never from a sink spec.
+"""Sink credentials: settings of the one configuration (the environment, a secret file or
+the secrets folder), never from a sink spec.
 
 Also the webhook's configured header and HMAC signature, checked by a loopback receiver
 that recomputes the signature on its own (tests/receivers.py).
@@ -6,6 +7,7 @@ that recomputes the signature on its own (tests/receivers.py).
 
 from __future__ import annotations
 
+import json
 import os
 import pickle
 import subprocess
@@ -18,6 +20,7 @@ from receivers import WebhookReceiver, expected_signature
 from test_sinks import make_alert
 
 from scheduler.credentials import CredentialError, Secret, SinkCredentials
+from scheduler.jobs import DeliveryConfig
 from scheduler.sinks import (
     SmtpSink,
     WebhookSink,
@@ -27,6 +30,7 @@ from scheduler.sinks import (
     webhook_signature,
 )
 from timeline.ingest import ingest_objects
+from timeline.settings import MASK, SettingsError, load_settings
 
 TIMELINE = str(Path(sys.executable).with_name("timeline"))
 NOW = datetime(2024, 6, 1, 0, 0, tzinfo=UTC)
@@ -42,14 +46,19 @@ def _no_proxies(monkeypatch: pytest.MonkeyPatch) -> None:
 # -- reading them ------------------------------------------------------------------------
 
 
+def credentials_of(environ: dict[str, str]) -> SinkCredentials:
+    """The credentials as every command gets them: the configuration read once, its sinks' part."""
+    return DeliveryConfig.from_settings(load_settings(environ)).credentials
+
+
 def test_nothing_set_means_no_credentials() -> None:
-    assert SinkCredentials.from_env({}) == SinkCredentials()
+    assert credentials_of({}) == SinkCredentials()
 
 
 def test_values_come_from_variables_or_files(tmp_path: Path) -> None:
     token_file = tmp_path / "line-token"
     token_file.write_text("file-token\n")  # the newline `echo` leaves is not part of it
-    credentials = SinkCredentials.from_env(
+    credentials = credentials_of(
         {
             "TIMELINE_SMTP_USERNAME": "bot",
             "TIMELINE_SMTP_PASSWORD": "pw one",
@@ -75,7 +84,7 @@ def test_values_come_from_variables_or_files(tmp_path: Path) -> None:
         ({"TIMELINE_SMTP_USERNAME": "x"}, "go together"),
         (
             {"TIMELINE_WEBHOOK_SECRET": "x", "TIMELINE_WEBHOOK_SECRET_FILE": "/etc/hostname"},
-            "not both",
+            "set only one",
         ),
         ({"TIMELINE_LINE_CHANNEL_TOKEN_FILE": "/nonexistent/token"}, "cannot read"),
         ({"TIMELINE_LINE_CHANNEL_TOKEN": "two\nlines"}, "one line"),
@@ -86,8 +95,8 @@ def test_values_come_from_variables_or_files(tmp_path: Path) -> None:
     ],
 )
 def test_bad_settings_name_the_setting_never_the_value(environ: dict, needle: str) -> None:
-    with pytest.raises(CredentialError) as raised:
-        SinkCredentials.from_env(environ)
+    with pytest.raises(SettingsError) as raised:
+        credentials_of(environ)
     message = str(raised.value)
     assert needle in message
     assert "TIMELINE_" in message
@@ -95,14 +104,66 @@ def test_bad_settings_name_the_setting_never_the_value(environ: dict, needle: st
         assert value not in message
 
 
-def test_secret_files_that_are_empty_or_binary_are_refused(tmp_path: Path) -> None:
+def test_secret_files_that_are_empty_binary_or_huge_are_refused(tmp_path: Path) -> None:
     empty = tmp_path / "empty"
     empty.write_text("\n")
     binary = tmp_path / "binary"
     binary.write_bytes(b"\xff\xfe")
-    for path, needle in ((empty, "empty"), (binary, "UTF-8")):
-        with pytest.raises(CredentialError, match=needle):
-            SinkCredentials.from_env({"TIMELINE_WEBHOOK_SECRET_FILE": str(path)})
+    huge = tmp_path / "huge"
+    huge.write_text("k" * (64 * 1024 + 1))
+    for path, needle in ((empty, "empty"), (binary, "UTF-8"), (huge, "64 KiB")):
+        with pytest.raises(SettingsError, match=f"TIMELINE_WEBHOOK_SECRET_FILE: .*{needle}"):
+            credentials_of({"TIMELINE_WEBHOOK_SECRET_FILE": str(path)})
+
+
+def test_credentials_also_come_from_the_secrets_folder(tmp_path: Path) -> None:
+    """Docker secrets / systemd credentials: a file per setting, named as its variable."""
+    (tmp_path / "TIMELINE_SMTP_USERNAME").write_text("bot\n")
+    (tmp_path / "TIMELINE_SMTP_PASSWORD").write_text("folder pw\n")
+    credentials = credentials_of({"TIMELINE_SECRETS_DIR": str(tmp_path)})
+    assert credentials.smtp_username == Secret("bot")
+    assert credentials.smtp_password == Secret("folder pw")
+    # The environment still wins over the folder (the configuration's order).
+    both = credentials_of(
+        {"TIMELINE_SECRETS_DIR": str(tmp_path), "TIMELINE_SMTP_PASSWORD": "env pw"}
+    )
+    assert both.smtp_password == Secret("env pw")
+
+
+def test_the_sinks_check_plain_values_themselves() -> None:
+    """`SinkCredentials.from_values` refuses what a sink could not send, whoever calls it."""
+    with pytest.raises(CredentialError, match="TIMELINE_SMTP_PASSWORD"):
+        SinkCredentials.from_values(smtp_username="bot")
+    with pytest.raises(CredentialError, match=r"TIMELINE_LINE_CHANNEL_TOKEN: .*one line"):
+        SinkCredentials.from_values(line_channel_token="a\r\nX-Injected: 1")
+    assert SinkCredentials.from_values(webhook_secret="") == SinkCredentials()
+
+
+def test_config_show_masks_every_credential(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TIMELINE_")}
+    env |= {
+        "TIMELINE_SMTP_USERNAME": "bot-hunter2",
+        "TIMELINE_SMTP_PASSWORD": "pw-hunter2",
+        "TIMELINE_LINE_CHANNEL_TOKEN": "line-hunter2",
+        "TIMELINE_WEBHOOK_SECRET": "hook-hunter2",
+        "TIMELINE_WEBHOOK_HEADER": "Authorization: Bearer hdr-hunter2",
+        "TIMELINE_RETRY_ATTEMPTS": "5",
+    }
+    for extra in ([], ["--json"]):
+        result = subprocess.run(
+            [TIMELINE, "config", "--show", *extra],
+            capture_output=True,
+            text=True,
+            cwd=tmp_path,
+            env=env,
+        )
+        assert result.returncode == 0, result.stderr
+        assert "hunter2" not in result.stdout + result.stderr
+    shown = json.loads(result.stdout)
+    names = ("smtp_username", "smtp_password", "line_channel_token", "webhook_secret")
+    for name in (*names, "webhook_header"):
+        assert shown[name] == MASK, name
+    assert shown["retry_attempts"] == 5 and shown["retry_first_delay"] == 60
 
 
 def test_a_secret_is_never_shown_nor_pickled() -> None:

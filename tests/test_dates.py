@@ -143,3 +143,15 @@ def test_month_length_agrees_with_the_standard_calendar_in_every_year() -> None:
     for year in range(1, 10000):
         for month in range(1, 13):
             assert dates.month_length(year, month) == calendar.monthrange(year, month)[1]
+
+
+def test_the_calendar_loaded_alone_is_the_holidays_package_own_taiwan() -> None:
+    """`TaiwanCalendar` loads Taiwan's module alone (a fast start): the same days off."""
+    import holidays
+
+    years = range(2000, 2041)
+    ours = dates._taiwan_holidays(years)
+    theirs = holidays.country_holidays("TW", years=years, categories=("public",))
+    assert isinstance(theirs, type(ours)) or isinstance(ours, type(theirs))
+    assert sorted(ours.items()) == sorted(theirs.items()) and len(ours) > 500
+    assert sorted(ours.weekend_workdays) == sorted(theirs.weekend_workdays)

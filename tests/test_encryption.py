@@ -17,6 +17,7 @@ from feed_examples import entered, example
 
 from timeline.errors import StorageConfigError
 from timeline.ingest import ingest_objects, ingest_text
+from timeline.settings import load_settings
 from timeline.store import TimelineStore
 
 TIMELINE = str(Path(sys.executable).with_name("timeline"))
@@ -112,14 +113,24 @@ def test_with_the_key_the_facts_read_back(location, clock, key):
         assert len(changed.rejected) == 1
 
 
-def test_the_key_can_come_from_the_environment(tmp_path, clock, key, monkeypatch):
+def test_the_key_can_come_from_the_environment(tmp_path, clock, key):
     path = str(tmp_path / "env.db")
-    monkeypatch.setenv("TIMELINE_CIPHER_KEY", key)
-    with TimelineStore.open(path, clock=clock) as store:
+    settings = load_settings({"TIMELINE_CIPHER_KEY": key}, db=path)
+    with TimelineStore.open(settings.store_location, settings.secret("cipher_key"), clock) as store:
         ingest_objects(store, personal_events())
         assert store.facts("S1")[1].get("address") == ADDRESS
     raw = raw_sqlite_bytes(path)
     assert ADDRESS.encode() not in raw
+
+
+def test_the_store_itself_never_reads_the_environment(tmp_path, clock, key, monkeypatch):
+    # The library would read TIMELINE_CIPHER_KEY on its own (its prefix is the app's name);
+    # only the settings read the environment, so a store opened without a key has none.
+    monkeypatch.setenv("TIMELINE_CIPHER_KEY", key)
+    path = str(tmp_path / "plain.db")
+    with TimelineStore.open(path, clock=clock) as store:
+        ingest_objects(store, personal_events())
+    assert ADDRESS.encode() in raw_sqlite_bytes(path)
 
 
 @pytest.mark.parametrize("reopen_with", ["wrong key", "no key"])

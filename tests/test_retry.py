@@ -35,6 +35,7 @@ from scheduler.retry import RetryPolicy, RetrySettingError
 from scheduler.sinks import DeliveryError, WebhookSink
 from timeline.clock import taipei_today
 from timeline.ingest import ingest_objects
+from timeline.settings import SettingsError, load_settings
 from timeline.store import TimelineStore
 
 DAY = date(2024, 6, 1)
@@ -73,8 +74,13 @@ def test_retry_after_is_honoured_up_to_the_cap_and_jitter_only_shortens() -> Non
         policy.delay(0)
 
 
-def test_policy_from_env_and_its_errors() -> None:
-    policy = RetryPolicy.from_env(
+def policy_of(environ: dict[str, str]) -> RetryPolicy:
+    """The policy as every command gets it: the configuration read once, its delivery part."""
+    return DeliveryConfig.from_settings(load_settings(environ)).policy
+
+
+def test_policy_from_the_settings_and_its_errors() -> None:
+    policy = policy_of(
         {
             "TIMELINE_RETRY_ATTEMPTS": "5",
             "TIMELINE_RETRY_FIRST_DELAY": "30",
@@ -83,7 +89,7 @@ def test_policy_from_env_and_its_errors() -> None:
         }
     )
     assert policy == RetryPolicy(5, timedelta(seconds=30), timedelta(seconds=600), 0.2)
-    assert RetryPolicy.from_env({}) == RetryPolicy()
+    assert policy_of({}) == RetryPolicy()
     for environ, setting in [
         ({"TIMELINE_RETRY_ATTEMPTS": "0"}, "TIMELINE_RETRY_ATTEMPTS"),
         ({"TIMELINE_RETRY_ATTEMPTS": "many"}, "TIMELINE_RETRY_ATTEMPTS"),
@@ -91,9 +97,12 @@ def test_policy_from_env_and_its_errors() -> None:
         ({"TIMELINE_RETRY_MAX_DELAY": "10"}, "TIMELINE_RETRY_MAX_DELAY"),
         ({"TIMELINE_RETRY_JITTER": "2"}, "TIMELINE_RETRY_JITTER"),
         ({"TIMELINE_RETRY_JITTER": "nan"}, "TIMELINE_RETRY_JITTER"),
+        ({"TIMELINE_RETRY_FIRST_DELAY": "604801"}, "TIMELINE_RETRY_FIRST_DELAY"),
     ]:
-        with pytest.raises(RetrySettingError, match=setting):
-            RetryPolicy.from_env(environ)
+        with pytest.raises(SettingsError, match=setting):
+            policy_of(environ)
+    with pytest.raises(RetrySettingError, match="TIMELINE_RETRY_ATTEMPTS"):
+        RetryPolicy(attempts=0)  # the policy checks itself too, whoever builds it
 
 
 # -- the outbox keeps the schedule --------------------------------------------------------

@@ -10,7 +10,6 @@ line per request is logged with tokens redacted (uvicorn's own access log is off
 from __future__ import annotations
 
 import logging
-import os
 import re
 import time
 from collections.abc import Callable, Iterator
@@ -30,7 +29,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from timeline import api_models as doc
 from timeline.api_models import Day, Moment, StudentId, errors
-from timeline.api_settings import ANY_SOURCE, ApiConfig, ApiConfigError, Token
+from timeline.api_settings import ANY_SOURCE, ApiConfig, Token
 from timeline.audit import accesses, record_access
 from timeline.clock import Clock, parse_day, parse_known_at, system_clock, taipei_today
 from timeline.contract import parse_event
@@ -264,19 +263,17 @@ def allowed_methods(app: FastAPI, scope: Scope) -> list[str]:
 
 
 def create_app(config: ApiConfig, rules: Any = None, clock: Clock = system_clock) -> FastAPI:
-    """The FastAPI application; `rules` (a RuleBook) default to the environment's, read once.
+    """The FastAPI application under `rules` (a RuleBook; default: the guide's, no settings).
 
     `clock` stamps the audit of access (record time); the staff pages (`web.app`) wrap
     this application.
     """
     from projections.readmodel import ReadModel, default_read_db, json_array
-    from projections.rules import rulebook_from_env
+    from projections.rules import DEFAULT_RULES
 
-    try:
-        rulebook = rules if rules is not None else rulebook_from_env(os.environ)
-    except ValueError as exc:
-        raise ApiConfigError(str(exc)) from None
-    read_db_setting = config.read_db or os.environ.get("TIMELINE_READ_DB")
+    # The configuration was read once by the caller (`timeline.settings`), never here.
+    rulebook = rules if rules is not None else DEFAULT_RULES
+    read_db_setting = config.read_db
     app = FastAPI(
         title="residency-timeline",
         version="0.1.0",
@@ -317,7 +314,7 @@ def create_app(config: ApiConfig, rules: Any = None, clock: Clock = system_clock
 
     @contextmanager
     def store() -> Iterator[TimelineStore]:
-        opened = TimelineStore.open(config.db)
+        opened = TimelineStore.open(config.db, config.cipher_key)
         try:
             yield opened
         finally:

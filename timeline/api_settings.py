@@ -1,4 +1,4 @@
-"""Settings of the HTTP API, read once from the environment and validated at start-up.
+"""Settings of the HTTP API, taken from the one configuration (`timeline.settings`).
 
 Tokens are named (the name, never the token, is what logs and messages show) and a feed
 token is bound to the sources it may write under:
@@ -21,8 +21,12 @@ import hmac
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from timeline.errors import TimelineError
+
+if TYPE_CHECKING:
+    from timeline.settings import Settings
 
 FEED_SETTING = "TIMELINE_FEED_TOKENS"
 STAFF_SETTING = "TIMELINE_STAFF_TOKENS"
@@ -106,6 +110,7 @@ class ApiConfig:
     staff_tokens: tuple[Token, ...] = ()
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
     admin_tokens: tuple[Token, ...] = ()
+    cipher_key: str | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         every = self.feed_tokens + self.staff_tokens + self.admin_tokens
@@ -124,25 +129,30 @@ class ApiConfig:
             raise ApiConfigError(f"{BODY_SETTING}: must be a positive number of bytes")
 
     @classmethod
+    def from_settings(cls, settings: Settings) -> ApiConfig:
+        """The API's part of the one configuration (`ApiConfigError` names a bad setting)."""
+        return cls(
+            settings.store_location,
+            settings.read_db_location,
+            parse_tokens(FEED_SETTING, settings.secret("feed_tokens") or "", feed=True),
+            parse_tokens(STAFF_SETTING, settings.secret("staff_tokens") or "", feed=False),
+            settings.max_body_bytes,
+            parse_tokens(ADMIN_SETTING, settings.secret("admin_tokens") or "", feed=False),
+            settings.secret("cipher_key"),
+        )
+
+    @classmethod
     def from_env(
         cls, environ: Mapping[str, str], db: str | None = None, read_db: str | None = None
     ) -> ApiConfig:
-        """The settings from the environment, validated (`ApiConfigError` otherwise)."""
-        limit_text = environ.get(BODY_SETTING, "").strip()
-        if not limit_text:
-            limit = DEFAULT_MAX_BODY_BYTES
-        elif limit_text.isascii() and limit_text.isdigit() and len(limit_text) <= 12:
-            limit = int(limit_text)
-        else:
-            raise ApiConfigError(f"{BODY_SETTING}: must be a positive number of bytes")
-        return cls(
-            db,
-            read_db,
-            parse_tokens(FEED_SETTING, environ.get(FEED_SETTING, ""), feed=True),
-            parse_tokens(STAFF_SETTING, environ.get(STAFF_SETTING, ""), feed=False),
-            limit,
-            parse_tokens(ADMIN_SETTING, environ.get(ADMIN_SETTING, ""), feed=False),
-        )
+        """The settings of an environment mapping, validated (`ApiConfigError` otherwise)."""
+        from timeline.settings import SettingsError, load_settings
+
+        try:
+            settings = load_settings(environ, db=db, read_db=read_db)
+        except SettingsError as exc:
+            raise ApiConfigError(str(exc)) from None
+        return cls.from_settings(settings)
 
     def secrets(self) -> tuple[str, ...]:
         """Every configured token, for scrubbing them out of log lines."""

@@ -1,4 +1,9 @@
-"""The `timeline` command line (SPEC §4). Thin: parse options, call the core, print."""
+"""The `timeline` command line (SPEC §4). Thin: parse options, call the core, print.
+
+Start-up is kept fast: a module is imported by the command that needs it (the store, the
+projections, FastAPI, APScheduler, rich), never here; `timeline --help` imports click only.
+The configuration is read once by the `main` group (`timeline.settings`) and passed down.
+"""
 
 from __future__ import annotations
 
@@ -15,22 +20,24 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO, TypeVar
 
 import click
-from rich.console import Console
-from rich.table import Table
 
 from timeline.clock import parse_day, parse_known_at, system_clock, taipei_today
-from timeline.contract import json_schema
 from timeline.errors import ContractError, StorageConfigError, TimelineError
-from timeline.history import history_entries
-from timeline.ingest import ENCODINGS, detect_format, ingest_stream
-from timeline.store import TimelineStore
 
-if TYPE_CHECKING:  # the write side imports the read side only lazily, at run time
+if TYPE_CHECKING:  # imported by the commands that use them (a fast start)
+    from rich.console import Console
+
     from projections.readmodel import ReadModel
     from projections.rules import RuleBook
     from scheduler.jobs import DeliveryConfig
+    from timeline.settings import Settings
+    from timeline.store import TimelineStore
 
 F = TypeVar("F", bound=Callable[..., Any])
+# timeline.ingest.ENCODINGS, named here so that `--help` need not import the ingest path
+# (tests/test_settings.py checks that the two agree).
+ENCODING_NAMES = ("utf-8", "cp950", "big5")
+PACKAGE = "residency-timeline"
 
 
 class UsageFailure(click.ClickException):
@@ -49,15 +56,81 @@ def db_option(func: F) -> F:
     )(func)
 
 
-def open_store(ctx: click.Context, db: str | None) -> TimelineStore:
-    """Open the store named on this command, on the group, or in the environment."""
-    location = db or (ctx.obj or {}).get("db")
+def read_db_option(func: F) -> F:
+    """`--read-db PATH`: where the read models live."""
+    return click.option(
+        "--read-db",
+        "read_db",
+        default=None,
+        help="SQLite file of the read models (default: $TIMELINE_READ_DB, else the SQLite "
+        "event store itself, else a file in the data folder; see README Configuration).",
+    )(func)
+
+
+def settings_for(ctx: click.Context, db: str | None = None, read_db: str | None = None) -> Settings:
+    """The configuration read by the `main` group, with this command's --db / --read-db."""
+    settings: Settings = ctx.find_root().obj["settings"]
+    update = {name: value for name, value in (("db", db), ("read_db", read_db)) if value}
+    return settings.model_copy(update=update) if update else settings
+
+
+def init_hint(location: str) -> str:
+    """The `timeline init` command that creates the store at `location` (password masked)."""
+    from timeline.settings import mask_url
+
+    shown = mask_url(location)
+    return f"timeline init --db {shown!r}" if " " in shown else f"timeline init --db {shown}"
+
+
+def require_store(settings: Settings, *, create: bool = False) -> None:
+    """Refuse a store that was never created (`timeline init`); with `create`, note it.
+
+    Opening a store creates it: without this check a mistyped `--db` would silently make
+    an empty database and every answer would be "no events".
+    """
+    from timeline.settings import mask_url
+    from timeline.store import store_state
+
+    location = settings.store_location
     try:
-        store = TimelineStore.open(location)
+        state = store_state(location)
+    except StorageConfigError as exc:
+        raise UsageFailure(str(exc)) from exc
+    if state == "ready":
+        return
+    if state == "no-schema":
+        raise UsageFailure(
+            f"no event store at {mask_url(location)}: the schema does not exist — "
+            f"run `{init_hint(location)} --create-schema` first"
+        )
+    if not create:
+        raise UsageFailure(f"no event store at {location} — run `{init_hint(location)}` first")
+    click.echo(f"note: no event store at {mask_url(location)}: creating a new one", err=True)
+
+
+def open_store(ctx: click.Context, db: str | None, *, create: bool = False) -> TimelineStore:
+    """Open the store named on this command, on the group, or in the configuration.
+
+    It must exist (`timeline init`); with `create` (ingest, import) a new one is made, and
+    said so on stderr.
+    """
+    from timeline.store import TimelineStore
+
+    settings = settings_for(ctx, db)
+    require_store(settings, create=create)
+    try:
+        store = TimelineStore.open(settings.store_location, settings.secret("cipher_key"))
     except StorageConfigError as exc:
         raise UsageFailure(str(exc)) from exc
     ctx.call_on_close(store.close)
     return store
+
+
+def console_out() -> Console:
+    """A console on stdout: the terminal's width, or 160 columns into a pipe."""
+    from rich.console import Console
+
+    return Console() if sys.stdout.isatty() else Console(width=160)
 
 
 def print_json(value: Any) -> None:
@@ -66,30 +139,107 @@ def print_json(value: Any) -> None:
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name=PACKAGE, prog_name="timeline", message="%(prog)s %(version)s")
 @db_option
+@click.option(
+    "--config",
+    "config_file",
+    default=None,
+    metavar="FILE",
+    help="Settings file: TOML (*.toml) or .env lines (default: $TIMELINE_CONFIG; none).",
+)
 @click.option("-v", "--verbose", is_flag=True, help="Log progress to stderr.")
 @click.pass_context
-def main(ctx: click.Context, db: str | None, verbose: bool) -> None:
+def main(ctx: click.Context, db: str | None, config_file: str | None, verbose: bool) -> None:
     """Residency timeline: ARC status, due tasks and fines of foreign students in Taiwan."""
     logging.basicConfig(
         level=logging.INFO if verbose else logging.WARNING,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
-    ctx.ensure_object(dict)
-    ctx.obj["db"] = db
-    from projections.rules import rulebook_from_env
+    from timeline.settings import SettingsError, load_settings
 
-    # The one read of the rule settings: every command derives under this RuleBook.
+    ctx.ensure_object(dict)
+    # The one read of the configuration: every command runs under these settings.
     try:
-        ctx.obj["rules"] = rulebook_from_env(os.environ)
-    except ValueError as exc:
+        ctx.obj["settings"] = load_settings(config_file=config_file, db=db)
+    except SettingsError as exc:
         raise UsageFailure(str(exc)) from exc
 
 
 def rules_of(ctx: click.Context) -> RuleBook:
-    """The RuleBook read once by the `main` group."""
-    return ctx.find_root().obj["rules"]
+    """The RuleBook of the configuration read once by the `main` group."""
+    obj = ctx.find_root().obj
+    if "rules" not in obj:
+        obj["rules"] = obj["settings"].rulebook()
+    return obj["rules"]
+
+
+@main.command()
+@click.option(
+    "--create-schema",
+    is_flag=True,
+    help="PostgreSQL: also create the schema named by ?schema= when it does not exist.",
+)
+@db_option
+@read_db_option
+@click.pass_context
+def init(ctx: click.Context, create_schema: bool, db: str | None, read_db: str | None) -> None:
+    """Create the event store and its read models (idempotent); say what was done."""
+    from timeline.settings import mask_url
+    from timeline.store import TimelineStore, create_postgres_schema, store_state
+
+    settings = settings_for(ctx, db, read_db)
+    location = settings.store_location
+    shown = mask_url(location)
+    try:
+        state = store_state(location)
+        if state == "no-schema":
+            if not create_schema:
+                raise UsageFailure(
+                    f"the schema of {shown} does not exist: add --create-schema to create it"
+                )
+            create_postgres_schema(location)
+            click.echo(f"created the schema of {shown}")
+        store = TimelineStore.open(location, settings.secret("cipher_key"))
+    except StorageConfigError as exc:
+        raise UsageFailure(str(exc)) from exc
+    ctx.call_on_close(store.close)
+    if state == "ready":
+        click.echo(f"event store at {shown} already exists (log position {store.max_position()})")
+    else:
+        click.echo(f"created the event store at {shown}")
+    model = open_read_model(ctx, store, read_db)
+    path = settings_for(ctx, location, read_db).read_db_location
+    click.echo(f"read models at {path}: up to date (log position {model.position})")
+
+
+@main.command("config")
+@click.option("--show", is_flag=True, help="Print the effective configuration (the default).")
+@click.option("--json", "as_json", is_flag=True, help="Print it as a JSON object.")
+@db_option
+@read_db_option
+@click.pass_context
+def config_command(
+    ctx: click.Context, show: bool, as_json: bool, db: str | None, read_db: str | None
+) -> None:
+    """The effective configuration (every setting, where things live), secrets masked."""
+    from timeline.settings import env_name
+
+    shown = settings_for(ctx, db, read_db).masked()
+    if as_json:
+        print_json(shown)
+        return
+    effective = shown.pop("effective")
+    width = max(len(env_name(name)) for name in shown)
+    for name, value in shown.items():
+        text = "(not set)" if value is None else value
+        if isinstance(value, bool):
+            text = "1" if value else "0"
+        click.echo(f"{env_name(name):<{width}}  {text}")
+    click.echo("")
+    for name, value in effective.items():
+        click.echo(f"{'effective ' + name:<{width}}  {value}")
 
 
 @main.command()
@@ -105,7 +255,7 @@ def rules_of(ctx: click.Context) -> RuleBook:
 )
 @click.option(
     "--encoding",
-    type=click.Choice(list(ENCODINGS)),
+    type=click.Choice(list(ENCODING_NAMES)),
     default="utf-8",
     show_default=True,
     help="Text encoding of the feed (cp950/big5: Taiwanese registrar exports).",
@@ -132,7 +282,9 @@ def ingest(
     db: str | None,
 ) -> None:
     """Ingest a feed (FILE, or - for stdin); prints the summary; exit 1 if any rejected."""
-    store = open_store(ctx, db)
+    from timeline.ingest import detect_format, ingest_stream
+
+    store = open_store(ctx, db, create=True)
     from_stdin = str(file) == "-"
     with contextlib.ExitStack() as stack:
         stream: BinaryIO = (
@@ -150,6 +302,7 @@ def ingest(
             batch_size=batch_size,
         )
         if sys.stderr.isatty() and total != 0:
+            from rich.console import Console
             from rich.progress import BarColumn, DownloadColumn, Progress, TimeRemainingColumn
 
             passes = 1 if partial else 2
@@ -188,12 +341,16 @@ def _regular_file_size(stream: BinaryIO) -> int | None:
 @click.pass_context
 def history(ctx: click.Context, student: str, as_json: bool, db: str | None) -> None:
     """The stored events of STUDENT with their record time and retraction marks."""
+    from rich.table import Table
+
+    from timeline.history import history_entries
+
     store = open_store(ctx, db)
     entries = history_entries(store.stream(student))
     if as_json:
         print_json(entries)
         return
-    console = Console() if sys.stdout.isatty() else Console(width=160)
+    console = console_out()
     if not entries:
         console.print(f"No events stored for student {student}.")
         return
@@ -297,11 +454,12 @@ def show(
     """STUDENT's ARC status, tasks and fines as of a date (as known at a moment)."""
     from projections.engine import DerivationError, view
     from projections.render import print_view
-    from timeline.whatif import hypothetical_facts
 
     store = open_store(ctx, db)
     stream = store.stream(student)
     if with_file is not None:
+        from timeline.whatif import hypothetical_facts  # the feed contract: only with --with
+
         moment = known_at or system_clock()
         try:
             stream += hypothetical_facts(with_file, student, moment, len(stream) + 10_000)
@@ -321,18 +479,24 @@ def show(
         print_view(result)
 
 
-def read_model_path(store: TimelineStore, read_db: str | None) -> str:
-    """`--read-db`, else TIMELINE_READ_DB, else next to the events."""
-    from projections.readmodel import default_read_db
-
-    return read_db or os.environ.get("TIMELINE_READ_DB") or default_read_db(store.config.location)
+def read_model_path(settings: Settings) -> str:
+    """`--read-db`, else the configured read_db, else beside the events (an absolute path)."""
+    path = settings.read_db_location
+    folder = Path(path).parent
+    if folder == settings.data_directory:
+        # The default place of a PostgreSQL store's read models: ours to create.
+        folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+    elif not folder.is_dir():
+        raise UsageFailure(f"the folder of the read models does not exist: {folder}")
+    return path
 
 
 def open_read_model(ctx: click.Context, store: TimelineStore, read_db: str | None) -> ReadModel:
     """The read models under the rules in force, brought up to date with the event store."""
     from projections.readmodel import ReadModel
 
-    model = ReadModel(read_model_path(store, read_db), rules_of(ctx))
+    path = read_model_path(settings_for(ctx, store.config.location, read_db))
+    model = ReadModel(path, rules_of(ctx))
     ctx.call_on_close(model.close)
     if model.rebuild_reason:
         # Said before the slow part, so a user knows why this command takes a while.
@@ -361,7 +525,10 @@ def progress_bar(
     None when stderr is not a terminal: nothing is drawn into a pipe or a log file.
     Positions count from `start` (where a sync began), so the bar measures this run.
     """
-    console = console or Console(stderr=True)
+    if console is None:
+        from rich.console import Console
+
+        console = Console(stderr=True)
     if not console.is_terminal:
         yield None
         return
@@ -410,23 +577,14 @@ def warn_left_out(model: ReadModel, limit: int = 20, known_at: Any = None) -> No
         click.echo(f"  … and {len(failed) - limit} more", err=True)
 
 
-def read_db_option(func: F) -> F:
-    """`--read-db PATH`: where the read models live."""
-    return click.option(
-        "--read-db",
-        "read_db",
-        default=None,
-        help="SQLite file of the read models (default: $TIMELINE_READ_DB, else the SQLite "
-        "event store itself, else ./timeline-read.db).",
-    )(func)
-
-
 TASK_STATUSES = ["upcoming", "open", "overdue", "done", "done_late", "cancelled"]
 FINE_STATUSES = ["accrued", "imposed", "paid"]
 
 
 def _population_table(title: str, rows: list[dict[str, Any]], columns: list[str]) -> None:
-    console = Console() if sys.stdout.isatty() else Console(width=160)
+    from rich.table import Table
+
+    console = console_out()
     if not rows:
         console.print(f"No {title.lower()}.")
         return
@@ -640,7 +798,9 @@ def rebuild(ctx: click.Context, db: str | None, read_db: str | None) -> None:
     from projections.readmodel import ReadModel
 
     store = open_store(ctx, db)
-    model = ReadModel(read_model_path(store, read_db), rules_of(ctx))
+    model = ReadModel(
+        read_model_path(settings_for(ctx, store.config.location, read_db)), rules_of(ctx)
+    )
     ctx.call_on_close(model.close)
     with progress_bar("rebuilding") as on_progress:
         report = model.rebuild(store, on_progress=on_progress)
@@ -654,11 +814,13 @@ def rebuild(ctx: click.Context, db: str | None, read_db: str | None) -> None:
     )
 
 
-def delivery_settings(sink: str | None) -> DeliveryConfig:
-    """Sink credentials and retry policy, read once from the environment; the spec checked.
+def delivery_settings(settings: Settings, sink: str | None) -> DeliveryConfig:
+    """Sink credentials and retry policy of the configuration; the sink spec checked.
 
-    Exit 2 naming the setting when one is malformed, or naming what the spec lacks (a
-    credential written into the spec itself is refused, saying where it belongs).
+    The settings were checked when the `main` group read them (a malformed credential or
+    retry setting stops every command there, exit 2 naming it). Here: exit 2 naming what
+    the spec lacks (a credential written into the spec itself is refused, saying where it
+    belongs).
     """
     from scheduler.credentials import CredentialError
     from scheduler.jobs import DeliveryConfig, close_sink
@@ -666,7 +828,7 @@ def delivery_settings(sink: str | None) -> DeliveryConfig:
     from scheduler.sinks import sink_from_spec
 
     try:
-        delivery = DeliveryConfig.from_env(os.environ)
+        delivery = DeliveryConfig.from_settings(settings)
     except (CredentialError, RetrySettingError) as exc:
         raise UsageFailure(str(exc)) from exc
     if sink is not None:
@@ -711,8 +873,9 @@ def follow(
     from projections.follower import Follower
     from projections.readmodel import ReadModel, ReadModelConflict
 
+    settings = settings_for(ctx, db, read_db)
     store = open_store(ctx, db)
-    path = read_model_path(store, read_db)
+    path = read_model_path(settings)
     model = ReadModel(path, rules_of(ctx))
     ctx.call_on_close(model.close)
     if model.rebuild_reason:
@@ -807,9 +970,10 @@ def alerts(
     """The alerts that fall on a day; with --emit, deliver them once per key."""
     from scheduler.alerts import alerts_on
     from scheduler.emit import summary_sentence
-    from scheduler.jobs import batch_size_from_env, emit_once, wiring
+    from scheduler.jobs import emit_once, wiring
     from scheduler.outbox import EmitterBusy
 
+    settings = settings_for(ctx, db, read_db)
     day = day or taipei_today()
     outbox_views = failed or retry_failed or retrying or withdrawn
     if known_at is not None and (emit or outbox_views):
@@ -823,14 +987,19 @@ def alerts(
             raise UsageFailure("--preview needs --student STUDENT")
         if preview and known_at is not None:
             raise UsageFailure("--preview renders what would be sent now: drop --known-at")
-    delivery = delivery_settings(sink) if (emit or outbox_views or sink is not None) else None
+    delivery = None
+    if emit or outbox_views or sink is not None:
+        delivery = delivery_settings(settings, sink)
     if preview:
         credentials = delivery.credentials if delivery is not None else None
         _preview_alerts(ctx, db, read_db, sink, credentials, str(student), day, as_json)
         return
+    if outbox_views or emit:
+        require_store(settings)
+        location, read_path = settings.store_location, read_model_path(settings)
+        key = settings.secret("cipher_key")
     if outbox_views:
-        rules = (ctx.obj or {}).get("rules")
-        with wiring(db or (ctx.obj or {}).get("db"), read_db, sink, rules, delivery) as w:
+        with wiring(location, read_path, sink, rules_of(ctx), delivery, cipher_key=key) as w:
             if retry_failed:
                 click.echo(f"{w.outbox.retry_dead()} dead-lettered alert(s) back to pending")
                 return
@@ -863,18 +1032,16 @@ def alerts(
         return
     if emit:
         try:
-            batch_size_from_env()
-        except ValueError as exc:
-            raise UsageFailure(str(exc)) from exc
-        try:
             report = emit_once(
-                db or (ctx.obj or {}).get("db"),
-                read_db,
+                location,
+                read_path,
                 sink,
                 day,
                 wait,
-                rules=(ctx.obj or {}).get("rules"),
+                rules=rules_of(ctx),
                 delivery=delivery,
+                batch_size=settings.alert_batch,
+                cipher_key=key,
             )
         except EmitterBusy as exc:
             click.echo(f"error: {exc}", err=True)
@@ -969,9 +1136,8 @@ def scheduler_command(
     read_db: str | None,
 ) -> None:
     """Run the daily alert job and the retry job (APScheduler) until SIGTERM."""
-    from projections.readmodel import default_read_db
     from scheduler.daemon import DaemonConfig, jobstore_schema, jobstore_url, run_daemon
-    from scheduler.jobs import daily_alerts
+    from scheduler.jobs import JobSettings, daily_alerts, use_settings
     from scheduler.outbox import EmitterBusy, EmitterLock, OutboxDB, outbox_location
 
     try:
@@ -980,10 +1146,16 @@ def scheduler_command(
             raise ValueError
     except ValueError:
         raise UsageFailure(f"--at must be HH:MM (got {at!r})") from None
-    delivery = delivery_settings(sink)
-    db = db or (ctx.obj or {}).get("db")
+    settings = settings_for(ctx, db, read_db)
+    delivery = delivery_settings(settings, sink)
     store = open_store(ctx, db)
-    path = read_db or os.environ.get("TIMELINE_READ_DB") or default_read_db(store.config.location)
+    path = read_model_path(settings)
+    db = store.config.location
+    # What the jobs need beyond their stored arguments: never written to the job store.
+    job_settings = JobSettings(
+        rules_of(ctx), settings.alert_batch, settings.secret("cipher_key"), delivery
+    )
+    use_settings(job_settings)
     outbox_db = OutboxDB(outbox_location(store.config.location, path))
     instance = EmitterLock(outbox_db, name="scheduler")
     try:
@@ -993,11 +1165,11 @@ def scheduler_command(
         ctx.exit(1)
     try:
         if run_now:
-            click.echo(json.dumps(daily_alerts(db, read_db, sink, delivery=delivery)), err=True)
+            click.echo(json.dumps(daily_alerts(db, path, sink)), err=True)
         run_daemon(
             DaemonConfig(
                 db=db,
-                read_db=read_db,
+                read_db=path,
                 sink=sink,
                 jobstore_url=jobstore_url(store.config.location, path),
                 jobstore_schema=jobstore_schema(store.config.location),
@@ -1005,7 +1177,7 @@ def scheduler_command(
                 minute=minute,
                 retry_every=retry_every,
             ),
-            delivery,
+            job_settings,
         )
     finally:
         instance.release()
@@ -1026,12 +1198,13 @@ def serve(ctx: click.Context, host: str, port: int, db: str | None, read_db: str
     from web.app import create_app
     from web.settings import WebSettings
 
+    settings = settings_for(ctx, db, read_db)
     try:
-        config = ApiConfig.from_env(os.environ, db or (ctx.obj or {}).get("db"), read_db)
-        settings = WebSettings.from_env(os.environ)
+        config = ApiConfig.from_settings(settings)
     except ApiConfigError as exc:
-        click.echo(f"error: {exc}", err=True)
-        sys.exit(2)
+        raise UsageFailure(str(exc)) from exc
+    require_store(settings)
+    read_model_path(settings)  # made, if it is the default folder
     if not config.feed_tokens and not config.readers():
         click.echo(
             "warning: no TIMELINE_FEED_TOKENS / TIMELINE_STAFF_TOKENS / TIMELINE_ADMIN_TOKENS "
@@ -1042,7 +1215,7 @@ def serve(ctx: click.Context, host: str, port: int, db: str | None, read_db: str
     # app logs its own line per request, redacted, on the `timeline.access` logger.
     logging.getLogger("timeline.access").setLevel(logging.INFO)
     try:
-        app = create_app(config, rules_of(ctx), settings=settings)
+        app = create_app(config, rules_of(ctx), settings=WebSettings.from_settings(settings))
     except ApiConfigError as exc:
         raise UsageFailure(str(exc)) from exc
     uvicorn.run(app, host=host, port=port, log_level="info", access_log=False)
@@ -1095,7 +1268,7 @@ def import_command(ctx: click.Context, file: Path, db: str | None) -> None:
     """Restore an export into the store, keeping record times; all or nothing."""
     from timeline.backup import import_events
 
-    store = open_store(ctx, db)
+    store = open_store(ctx, db, create=True)
     before = store.max_position()
     report = import_events(store, file)
     if before and report.accepted:
@@ -1196,6 +1369,8 @@ def calendar(
 @main.command()
 def schema() -> None:
     """Print the JSON Schema of one feed event."""
+    from timeline.contract import json_schema
+
     print_json(json_schema())
 
 

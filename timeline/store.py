@@ -16,6 +16,7 @@ import logging
 import os
 import re
 import sqlite3
+import sys
 import time
 import zlib
 from collections.abc import Iterable, Iterator, Sequence
@@ -23,29 +24,30 @@ from contextlib import closing, contextmanager
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Literal
 from urllib.parse import unquote, urlparse
 from uuid import UUID
 
-import psycopg
 from eventsourcing.application import Application
 from eventsourcing.persistence import (
     DatetimeAsISO,
     JSONTranscoder,
     MapperDeserialisationError,
+    PersistenceError,
     StoredEvent,
     find_id_convertor,
 )
-from eventsourcing.postgres import PostgresApplicationRecorder
 from eventsourcing.sqlite import SQLiteApplicationRecorder
-from eventsourcing.utils import get_topic
-from psycopg.sql import SQL, Identifier
+from eventsourcing.utils import Environment, EnvType, get_topic
 
 from timeline.aggregate import DateAsISO, Student, student_uuid
 from timeline.clock import Clock, system_clock
 from timeline.errors import StorageConfigError
 from timeline.facts import Fact
 from timeline.rawjson import one_shot
+
+if TYPE_CHECKING:
+    from timeline.store_postgres import PostgresTimelineRecorder
 
 DEFAULT_DB = "timeline.db"
 log = logging.getLogger(__name__)
@@ -171,127 +173,6 @@ class SQLiteTimelineRecorder(SQLiteApplicationRecorder):
         return found
 
 
-class PostgresTimelineRecorder(PostgresApplicationRecorder):
-    """The library's PostgreSQL recorder plus the feed-key index in the same transaction."""
-
-    def __init__(self, datastore: Any, *, events_table_name: str = "stored_events") -> None:
-        super().__init__(datastore, events_table_name=events_table_name)
-        schema = Identifier(self.datastore.schema)
-        self.sql_create_statements.append(
-            SQL(
-                "CREATE TABLE IF NOT EXISTS {schema}.feed_keys ("
-                "source text NOT NULL, event_id text NOT NULL, student_id text NOT NULL, "
-                "type text NOT NULL, digest text NOT NULL, PRIMARY KEY (source, event_id))"
-            ).format(schema=schema)
-        )
-        # One statement for the whole batch's keys (an executemany is a round trip each).
-        self._insert_keys = SQL(
-            "INSERT INTO {schema}.feed_keys SELECT * FROM "
-            "unnest(%b::text[], %b::text[], %b::text[], %b::text[], %b::text[])"
-        ).format(schema=schema)
-        # Lookups are shaped so that the only plan is one index probe per wanted key
-        # (LATERAL … LIMIT 1 is never flattened into a join): a plain join or `= ANY`
-        # let the planner pick a (parallel) scan of the whole table, and did whenever
-        # the table had no statistics yet (a fresh store, autovacuum off or behind),
-        # which made every batch of an ingest cost in proportion to the store's size.
-        self._select_keys = SQL(
-            "SELECT k.source, k.event_id, k.student_id, k.type, k.digest "
-            "FROM unnest(%s::text[], %s::text[]) AS q(source, event_id) "
-            "CROSS JOIN LATERAL (SELECT * FROM {schema}.feed_keys f "
-            "WHERE f.source = q.source AND f.event_id = q.event_id LIMIT 1) AS k"
-        ).format(schema=schema)
-        self._select_students = SQL(
-            "SELECT originator_id FROM {schema}.{table} "
-            "WHERE originator_version = 1 AND originator_id = ANY(%s)"
-        ).format(schema=schema, table=Identifier(self.events_table_name))
-        # The library's insert, with one binary array per column instead of an array of
-        # its composite type: psycopg's pure-Python text dumping of composites (a regex
-        # per field) cost more than the rest of an ingest together.
-        self._insert_columns = SQL(
-            "INSERT INTO {schema}.{table} (originator_id, originator_version, topic, state) "
-            "SELECT * FROM unnest(%b::uuid[], %b::bigint[], %b::text[], %b::bytea[])"
-        ).format(schema=schema, table=Identifier(self.events_table_name))
-        self._insert_columns_returning = self._insert_columns + SQL(" RETURNING notification_id")
-        # The last version of each stream: one backward probe of the primary key each.
-        self._select_versions = SQL(
-            "SELECT q.id AS originator_id, v.originator_version AS version "
-            "FROM unnest(%s::uuid[]) AS q(id) "
-            "CROSS JOIN LATERAL (SELECT e.originator_version FROM {schema}.{table} e "
-            "WHERE e.originator_id = q.id ORDER BY e.originator_version DESC LIMIT 1) AS v"
-        ).format(schema=schema, table=Identifier(self.events_table_name))
-
-    def _insert_events(
-        self, curs: Any, stored_events: Sequence[StoredEvent], **kwargs: Any
-    ) -> None:
-        feed_keys: Sequence[FeedKey] = kwargs.get("feed_keys", ())
-        if feed_keys:
-            curs.execute(
-                self._insert_keys, [list(column) for column in zip(*feed_keys, strict=True)]
-            )
-
-    def _insert_stored_events(
-        self, curs: Any, stored_events: Sequence[StoredEvent], **kwargs: Any
-    ) -> None:
-        """The library's table lock and notification, then the rows as column arrays.
-
-        `notification_ids=False` (from `TimelineStore.append`, which has no use for them):
-        no RETURNING, which saved a sixth of the statement's time.
-        """
-        self._lock_table(curs)
-        self._notify_channel(curs)
-        curs.execute(
-            self._insert_columns_returning
-            if kwargs.get("notification_ids", True)
-            else self._insert_columns,
-            (
-                [s.originator_id for s in stored_events],
-                [s.originator_version for s in stored_events],
-                [s.topic for s in stored_events],
-                [s.state for s in stored_events],
-            ),
-        )
-
-    def _fetch_ids_after_insert_events(
-        self, curs: Any, stored_events: Sequence[StoredEvent], **kwargs: Any
-    ) -> Sequence[int] | None:
-        if kwargs.get("notification_ids", True):
-            return super()._fetch_ids_after_insert_events(curs, stored_events, **kwargs)
-        return None
-
-    def lookup_keys(self, keys: Sequence[tuple[str, str]]) -> dict[tuple[str, str], FeedKey]:
-        """The stored feed keys among `keys`."""
-        if not keys:
-            return {}
-        with self.datastore.get_connection() as conn, conn.cursor() as curs:
-            curs.execute(self._select_keys, ([k[0] for k in keys], [k[1] for k in keys]))
-            return {
-                (r["source"], r["event_id"]): (
-                    r["source"],
-                    r["event_id"],
-                    r["student_id"],
-                    r["type"],
-                    r["digest"],
-                )
-                for r in curs.fetchall()
-            }
-
-    def existing_students(self, ids: Sequence[UUID]) -> set[UUID]:
-        """Which of these aggregate ids have a stream already."""
-        if not ids:
-            return set()
-        with self.datastore.get_connection() as conn, conn.cursor() as curs:
-            curs.execute(self._select_students, (list(ids),))
-            return {r["originator_id"] for r in curs.fetchall()}
-
-    def last_versions(self, ids: Sequence[UUID]) -> dict[UUID, int]:
-        """The last version of each of these streams that exists."""
-        if not ids:
-            return {}
-        with self.datastore.get_connection() as conn, conn.cursor() as curs:
-            curs.execute(self._select_versions, (list(ids),))
-            return {r["originator_id"]: r["version"] for r in curs.fetchall()}
-
-
 @dataclass
 class StoredStream:
     """One student's stream as `TimelineStore.streams` reads it."""
@@ -312,6 +193,15 @@ class TimelineApp(Application[UUID]):
         super().register_transcodings(transcoder)
         transcoder.register(DateAsISO())
 
+    def construct_env(self, name: str, env: EnvType | None = None) -> Environment:
+        """Only the configuration given (`StoreConfig.env`), never the process environment.
+
+        The library would also read `TIMELINE_*` variables (its prefix is the application's
+        name): a stray TIMELINE_CIPHER_KEY would then change what is stored, unseen by
+        the settings (`timeline.settings`), which alone read the environment.
+        """
+        return Environment(name, {**type(self).env, **(env or {})})
+
 
 @dataclass(frozen=True)
 class StoreConfig:
@@ -327,11 +217,8 @@ class StoreConfig:
 
     @classmethod
     def resolve(cls, location: str | None = None, cipher_key: str | None = None) -> StoreConfig:
-        """From explicit values, else `TIMELINE_DB` / `TIMELINE_CIPHER_KEY`, else defaults."""
-        return cls(
-            location=location or os.environ.get("TIMELINE_DB") or DEFAULT_DB,
-            cipher_key=cipher_key or os.environ.get("TIMELINE_CIPHER_KEY") or None,
-        )
+        """From explicit values, else the default file (settings are the edges' to read)."""
+        return cls(location=location or DEFAULT_DB, cipher_key=cipher_key or None)
 
     def env(self) -> dict[str, str]:
         """The eventsourcing environment for this configuration."""
@@ -339,7 +226,7 @@ class StoreConfig:
         if self.is_postgres:
             env.update(_postgres_env(self.location))
             env["PERSISTENCE_MODULE"] = "eventsourcing.postgres"
-            env["APPLICATION_RECORDER_TOPIC"] = "timeline.store:PostgresTimelineRecorder"
+            env["APPLICATION_RECORDER_TOPIC"] = "timeline.store_postgres:PostgresTimelineRecorder"
         else:
             path = Path(self.location)
             if path.parent and not path.parent.exists():
@@ -387,6 +274,13 @@ def _key_check(key: str | None) -> str:
     return "aes:" + hashlib.blake2b(key.encode(), digest_size=8, person=b"tl-keycheck").hexdigest()
 
 
+def _storage_errors() -> tuple[type[Exception], ...]:
+    """What opening a store raises for a bad location or database (the driver's, if loaded)."""
+    errors: tuple[type[Exception], ...] = (ValueError, OSError, sqlite3.Error, PersistenceError)
+    driver = sys.modules.get("psycopg")  # imported only for a PostgreSQL store
+    return (*errors, driver.Error) if driver is not None else errors
+
+
 @contextmanager
 def _opening(config: StoreConfig) -> Iterator[None]:
     """Make opening safe when two processes open the same store at once."""
@@ -396,6 +290,8 @@ def _opening(config: StoreConfig) -> Iterator[None]:
         url, _, _ = config.location.partition("?")
         schema = _postgres_env(config.location).get("POSTGRES_SCHEMA", "public")
         key = zlib.crc32(f"timeline-ddl:{schema}".encode())
+        import psycopg
+
         with psycopg.connect(url, autocommit=True) as lock:
             lock.execute("SELECT pg_advisory_lock(%s)", (key,))
             try:
@@ -416,6 +312,59 @@ def _opening(config: StoreConfig) -> Iterator[None]:
                 raise
             time.sleep(0.05)
     yield
+
+
+StoreState = Literal["ready", "no-store", "no-schema"]
+
+
+def _postgres_schema(location: str) -> str:
+    return _postgres_env(location).get("POSTGRES_SCHEMA", "public")
+
+
+def store_state(location: str) -> StoreState:
+    """Whether the event store at `location` was created: its file, or its schema and table.
+
+    Opening a store creates it; the edges ask first, so that reading a mistyped location
+    is an error instead of a new empty store. Cannot reach PostgreSQL: StorageConfigError.
+    """
+    config = StoreConfig(location)
+    if not config.is_postgres:
+        return "ready" if Path(location).is_file() else "no-store"
+    import psycopg
+
+    url, _, _ = location.partition("?")
+    schema = _postgres_schema(location)
+    try:
+        with psycopg.connect(url, connect_timeout=10) as conn:
+            found = conn.execute(
+                "SELECT EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = %s), "
+                "to_regclass(%s) IS NOT NULL",
+                (schema, f'"{schema}".{TimelineApp.name.lower()}_events'),
+            ).fetchone()
+    except psycopg.Error as exc:
+        raise StorageConfigError(f"cannot connect to the event store: {exc}") from None
+    has_schema, has_table = found if found else (False, False)
+    if not has_schema:
+        return "no-schema"
+    return "ready" if has_table else "no-store"
+
+
+def create_postgres_schema(location: str) -> bool:
+    """Create the schema named in a PostgreSQL location; whether it was new."""
+    import psycopg
+    from psycopg.sql import SQL, Identifier
+
+    url, _, _ = location.partition("?")
+    schema = _postgres_schema(location)
+    try:
+        with psycopg.connect(url, autocommit=True, connect_timeout=10) as conn:
+            existed = conn.execute(
+                "SELECT EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = %s)", (schema,)
+            ).fetchone()
+            conn.execute(SQL("CREATE SCHEMA IF NOT EXISTS {}").format(Identifier(schema)))
+    except psycopg.Error as exc:
+        raise StorageConfigError(f"cannot create the schema {schema!r}: {exc}") from None
+    return not (existed and existed[0])
 
 
 class TimelineStore:
@@ -443,7 +392,7 @@ class TimelineStore:
                 self._check_cipher()
         except StorageConfigError:
             raise
-        except (ValueError, OSError, sqlite3.Error, psycopg.Error) as exc:
+        except _storage_errors() as exc:
             raise StorageConfigError(f"cannot open the event store: {exc}") from exc
 
     # -- the cipher marker -------------------------------------------------------------
@@ -497,7 +446,7 @@ class TimelineStore:
     def open(
         cls, location: str | None = None, cipher_key: str | None = None, clock: Clock = system_clock
     ) -> TimelineStore:
-        """Open (and create if needed) the store named by `location` or the environment."""
+        """Open (and create if needed) the store at `location` (default ./timeline.db)."""
         return cls(StoreConfig.resolve(location, cipher_key), clock)
 
     def close(self) -> None:
@@ -611,6 +560,8 @@ class TimelineStore:
             return c.fetchall()
 
     def _streams_in_postgres(self, uuids: Sequence[str]) -> list[tuple[Any, int, str, bytes]]:
+        from psycopg.sql import SQL, Identifier
+
         recorder = self.recorder
         statement = SQL(
             "SELECT originator_id, originator_version, topic, state FROM {schema}.{table} "
@@ -677,6 +628,8 @@ class TimelineStore:
     def _stream_page_postgres(
         self, after: tuple[Any, int] | None, upto: int, page: int
     ) -> list[tuple[Any, int, str, bytes]]:
+        from psycopg.sql import SQL, Identifier
+
         recorder = self.recorder
         statement = SQL(
             "SELECT originator_id, originator_version, topic, state FROM {schema}.{table} "
@@ -1173,3 +1126,12 @@ class _FastDecoder:
             self.moments.clear()
         moment = self.moments[text] = self.names["datetime_iso"].decode(text)
         return moment
+
+
+def __getattr__(name: str) -> Any:
+    """`PostgresTimelineRecorder` from its own module, imported only when asked for."""
+    if name == "PostgresTimelineRecorder":
+        from timeline.store_postgres import PostgresTimelineRecorder
+
+        return PostgresTimelineRecorder
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -13,7 +13,6 @@ from __future__ import annotations
 import importlib.util
 import logging
 import math
-import os
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
@@ -38,13 +37,14 @@ from projections import dates
 from projections.engine import DerivationError, view
 from projections.models import StudentView
 from projections.readmodel import ReadModel, default_read_db
-from projections.rules import RuleBook, rulebook_from_env
+from projections.rules import DEFAULT_RULES, RuleBook
 from timeline import api
-from timeline.api_settings import ApiConfig, ApiConfigError, Token
+from timeline.api_settings import ApiConfig, Token
 from timeline.audit import accesses, record_access
 from timeline.clock import Clock, system_clock, taipei_today
 from timeline.facts import Fact
 from timeline.history import history_entries
+from timeline.settings import Settings
 from timeline.store import TimelineStore
 from web import i18n, lists
 from web.inputs import InputError, as_of_day, known_moment, whole_number
@@ -155,15 +155,12 @@ def create_app(
     settings: WebSettings | None = None,
     clock: Clock = system_clock,
 ) -> FastAPI:
-    """The API plus the staff pages; settings and rules default to the environment's."""
-    try:
-        rulebook = rules if rules is not None else rulebook_from_env(os.environ)
-    except ValueError as exc:
-        raise ApiConfigError(str(exc)) from None
-    settings = settings or WebSettings.from_env(os.environ)
+    """The API plus the staff pages; without settings, a session key made for this process."""
+    rulebook = rules if rules is not None else DEFAULT_RULES
+    settings = settings or WebSettings.from_settings(Settings())
     app = api.create_app(config, rulebook, clock)
     signer = Signer(settings.session_secret)
-    read_db_setting = config.read_db or os.environ.get("TIMELINE_READ_DB")
+    read_db_setting = config.read_db
     env = Environment(
         loader=FileSystemLoader(HERE / "templates"),
         autoescape=select_autoescape(default=True, default_for_string=True),
@@ -190,7 +187,7 @@ def create_app(
     # -- helpers ---------------------------------------------------------------------------
     @contextmanager
     def store() -> Iterator[TimelineStore]:
-        opened = TimelineStore.open(config.db)
+        opened = TimelineStore.open(config.db, config.cipher_key)
         try:
             yield opened
         finally:

@@ -1,4 +1,4 @@
-"""Settings of the staff web app, read once from the environment.
+"""Settings of the staff web app, taken from the one configuration (`timeline.settings`).
 
 - `TIMELINE_SESSION_SECRET`: the key that signs session cookies (at least 32 characters).
   Unset, a random key is made for this process (with a warning): sessions then end when
@@ -15,15 +15,17 @@ import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import timedelta
+from typing import TYPE_CHECKING
 
 from timeline.api_settings import ApiConfigError
+
+if TYPE_CHECKING:
+    from timeline.settings import Settings
 
 SECRET_SETTING = "TIMELINE_SESSION_SECRET"
 HOURS_SETTING = "TIMELINE_SESSION_HOURS"
 SECURE_SETTING = "TIMELINE_COOKIE_SECURE"
-MIN_SECRET_LENGTH = 32
 DEFAULT_HOURS = 8
-MAX_HOURS = 168
 
 log = logging.getLogger(__name__)
 
@@ -37,9 +39,9 @@ class WebSettings:
     always_secure: bool = False
 
     @classmethod
-    def from_env(cls, environ: Mapping[str, str]) -> WebSettings:
-        """The settings from the environment, validated (`ApiConfigError` names the setting)."""
-        secret = environ.get(SECRET_SETTING, "")
+    def from_settings(cls, settings: Settings) -> WebSettings:
+        """The web app's part of the one configuration (validated when it was loaded)."""
+        secret = settings.secret("session_secret")
         if not secret:
             log.warning(
                 "%s is not set: sessions are signed with a key made for this process "
@@ -47,22 +49,16 @@ class WebSettings:
                 SECRET_SETTING,
             )
             key = secrets.token_bytes(32)
-        elif len(secret) < MIN_SECRET_LENGTH:
-            raise ApiConfigError(
-                f"{SECRET_SETTING}: must be at least {MIN_SECRET_LENGTH} characters"
-            )
         else:
             key = secret.encode()
-        hours_text = environ.get(HOURS_SETTING, "").strip() or str(DEFAULT_HOURS)
-        if not (hours_text.isascii() and hours_text.isdigit()) or not (
-            1 <= int(hours_text) <= MAX_HOURS
-        ):
-            raise ApiConfigError(f"{HOURS_SETTING}: a whole number of hours, 1 to {MAX_HOURS}")
-        secure_text = environ.get(SECURE_SETTING, "").strip().lower()
-        if secure_text not in ("", "0", "1", "true", "false", "yes", "no"):
-            raise ApiConfigError(f"{SECURE_SETTING}: 1 or 0")
-        return cls(
-            key,
-            timedelta(hours=int(hours_text)),
-            secure_text in ("1", "true", "yes"),
-        )
+        return cls(key, timedelta(hours=settings.session_hours), settings.cookie_secure)
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str]) -> WebSettings:
+        """The settings of an environment mapping (`ApiConfigError` names a bad setting)."""
+        from timeline.settings import SettingsError, load_settings
+
+        try:
+            return cls.from_settings(load_settings(environ))
+        except SettingsError as exc:
+            raise ApiConfigError(str(exc)) from None
