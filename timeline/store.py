@@ -259,6 +259,15 @@ def _postgres_env(url: str) -> dict[str, str]:
     for part in parsed.query.split("&"):
         if part.startswith("schema="):
             env["POSTGRES_SCHEMA"] = part.split("=", 1)[1]
+        elif part.startswith("connect_timeout="):
+            # libpq's parameter: how long to wait for a connection (the library's pool
+            # waits 30 s by default, on each of its 10 retries of a lost connection).
+            seconds = part.split("=", 1)[1]
+            if not (seconds.isascii() and seconds.isdigit() and int(seconds) >= 1):
+                raise StorageConfigError(
+                    "connect_timeout in the PostgreSQL URL must be a whole number of seconds"
+                )
+            env["POSTGRES_CONNECT_TIMEOUT"] = str(int(seconds))
     return env
 
 
