@@ -236,6 +236,21 @@ def test_the_env_example_sets_what_the_units_expand():
     assert {"TIMELINE_DB", "TIMELINE_SESSION_SECRET", "TIMELINE_FEED_TOKENS"} <= assigned
 
 
+def test_the_env_example_holds_only_settings_timeline_knows():
+    """An unknown TIMELINE_* variable stops every command: the example (commented lines too)."""
+    from timeline.settings import Settings, env_name, load_settings
+
+    example = (DEPLOY / "timeline.env.example").read_text("utf-8")
+    named = re.findall(r"^#?(TIMELINE_\w+)=(.*)$", example, flags=re.MULTILINE)
+    known = {env_name(field) for field in Settings.model_fields}
+    assert {name for name, _ in named} <= known
+    # Credentials and the retry schedule among them, so the scheduler's sink can be set up.
+    assert {"TIMELINE_WEBHOOK_SECRET", "TIMELINE_RETRY_ATTEMPTS"} <= {n for n, _ in named}
+    # Its values are valid as they stand (the commented ones too: they show the defaults).
+    settings = load_settings(dict(named))
+    assert settings.is_postgres and settings.retry_attempts == 12
+
+
 # -- the backup unit's own commands --------------------------------------------------------
 def test_the_backup_command_writes_a_private_importable_export(tmp_path):
     events = tmp_path / "events.db"
@@ -319,6 +334,11 @@ def test_a_second_scheduler_waits_for_the_lock_and_takes_over(tmp_path):
     argv[sink] = f"jsonl:{tmp_path / 'alerts.jsonl'}"
     with contextmanager(_postgres_location)() as location:
         env = {**os.environ, "TIMELINE_DB": location, "TIMELINE_READ_DB": str(tmp_path / "r.db")}
+        # As deploy/README.md installs a host: the store is made once, by `timeline init`.
+        made = subprocess.run(
+            [TIMELINE, "init"], env=env, cwd=tmp_path, capture_output=True, text=True
+        )
+        assert made.returncode == 0, made.stderr
         logs = [tmp_path / "first.log", tmp_path / "second.log"]
         processes: list[subprocess.Popen] = []
         try:
