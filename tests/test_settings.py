@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import uuid
@@ -22,7 +23,7 @@ from feed_examples import entered
 from timeline.api_settings import ApiConfig
 from timeline.cli import ENCODING_NAMES, main
 from timeline.ingest import ENCODINGS, ingest_objects
-from timeline.settings import MASK, Settings, SettingsError, load_settings
+from timeline.settings import MASK, Settings, SettingsError, env_name, load_settings
 from timeline.store import TimelineStore
 
 TIMELINE = str(Path(sys.executable).with_name("timeline"))
@@ -261,14 +262,19 @@ READ_COMMANDS = [
     ["alerts", "--on", "2024-05-01"],
     ["alerts", "--on", "2024-05-01", "--emit"],
     ["alerts", "--failed"],
+    ["alerts", "--retrying"],
+    ["alerts", "--on", "2024-05-01", "--student", "S1", "--preview"],
     ["rebuild"],
+    ["follow", "--once"],
+    ["calendar", "S1"],
+    ["calendar", "S1", "--link"],
     ["export"],
     ["serve", "--port", "1"],
     ["scheduler"],
 ]
 
 
-@pytest.mark.parametrize("args", READ_COMMANDS, ids=lambda a: "-".join(a[:2]))
+@pytest.mark.parametrize("args", READ_COMMANDS, ids=lambda a: "-".join(a[:2] + a[-1:]))
 def test_a_read_command_refuses_a_sqlite_store_that_does_not_exist(tmp_path, monkeypatch, args):
     monkeypatch.chdir(tmp_path)
     result = cli("--db", "timline.db", *args, env=clean_environ())
@@ -469,3 +475,11 @@ def test_a_read_model_file_in_a_folder_that_does_not_exist_is_a_usage_error(tmp_
     result = cli("--db", db, "tasks", "--read-db", str(tmp_path / "no" / "r.db"))
     assert result.exit_code == 2 and "Traceback" not in result.output
     assert f"the folder of the read models does not exist: {tmp_path / 'no'}" in result.stderr
+
+
+def test_the_readme_configuration_table_lists_every_setting():
+    """README: "A new setting is one field in `Settings` … a row in this table"."""
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text("utf-8")
+    rows = re.findall(r"^\| `(\w+)` \| `(TIMELINE_\w+)` \|", readme, flags=re.MULTILINE)
+    assert dict(rows) == {name: env_name(name) for name in Settings.model_fields}
+    assert len(rows) == len(Settings.model_fields)  # each once
