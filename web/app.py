@@ -14,7 +14,7 @@ import importlib.util
 import logging
 import math
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from datetime import date, datetime
@@ -37,9 +37,10 @@ from markupsafe import Markup
 from projections import dates
 from projections.engine import DerivationError, view
 from projections.models import StudentView
-from projections.readmodel import ReadModel, default_read_db
+from projections.readmodel import ReadModel
 from projections.rules import RuleBook, rulebook_from_env
 from timeline import api
+from timeline.api_service import ServiceOptions, SharedStore
 from timeline.api_settings import ApiConfig, ApiConfigError, Token
 from timeline.audit import accesses, record_access
 from timeline.clock import Clock, system_clock, taipei_today
@@ -154,16 +155,20 @@ def create_app(
     *,
     settings: WebSettings | None = None,
     clock: Clock = system_clock,
+    service: ServiceOptions | None = None,
 ) -> FastAPI:
-    """The API plus the staff pages; settings and rules default to the environment's."""
+    """The API plus the staff pages; settings and rules default to the environment's.
+
+    The pages use the API's shared store and read models (`app.state.shared`).
+    """
     try:
         rulebook = rules if rules is not None else rulebook_from_env(os.environ)
     except ValueError as exc:
         raise ApiConfigError(str(exc)) from None
     settings = settings or WebSettings.from_env(os.environ)
-    app = api.create_app(config, rulebook, clock)
+    app = api.create_app(config, rulebook, clock, service=service)
+    shared: SharedStore = app.state.shared
     signer = Signer(settings.session_secret)
-    read_db_setting = config.read_db or os.environ.get("TIMELINE_READ_DB")
     env = Environment(
         loader=FileSystemLoader(HERE / "templates"),
         autoescape=select_autoescape(default=True, default_for_string=True),
@@ -190,18 +195,13 @@ def create_app(
     # -- helpers ---------------------------------------------------------------------------
     @contextmanager
     def store() -> Iterator[TimelineStore]:
-        opened = TimelineStore.open(config.db)
-        try:
+        with shared.store() as opened:
             yield opened
-        finally:
-            opened.close()
 
     @contextmanager
     def read_model(opened: TimelineStore) -> Iterator[ReadModel]:
-        path = read_db_setting or default_read_db(opened.config.location)
-        model = ReadModel(path, rulebook, any_thread=True)
+        model = shared.read_model(opened)
         try:
-            model.sync(opened)
             yield model
         finally:
             model.close()
@@ -728,6 +728,24 @@ def create_app(
         return response
 
     return app
+
+
+def app_from_environment(environ: Mapping[str, str] | None = None) -> FastAPI:
+    """The API and the pages configured from the environment (`web.app:app`)."""
+    environ = os.environ if environ is None else environ
+    api.configure_logging(environ)
+    config, service = api.config_from_environment(environ)
+    return create_app(config, settings=WebSettings.from_env(environ), service=service)
+
+
+def __getattr__(name: str) -> Any:
+    # `web.app:app` (what `timeline serve --workers N` runs) is built when first asked for.
+    if name == "app":
+        built = globals().get("_app")
+        if built is None:
+            built = globals()["_app"] = app_from_environment()
+        return built
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def _packaged_swagger_ui() -> Path | None:

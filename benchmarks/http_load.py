@@ -1,0 +1,432 @@
+"""HTTP benchmark: `GET /v1/students/{id}` against a hello-world endpoint of the same server.
+
+    .venv/bin/python -m benchmarks.http_load [--students 100000] [--events 800000]
+        [--dir D] [--postgres URL|none] [--workers 1] [--duration 5]
+        [--concurrency 1,8,32] [--baseline-ref REF] [--skip-sqlite]
+
+Builds (or reuses, cached in `--dir`, default `~/.cache/residency-timeline/http-load`) a
+store of the synthetic registrar feed of `benchmarks.ingest` (100,000 students) on SQLite
+and, with a PostgreSQL server (`--postgres URL`, else `TIMELINE_BENCH_POSTGRES_URL` or
+`TIMELINE_TEST_POSTGRES_URL`), in the dedicated schema `bench_http_load` (kept between
+runs; `--postgres none` skips it). Then, per backend, it starts the server as a
+subprocess (`uvicorn timeline.api:app --workers N`, configured from the environment),
+and a second process generates the load: keep-alive HTTP/1.1 connections on loopback,
+`--concurrency` of them at once, each sending its next request when the answer to the
+last one is complete, for `--duration` seconds after a one-second warm-up. Measured in
+the same run: `GET /healthz` (the hello world of the same app: no store, no auth) and
+`GET /v1/students/{id}` (a staff token; random students; the stream read, the pure view
+and one audit row written per request). The table gives requests/s, p50 and p99, and
+the ratio of the student rate to the hello-world rate at the same concurrency.
+
+Targets (issue 12): ratio ≥ 0.5, p99 ≤ 20 ms at concurrency 8, on SQLite and PostgreSQL.
+
+With `--baseline-ref REF` the server of git revision REF (exported to a temporary
+folder; an app without `timeline.api:app` is built with `create_app` and given a
+`/healthz` route for the hello world) is measured right before, on the same stores.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import random
+import re
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+STAFF_TOKEN = "bench-staff-token-0123456789"
+PG_SCHEMA = "bench_http_load"
+TARGET_RATIO = 0.5
+TARGET_P99_MS = 20.0
+# Serves an app of a revision without `timeline.api:app` (the hello world added here).
+LEGACY_LAUNCHER = """
+import os
+from timeline.api import create_app
+from timeline.api_settings import ApiConfig
+
+
+def make():
+    app = create_app(ApiConfig.from_env(os.environ, os.environ.get("TIMELINE_DB")))
+    if not any(getattr(r, "path", None) == "/healthz" for r in app.routes):
+        @app.get("/healthz")
+        async def healthz():
+            return {"status": "ok"}
+    return app
+"""
+
+
+# -- the stores ----------------------------------------------------------------------------
+def prepare_sqlite(folder: Path, students: int, events: int) -> str:
+    """The SQLite store of the feed (built once, then reused); its path."""
+    from benchmarks.ingest import write_feed
+    from timeline.ingest import ingest_file
+    from timeline.store import TimelineStore
+
+    db = folder / f"students-{students}-{events}.db"
+    done = db.with_suffix(".done")
+    if done.exists():
+        return str(db)
+    feed = feed_file(folder, students, events, write_feed)
+    for stale in folder.glob(db.name + "*"):
+        stale.unlink()
+    started = time.perf_counter()
+    with TimelineStore.open(str(db)) as store:
+        report = ingest_file(store, feed, partial=True)
+    print(
+        f"built {db.name}: {report.accepted} events in {time.perf_counter() - started:.0f} s",
+        file=sys.stderr,
+    )
+    done.write_text("ok")
+    return str(db)
+
+
+def prepare_postgres(folder: Path, url: str, students: int, events: int) -> str:
+    """The PostgreSQL store of the feed in schema `bench_http_load` (built once); its URL."""
+    import psycopg
+
+    from benchmarks.ingest import write_feed
+    from timeline.ingest import ingest_file
+    from timeline.store import TimelineStore
+
+    marker = f"{students}-{events}"
+    location = f"{url}?schema={PG_SCHEMA}"
+    with psycopg.connect(url, autocommit=True) as conn:
+        row = conn.execute(
+            "SELECT obj_description(oid, 'pg_namespace') FROM pg_namespace WHERE nspname = %s",
+            (PG_SCHEMA,),
+        ).fetchone()
+        if row is not None and row[0] == marker:
+            return location
+        conn.execute(f'DROP SCHEMA IF EXISTS "{PG_SCHEMA}" CASCADE')
+        conn.execute(f'CREATE SCHEMA "{PG_SCHEMA}"')
+    feed = feed_file(folder, students, events, write_feed)
+    started = time.perf_counter()
+    with TimelineStore.open(location) as store:
+        report = ingest_file(store, feed, partial=True)
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute(f"COMMENT ON SCHEMA \"{PG_SCHEMA}\" IS '{marker}'")
+    print(
+        f"built schema {PG_SCHEMA}: {report.accepted} events in "
+        f"{time.perf_counter() - started:.0f} s",
+        file=sys.stderr,
+    )
+    return location
+
+
+def feed_file(folder: Path, students: int, events: int, write_feed: Any) -> Path:
+    """The synthetic feed (written once)."""
+    feed = folder / f"feed-{students}-{events}.jsonl"
+    if not feed.exists():
+        partial = feed.with_suffix(".partial")
+        write_feed(partial, events, students, seed=12)
+        partial.replace(feed)
+    return feed
+
+
+# -- the server ----------------------------------------------------------------------------
+def free_port() -> int:
+    """A TCP port on loopback that nothing listens on right now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_server(code: Path, db: str, workers: int, read_db: str) -> tuple[subprocess.Popen, int]:
+    """The server of the tree `code` on a free port, once it answers /healthz."""
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("TIMELINE_", "POSTGRES_"))} | {
+        "TIMELINE_DB": db,
+        "TIMELINE_READ_DB": read_db,
+        "TIMELINE_STAFF_TOKENS": f"bench:{STAFF_TOKEN}",
+        "PYTHONPATH": str(code),
+    }
+    legacy = not re.search(r"^app\s*[:=]", (code / "timeline" / "api.py").read_text(), re.M)
+    if legacy:
+        folder = Path(tempfile.mkdtemp(prefix="http-load-launcher-"))
+        (folder / "legacy_launcher.py").write_text(LEGACY_LAUNCHER)
+        env["PYTHONPATH"] = f"{code}{os.pathsep}{folder}"
+        target = ["--factory", "legacy_launcher:make"]
+    else:
+        target = ["timeline.api:app"]
+    command = [
+        sys.executable,
+        "-m",
+        "uvicorn",
+        *target,
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--workers",
+        str(workers),
+        "--log-level",
+        "warning",
+        "--no-access-log",
+    ]
+    server = subprocess.Popen(command, cwd=code, env=env, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            status, _ = asyncio.run(one_request(port, "/healthz"))
+            if status == 200:
+                return server, port
+        except OSError:
+            pass
+        if server.poll() is not None or time.monotonic() > deadline:
+            server.kill()
+            raise SystemExit("the server did not start")
+        time.sleep(0.1)
+
+
+def stop_server(server: subprocess.Popen) -> None:
+    """Stop the server (SIGTERM, then SIGKILL after 10 s)."""
+    server.terminate()
+    try:
+        server.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        server.kill()
+        server.wait()
+
+
+# -- the load ------------------------------------------------------------------------------
+async def read_response(reader: asyncio.StreamReader) -> tuple[int, bytes]:
+    """One HTTP/1.1 response: its status and body (Content-Length or chunked)."""
+    head = await reader.readuntil(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    status = int(lines[0].split(" ", 2)[1])
+    headers = {}
+    for line in lines[1:]:
+        if ":" in line:
+            name, _, value = line.partition(":")
+            headers[name.strip().lower()] = value.strip()
+    if "content-length" in headers:
+        return status, await reader.readexactly(int(headers["content-length"]))
+    body = b""
+    if headers.get("transfer-encoding", "").lower() == "chunked":
+        while True:
+            size = int((await reader.readuntil(b"\r\n")).strip(), 16)
+            chunk = await reader.readexactly(size + 2)
+            if size == 0:
+                break
+            body += chunk[:-2]
+    return status, body
+
+
+def request_bytes(path: str, token: str | None) -> bytes:
+    """A keep-alive GET request."""
+    auth = f"Authorization: Bearer {token}\r\n" if token else ""
+    return f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n{auth}\r\n".encode()
+
+
+async def one_request(port: int, path: str, token: str | None = None) -> tuple[int, bytes]:
+    """A single request on a fresh connection."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        writer.write(request_bytes(path, token))
+        await writer.drain()
+        return await read_response(reader)
+    finally:
+        writer.close()
+
+
+async def load(
+    port: int, paths: list[str], token: str | None, concurrency: int, duration: float
+) -> dict[str, Any]:
+    """`concurrency` connections, each sending its next request when its last is answered."""
+    latencies: list[float] = []
+    errors = 0
+    warmup_end = time.perf_counter() + 1.0
+    end = warmup_end + duration
+
+    async def connection(seed: int) -> None:
+        nonlocal errors
+        rng = random.Random(seed)
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        try:
+            while True:
+                started = time.perf_counter()
+                if started >= end:
+                    return
+                writer.write(request_bytes(rng.choice(paths), token))
+                status, _ = await read_response(reader)
+                finished = time.perf_counter()
+                if started >= warmup_end:
+                    latencies.append(finished - started)
+                    if status != 200:
+                        errors += 1
+        finally:
+            writer.close()
+
+    await asyncio.gather(*(connection(i) for i in range(concurrency)))
+    latencies.sort()
+    count = len(latencies)
+    return {
+        "requests": count,
+        "errors": errors,
+        "rate": count / duration,
+        "p50_ms": latencies[count // 2] * 1000 if count else float("nan"),
+        "p99_ms": latencies[min(count - 1, int(count * 0.99))] * 1000 if count else float("nan"),
+    }
+
+
+def load_main(argv: list[str]) -> int:
+    """The load generator's own process: prints one JSON result."""
+    spec = json.loads(argv[0])
+    result = asyncio.run(
+        load(spec["port"], spec["paths"], spec["token"], spec["concurrency"], spec["duration"])
+    )
+    print(json.dumps(result))
+    return 0
+
+
+def measure(
+    port: int, paths: list[str], token: str | None, concurrency: int, duration: float
+) -> dict[str, Any]:
+    """Run the load generator in a second process and read its result."""
+    spec = {
+        "port": port,
+        "paths": paths,
+        "token": token,
+        "concurrency": concurrency,
+        "duration": duration,
+    }
+    out = subprocess.run(
+        [sys.executable, "-m", "benchmarks.http_load", "--load", json.dumps(spec)],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=ROOT,
+    ).stdout
+    return json.loads(out)
+
+
+def run_backend(
+    label: str,
+    code: Path,
+    db: str,
+    read_db: str,
+    students: int,
+    args: argparse.Namespace,
+) -> list[dict[str, Any]]:
+    """Every measurement of one server (one backend, one code revision)."""
+    rng = random.Random(7)
+    paths = [f"/v1/students/S{rng.randrange(students):07d}" for _ in range(5000)]
+    server, port = start_server(code, db, args.workers, read_db)
+    rows = []
+    try:
+        status, _ = asyncio.run(one_request(port, paths[0], STAFF_TOKEN))
+        if status != 200:
+            raise SystemExit(f"{label}: GET {paths[0]} answered {status}")
+        for concurrency in args.concurrency:
+            hello = measure(port, ["/healthz"], None, concurrency, args.duration)
+            student = measure(port, paths, STAFF_TOKEN, concurrency, args.duration)
+            row = {
+                "server": label,
+                "c": concurrency,
+                "hello": hello,
+                "student": student,
+                "ratio": student["rate"] / hello["rate"] if hello["rate"] else float("nan"),
+            }
+            rows.append(row)
+            print_row(row)
+    finally:
+        stop_server(server)
+    return rows
+
+
+HEADER = (
+    f"{'server':<26} {'c':>3} {'hello/s':>9} {'p50':>6} {'p99':>7} "
+    f"{'student/s':>9} {'p50':>6} {'p99':>7} {'ratio':>6}"
+)
+
+
+def print_row(row: dict[str, Any]) -> None:
+    """One line of the table (times in ms)."""
+    h, s = row["hello"], row["student"]
+    errors = f"  ({s['errors']} errors)" if s["errors"] or h["errors"] else ""
+    print(
+        f"{row['server']:<26} {row['c']:>3} {h['rate']:>9.0f} {h['p50_ms']:>6.1f} "
+        f"{h['p99_ms']:>7.1f} {s['rate']:>9.0f} {s['p50_ms']:>6.1f} {s['p99_ms']:>7.1f} "
+        f"{row['ratio']:>6.2f}{errors}",
+        flush=True,
+    )
+
+
+def export_revision(ref: str) -> Path:
+    """Git revision `ref` of this repository in a temporary folder."""
+    from benchmarks.ingest import export_revision as export
+
+    return Path(export(ref, Path(tempfile.mkdtemp(prefix="http-load-"))))
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Build or reuse the stores, then measure each backend (and the baseline revision)."""
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["--load"]:
+        return load_main(argv[1:])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--students", type=int, default=100_000)
+    parser.add_argument("--events", type=int, default=800_000)
+    parser.add_argument(
+        "--dir",
+        type=Path,
+        default=Path.home() / ".cache" / "residency-timeline" / "http-load",
+        help="where the stores are built once and reused",
+    )
+    parser.add_argument("--postgres", default=None, help="server URL, or 'none'")
+    parser.add_argument("--workers", type=int, default=1)
+    parser.add_argument("--duration", type=float, default=5.0, help="seconds per measurement")
+    parser.add_argument(
+        "--concurrency",
+        type=lambda text: [int(c) for c in text.split(",")],
+        default=[1, 8, 32],
+    )
+    parser.add_argument("--baseline-ref", default=None, help="also measure this git revision")
+    parser.add_argument("--skip-sqlite", action="store_true")
+    args = parser.parse_args(argv)
+    args.dir.mkdir(parents=True, exist_ok=True)
+    url = (
+        args.postgres
+        or os.environ.get("TIMELINE_BENCH_POSTGRES_URL")
+        or os.environ.get("TIMELINE_TEST_POSTGRES_URL")
+    )
+    backends: list[tuple[str, str, str]] = []
+    if not args.skip_sqlite:
+        db = prepare_sqlite(args.dir, args.students, args.events)
+        backends.append(("sqlite", db, db))
+    if url and url != "none":
+        location = prepare_postgres(args.dir, url, args.students, args.events)
+        backends.append(("postgres", location, str(args.dir / "pg-read.db")))
+    revisions = [("now", ROOT)]
+    if args.baseline_ref:
+        revisions.insert(0, (args.baseline_ref, export_revision(args.baseline_ref)))
+    print(
+        f"{args.students} students, {args.events} events; {args.workers} worker(s); "
+        f"{args.duration:.0f} s per measurement; times in ms"
+    )
+    print(HEADER)
+    results = []
+    for backend, db, read_db in backends:
+        for name, code in revisions:
+            results += run_backend(f"{backend} {name}", code, db, read_db, args.students, args)
+    for row in results:
+        if row["c"] == 8:
+            ok = row["ratio"] >= TARGET_RATIO and row["student"]["p99_ms"] <= TARGET_P99_MS
+            print(
+                f"{row['server']}: c=8 ratio {row['ratio']:.2f} (target ≥ {TARGET_RATIO}), "
+                f"p99 {row['student']['p99_ms']:.1f} ms (target ≤ {TARGET_P99_MS:.0f}): "
+                f"{'met' if ok else 'missed'}"
+            )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
