@@ -1,7 +1,7 @@
 """HTTP benchmark: `GET /v1/students/{id}` against a hello-world endpoint of the same server.
 
     .venv/bin/python -m benchmarks.http_load [--students 100000] [--events 800000]
-        [--dir D] [--postgres URL|none] [--workers 1] [--duration 5]
+        [--dir D] [--postgres URL|none] [--workers 1] [--duration 3] [--rounds 3]
         [--concurrency 1,8,32] [--baseline-ref REF] [--skip-sqlite]
 
 Builds (or reuses, cached in `--dir`, default `~/.cache/residency-timeline/http-load`) a
@@ -12,8 +12,10 @@ runs; `--postgres none` skips it). Then, per backend, it starts the server as a
 subprocess (`uvicorn timeline.api:app --workers N`, configured from the environment),
 and a second process generates the load: keep-alive HTTP/1.1 connections on loopback,
 `--concurrency` of them at once, each sending its next request when the answer to the
-last one is complete, for `--duration` seconds after a one-second warm-up. Measured in
-the same run: `GET /healthz` (the hello world of the same app: no store, no auth) and
+last one is complete, for `--duration` seconds after a one-second warm-up, `--rounds`
+times, alternating with the other endpoint (so that a drift in the machine's load weighs
+on both alike); rates and percentiles are over every round. Measured in the same run:
+`GET /healthz` (the hello world of the same app: no store, no auth) and
 `GET /v1/students/{id}` (a staff token; random students; the stream read, the pure view
 and one audit row written per request). The table gives requests/s, p50 and p99, and
 the ratio of the student rate to the hello-world rate at the same concurrency.
@@ -266,20 +268,30 @@ async def load(
             writer.close()
 
     await asyncio.gather(*(connection(i) for i in range(concurrency)))
-    latencies.sort()
+    return {
+        "errors": errors,
+        "seconds": duration,
+        "latencies_us": [round(x * 1e6) for x in latencies],
+    }
+
+
+def summary(results: list[dict[str, Any]]) -> dict[str, Any]:
+    """Rounds of one measurement added up: requests/s, p50 and p99 over every request."""
+    latencies = sorted(x for r in results for x in r["latencies_us"])
+    seconds = sum(r["seconds"] for r in results)
     count = len(latencies)
     return {
         "requests": count,
-        "errors": errors,
-        "rate": count / duration,
-        "p50_ms": latencies[count // 2] * 1000 if count else float("nan"),
-        "p99_ms": latencies[min(count - 1, int(count * 0.99))] * 1000 if count else float("nan"),
+        "errors": sum(r["errors"] for r in results),
+        "rate": count / seconds,
+        "p50_ms": latencies[count // 2] / 1000 if count else float("nan"),
+        "p99_ms": latencies[min(count - 1, int(count * 0.99))] / 1000 if count else float("nan"),
     }
 
 
 def load_main(argv: list[str]) -> int:
-    """The load generator's own process: prints one JSON result."""
-    spec = json.loads(argv[0])
+    """The load generator's own process: reads its spec on stdin, prints one JSON result."""
+    spec = json.loads(argv[0] if argv else sys.stdin.read())
     result = asyncio.run(
         load(spec["port"], spec["paths"], spec["token"], spec["concurrency"], spec["duration"])
     )
@@ -299,7 +311,8 @@ def measure(
         "duration": duration,
     }
     out = subprocess.run(
-        [sys.executable, "-m", "benchmarks.http_load", "--load", json.dumps(spec)],
+        [sys.executable, "-m", "benchmarks.http_load", "--load"],
+        input=json.dumps(spec),
         capture_output=True,
         text=True,
         check=True,
@@ -318,7 +331,7 @@ def run_backend(
 ) -> list[dict[str, Any]]:
     """Every measurement of one server (one backend, one code revision)."""
     rng = random.Random(7)
-    paths = [f"/v1/students/S{rng.randrange(students):07d}" for _ in range(5000)]
+    paths = [f"/v1/students/S{rng.randrange(students):07d}" for _ in range(20_000)]
     server, port = start_server(code, db, args.workers, read_db)
     rows = []
     try:
@@ -326,8 +339,13 @@ def run_backend(
         if status != 200:
             raise SystemExit(f"{label}: GET {paths[0]} answered {status}")
         for concurrency in args.concurrency:
-            hello = measure(port, ["/healthz"], None, concurrency, args.duration)
-            student = measure(port, paths, STAFF_TOKEN, concurrency, args.duration)
+            # Rounds of hello, student, hello, ...: a machine whose load drifts (other jobs)
+            # weighs on both alike.
+            hellos, students = [], []
+            for _ in range(args.rounds):
+                hellos.append(measure(port, ["/healthz"], None, concurrency, args.duration))
+                students.append(measure(port, paths, STAFF_TOKEN, concurrency, args.duration))
+            hello, student = summary(hellos), summary(students)
             row = {
                 "server": label,
                 "c": concurrency,
@@ -383,7 +401,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--postgres", default=None, help="server URL, or 'none'")
     parser.add_argument("--workers", type=int, default=1)
-    parser.add_argument("--duration", type=float, default=5.0, help="seconds per measurement")
+    parser.add_argument("--duration", type=float, default=3.0, help="seconds per round")
+    parser.add_argument("--rounds", type=int, default=3, help="rounds of each measurement")
     parser.add_argument(
         "--concurrency",
         type=lambda text: [int(c) for c in text.split(",")],
@@ -410,7 +429,8 @@ def main(argv: list[str] | None = None) -> int:
         revisions.insert(0, (args.baseline_ref, export_revision(args.baseline_ref)))
     print(
         f"{args.students} students, {args.events} events; {args.workers} worker(s); "
-        f"{args.duration:.0f} s per measurement; times in ms"
+        f"{args.rounds} rounds of {args.duration:.0f} s per measurement; times in ms; "
+        f"load average {os.getloadavg()[0]:.1f}"
     )
     print(HEADER)
     results = []

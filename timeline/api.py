@@ -41,7 +41,7 @@ from timeline.api_logging import FORMAT_SETTING, FORMATS, log_config
 from timeline.api_metrics import CONTENT_TYPE, UNMATCHED, ApiMetrics, FiguresCollector
 from timeline.api_service import ServiceOptions, SharedStore
 from timeline.api_settings import ANY_SOURCE, ApiConfig, ApiConfigError, Token
-from timeline.audit import accesses, record_access
+from timeline.audit import accesses
 from timeline.clock import Clock, parse_day, parse_known_at, system_clock, taipei_today
 from timeline.contract import parse_event
 from timeline.errors import ContractError, StorageConfigError, TimelineError
@@ -357,7 +357,8 @@ def create_app(
         every = config.feed_tokens + config.readers()
         refusal = {"feed": "write", "staff": "read", "admin": "read the audit of access"}[kind]
 
-        def check(request: Request) -> Token:
+        async def check(request: Request) -> Token:
+            # No I/O here: run on the event loop, not in a thread of the pool.
             presented = bearer_token(request)
             token = find_token(presented, wanted)
             if token is not None:
@@ -375,6 +376,8 @@ def create_app(
     def store() -> Iterator[TimelineStore]:
         with shared.store() as opened:
             yield opened
+
+    record_access = shared.record_access  # audit rows of concurrent requests commit together
 
     @app.exception_handler(ApiError)
     async def api_error(_: Request, exc: ApiError) -> JSONResponse:
@@ -513,7 +516,8 @@ def create_app(
         if not stream:
             raise ApiError(404, f"no events stored for student {student_id[:64]!r}")
         result = view(stream, on, moment, rulebook, student_id=student_id)
-        return JSONResponse(result.model_dump(mode="json"))
+        # pydantic's own serializer: the bytes JSONResponse would make, in a fifth the time.
+        return Response(result.model_dump_json(), media_type=JSON)
 
     @app.get("/v1/students/{student_id}/history")
     def get_history(student_id: str, token: Token = reader) -> list[dict[str, Any]]:

@@ -13,6 +13,12 @@ by its inode at the next request and opened again; the old handle is kept until 
 because a request may still be reading from it. Outside a lifespan (an app called without
 one), every request opens and closes what it uses, as before.
 
+Every view of a student's record appends a row to the audit of access before it is
+answered, and on SQLite that commit (an fsync) costs more than the rest of the request.
+Rows of requests that arrive together are therefore committed together (a group commit:
+the first waiting request writes every row queued so far in one transaction while the
+others wait for it); each request still answers only once its own row is durable.
+
 Readiness (`/readyz`) asks: is the store reachable, are the read models within
 `TIMELINE_READY_MAX_LAG` notifications of the log, and, when the scheduler has ever run
 (its watermark is in the outbox), did it cover a day within `TIMELINE_READY_SCHEDULER_DAYS`
@@ -28,13 +34,14 @@ import threading
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
-from datetime import date
+from datetime import date, datetime
 from typing import Any
 
 from projections.dates import taiwan_calendar
 from projections.readmodel import ReadModel, default_read_db, read_model_fingerprint
 from projections.rules import RuleBook
 from timeline.api_settings import ApiConfigError
+from timeline.audit import record_accesses
 from timeline.errors import StorageConfigError
 from timeline.store import StoreConfig, TimelineStore
 
@@ -169,6 +176,63 @@ class ReadModelPool:
             model.discard()
 
 
+@dataclass
+class _AuditRow:
+    store: TimelineStore
+    row: tuple[str, str, str, datetime]
+    done: bool = False
+    error: BaseException | None = None
+
+
+class AuditGroupCommit:
+    """Audit rows of concurrent requests, committed together (each caller waits for its own)."""
+
+    def __init__(self, write: Callable[[TimelineStore, list[Any]], None] = record_accesses) -> None:
+        self.write = write
+        self.queued: list[_AuditRow] = []
+        self.writing = False
+        self.ready = threading.Condition()
+        self.batches = 0  # transactions written (for tests and the benchmark)
+
+    def record(
+        self, store: TimelineStore, token_name: str, route: str, student_id: str, at: datetime
+    ) -> None:
+        """Append one row; returns once it is committed (raises what the commit raised)."""
+        mine = _AuditRow(store, (token_name, route, student_id, at))
+        with self.ready:
+            self.queued.append(mine)
+            while not mine.done:
+                if self.writing:
+                    self.ready.wait()
+                    continue
+                self.writing = True
+                batch, self.queued = self.queued, []
+                self.ready.release()
+                try:
+                    self._write(batch)
+                finally:
+                    self.ready.acquire()
+                    self.writing = False
+                    self.ready.notify_all()
+        if mine.error is not None:
+            raise mine.error
+
+    def _write(self, batch: list[_AuditRow]) -> None:
+        """One transaction per store in the batch; every row learns how its commit went."""
+        by_store: dict[int, list[_AuditRow]] = {}
+        for item in batch:
+            by_store.setdefault(id(item.store), []).append(item)
+        for items in by_store.values():
+            error: BaseException | None = None
+            try:
+                self.write(items[0].store, [item.row for item in items])
+                self.batches += 1
+            except BaseException as exc:  # handed to each waiting request
+                error = exc
+            for item in items:
+                item.error, item.done = error, True
+
+
 class SharedStore:
     """The store and read models of one server process (see the module's docstring)."""
 
@@ -183,6 +247,7 @@ class SharedStore:
         self.read_db = read_db
         self.options = options or ServiceOptions()
         self.models = ReadModelPool(rules)
+        self.audit = AuditGroupCommit()
         self._store: TimelineStore | None = None
         self._identity: tuple[int, int] | None = None
         self._retired: list[TimelineStore] = []
@@ -254,6 +319,12 @@ class SharedStore:
     def _same_file(self, store: TimelineStore) -> bool:
         """Whether a SQLite store's file is still the one opened (PostgreSQL: always)."""
         return store.config.is_postgres or _file_identity(store.config) == self._identity
+
+    def record_access(
+        self, store: TimelineStore, token_name: str, route: str, student_id: str, at: datetime
+    ) -> None:
+        """Append a row to the audit of access (committed with concurrent requests' rows)."""
+        self.audit.record(store, token_name, route, student_id, at)
 
     # -- read models --------------------------------------------------------------------
     def read_db_path(self, store: TimelineStore) -> str:

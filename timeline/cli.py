@@ -6,6 +6,7 @@ import contextlib
 import functools
 import json
 import logging
+import logging.config
 import os
 import stat
 import sys
@@ -850,19 +851,80 @@ def scheduler_command(
 @main.command()
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", default=8000, show_default=True, type=int)
+@click.option(
+    "--workers",
+    type=click.IntRange(1, 64),
+    default=1,
+    show_default=True,
+    help="Worker processes (each opens the store once; more than one: see the README).",
+)
+@click.option(
+    "--root-path",
+    default="",
+    help="The path prefix a reverse proxy serves the app under (e.g. /timeline).",
+)
+@click.option(
+    "--proxy-headers/--no-proxy-headers",
+    default=False,
+    show_default=True,
+    help="Trust X-Forwarded-For/-Proto from --forwarded-allow-ips (behind a proxy).",
+)
+@click.option(
+    "--forwarded-allow-ips",
+    default="127.0.0.1",
+    show_default=True,
+    help="Comma-separated proxy addresses whose X-Forwarded-* headers are trusted ('*': any).",
+)
+@click.option(
+    "--log-format",
+    type=click.Choice(["text", "json"]),
+    default=None,
+    help="Log lines as text or one JSON object each (default: $TIMELINE_LOG_FORMAT, else text).",
+)
 @db_option
 @read_db_option
 @click.pass_context
-def serve(ctx: click.Context, host: str, port: int, db: str | None, read_db: str | None) -> None:
+def serve(
+    ctx: click.Context,
+    host: str,
+    port: int,
+    workers: int,
+    root_path: str,
+    proxy_headers: bool,
+    forwarded_allow_ips: str,
+    log_format: str | None,
+    db: str | None,
+    read_db: str | None,
+) -> None:
     """Run the HTTP API and the staff web app (see the README: tokens, session settings)."""
+    import secrets
+    import tempfile
+
     import uvicorn
 
-    from timeline.api_settings import ApiConfig, ApiConfigError
+    from timeline.api import config_from_environment
+    from timeline.api_logging import FORMAT_SETTING, log_config
+    from timeline.api_metrics import MULTIPROC_SETTING
+    from timeline.api_settings import ApiConfigError
     from web.app import create_app
-    from web.settings import WebSettings
+    from web.settings import SECRET_SETTING, WebSettings
 
+    fmt = log_format or os.environ.get(FORMAT_SETTING, "").strip().lower() or "text"
+    if fmt not in ("text", "json"):
+        raise UsageFailure(f"{FORMAT_SETTING}: one of text, json, got {fmt[:20]!r}")
+    if root_path and (not root_path.startswith("/") or root_path.endswith("/")):
+        raise UsageFailure("--root-path: a path such as /timeline (a leading '/', no trailing '/')")
+    # The workers read their configuration from the environment: it is resolved here,
+    # once, and handed down (the options win over the variables they stand for).
+    location = db or (ctx.obj or {}).get("db")
+    if location:
+        os.environ["TIMELINE_DB"] = location
+    if read_db:
+        os.environ["TIMELINE_READ_DB"] = read_db
+    os.environ[FORMAT_SETTING] = fmt
+    logging.config.dictConfig(log_config(fmt))  # this process's own lines too
     try:
-        config = ApiConfig.from_env(os.environ, db or (ctx.obj or {}).get("db"), read_db)
+        config, service = config_from_environment(os.environ)
         settings = WebSettings.from_env(os.environ)
     except ApiConfigError as exc:
         click.echo(f"error: {exc}", err=True)
@@ -873,14 +935,33 @@ def serve(ctx: click.Context, host: str, port: int, db: str | None, read_db: str
             "set: every request will be refused with 401",
             err=True,
         )
-    # uvicorn's access log would print query strings (a token sent as ?token=...): the
-    # app logs its own line per request, redacted, on the `timeline.access` logger.
-    logging.getLogger("timeline.access").setLevel(logging.INFO)
-    try:
-        app = create_app(config, rules_of(ctx), settings=settings)
-    except ApiConfigError as exc:
-        raise UsageFailure(str(exc)) from exc
-    uvicorn.run(app, host=host, port=port, log_level="info", access_log=False)
+    options: dict[str, Any] = {
+        "host": host,
+        "port": port,
+        "root_path": root_path,
+        "proxy_headers": proxy_headers,
+        "forwarded_allow_ips": forwarded_allow_ips,
+        # uvicorn's access log would print query strings (a token sent as ?token=...): the
+        # app logs its own line per request, redacted, on the `timeline.access` logger.
+        "access_log": False,
+        "log_config": log_config(fmt),
+    }
+    if workers == 1:
+        try:
+            app = create_app(config, rules_of(ctx), settings=settings, service=service)
+        except ApiConfigError as exc:
+            raise UsageFailure(str(exc)) from exc
+        uvicorn.run(app, **options)
+        return
+    if not os.environ.get(SECRET_SETTING):
+        # Every worker must sign sessions with the same key; it lasts as long as `serve`.
+        os.environ[SECRET_SETTING] = secrets.token_urlsafe(32)
+    with contextlib.ExitStack() as stack:
+        if not os.environ.get(MULTIPROC_SETTING):
+            # Counters of all workers, added up at each scrape (see timeline.api_metrics).
+            folder = stack.enter_context(tempfile.TemporaryDirectory(prefix="timeline-metrics-"))
+            os.environ[MULTIPROC_SETTING] = folder
+        uvicorn.run("web.app:app", workers=workers, **options)
 
 
 @main.command("export")

@@ -42,7 +42,7 @@ from projections.rules import RuleBook, rulebook_from_env
 from timeline import api
 from timeline.api_service import ServiceOptions, SharedStore
 from timeline.api_settings import ApiConfig, ApiConfigError, Token
-from timeline.audit import accesses, record_access
+from timeline.audit import accesses
 from timeline.clock import Clock, system_clock, taipei_today
 from timeline.facts import Fact
 from timeline.history import history_entries
@@ -452,7 +452,7 @@ def create_app(
             stream = opened.stream(student_id)
             if not stream:
                 raise PageError(404, "not_found")
-            record_access(opened, who.token_name, route, student_id, clock())
+            shared.record_access(opened, who.token_name, route, student_id, clock())
         return stream
 
     @app.get("/students/{student_id}", include_in_schema=False, response_model=None)
