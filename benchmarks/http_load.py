@@ -22,6 +22,11 @@ the ratio of the student rate to the hello-world rate at the same concurrency.
 
 Targets (issue 12): ratio ≥ 0.5, p99 ≤ 20 ms at concurrency 8, on SQLite and PostgreSQL.
 
+Then writes (`--writes N` batches, 0 to skip): `POST /v1/events` of 500 new events each
+(100 new students of the same feed), N of them one at a time, then N more four at once,
+into a fresh SQLite store and a fresh PostgreSQL schema (dropped after): events/s and the
+slowest POST of each (issue 12 reported four at once cutting throughput by 4x).
+
 With `--baseline-ref REF` the server of git revision REF (exported to a temporary
 folder; an app without `timeline.api:app` is built with `create_app` and given a
 `/healthz` route for the hello world) is measured right before, on the same stores.
@@ -45,6 +50,7 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 STAFF_TOKEN = "bench-staff-token-0123456789"
+FEED_TOKEN = "bench-feed-token-0123456789"
 PG_SCHEMA = "bench_http_load"
 TARGET_RATIO = 0.5
 TARGET_P99_MS = 20.0
@@ -123,6 +129,28 @@ def prepare_postgres(folder: Path, url: str, students: int, events: int) -> str:
     return location
 
 
+def prepare_read_models(location: str, read_db: str) -> None:
+    """Bring the read models up to date (a rebuild the first time), as a running service has
+    them: the server's follower then has nothing to catch up with during the measurements."""
+    from projections.readmodel import ReadModel
+    from projections.rules import rulebook_from_env
+    from timeline.store import TimelineStore
+
+    started = time.perf_counter()
+    with TimelineStore.open(location) as store:
+        model = ReadModel(read_db, rulebook_from_env({}))
+        try:
+            report = model.sync(store, rebuild_if_empty=True)
+        finally:
+            model.close()
+    if report.notifications:
+        print(
+            f"read models of {location.rsplit('/', 1)[-1]}: {report.notifications} "
+            f"notifications in {time.perf_counter() - started:.0f} s",
+            file=sys.stderr,
+        )
+
+
 def feed_file(folder: Path, students: int, events: int, write_feed: Any) -> Path:
     """The synthetic feed (written once)."""
     feed = folder / f"feed-{students}-{events}.jsonl"
@@ -148,6 +176,7 @@ def start_server(code: Path, db: str, workers: int, read_db: str) -> tuple[subpr
         "TIMELINE_DB": db,
         "TIMELINE_READ_DB": read_db,
         "TIMELINE_STAFF_TOKENS": f"bench:{STAFF_TOKEN}",
+        "TIMELINE_FEED_TOKENS": f"feed:{FEED_TOKEN}:*",
         "PYTHONPATH": str(code),
     }
     legacy = not re.search(r"^app\s*[:=]", (code / "timeline" / "api.py").read_text(), re.M)
@@ -378,6 +407,67 @@ def print_row(row: dict[str, Any]) -> None:
     )
 
 
+def write_batches(prefix: str, count: int, size: int = 500) -> list[bytes]:
+    """`count` request bodies of `size` new events (students `prefix`NNNNNN, 5 events each)."""
+    from benchmarks.ingest import student_events
+
+    rng = random.Random(prefix)
+    bodies = []
+    for batch in range(count):
+        events = []
+        for k in range(size // 5):
+            student = f"{prefix}{batch:03d}{k:03d}"
+            events += [obj for _day, obj in student_events(rng, student, 5)]
+        bodies.append(json.dumps(events).encode())
+    return bodies
+
+
+def post_all(port: int, bodies: list[bytes], at_once: int) -> tuple[float, float]:
+    """POST the bodies, `at_once` at a time; (events/s, the slowest POST in ms)."""
+    import threading
+
+    import httpx
+
+    slowest = 0.0
+    headers = {"Authorization": f"Bearer {FEED_TOKEN}", "Content-Type": "application/json"}
+
+    def send(mine: list[bytes]) -> None:
+        nonlocal slowest
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=300) as client:
+            for body in mine:
+                started = time.perf_counter()
+                r = client.post("/v1/events", content=body, headers=headers)
+                if r.status_code != 200:
+                    raise SystemExit(f"POST /v1/events answered {r.status_code}: {r.text[:200]}")
+                slowest = max(slowest, time.perf_counter() - started)
+
+    started = time.perf_counter()
+    threads = [threading.Thread(target=send, args=(bodies[i::at_once],)) for i in range(at_once)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    events = sum(body.count(b'"event_id"') for body in bodies)
+    return events / (time.perf_counter() - started), slowest * 1000
+
+
+def run_writes(label: str, code: Path, db: str, read_db: str, args: argparse.Namespace) -> None:
+    """One at a time, then four at once, into a fresh store."""
+    server, port = start_server(code, db, args.workers, read_db)
+    try:
+        post_all(port, write_batches("W", 1), 1)  # warm up (opens, creates tables)
+        alone = post_all(port, write_batches("A", args.writes), 1)
+        four = post_all(port, write_batches("B", args.writes), 4)
+    finally:
+        stop_server(server)
+    print(
+        f"{label:<26} one at a time {alone[0]:>6.0f} events/s (slowest POST {alone[1]:>5.0f} ms)"
+        f"   four at once {four[0]:>6.0f} events/s (slowest {four[1]:>5.0f} ms)"
+        f"   ratio {four[0] / alone[0]:.2f}",
+        flush=True,
+    )
+
+
 def export_revision(ref: str) -> Path:
     """Git revision `ref` of this repository in a temporary folder."""
     from benchmarks.ingest import export_revision as export
@@ -410,6 +500,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--baseline-ref", default=None, help="also measure this git revision")
     parser.add_argument("--skip-sqlite", action="store_true")
+    parser.add_argument(
+        "--writes", type=int, default=8, help="500-event POSTs per write measurement (0: none)"
+    )
+    parser.add_argument("--skip-reads", action="store_true", help="only the writes")
     args = parser.parse_args(argv)
     args.dir.mkdir(parents=True, exist_ok=True)
     url = (
@@ -420,9 +514,11 @@ def main(argv: list[str] | None = None) -> int:
     backends: list[tuple[str, str, str]] = []
     if not args.skip_sqlite:
         db = prepare_sqlite(args.dir, args.students, args.events)
+        prepare_read_models(db, db)
         backends.append(("sqlite", db, db))
     if url and url != "none":
         location = prepare_postgres(args.dir, url, args.students, args.events)
+        prepare_read_models(location, str(args.dir / "pg-read.db"))
         backends.append(("postgres", location, str(args.dir / "pg-read.db")))
     revisions = [("now", ROOT)]
     if args.baseline_ref:
@@ -432,11 +528,30 @@ def main(argv: list[str] | None = None) -> int:
         f"{args.rounds} rounds of {args.duration:.0f} s per measurement; times in ms; "
         f"load average {os.getloadavg()[0]:.1f}"
     )
-    print(HEADER)
     results = []
-    for backend, db, read_db in backends:
+    if not args.skip_reads:
+        print(HEADER)
+        for backend, db, read_db in backends:
+            for name, code in revisions:
+                results += run_backend(f"{backend} {name}", code, db, read_db, args.students, args)
+    if args.writes:
+        print("\nwrites: POST /v1/events of 500 new events")
+        scratch = Path(tempfile.mkdtemp(prefix="http-load-writes-"))
         for name, code in revisions:
-            results += run_backend(f"{backend} {name}", code, db, read_db, args.students, args)
+            run_writes(f"sqlite {name}", code, str(scratch / f"{name}.db"), "", args)
+            if url and url != "none":
+                schema = f"bench_writes_{random.randrange(16**8):08x}"
+                import psycopg
+
+                with psycopg.connect(url, autocommit=True) as conn:
+                    conn.execute(f'CREATE SCHEMA "{schema}"')
+                try:
+                    location = f"{url}?schema={schema}"
+                    read_db = str(scratch / f"{name}-pg-read.db")
+                    run_writes(f"postgres {name}", code, location, read_db, args)
+                finally:
+                    with psycopg.connect(url, autocommit=True) as conn:
+                        conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
     for row in results:
         if row["c"] == 8:
             ok = row["ratio"] >= TARGET_RATIO and row["student"]["p99_ms"] <= TARGET_P99_MS
