@@ -2,14 +2,15 @@
 
     .venv/bin/python -m benchmarks.http_load [--students 100000] [--events 800000]
         [--dir D] [--postgres URL|none] [--workers 1] [--duration 3] [--rounds 3]
-        [--concurrency 1,8,32] [--baseline-ref REF] [--skip-sqlite]
+        [--concurrency 1,8,32] [--writes 8] [--skip-reads] [--baseline-ref REF] [--skip-sqlite]
 
 Builds (or reuses, cached in `--dir`, default `~/.cache/residency-timeline/http-load`) a
 store of the synthetic registrar feed of `benchmarks.ingest` (100,000 students) on SQLite
 and, with a PostgreSQL server (`--postgres URL`, else `TIMELINE_BENCH_POSTGRES_URL` or
 `TIMELINE_TEST_POSTGRES_URL`), in the dedicated schema `bench_http_load` (kept between
 runs; `--postgres none` skips it). Then, per backend, it starts the server as a
-subprocess (`uvicorn timeline.api:app --workers N`, configured from the environment),
+subprocess (`uvicorn timeline.api:app`, configured from the environment; with
+`--workers N` > 1, `timeline serve --workers N`, which also serves the staff pages),
 and a second process generates the load: keep-alive HTTP/1.1 connections on loopback,
 `--concurrency` of them at once, each sending its next request when the answer to the
 last one is complete, for `--duration` seconds after a one-second warm-up, `--rounds`
@@ -39,7 +40,6 @@ import asyncio
 import json
 import os
 import random
-import re
 import socket
 import subprocess
 import sys
@@ -179,7 +179,7 @@ def start_server(code: Path, db: str, workers: int, read_db: str) -> tuple[subpr
         "TIMELINE_FEED_TOKENS": f"feed:{FEED_TOKEN}:*",
         "PYTHONPATH": str(code),
     }
-    legacy = not re.search(r"^app\s*[:=]", (code / "timeline" / "api.py").read_text(), re.M)
+    legacy = "def app_from_environment" not in (code / "timeline" / "api.py").read_text()
     if legacy:
         folder = Path(tempfile.mkdtemp(prefix="http-load-launcher-"))
         (folder / "legacy_launcher.py").write_text(LEGACY_LAUNCHER)
@@ -202,6 +202,10 @@ def start_server(code: Path, db: str, workers: int, read_db: str) -> tuple[subpr
         "warning",
         "--no-access-log",
     ]
+    if workers > 1 and not legacy:
+        # uvicorn's own workers leave Nagle's algorithm on (see `timeline.cli.serve_workers`).
+        timeline = Path(sys.executable).with_name("timeline")
+        command = [str(timeline), "serve", "--port", str(port), "--workers", str(workers)]
     server = subprocess.Popen(command, cwd=code, env=env, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 60
     while True:
