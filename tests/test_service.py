@@ -155,6 +155,45 @@ def test_readyz_is_503_when_the_scheduler_last_ran_too_long_ago(tmp_path, clock)
     assert "3 days ago (at most 2: TIMELINE_READY_SCHEDULER_DAYS)" in late.json()["reason"]
 
 
+def test_service_settings_are_validated_naming_the_setting():
+    from timeline.settings import SettingsError, load_settings
+
+    loaded = load_settings(
+        {
+            "TIMELINE_HOST": "0.0.0.0",
+            "TIMELINE_PORT": "8080",
+            "TIMELINE_WORKERS": "4",
+            "TIMELINE_ROOT_PATH": "/timeline",
+            "TIMELINE_PROXY_HEADERS": "yes",
+            "TIMELINE_FORWARDED_ALLOW_IPS": "10.0.0.5",
+            "TIMELINE_LOG_FORMAT": "JSON",
+            "TIMELINE_FOLLOW_SECONDS": "off",
+        }
+    )
+    assert (loaded.host, loaded.port, loaded.workers, loaded.root_path) == (
+        "0.0.0.0",
+        8080,
+        4,
+        "/timeline",
+    )
+    assert loaded.proxy_headers and loaded.forwarded_allow_ips == "10.0.0.5"
+    assert loaded.log_format == "json" and loaded.follow_seconds == 0.0
+    assert ServiceOptions.from_settings(loaded) == ServiceOptions(0.0, 10_000, 2)
+    for name, bad in (
+        ("TIMELINE_PORT", "0"),
+        ("TIMELINE_PORT", "http"),
+        ("TIMELINE_WORKERS", "65"),
+        ("TIMELINE_ROOT_PATH", "timeline/"),
+        ("TIMELINE_ROOT_PATH", "/timeline/"),
+        ("TIMELINE_LOG_FORMAT", "xml"),
+        ("TIMELINE_FOLLOW_SECONDS", "-1"),
+        ("TIMELINE_READY_SCHEDULER_DAYS", "1.5"),
+    ):
+        with pytest.raises(SettingsError, match=f"^{name}: ") as caught:
+            load_settings({name: bad})
+        assert bad not in str(caught.value).removeprefix(name)
+
+
 def test_service_options_from_the_environment():
     assert ServiceOptions.from_env({}) == ServiceOptions(5.0, 10_000, 2)
     options = ServiceOptions.from_env(
@@ -522,6 +561,45 @@ def _init(db: Path) -> None:
     """`timeline init`: `serve` refuses a store that was never created."""
     made = CliRunner().invoke(main, ["--db", str(db), "init"], env={"TIMELINE_CONFIG": ""})
     assert made.exit_code == 0, made.output
+
+
+def test_serve_workers_get_the_settings_of_the_config_file_and_environment(tmp_path):
+    # Tokens, store and readiness bound only in the settings file, the port and the
+    # number of workers only in the environment: every worker must serve under them.
+    port = free_port()
+    _init(tmp_path / "t.db")
+    (tmp_path / "timeline.toml").write_text(
+        f'db = "t.db"\nfeed_tokens = "{ENV["TIMELINE_FEED_TOKENS"]}"\n'
+        f'staff_tokens = "{ENV["TIMELINE_STAFF_TOKENS"]}"\nready_max_lag = "off"\n'
+        'log_format = "json"\n',
+        "utf-8",
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TIMELINE_")}
+    env |= {"TIMELINE_PORT": str(port), "TIMELINE_WORKERS": "2"}
+    script = Path(sys.executable).with_name("timeline")
+    work = tmp_path / "elsewhere"  # the file's relative `db` counts from its folder
+    work.mkdir()
+    proc = subprocess.Popen(
+        [str(script), "--config", str(tmp_path / "timeline.toml"), "serve"],
+        env=env,
+        cwd=work,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        _wait_for(url, proc)
+        _exercise(url)
+        assert httpx.get(f"{url}/readyz").json()["status"] == "ready"
+    finally:
+        output = _stop(proc)
+    assert not (work / "t.db").exists()
+    with TimelineStore.open(str(tmp_path / "t.db")) as store:
+        assert store.max_position() > 0  # the event was written to the file's store
+    pids = {int(p) for p in re.findall(r'"Started server process \[(\d+)\]', output)}
+    assert len(pids) == 2, output
+    assert FEED not in output and STAFF not in output
 
 
 def test_serve_refuses_a_bad_root_path_and_log_format(tmp_path):
