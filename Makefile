@@ -35,6 +35,7 @@ bench: $(VENV)/.dev
 	$(BIN)/python -m benchmarks.ingest
 	$(BIN)/python -m benchmarks.projections
 	$(BIN)/python -m benchmarks.alerts
+	$(BIN)/python -m benchmarks.http_load
 
 clean:
 	rm -rf $(VENV) $(DB) alerts.jsonl .pytest_cache

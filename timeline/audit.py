@@ -116,14 +116,22 @@ def record_access(
     store: TimelineStore, token_name: str, route: str, student_id: str, at: datetime
 ) -> None:
     """Append one row: `token_name` viewed `student_id`'s record through `route` at `at`."""
+    record_accesses(store, [(token_name, route, student_id, at)])
+
+
+def record_accesses(store: TimelineStore, rows: list[tuple[str, str, str, datetime]]) -> None:
+    """Append rows `(token_name, route, student_id, at)` in one transaction (one commit)."""
     ensure_table(store)
     schema = _schema(store)
-    values = (
-        at.astimezone(UTC).isoformat(timespec="microseconds") if schema is None else at,
-        token_name,
-        route[:MAX_ROUTE],
-        student_id[:MAX_ID],
-    )
+    values = [
+        (
+            at.astimezone(UTC).isoformat(timespec="microseconds") if schema is None else at,
+            token_name,
+            route[:MAX_ROUTE],
+            student_id[:MAX_ID],
+        )
+        for token_name, route, student_id, at in rows
+    ]
     table, mark = (TABLE, "?") if schema is None else (f'"{schema}".{TABLE}', "%s")
     insert = (
         f"INSERT INTO {table} (at, token_name, route, student_id) "
@@ -131,14 +139,14 @@ def record_access(
     )
     try:
         with store.recorder.datastore.transaction(commit=True) as c:
-            c.execute(insert, values)
+            c.executemany(insert, values)
     except Exception:
         # The database was replaced since this process made the table (a restore into a
         # new file at the same path): make it again, once, and append.
         _ENSURED.discard(store.config.location)
         ensure_table(store)
         with store.recorder.datastore.transaction(commit=True) as c:
-            c.execute(insert, values)
+            c.executemany(insert, values)
 
 
 def accesses(

@@ -11,6 +11,7 @@ import contextlib
 import functools
 import json
 import logging
+import logging.config
 import os
 import stat
 import sys
@@ -163,6 +164,7 @@ def main(ctx: click.Context, db: str | None, config_file: str | None, verbose: b
     # The one read of the configuration: every command runs under these settings.
     try:
         ctx.obj["settings"] = load_settings(config_file=config_file, db=db)
+        ctx.obj["config_file"] = config_file
     except SettingsError as exc:
         raise UsageFailure(str(exc)) from exc
 
@@ -1185,22 +1187,93 @@ def scheduler_command(
 
 
 @main.command()
-@click.option("--host", default="127.0.0.1", show_default=True)
-@click.option("--port", default=8000, show_default=True, type=int)
+@click.option(
+    "--host", default=None, help="Address to listen on (default: $TIMELINE_HOST, else 127.0.0.1)."
+)
+@click.option(
+    "--port",
+    type=click.IntRange(1, 65535),
+    default=None,
+    help="Port to listen on (default: $TIMELINE_PORT, else 8000).",
+)
+@click.option(
+    "--workers",
+    type=click.IntRange(1, 64),
+    default=None,
+    help="Worker processes, each opening the store once (default: $TIMELINE_WORKERS, else 1; "
+    "more than one: see the README).",
+)
+@click.option(
+    "--root-path",
+    default=None,
+    help="The path prefix a reverse proxy serves the app under, e.g. /timeline "
+    "(default: $TIMELINE_ROOT_PATH, else none).",
+)
+@click.option(
+    "--proxy-headers/--no-proxy-headers",
+    default=None,
+    help="Trust X-Forwarded-For/-Proto from --forwarded-allow-ips, behind a proxy "
+    "(default: $TIMELINE_PROXY_HEADERS, else off).",
+)
+@click.option(
+    "--forwarded-allow-ips",
+    default=None,
+    help="Comma-separated proxy addresses whose X-Forwarded-* headers are trusted, '*': any "
+    "(default: $TIMELINE_FORWARDED_ALLOW_IPS, else 127.0.0.1).",
+)
+@click.option(
+    "--log-format",
+    type=click.Choice(["text", "json"]),
+    default=None,
+    help="Log lines as text or one JSON object each (default: $TIMELINE_LOG_FORMAT, else text).",
+)
 @db_option
 @read_db_option
 @click.pass_context
-def serve(ctx: click.Context, host: str, port: int, db: str | None, read_db: str | None) -> None:
+def serve(
+    ctx: click.Context,
+    host: str | None,
+    port: int | None,
+    workers: int | None,
+    root_path: str | None,
+    proxy_headers: bool | None,
+    forwarded_allow_ips: str | None,
+    log_format: str | None,
+    db: str | None,
+    read_db: str | None,
+) -> None:
     """Run the HTTP API and the staff web app (see the README: tokens, session settings)."""
+    import secrets
+    import tempfile
+
     import uvicorn
 
-    from timeline.api_settings import ApiConfig, ApiConfigError
+    from timeline.api import config_from_settings
+    from timeline.api_logging import log_config
+    from timeline.api_metrics import MULTIPROC_SETTING
+    from timeline.api_settings import ApiConfigError
+    from timeline.settings import env_name, root_path_ok
     from web.app import create_app
     from web.settings import WebSettings
 
-    settings = settings_for(ctx, db, read_db)
+    if root_path and not root_path_ok(root_path):
+        raise UsageFailure("--root-path: a path such as /timeline (a leading '/', no trailing '/')")
+    given = {
+        "host": host,
+        "port": port,
+        "workers": workers,
+        "root_path": root_path,
+        "proxy_headers": proxy_headers,
+        "forwarded_allow_ips": forwarded_allow_ips,
+        "log_format": log_format,
+    }
+    # The options win over the settings they stand for (validated by click above).
+    settings = settings_for(ctx, db, read_db).model_copy(
+        update={name: value for name, value in given.items() if value is not None}
+    )
+    fmt = settings.log_format or "text"
     try:
-        config = ApiConfig.from_settings(settings)
+        config, service = config_from_settings(settings)
     except ApiConfigError as exc:
         raise UsageFailure(str(exc)) from exc
     require_store(settings)
@@ -1211,14 +1284,71 @@ def serve(ctx: click.Context, host: str, port: int, db: str | None, read_db: str
             "set: every request will be refused with 401",
             err=True,
         )
-    # uvicorn's access log would print query strings (a token sent as ?token=...): the
-    # app logs its own line per request, redacted, on the `timeline.access` logger.
-    logging.getLogger("timeline.access").setLevel(logging.INFO)
-    try:
-        app = create_app(config, rules_of(ctx), settings=WebSettings.from_settings(settings))
-    except ApiConfigError as exc:
-        raise UsageFailure(str(exc)) from exc
-    uvicorn.run(app, host=host, port=port, log_level="info", access_log=False)
+    logging.config.dictConfig(log_config(fmt))  # this process's own lines too
+    options: dict[str, Any] = {
+        "host": settings.host,
+        "port": settings.port,
+        "root_path": settings.root_path,
+        "proxy_headers": settings.proxy_headers,
+        "forwarded_allow_ips": settings.forwarded_allow_ips,
+        # uvicorn's access log would print query strings (a token sent as ?token=...): the
+        # app logs its own line per request, redacted, on the `timeline.access` logger.
+        "access_log": False,
+        "log_config": log_config(fmt),
+    }
+    if settings.workers == 1:
+        try:
+            app = create_app(
+                config,
+                rules_of(ctx),
+                settings=WebSettings.from_settings(settings),
+                service=service,
+            )
+        except ApiConfigError as exc:
+            raise UsageFailure(str(exc)) from exc
+        uvicorn.run(app, **options)
+        return
+    # Each worker builds `web.app:app` from `load_settings()` of the environment it
+    # inherits: this process's resolved settings are handed down there, as settings the
+    # workers know (the settings file read here, and what the command line gave).
+    handed = {
+        "db": settings.store_location,
+        "read_db": settings.read_db_location,
+        "log_format": fmt,
+    }
+    if settings.session_secret is None:
+        # Every worker must sign sessions with the same key; it lasts as long as `serve`.
+        handed["session_secret"] = secrets.token_urlsafe(32)
+    for name, value in handed.items():
+        os.environ.pop(env_name(name) + "_FILE", None)  # the value itself wins, and only it
+        os.environ[env_name(name)] = value
+    config_file = ctx.find_root().obj.get("config_file")
+    if config_file:
+        os.environ["TIMELINE_CONFIG"] = os.path.abspath(config_file)
+    with contextlib.ExitStack() as stack:
+        if not os.environ.get(MULTIPROC_SETTING):
+            # Counters of all workers, added up at each scrape (see timeline.api_metrics).
+            folder = stack.enter_context(tempfile.TemporaryDirectory(prefix="timeline-metrics-"))
+            os.environ[MULTIPROC_SETTING] = folder
+        serve_workers(uvicorn.Config("web.app:app", workers=settings.workers, **options))
+
+
+def serve_workers(config: Any) -> None:
+    """Run `config.workers` uvicorn worker processes on one listening socket.
+
+    What `uvicorn.run` does for workers, plus TCP_NODELAY on the listening socket (Linux
+    gives it to every accepted connection): uvicorn binds without naming the protocol, so
+    asyncio leaves Nagle's algorithm on, and each answer written in two parts (head, body)
+    waits for the client's delayed ACK, about 40 ms, on a keep-alive connection.
+    """
+    import socket
+
+    from uvicorn.supervisors import Multiprocess
+
+    sock = config.bind_socket()
+    if sock.family in (socket.AF_INET, socket.AF_INET6):
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    Multiprocess(config, sockets=[sock]).run()
 
 
 @main.command("export")

@@ -182,6 +182,38 @@ class Settings(BaseSettings):
     # New settings go here: a field (SecretStr for a secret) with a description; its
     # environment variable is TIMELINE_<NAME>, and the README's Configuration table lists it.
     # -- service (host, port, workers, root path, log format, readiness) -------------------
+    host: str = Field("127.0.0.1", description="Address `timeline serve` listens on.")
+    port: int = Field(8000, description="Port `timeline serve` listens on, 1 to 65535.")
+    workers: int = Field(1, description="Worker processes of `timeline serve`, 1 to 64.")
+    root_path: str = Field(
+        "", description="Path prefix a reverse proxy serves the app under (e.g. /timeline)."
+    )
+    proxy_headers: bool = Field(
+        False, description="Trust X-Forwarded-For/-Proto from forwarded_allow_ips."
+    )
+    forwarded_allow_ips: str = Field(
+        "127.0.0.1",
+        description="Comma-separated proxy addresses whose X-Forwarded-* are trusted ('*': any).",
+    )
+    log_format: Literal["text", "json"] | None = Field(
+        None,
+        description="Server log lines: text or json (unset: text under `timeline serve`; "
+        "`timeline.api:app` under another server leaves its logging as it is).",
+    )
+    follow_seconds: float = Field(
+        5.0,
+        description="Seconds between a server process's catch-ups of the read models "
+        "with the log (0 or off: no follower thread).",
+    )
+    ready_max_lag: int | None = Field(
+        10_000,
+        description="/readyz: most notifications the read models may lag the log (off: no check).",
+    )
+    ready_scheduler_days: int | None = Field(
+        2,
+        description="/readyz: most days the scheduler's last covered day may lie before "
+        "today (off: no check).",
+    )
 
     @classmethod
     def settings_customise_sources(
@@ -198,7 +230,7 @@ class Settings(BaseSettings):
             return (init_settings,)
         return (init_settings, *(_Given(settings_cls, values) for values in given))
 
-    @field_validator("deadline_rollover", "cookie_secure", mode="before")
+    @field_validator("deadline_rollover", "cookie_secure", "proxy_headers", mode="before")
     @classmethod
     def _flag(cls, value: Any) -> Any:
         if isinstance(value, bool):
@@ -256,6 +288,54 @@ class Settings(BaseSettings):
         if not 0.0 <= number <= 1.0:  # NaN fails this too
             raise ValueError(message)
         return float(number)
+
+    @field_validator("port", mode="before")
+    @classmethod
+    def _port(cls, value: Any) -> int:
+        return _whole(value, 1, 65_535, "a port number, 1 to 65535")
+
+    @field_validator("workers", mode="before")
+    @classmethod
+    def _workers(cls, value: Any) -> int:
+        return _whole(value, 1, 64, "a whole number of processes, 1 to 64")
+
+    @field_validator("host", "forwarded_allow_ips", mode="before")
+    @classmethod
+    def _word(cls, value: Any) -> str:
+        text = str(value).strip()
+        if not text or any(c.isspace() for c in text):
+            raise ValueError("must be one word (no spaces)")
+        return text
+
+    @field_validator("root_path", mode="before")
+    @classmethod
+    def _root_path(cls, value: Any) -> str:
+        text = str(value).strip()
+        if text and (not root_path_ok(text)):
+            raise ValueError("a path such as /timeline (a leading '/', no trailing '/')")
+        return text
+
+    @field_validator("log_format", mode="before")
+    @classmethod
+    def _log_format(cls, value: Any) -> Any:
+        text = None if value is None else str(value).strip().lower()
+        if not text:
+            return None
+        if text not in ("text", "json"):
+            raise ValueError("one of text, json")
+        return text
+
+    @field_validator("follow_seconds", mode="before")
+    @classmethod
+    def _follow(cls, value: Any) -> float:
+        number = _bound(value, "a number of seconds ≥ 0 (or 'off')", whole=False)
+        return 0.0 if number is None else number
+
+    @field_validator("ready_max_lag", "ready_scheduler_days", mode="before")
+    @classmethod
+    def _ready(cls, value: Any) -> int | None:
+        number = _bound(value, "must be a number ≥ 0 (or 'off')", whole=True)
+        return None if number is None else int(number)
 
     @field_validator("session_secret")
     @classmethod
@@ -403,6 +483,32 @@ def _whole(value: Any, low: int, high: int, message: str) -> int:
     if not low <= number <= high:
         raise ValueError(message)
     return number
+
+
+def _bound(value: Any, message: str, *, whole: bool) -> float | None:
+    """A number ≥ 0 (at most 10**9; whole if asked), or None for `off`; else ValueError."""
+    if value is None:
+        return None
+    if isinstance(value, bool):
+        raise ValueError(message)
+    if isinstance(value, int | float):
+        number = float(value)
+    else:
+        text = str(value).strip().lower()
+        if text == "off":
+            return None
+        try:
+            number = float(text)
+        except ValueError:
+            raise ValueError(message) from None
+    if not 0 <= number <= 10**9 or (whole and not number.is_integer()):
+        raise ValueError(message)
+    return number
+
+
+def root_path_ok(path: str) -> bool:
+    """Whether `path` is a path prefix such as /timeline (a leading '/', no trailing '/')."""
+    return path.startswith("/") and not path.endswith("/") and " " not in path
 
 
 def _masked_tokens(value: SecretStr | None) -> str | None:

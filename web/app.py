@@ -13,7 +13,7 @@ from __future__ import annotations
 import importlib.util
 import logging
 import math
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from datetime import date, datetime
@@ -36,11 +36,12 @@ from markupsafe import Markup
 from projections import dates
 from projections.engine import DerivationError, view
 from projections.models import StudentView
-from projections.readmodel import ReadModel, default_read_db
+from projections.readmodel import ReadModel
 from projections.rules import DEFAULT_RULES, RuleBook
 from timeline import api
+from timeline.api_service import ServiceOptions, SharedStore
 from timeline.api_settings import ApiConfig, Token
-from timeline.audit import accesses, record_access
+from timeline.audit import accesses
 from timeline.clock import Clock, system_clock, taipei_today
 from timeline.facts import Fact
 from timeline.history import history_entries
@@ -154,13 +155,17 @@ def create_app(
     *,
     settings: WebSettings | None = None,
     clock: Clock = system_clock,
+    service: ServiceOptions | None = None,
 ) -> FastAPI:
-    """The API plus the staff pages; without settings, a session key made for this process."""
+    """The API plus the staff pages; without settings, a session key made for this process.
+
+    The pages use the API's shared store and read models (`app.state.shared`).
+    """
     rulebook = rules if rules is not None else DEFAULT_RULES
     settings = settings or WebSettings.from_settings(Settings())
-    app = api.create_app(config, rulebook, clock)
+    app = api.create_app(config, rulebook, clock, service=service)
+    shared: SharedStore = app.state.shared
     signer = Signer(settings.session_secret)
-    read_db_setting = config.read_db
     env = Environment(
         loader=FileSystemLoader(HERE / "templates"),
         autoescape=select_autoescape(default=True, default_for_string=True),
@@ -187,18 +192,13 @@ def create_app(
     # -- helpers ---------------------------------------------------------------------------
     @contextmanager
     def store() -> Iterator[TimelineStore]:
-        opened = TimelineStore.open(config.db, config.cipher_key)
-        try:
+        with shared.store() as opened:
             yield opened
-        finally:
-            opened.close()
 
     @contextmanager
     def read_model(opened: TimelineStore) -> Iterator[ReadModel]:
-        path = read_db_setting or default_read_db(opened.config.location)
-        model = ReadModel(path, rulebook, any_thread=True)
+        model = shared.read_model(opened)
         try:
-            model.sync(opened)
             yield model
         finally:
             model.close()
@@ -453,7 +453,7 @@ def create_app(
             stream = opened.stream(student_id)
             if not stream:
                 raise PageError(404, "not_found")
-            record_access(opened, who.token_name, route, student_id, clock())
+            shared.record_access(opened, who.token_name, route, student_id, clock())
         return stream
 
     @app.get("/students/{student_id}", include_in_schema=False, response_model=None)
@@ -729,6 +729,29 @@ def create_app(
         return response
 
     return app
+
+
+def app_from_environment(environ: Mapping[str, str] | None = None) -> FastAPI:
+    """The API and the pages configured by `load_settings` (`web.app:app`)."""
+    loaded = api.settings_from_environment(environ)
+    api.configure_logging(loaded.log_format)
+    config, service = api.config_from_settings(loaded)
+    return create_app(
+        config,
+        loaded.rulebook(),
+        settings=WebSettings.from_settings(loaded),
+        service=service,
+    )
+
+
+def __getattr__(name: str) -> Any:
+    # `web.app:app` (what `timeline serve --workers N` runs) is built when first asked for.
+    if name == "app":
+        built = globals().get("_app")
+        if built is None:
+            built = globals()["_app"] = app_from_environment()
+        return built
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def _packaged_swagger_ui() -> Path | None:

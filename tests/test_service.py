@@ -1,0 +1,628 @@
+"""The API as a service: health, readiness, metrics, JSON access log, shared store, workers."""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import os
+import re
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from datetime import timedelta
+from pathlib import Path
+
+import httpx
+import pytest
+from api_server import free_port, running
+from click.testing import CliRunner
+from conftest import POSTGRES_URL, FakeClock
+from fastapi.testclient import TestClient
+
+from timeline.api import create_app
+from timeline.api_logging import JsonFormatter
+from timeline.api_service import AuditGroupCommit, ServiceOptions
+from timeline.api_settings import ApiConfig, ApiConfigError
+from timeline.cli import main
+from timeline.clock import taipei_today
+from timeline.store import TimelineStore
+
+FEED, STAFF = "feed-secret-0123456789", "staff-secret-0123456789"
+ENV = {"TIMELINE_FEED_TOKENS": f"desk:{FEED}:manual", "TIMELINE_STAFF_TOKENS": f"alice:{STAFF}"}
+
+
+def _h(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
+
+
+def entered(event_id: str, student: str = "S1") -> dict[str, str]:
+    return {
+        "event_id": event_id,
+        "student_id": student,
+        "type": "entered",
+        "occurred_on": "2024-03-16",
+        "visa": "resident",
+    }
+
+
+def config(location: str, read_db: str | None = None) -> ApiConfig:
+    return ApiConfig.from_env(ENV, location, read_db)
+
+
+@pytest.fixture
+def read_db(location: str, tmp_path: Path) -> str | None:
+    """PostgreSQL stores keep their read models in a file: one per test."""
+    return str(tmp_path / "read.db") if location.startswith("postgresql") else None
+
+
+@pytest.fixture
+def served(location: str, read_db: str | None, clock: FakeClock) -> Iterator[TestClient]:
+    """The API on each backend, its lifespan running (the store shared), ready bound 0."""
+    app = create_app(
+        config(location, read_db), clock=clock, service=ServiceOptions(ready_max_lag=0)
+    )
+    with TestClient(app) as client:
+        yield client
+
+
+# -- health and readiness ------------------------------------------------------------------
+def test_healthz_answers_without_a_token_or_a_store(tmp_path):
+    app = create_app(config(str(tmp_path / "no-such-folder" / "t.db")))
+    with TestClient(app) as client:
+        r = client.get("/healthz")
+    assert r.status_code == 200
+    assert r.json() == {"status": "ok"}
+    assert r.headers["x-content-type-options"] == "nosniff"
+
+
+def test_readyz_is_ready_then_not_while_the_read_models_lag(served):
+    ready = served.get("/readyz")
+    assert ready.status_code == 200, ready.text
+    assert ready.json() == {
+        "status": "ready",
+        "store_position": 0,
+        "read_model_position": 0,
+        "read_model_lag": 0,
+        "scheduler_watermark": None,
+    }
+    assert served.post("/v1/events", json=entered("e1"), headers=_h(FEED)).status_code == 200
+    behind = served.get("/readyz")
+    assert behind.status_code == 503
+    body = behind.json()
+    assert body["status"] == "not ready"
+    assert body["read_model_lag"] == body["store_position"] > 0
+    assert "notifications behind the log (at most 0: TIMELINE_READY_MAX_LAG)" in body["reason"]
+    # A population answer brings the read models up to date (so does the follower).
+    assert served.get("/v1/tasks", headers=_h(STAFF)).status_code == 200
+    assert served.get("/readyz").status_code == 200
+
+
+def test_the_follower_keeps_the_read_models_current(tmp_path):
+    app = create_app(
+        config(str(tmp_path / "t.db")),
+        service=ServiceOptions(follow_seconds=0.05, ready_max_lag=0),
+    )
+    with TestClient(app) as client:
+        assert client.post("/v1/events", json=entered("e1"), headers=_h(FEED)).status_code == 200
+        deadline = time.monotonic() + 10
+        while client.get("/readyz").status_code != 200:
+            assert time.monotonic() < deadline, "the follower did not catch up"
+            time.sleep(0.05)
+        assert client.get("/readyz").json()["read_model_position"] > 0
+
+
+@pytest.mark.parametrize("where", ["sqlite", "postgres"])
+def test_readyz_is_503_when_the_store_is_unreachable(where, tmp_path):
+    if where == "postgres":
+        if not POSTGRES_URL:
+            pytest.skip("TIMELINE_TEST_POSTGRES_URL is not set (CI sets it)")
+        location = f"postgresql://nobody:pw-0123456789@127.0.0.1:{free_port()}/none"
+    else:
+        location = str(tmp_path / "no-such-folder" / "t.db")
+    app = create_app(config(location, str(tmp_path / "read.db")))
+    with TestClient(app) as client:
+        r = client.get("/readyz")
+        student = client.get("/v1/students/S1", headers=_h(STAFF))
+        assert client.get("/healthz").status_code == 200
+    assert r.status_code == 503
+    assert r.json() == {"status": "not ready", "reason": "the event store is unavailable"}
+    assert "no-such-folder" not in r.text and "pw-0123456789" not in r.text
+    assert student.status_code == 503
+    assert student.json() == {"error": "the event store is unavailable"}
+
+
+def test_readyz_is_503_when_the_scheduler_last_ran_too_long_ago(tmp_path, clock):
+    from scheduler.outbox import Outbox, OutboxDB
+
+    db = str(tmp_path / "t.db")
+    today = taipei_today(clock)
+    app = create_app(config(db), clock=clock)
+    with TestClient(app) as client:
+        assert client.get("/readyz").json()["scheduler_watermark"] is None
+        outbox = OutboxDB(db)
+        Outbox(outbox).enqueue([], now=clock(), watermark=today - timedelta(days=2))
+        ready = client.get("/readyz")
+        assert ready.status_code == 200, ready.text
+        assert ready.json()["scheduler_watermark"] == (today - timedelta(days=2)).isoformat()
+        Outbox(outbox).enqueue([], now=clock(), watermark=today - timedelta(days=3))
+        late = client.get("/readyz")
+        outbox.close()
+    assert late.status_code == 503
+    assert "3 days ago (at most 2: TIMELINE_READY_SCHEDULER_DAYS)" in late.json()["reason"]
+
+
+def test_service_settings_are_validated_naming_the_setting():
+    from timeline.settings import SettingsError, load_settings
+
+    loaded = load_settings(
+        {
+            "TIMELINE_HOST": "0.0.0.0",
+            "TIMELINE_PORT": "8080",
+            "TIMELINE_WORKERS": "4",
+            "TIMELINE_ROOT_PATH": "/timeline",
+            "TIMELINE_PROXY_HEADERS": "yes",
+            "TIMELINE_FORWARDED_ALLOW_IPS": "10.0.0.5",
+            "TIMELINE_LOG_FORMAT": "JSON",
+            "TIMELINE_FOLLOW_SECONDS": "off",
+        }
+    )
+    assert (loaded.host, loaded.port, loaded.workers, loaded.root_path) == (
+        "0.0.0.0",
+        8080,
+        4,
+        "/timeline",
+    )
+    assert loaded.proxy_headers and loaded.forwarded_allow_ips == "10.0.0.5"
+    assert loaded.log_format == "json" and loaded.follow_seconds == 0.0
+    assert ServiceOptions.from_settings(loaded) == ServiceOptions(0.0, 10_000, 2)
+    for name, bad in (
+        ("TIMELINE_PORT", "0"),
+        ("TIMELINE_PORT", "http"),
+        ("TIMELINE_WORKERS", "65"),
+        ("TIMELINE_ROOT_PATH", "timeline/"),
+        ("TIMELINE_ROOT_PATH", "/timeline/"),
+        ("TIMELINE_LOG_FORMAT", "xml"),
+        ("TIMELINE_FOLLOW_SECONDS", "-1"),
+        ("TIMELINE_READY_SCHEDULER_DAYS", "1.5"),
+    ):
+        with pytest.raises(SettingsError, match=f"^{name}: ") as caught:
+            load_settings({name: bad})
+        assert bad not in str(caught.value).removeprefix(name)
+
+
+def test_service_options_from_the_environment():
+    assert ServiceOptions.from_env({}) == ServiceOptions(5.0, 10_000, 2)
+    options = ServiceOptions.from_env(
+        {
+            "TIMELINE_FOLLOW_SECONDS": "0",
+            "TIMELINE_READY_MAX_LAG": "off",
+            "TIMELINE_READY_SCHEDULER_DAYS": "7",
+        }
+    )
+    assert options == ServiceOptions(0.0, None, 7)
+    for bad in ("-1", "soon", "nan"):
+        with pytest.raises(ApiConfigError, match="TIMELINE_READY_MAX_LAG: must be a number"):
+            ServiceOptions.from_env({"TIMELINE_READY_MAX_LAG": bad})
+
+
+# -- metrics -------------------------------------------------------------------------------
+def _metric(text: str, name: str) -> float:
+    found = re.search(rf"^{re.escape(name)} (\S+)$", text, re.M)
+    assert found, f"{name} not in the metrics"
+    return float(found.group(1))
+
+
+def test_metrics_count_requests_by_route_template_ingests_and_lag(served):
+    served.post(
+        "/v1/events", json=[entered("e1"), entered("e2", "S2"), {"type": "x"}], headers=_h(FEED)
+    )
+    served.post("/v1/events?partial=true", json=[entered("e1"), {"type": "x"}], headers=_h(FEED))
+    for student in ("S1", "S1", "S404"):
+        served.get(f"/v1/students/{student}", headers=_h(STAFF))
+    served.get("/no/such/path")
+    r = served.get("/metrics")
+    assert r.status_code == 200
+    assert r.headers["content-type"].startswith("text/plain; version=0.0.4")
+    text = r.text
+    route = 'method="GET",route="/v1/students/{student_id}"'
+    assert _metric(text, f'timeline_http_requests_total{{{route},status="200"}}') == 2
+    assert _metric(text, f'timeline_http_requests_total{{{route},status="404"}}') == 1
+    assert _metric(text, f"timeline_http_request_duration_seconds_count{{{route}}}") == 3
+    unmatched = 'timeline_http_requests_total{method="GET",route="unmatched",status="404"}'
+    assert _metric(text, unmatched) == 1
+    # The atomic request stored nothing (one event was invalid); the partial one stored e1.
+    assert _metric(text, 'timeline_ingest_events_total{outcome="rejected"}') == 2
+    assert _metric(text, 'timeline_ingest_events_total{outcome="accepted"}') == 1
+    assert _metric(text, "timeline_store_up") == 1
+    position = _metric(text, "timeline_store_position")
+    assert position > 0
+    assert _metric(text, "timeline_read_model_lag") == position
+    assert _metric(text, 'timeline_alerts{state="sent"}') == 0
+    assert "S1" not in text and "S404" not in text  # route templates, never ids
+    served.get("/v1/tasks", headers=_h(STAFF))
+    assert _metric(served.get("/metrics").text, "timeline_read_model_lag") == 0
+
+
+def test_metrics_report_the_store_down_without_failing(tmp_path):
+    app = create_app(config(str(tmp_path / "no-such-folder" / "t.db")))
+    with TestClient(app) as client:
+        r = client.get("/metrics")
+    assert r.status_code == 200
+    assert _metric(r.text, "timeline_store_up") == 0
+    assert "no-such-folder" not in r.text
+
+
+# -- the JSON access log -------------------------------------------------------------------
+@pytest.fixture
+def json_access_log() -> Iterator[io.StringIO]:
+    """The `timeline.access` lines, formatted as the JSON log format writes them."""
+    out = io.StringIO()
+    handler = logging.StreamHandler(out)
+    handler.setFormatter(JsonFormatter())
+    logger = logging.getLogger("timeline.access")
+    level = logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    try:
+        yield out
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+
+
+def test_json_access_line_has_the_route_template_and_never_the_token(tmp_path, json_access_log):
+    app = create_app(config(str(tmp_path / "t.db")))
+    with TestClient(app) as client:
+        client.post("/v1/events", json=entered("e1", "S9001"), headers=_h(FEED))
+        r = client.get(
+            "/v1/students/S9001",
+            params={"as_of": "2024-04-16", "token": STAFF},
+            headers=_h(STAFF) | {"X-Request-ID": "req-42.a_b"},
+        )
+        refused = client.get(f"/v1/students/{FEED}", headers={"X-Request-ID": "bad id!"})
+    assert r.status_code == 200 and refused.status_code == 401
+    assert r.headers["x-request-id"] == "req-42.a_b"
+    generated = refused.headers["x-request-id"]
+    assert re.fullmatch(r"[0-9a-f]{32}", generated)
+    text = json_access_log.getvalue()
+    for secret in (STAFF, FEED, "S9001", "2024-04-16"):
+        assert secret not in text  # no token, no student id, no query
+    lines = [json.loads(line) for line in text.splitlines()]
+    assert len(lines) == 3
+    post, view, unknown = lines
+    assert post["route"] == "/v1/events" and post["token"] == "desk"
+    assert set(view) == {
+        "time",
+        "level",
+        "logger",
+        "request_id",
+        "method",
+        "route",
+        "status",
+        "duration_ms",
+        "token",
+    }
+    assert view["logger"] == "timeline.access" and view["level"] == "info"
+    assert view["request_id"] == "req-42.a_b"
+    assert (view["method"], view["route"], view["status"]) == (
+        "GET",
+        "/v1/students/{student_id}",
+        200,
+    )
+    assert view["token"] == "alice"
+    assert isinstance(view["duration_ms"], float) and view["duration_ms"] >= 0
+    assert view["time"].endswith("+00:00")
+    assert (unknown["status"], unknown["token"], unknown["request_id"]) == (401, "-", generated)
+
+
+def test_other_records_are_json_with_their_message():
+    record = logging.LogRecord("x.y", logging.WARNING, __file__, 1, "hello %s", ("there",), None)
+    line = json.loads(JsonFormatter().format(record))
+    assert line["message"] == "hello there"
+    assert (line["level"], line["logger"]) == ("warning", "x.y")
+
+
+# -- one store per process -----------------------------------------------------------------
+def test_the_store_is_opened_once_and_shared(served):
+    shared = served.app.state.shared
+    assert served.post("/v1/events", json=entered("e1"), headers=_h(FEED)).status_code == 200
+    opened = shared._store
+    assert opened is not None
+    for _ in range(3):
+        assert served.get("/v1/students/S1", headers=_h(STAFF)).status_code == 200
+        assert served.get("/v1/tasks", headers=_h(STAFF)).status_code == 200
+    assert shared._store is opened
+    assert len(shared.models.idle) == 1  # one read model, lent and handed back each time
+
+
+def test_a_sqlite_store_replaced_on_disk_is_opened_again(tmp_path, clock):
+    db = tmp_path / "t.db"
+    app = create_app(config(str(db)))
+    with TestClient(app) as client:
+        assert client.post("/v1/events", json=entered("e1"), headers=_h(FEED)).status_code == 200
+        assert client.get("/v1/tasks", headers=_h(STAFF)).status_code == 200
+        other = tmp_path / "restored.db"
+        with TimelineStore.open(str(other), clock=clock) as store:
+            from timeline.ingest import ingest_objects
+
+            assert ingest_objects(store, [entered("e7", "S7")]).ok
+        for suffix in ("", "-wal", "-shm"):
+            Path(f"{db}{suffix}").unlink(missing_ok=True)
+        shutil.move(other, db)
+        assert client.get("/v1/students/S7", headers=_h(STAFF)).status_code == 200
+        assert client.get("/v1/students/S1", headers=_h(STAFF)).status_code == 404
+        tasks = client.get("/v1/tasks", headers=_h(STAFF))
+        assert tasks.status_code == 200
+        assert {row["student_id"] for row in tasks.json()} <= {"S7"}
+
+
+def test_without_a_lifespan_each_request_opens_and_closes_the_store(tmp_path):
+    app = create_app(config(str(tmp_path / "t.db")))
+    client = TestClient(app)  # no `with`: no lifespan
+    assert client.post("/v1/events", json=entered("e1"), headers=_h(FEED)).status_code == 200
+    assert client.get("/v1/students/S1", headers=_h(STAFF)).status_code == 200
+    assert app.state.shared._store is None
+
+
+def test_concurrent_views_are_all_audited(location, read_db, clock):
+    app = create_app(config(location, read_db), clock=clock)
+    with running(app) as url:
+        assert httpx.post(f"{url}/v1/events", json=entered("e1"), headers=_h(FEED)).is_success
+        statuses: list[int] = []
+
+        def view() -> None:
+            with httpx.Client() as client:
+                for _ in range(5):
+                    r = client.get(f"{url}/v1/students/S1", headers=_h(STAFF))
+                    statuses.append(r.status_code)
+
+        threads = [threading.Thread(target=view) for _ in range(8)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        assert statuses == [200] * 40
+    with TimelineStore.open(location) as store:
+        from timeline.audit import accesses
+
+        _, total = accesses(store, student_id="S1")
+    assert total == 40
+
+
+def test_group_commit_writes_rows_together_and_answers_each_after_its_commit():
+    written: list[str] = []
+    calls: list[int] = []
+    gate = threading.Event()
+
+    def write(_store, rows):
+        if not calls:
+            gate.wait(5)  # the first commit is slow: the others queue up behind it
+        calls.append(len(rows))
+        written.extend(row[2] for row in rows)
+
+    group = AuditGroupCommit(write)
+    store = object()
+    done: list[tuple[str, bool]] = []
+
+    def record(student: str) -> None:
+        group.record(store, "alice", "GET /x", student, None)  # type: ignore[arg-type]
+        done.append((student, student in written))
+
+    first = threading.Thread(target=record, args=("S0",))
+    first.start()
+    while group.queued or not group.writing:
+        time.sleep(0.001)
+    others = [threading.Thread(target=record, args=(f"S{i}",)) for i in range(1, 8)]
+    for thread in others:
+        thread.start()
+    while len(group.queued) < 7:
+        time.sleep(0.001)
+    gate.set()
+    for thread in [first, *others]:
+        thread.join(5)
+    assert sorted(written) == [f"S{i}" for i in range(8)]
+    assert calls[0] == 1 and sum(calls) == 8 and len(calls) <= 3
+    assert all(committed for _student, committed in done)
+
+
+def test_group_commit_hands_a_failed_commit_to_every_waiting_request():
+    def write(_store, _rows):
+        raise OSError("disk full")
+
+    group = AuditGroupCommit(write)
+    with pytest.raises(OSError, match="disk full"):
+        group.record(object(), "alice", "GET /x", "S1", None)  # type: ignore[arg-type]
+    assert not group.writing and not group.queued
+
+
+# -- real servers: uvicorn and gunicorn workers, `timeline serve` --------------------------
+def _wait_for(url: str, proc: subprocess.Popen) -> None:
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        if proc.poll() is not None:
+            out = proc.stdout.read() if proc.stdout else ""
+            raise AssertionError(f"the server exited: {out}")
+        assert time.monotonic() < deadline, "the server did not start"
+        time.sleep(0.1)
+
+
+def _stop(proc: subprocess.Popen) -> str:
+    proc.terminate()
+    try:
+        output, _ = proc.communicate(timeout=30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        output, _ = proc.communicate()
+    return output or ""
+
+
+def _exercise(url: str) -> None:
+    """Write one event, then read it from new connections (so several workers answer)."""
+    r = httpx.post(f"{url}/v1/events", json=entered("e1"), headers=_h(FEED))
+    assert r.status_code == 200, r.text
+    for _ in range(12):
+        view = httpx.get(f"{url}/v1/students/S1", params={"as_of": "2024-04-16"}, headers=_h(STAFF))
+        assert view.status_code == 200
+        assert view.json()["status"] == "arc_application_overdue"
+
+
+@pytest.mark.parametrize("server", ["uvicorn", "gunicorn"])
+def test_timeline_api_app_under_two_worker_processes(server, tmp_path):
+    port = free_port()
+    metrics_dir = tmp_path / "metrics"  # a folder of its own: every *.db in it is read
+    metrics_dir.mkdir()
+    env = (
+        os.environ
+        | ENV
+        | {
+            "TIMELINE_DB": str(tmp_path / "t.db"),
+            "TIMELINE_LOG_FORMAT": "json",
+            "PROMETHEUS_MULTIPROC_DIR": str(metrics_dir),
+        }
+    )
+    command = {
+        "uvicorn": [sys.executable, "-m", "uvicorn", "timeline.api:app", "--workers", "2"],
+        "gunicorn": [
+            *(sys.executable, "-m", "gunicorn", "-k", "uvicorn_worker.UvicornWorker"),
+            *("-w", "2", "timeline.api:app"),
+        ],
+    }[server]
+    bind = ["--port", str(port)] if server == "uvicorn" else ["-b", f"127.0.0.1:{port}"]
+    proc = subprocess.Popen(
+        [*command, *bind],
+        env=env,
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        _wait_for(url, proc)
+        _exercise(url)
+        metrics = httpx.get(f"{url}/metrics").text
+    finally:
+        output = _stop(proc)
+    # Both workers' counters, whichever worker answered the scrape.
+    route = 'method="GET",route="/v1/students/{student_id}",status="200"'
+    assert _metric(metrics, f"timeline_http_requests_total{{{route}}}") == 12
+    access = [json.loads(line) for line in output.splitlines() if '"timeline.access"' in line]
+    assert len(access) >= 13, output
+    assert FEED not in output and STAFF not in output
+    pids = {int(p) for p in re.findall(r"Started server process \[(\d+)\]", output)}
+    pids |= {int(p) for p in re.findall(r"Booting worker with pid: (\d+)", output)}
+    assert len(pids) == 2, output
+
+
+def test_serve_with_workers_root_path_and_json_logs(tmp_path):
+    port = free_port()
+    script = Path(sys.executable).with_name("timeline")
+    _init(tmp_path / "t.db")
+    proc = subprocess.Popen(
+        [
+            *(str(script), "--db", str(tmp_path / "t.db"), "serve", "--port", str(port)),
+            *("--workers", "2", "--log-format", "json", "--root-path", "/timeline"),
+            *("--proxy-headers", "--forwarded-allow-ips", "127.0.0.1"),
+        ],
+        env={k: v for k, v in os.environ.items() if not k.startswith("TIMELINE_")} | ENV,
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        _wait_for(url, proc)
+        _exercise(url)
+        # The proxy strips the prefix; the app knows it (the OpenAPI document names it).
+        servers = httpx.get(f"{url}/openapi.json").json()["servers"]
+        assert servers == [{"url": "/timeline"}]
+        # The staff pages are served by the workers too, with one session key for all.
+        page = httpx.get(f"{url}/sign-in")
+        assert page.status_code == 200
+    finally:
+        output = _stop(proc)
+    lines = [json.loads(line) for line in output.splitlines() if line.startswith("{")]
+    assert any(line.get("route") == "/v1/students/{student_id}" for line in lines), output
+    assert all("time" in line and "level" in line for line in lines)
+    assert FEED not in output and STAFF not in output
+
+
+def _init(db: Path) -> None:
+    """`timeline init`: `serve` refuses a store that was never created."""
+    made = CliRunner().invoke(main, ["--db", str(db), "init"], env={"TIMELINE_CONFIG": ""})
+    assert made.exit_code == 0, made.output
+
+
+def test_serve_workers_get_the_settings_of_the_config_file_and_environment(tmp_path):
+    # Tokens, store and readiness bound only in the settings file, the port and the
+    # number of workers only in the environment: every worker must serve under them.
+    port = free_port()
+    _init(tmp_path / "t.db")
+    (tmp_path / "timeline.toml").write_text(
+        f'db = "t.db"\nfeed_tokens = "{ENV["TIMELINE_FEED_TOKENS"]}"\n'
+        f'staff_tokens = "{ENV["TIMELINE_STAFF_TOKENS"]}"\nready_max_lag = "off"\n'
+        'log_format = "json"\n',
+        "utf-8",
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TIMELINE_")}
+    env |= {"TIMELINE_PORT": str(port), "TIMELINE_WORKERS": "2"}
+    script = Path(sys.executable).with_name("timeline")
+    work = tmp_path / "elsewhere"  # the file's relative `db` counts from its folder
+    work.mkdir()
+    proc = subprocess.Popen(
+        [str(script), "--config", str(tmp_path / "timeline.toml"), "serve"],
+        env=env,
+        cwd=work,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        _wait_for(url, proc)
+        _exercise(url)
+        assert httpx.get(f"{url}/readyz").json()["status"] == "ready"
+    finally:
+        output = _stop(proc)
+    assert not (work / "t.db").exists()
+    with TimelineStore.open(str(tmp_path / "t.db")) as store:
+        assert store.max_position() > 0  # the event was written to the file's store
+    pids = {int(p) for p in re.findall(r'"Started server process \[(\d+)\]', output)}
+    assert len(pids) == 2, output
+    assert FEED not in output and STAFF not in output
+
+
+def test_serve_refuses_a_bad_root_path_and_log_format(tmp_path):
+    db = ["--db", str(tmp_path / "t.db"), "serve"]
+    bad_root = CliRunner().invoke(main, [*db, "--root-path", "timeline/"], env=ENV)
+    assert bad_root.exit_code == 2
+    assert "--root-path" in bad_root.output
+    bad_format = CliRunner().invoke(main, db, env=ENV | {"TIMELINE_LOG_FORMAT": "xml"})
+    assert bad_format.exit_code == 2
+    assert "TIMELINE_LOG_FORMAT" in bad_format.output
+
+
+def test_importing_the_module_builds_no_app_and_opens_nothing(tmp_path):
+    code = (
+        "import sys, timeline.api, web.app\n"
+        "assert '_app' not in vars(timeline.api) and '_app' not in vars(web.app)\n"
+        "app = timeline.api.app\n"
+        "assert app is timeline.api.app and app.state.shared._store is None\n"
+        "print('ok')\n"
+    )
+    env = os.environ | ENV | {"TIMELINE_DB": str(tmp_path / "t.db")}
+    out = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=False
+    )
+    assert out.stdout.strip() == "ok", out.stderr
+    assert not (tmp_path / "t.db").exists()

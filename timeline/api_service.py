@@ -1,0 +1,461 @@
+"""What one server process shares across requests: the event store and the read models.
+
+While the application's lifespan runs (uvicorn, gunicorn, `with TestClient(app)`), the
+store is opened once per process and shared by every request: its connections come from
+the library's pools (SQLite: one pool of `check_same_thread=False` connections with one
+writer at a time; PostgreSQL: a psycopg pool), which are safe to use from the server's
+thread pool. Read models are SQLite connections that are not: each request borrows one
+from a small pool (opened once each, returned when the answer is complete, a streamed
+one included) and syncs it before answering.
+
+A SQLite store replaced on disk (a restore into a new file at the same path) is noticed
+by its inode at the next request and opened again; the old handle is kept until shutdown
+because a request may still be reading from it. Outside a lifespan (an app called without
+one), every request opens and closes what it uses, as before.
+
+Every view of a student's record appends a row to the audit of access before it is
+answered, and on SQLite that commit (an fsync) costs more than the rest of the request.
+Rows of requests that arrive together are therefore committed together (a group commit:
+the first waiting request writes every row queued so far in one transaction while the
+others wait for it); each request still answers only once its own row is durable.
+
+Readiness (`/readyz`) asks: is the store reachable, are the read models within
+`TIMELINE_READY_MAX_LAG` notifications of the log, and, when the scheduler has ever run
+(its watermark is in the outbox), did it cover a day within `TIMELINE_READY_SCHEDULER_DAYS`
+of today. With `TIMELINE_FOLLOW_SECONDS` > 0 a thread keeps the read models following the
+log every that many seconds, so that population answers and the lag stay small. These
+are settings (`timeline.settings`), handed here as `ServiceOptions`.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass, field
+from datetime import date, datetime
+from typing import TYPE_CHECKING, Any
+
+from projections.dates import taiwan_calendar
+from projections.readmodel import ReadModel, default_read_db, read_model_fingerprint
+from projections.rules import RuleBook
+from timeline.api_settings import ApiConfigError
+from timeline.audit import record_accesses
+from timeline.errors import StorageConfigError
+from timeline.store import StoreConfig, TimelineStore
+
+if TYPE_CHECKING:
+    from timeline.settings import Settings
+
+log = logging.getLogger(__name__)
+
+FOLLOW_SETTING = "TIMELINE_FOLLOW_SECONDS"
+LAG_SETTING = "TIMELINE_READY_MAX_LAG"
+SCHEDULER_SETTING = "TIMELINE_READY_SCHEDULER_DAYS"
+DEFAULT_FOLLOW_SECONDS = 5.0
+DEFAULT_MAX_LAG = 10_000
+DEFAULT_SCHEDULER_DAYS = 2
+MAX_IDLE_MODELS = 8
+# The scheduler's tables (scheduler/outbox.py), read here without creating them.
+OUTBOX_TABLE = "alert_outbox"
+STATE_TABLE = "scheduler_state"
+
+
+@dataclass(frozen=True)
+class ServiceOptions:
+    """How the server process follows the log and judges its own readiness."""
+
+    follow_seconds: float = 0.0  # 0: no background follower (population answers still sync)
+    ready_max_lag: int | None = DEFAULT_MAX_LAG  # notifications; None: not checked
+    ready_scheduler_days: int | None = DEFAULT_SCHEDULER_DAYS  # None: not checked
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> ServiceOptions:
+        """The service's part of the one configuration (validated when it was loaded)."""
+        return cls(
+            follow_seconds=settings.follow_seconds,
+            ready_max_lag=settings.ready_max_lag,
+            ready_scheduler_days=settings.ready_scheduler_days,
+        )
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str]) -> ServiceOptions:
+        """The options of an environment mapping (`ApiConfigError` naming a bad setting)."""
+        from timeline.settings import SettingsError, load_settings
+
+        try:
+            return cls.from_settings(load_settings(environ))
+        except SettingsError as exc:
+            raise ApiConfigError(str(exc)) from None
+
+
+class _PooledReadModel(ReadModel):
+    """A read model whose `close` hands it back to its pool."""
+
+    pool: ReadModelPool | None = None
+    generation: int = 0
+    path: str = ""
+
+    def close(self) -> None:
+        """Back to the pool (or closed, outside a lifespan or after shutdown)."""
+        if self.pool is None:
+            super().close()
+        else:
+            self.pool.release(self)
+
+    def discard(self) -> None:
+        """Close the connection for good."""
+        ReadModel.close(self)
+
+
+@dataclass
+class ReadModelPool:
+    """Idle read models of one read-model file, opened once each."""
+
+    rules: RuleBook
+    generation: int = 0
+    idle: list[_PooledReadModel] = field(default_factory=list)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    closed: bool = False
+    _fingerprint: tuple[Any, str] | None = None
+
+    def acquire(self, path: str, pooled: bool) -> _PooledReadModel:
+        """An idle model of `path`, or a new one."""
+        with self.lock:
+            while pooled and self.idle:
+                model = self.idle.pop()
+                if model.generation == self.generation and model.path == path:
+                    return model
+                model.discard()
+        if self._fingerprint is None:
+            calendar = taiwan_calendar()
+            self._fingerprint = (calendar, read_model_fingerprint(self.rules, calendar))
+        calendar, fingerprint = self._fingerprint
+        model = _PooledReadModel(
+            path, self.rules, calendar, fingerprint=fingerprint, any_thread=True
+        )
+        model.path = path
+        model.generation = self.generation
+        model.pool = self if pooled else None
+        return model
+
+    def release(self, model: _PooledReadModel) -> None:
+        """Keep `model` for the next request, unless it is stale or the pool is full."""
+        with self.lock:
+            if (
+                not self.closed
+                and model.generation == self.generation
+                and len(self.idle) < MAX_IDLE_MODELS
+                and not model.db.conn.in_transaction
+            ):
+                self.idle.append(model)
+                return
+        model.discard()
+
+    def renew(self) -> None:
+        """Models opened so far belong to a replaced store: close them as they come back."""
+        with self.lock:
+            self.generation += 1
+            stale, self.idle = self.idle, []
+        for model in stale:
+            model.discard()
+
+    def close(self) -> None:
+        """Close every idle model; models still lent out close when they come back."""
+        with self.lock:
+            self.closed = True
+            stale, self.idle = self.idle, []
+        for model in stale:
+            model.discard()
+
+
+@dataclass
+class _AuditRow:
+    store: TimelineStore
+    row: tuple[str, str, str, datetime]
+    done: bool = False
+    error: BaseException | None = None
+
+
+class AuditGroupCommit:
+    """Audit rows of concurrent requests, committed together (each caller waits for its own)."""
+
+    def __init__(self, write: Callable[[TimelineStore, list[Any]], None] = record_accesses) -> None:
+        self.write = write
+        self.queued: list[_AuditRow] = []
+        self.writing = False
+        self.ready = threading.Condition()
+        self.batches = 0  # transactions written (for tests and the benchmark)
+
+    def record(
+        self, store: TimelineStore, token_name: str, route: str, student_id: str, at: datetime
+    ) -> None:
+        """Append one row; returns once it is committed (raises what the commit raised)."""
+        mine = _AuditRow(store, (token_name, route, student_id, at))
+        with self.ready:
+            self.queued.append(mine)
+            while not mine.done:
+                if self.writing:
+                    self.ready.wait()
+                    continue
+                self.writing = True
+                batch, self.queued = self.queued, []
+                self.ready.release()
+                try:
+                    self._write(batch)
+                finally:
+                    self.ready.acquire()
+                    self.writing = False
+                    self.ready.notify_all()
+        if mine.error is not None:
+            raise mine.error
+
+    def _write(self, batch: list[_AuditRow]) -> None:
+        """One transaction per store in the batch; every row learns how its commit went."""
+        by_store: dict[int, list[_AuditRow]] = {}
+        for item in batch:
+            by_store.setdefault(id(item.store), []).append(item)
+        for items in by_store.values():
+            error: BaseException | None = None
+            try:
+                self.write(items[0].store, [item.row for item in items])
+                self.batches += 1
+            except BaseException as exc:  # handed to each waiting request
+                error = exc
+            for item in items:
+                item.error, item.done = error, True
+
+
+class SharedStore:
+    """The store and read models of one server process (see the module's docstring)."""
+
+    def __init__(
+        self,
+        db: str | None,
+        read_db: str | None,
+        rules: RuleBook,
+        options: ServiceOptions | None = None,
+        cipher_key: str | None = None,
+    ) -> None:
+        self.db = db
+        self.cipher_key = cipher_key
+        self.read_db = read_db
+        self.options = options or ServiceOptions()
+        self.models = ReadModelPool(rules)
+        self.audit = AuditGroupCommit()
+        self._store: TimelineStore | None = None
+        self._identity: tuple[int, int] | None = None
+        self._retired: list[TimelineStore] = []
+        self._lock = threading.Lock()
+        self._started = False
+        self._stop = threading.Event()
+        self._follower: threading.Thread | None = None
+
+    # -- lifespan ----------------------------------------------------------------------
+    def start(self) -> None:
+        """Share from now on: open the store (a failure is logged; requests retry)."""
+        self._started = True
+        self.models.closed = False
+        try:
+            self._shared()
+        except StorageConfigError as exc:
+            log.error("the event store is unavailable at start-up: %s", type(exc).__name__)
+        if self.options.follow_seconds > 0:
+            self._stop.clear()
+            self._follower = threading.Thread(
+                target=self._follow, name="timeline-follower", daemon=True
+            )
+            self._follower.start()
+
+    def close(self) -> None:
+        """Stop the follower and close everything opened (at the lifespan's end)."""
+        self._stop.set()
+        if self._follower is not None:
+            self._follower.join(timeout=30)
+            self._follower = None
+        with self._lock:
+            self._started = False
+            stores = [*self._retired, *([self._store] if self._store else [])]
+            self._store, self._identity, self._retired = None, None, []
+        self.models.close()
+        for store in stores:
+            with suppress(Exception):
+                store.close()
+
+    # -- the store ---------------------------------------------------------------------
+    @contextmanager
+    def store(self) -> Iterator[TimelineStore]:
+        """The shared store (in a lifespan), else one opened for this use and closed after."""
+        if self._started:
+            yield self._shared()
+            return
+        opened = TimelineStore.open(self.db, self.cipher_key)
+        try:
+            yield opened
+        finally:
+            opened.close()
+
+    def _shared(self) -> TimelineStore:
+        store = self._store
+        if store is not None and self._same_file(store):
+            return store
+        with self._lock:
+            store = self._store
+            if store is not None and self._same_file(store):
+                return store
+            if store is not None:
+                log.info("the event store's file was replaced: opening it again")
+                self._retired.append(store)
+                self.models.renew()
+            self._store = store = TimelineStore.open(self.db, self.cipher_key)
+            self._identity = _file_identity(store.config)
+            return store
+
+    def _same_file(self, store: TimelineStore) -> bool:
+        """Whether a SQLite store's file is still the one opened (PostgreSQL: always)."""
+        return store.config.is_postgres or _file_identity(store.config) == self._identity
+
+    def record_access(
+        self, store: TimelineStore, token_name: str, route: str, student_id: str, at: datetime
+    ) -> None:
+        """Append a row to the audit of access (committed with concurrent requests' rows)."""
+        self.audit.record(store, token_name, route, student_id, at)
+
+    # -- read models --------------------------------------------------------------------
+    def read_db_path(self, store: TimelineStore) -> str:
+        """The read-model file of `store`."""
+        return self.read_db or default_read_db(store.config.location)
+
+    def read_model(self, store: TimelineStore, *, sync: bool = True) -> ReadModel:
+        """A read model brought up to date with `store`; `close()` hands it back."""
+        model = self.models.acquire(self.read_db_path(store), pooled=self._started)
+        if not sync:
+            return model
+        try:
+            model.sync(store)
+        except BaseException:
+            model.discard()
+            raise
+        return model
+
+    def _follow(self) -> None:
+        """Keep the read models following the log until stopped."""
+        while not self._stop.wait(self.options.follow_seconds):
+            try:
+                with self.store() as store:
+                    self.read_model(store).close()
+            except Exception as exc:
+                log.warning("following the log failed: %s", type(exc).__name__)
+
+    # -- readiness and figures ----------------------------------------------------------
+    def figures(self) -> Figures:
+        """The store's log position, the read models' position, and the outbox's state."""
+        with self.store() as store:
+            position = store.max_position()
+            model = self.read_model(store, sync=False)
+            try:
+                read_position = model.position
+                outbox = (
+                    _postgres_outbox(store) if store.config.is_postgres else _sqlite_outbox(model)
+                )
+            finally:
+                model.close()
+        return Figures(position, read_position, *outbox)
+
+    def readiness(self, today: date) -> tuple[bool, dict[str, Any]]:
+        """Whether this process can serve, with the figures and the reason if not."""
+        try:
+            figures = self.figures()
+        except Exception as exc:  # StorageConfigError, or a database error from a pool
+            log.warning("readiness: the store is unreachable: %s", type(exc).__name__)
+            return False, {"status": "not ready", "reason": "the event store is unavailable"}
+        body: dict[str, Any] = {
+            "store_position": figures.position,
+            "read_model_position": figures.read_position,
+            "read_model_lag": figures.lag,
+            "scheduler_watermark": figures.watermark.isoformat() if figures.watermark else None,
+        }
+        reasons = []
+        bound = self.options.ready_max_lag
+        if bound is not None and figures.lag > bound:
+            reasons.append(
+                f"the read models are {figures.lag} notifications behind the log "
+                f"(at most {bound}: {LAG_SETTING})"
+            )
+        days = self.options.ready_scheduler_days
+        if days is not None and figures.watermark is not None:
+            late = (today - figures.watermark).days
+            if late > days:
+                reasons.append(
+                    f"the scheduler's last day covered is {figures.watermark.isoformat()}, "
+                    f"{late} days ago (at most {days}: {SCHEDULER_SETTING})"
+                )
+        if reasons:
+            return False, {"status": "not ready", "reason": "; ".join(reasons), **body}
+        return True, {"status": "ready", **body}
+
+
+@dataclass(frozen=True)
+class Figures:
+    """What `/readyz` and `/metrics` report of the store, read models and outbox."""
+
+    position: int
+    read_position: int
+    watermark: date | None
+    alerts: dict[str, int]
+
+    @property
+    def lag(self) -> int:
+        """Notifications in the log that the read models have not applied yet."""
+        return max(0, self.position - self.read_position)
+
+
+def _file_identity(config: StoreConfig) -> tuple[int, int] | None:
+    if config.is_postgres:
+        return None
+    try:
+        stat = os.stat(config.location)
+    except OSError:
+        return None
+    return stat.st_dev, stat.st_ino
+
+
+def _sqlite_outbox(model: ReadModel) -> tuple[date | None, dict[str, int]]:
+    """The scheduler's watermark and alerts per state, from the read-model file."""
+    run: Callable[[str], list[Any]] = lambda sql: model.db.conn.execute(sql).fetchall()  # noqa: E731
+    tables = {row[0] for row in run("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    return _outbox(run, tables, "")
+
+
+def _postgres_outbox(store: TimelineStore) -> tuple[date | None, dict[str, int]]:
+    """The scheduler's watermark and alerts per state, from the store's schema."""
+    schema = store.recorder.datastore.schema
+    with store.recorder.datastore.transaction(commit=False) as c:
+
+        def run(sql: str) -> list[Any]:
+            c.execute(sql)
+            return [tuple(row.values()) if isinstance(row, dict) else row for row in c.fetchall()]
+
+        c.execute("SELECT tablename FROM pg_catalog.pg_tables WHERE schemaname = %s", (schema,))
+        tables = {next(iter(row.values())) for row in c.fetchall()}
+        return _outbox(run, tables, f'"{schema}".')
+
+
+def _outbox(
+    run: Callable[[str], list[Any]], tables: set[str], prefix: str
+) -> tuple[date | None, dict[str, int]]:
+    watermark = None
+    if STATE_TABLE in tables:
+        rows = run(f"SELECT value FROM {prefix}{STATE_TABLE} WHERE name = 'watermark'")
+        if rows:
+            with suppress(ValueError):
+                watermark = date.fromisoformat(rows[0][0])
+    alerts: dict[str, int] = {}
+    if OUTBOX_TABLE in tables:
+        for state, count in run(
+            f"SELECT state, COUNT(*) FROM {prefix}{OUTBOX_TABLE} GROUP BY state"
+        ):
+            alerts[str(state)] = int(count)
+    return watermark, alerts
