@@ -289,9 +289,10 @@ def _foreign_sources(token: Token, items: list[Any]) -> list[tuple[int, str]]:
     return foreign
 
 
-def _day(value: str | None, name: str) -> date:
+def query_day(value: str | None, name: str, clock: Clock = system_clock) -> date:
+    """A day parameter (YYYY-MM-DD; default: today in Taipei by `clock`), else a 400."""
     if value is None:
-        return taipei_today()
+        return taipei_today(clock)
     try:
         return parse_day(value)
     except ValueError as exc:
@@ -547,7 +548,7 @@ def create_app(
         """The student view (SPEC §4) as of a date, as known at a moment (audited)."""
         from projections.engine import view
 
-        on, moment = _day(as_of, "as_of"), _moment(known_at, "known_at")
+        on, moment = query_day(as_of, "as_of", clock), _moment(known_at, "known_at")
         with store() as opened:
             stream = opened.stream(student_id)
             if stream:
@@ -685,7 +686,7 @@ def create_app(
 
         Left-out students are named in X-Timeline-Left-Out.
         """
-        on, moment = _day(as_of, "as_of"), _moment(known_at, "known_at")
+        on, moment = query_day(as_of, "as_of", clock), _moment(known_at, "known_at")
         since = _moment(changed_since, "changed_since")
         query = {"known_at": moment, "changed_since": since}
         with store() as opened:
@@ -724,7 +725,7 @@ def create_app(
 
         Left-out students are named in X-Timeline-Left-Out.
         """
-        on, moment = _day(as_of, "as_of"), _moment(known_at, "known_at")
+        on, moment = query_day(as_of, "as_of", clock), _moment(known_at, "known_at")
         since = _moment(changed_since, "changed_since")
         query = {"known_at": moment, "changed_since": since}
         with store() as opened:
@@ -749,7 +750,7 @@ def create_app(
         """The alerts that fall on a day (a pure query), as known at a moment."""
         from scheduler.alerts import alerts_on
 
-        day, moment = _day(on, "on"), _moment(known_at, "known_at")
+        day, moment = query_day(on, "on", clock), _moment(known_at, "known_at")
         with store() as opened:
             model = read_model(opened)
             try:
@@ -776,7 +777,7 @@ def create_app(
         from scheduler.notices import Students
         from scheduler.preview import UnknownStudent, preview_student
 
-        day = _day(on, "on")
+        day = query_day(on, "on", clock)
         with store() as opened:
             model = read_model(opened)
             try:

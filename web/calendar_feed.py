@@ -28,12 +28,12 @@ from pydantic import BaseModel
 
 from projections.ics import FeedWording, task_calendar
 from projections.rules import RuleBook
-from timeline.api import ApiError
+from timeline.api import ApiError, query_day
 from timeline.api_models import Day, ErrorBody, StudentId, errors
 from timeline.api_settings import Token
 from timeline.audit import record_access
 from timeline.calendar_links import create_link, link_path, look_up, revoke_link
-from timeline.clock import Clock, parse_day, taipei_today
+from timeline.clock import Clock
 from timeline.store import TimelineStore
 from web.labels import LABELS, TASK_NAMES, TASK_STATUS_NAMES, WHERE_NAMES
 
@@ -101,15 +101,6 @@ class CalendarLink(BaseModel):
     url: str
 
 
-def _as_of(value: str | None, clock: Clock) -> date:
-    if value is None:
-        return taipei_today(clock)
-    try:
-        return parse_day(value)
-    except ValueError as exc:
-        raise ApiError(400, f"as_of: {exc}") from None
-
-
 def _unknown(student_id: str) -> ApiError:
     return ApiError(404, f"no events stored for student {student_id[:64]!r}")
 
@@ -150,7 +141,7 @@ def add_calendar_routes(
     )
     def get_calendar(student_id: StudentId, token: Token = reader, as_of: Day = None) -> Response:
         """The student's open tasks as an iCalendar feed, as of a day (default: today; audited)."""
-        return _ics(export(student_id, _as_of(as_of, clock), token.name, FEED_ROUTE))
+        return _ics(export(student_id, query_day(as_of, "as_of", clock), token.name, FEED_ROUTE))
 
     @app.post(
         "/v1/students/{student_id}/calendar-link",
@@ -216,7 +207,7 @@ def add_calendar_routes(
     async def get_linked_calendar(request: Request, token: str, as_of: Day = None) -> Response:
         """The feed behind a secret link: no staff token; 404 unknown, 410 revoked."""
         request.state.token_name = LINK_TOKEN_NAME
-        on = _as_of(as_of, clock)
+        on = query_day(as_of, "as_of", clock)
 
         def answer() -> Feed:
             with store() as opened:
