@@ -11,8 +11,9 @@ import calendar
 import hashlib
 import importlib.util
 import sys
+import threading
 from datetime import MAXYEAR, MINYEAR, date, timedelta
-from functools import cached_property, lru_cache
+from functools import cached_property
 from pathlib import Path
 
 import holidays
@@ -110,19 +111,31 @@ def _taiwan_holidays(years: range) -> holidays.HolidayBase:
 
     The package's `holidays.countries` imports all of its ~250 countries (a good part of a
     second for a command that shows one student); Taiwan's module needs none of them.
-    The same class, so the same days (tests/test_dates.py compares the two).
+    The same class, so the same days (tests/test_dates.py compares the two). Threads of a
+    server load it together at start-up: the lock keeps each from using the module while
+    another is still executing it (it is in `sys.modules` before its classes are defined).
     """
     name = "holidays.countries.taiwan"
-    module = sys.modules.get(name)
-    if module is None:
-        path = Path(holidays.__file__).parent / "countries" / "taiwan.py"
-        spec = importlib.util.spec_from_file_location(name, path)
-        if spec is None or spec.loader is None:  # a different layout: the documented way
-            return holidays.country_holidays("TW", years=years, categories=("public",))
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        spec.loader.exec_module(module)
-    return module.Taiwan(years=years, categories=("public",))
+    with _LOADING:
+        module = sys.modules.get(name)
+        if module is None:
+            path = Path(holidays.__file__).parent / "countries" / "taiwan.py"
+            spec = importlib.util.spec_from_file_location(name, path)
+            if spec is None or spec.loader is None:  # a different layout: the documented way
+                return holidays.country_holidays("TW", years=years, categories=("public",))
+            module = importlib.util.module_from_spec(spec)
+            sys.modules[name] = module
+            try:
+                spec.loader.exec_module(module)
+            except BaseException:
+                del sys.modules[name]
+                raise
+        return module.Taiwan(years=years, categories=("public",))
+
+
+# Loading Taiwan's module, building the shared calendar, and growing a calendar's
+# holidays to a year outside the ones built (the package fills them in on lookup).
+_LOADING = threading.RLock()
 
 
 class TaiwanCalendar:
@@ -141,19 +154,31 @@ class TaiwanCalendar:
         """A short digest of the calendar's data (holidays, make-up days), for fingerprints."""
         # Only the years built at start: lookups in other years grow the holidays dict.
         years = self._years
-        data = sorted((d.isoformat(), n) for d, n in self._holidays.items() if d.year in years)
-        workdays = sorted(d.isoformat() for d in self._holidays.weekend_workdays if d.year in years)
+        with _LOADING:  # no other thread adding a year's days while they are listed
+            items = list(self._holidays.items())
+            weekend_workdays = list(self._holidays.weekend_workdays)
+        data = sorted((d.isoformat(), n) for d, n in items if d.year in years)
+        workdays = sorted(d.isoformat() for d in weekend_workdays if d.year in years)
         text = repr((data, workdays))
         return hashlib.blake2b(text.encode(), digest_size=8).hexdigest()
 
     def is_working_day(self, day: date) -> bool:
         """Whether government offices work on `day`."""
+        if day.year not in self._years:
+            with _LOADING:  # the lookup adds the year's days to the dict other threads read
+                return self._working(day)
+        return self._working(day)
+
+    def _working(self, day: date) -> bool:
         if day.weekday() >= 5:
             return day in self._holidays.weekend_workdays
         return day not in self._holidays
 
     def holiday_name(self, day: date) -> str | None:
         """The public holiday on `day`, if any."""
+        if day.year not in self._years:
+            with _LOADING:
+                return self._holidays.get(day)
         return self._holidays.get(day)
 
     def add_working_days(self, start: date, count: int) -> date:
@@ -173,7 +198,15 @@ class TaiwanCalendar:
         return day
 
 
-@lru_cache(maxsize=1)
 def taiwan_calendar() -> TaiwanCalendar:
-    """The shared calendar (built once; about 60 ms)."""
-    return TaiwanCalendar()
+    """The shared calendar (built once, by the first thread to ask; about 60 ms)."""
+    calendar = _SHARED.get("calendar")
+    if calendar is None:
+        with _LOADING:
+            calendar = _SHARED.get("calendar")
+            if calendar is None:
+                calendar = _SHARED["calendar"] = TaiwanCalendar()
+    return calendar
+
+
+_SHARED: dict[str, TaiwanCalendar] = {}

@@ -155,3 +155,54 @@ def test_the_calendar_loaded_alone_is_the_holidays_package_own_taiwan() -> None:
     assert isinstance(theirs, type(ours)) or isinstance(ours, type(theirs))
     assert sorted(ours.items()) == sorted(theirs.items()) and len(ours) > 500
     assert sorted(ours.weekend_workdays) == sorted(theirs.weekend_workdays)
+
+
+CONCURRENT_START = """
+import threading
+from datetime import date
+
+from projections import dates
+
+barrier = threading.Barrier(16)
+results, errors = [], []
+
+
+def ask(i):
+    barrier.wait()
+    try:
+        calendar = dates.taiwan_calendar()
+        day = date(2100 + i % 4, 1, 1) if i % 2 else date(2025, 1, 1)
+        results.append((id(calendar), calendar.is_working_day(day), calendar.digest))
+    except BaseException as exc:
+        errors.append(repr(exc))
+
+
+threads = [threading.Thread(target=ask, args=(i,)) for i in range(16)]
+for thread in threads:
+    thread.start()
+for thread in threads:
+    thread.join()
+print(len({r[0] for r in results}), len(results), len({r[2] for r in results}), errors)
+"""
+
+
+def test_threads_asking_for_the_calendar_at_once_in_a_fresh_process_all_get_the_one() -> None:
+    """A server's first requests arrive together: none sees Taiwan's module half loaded."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    for _ in range(3):
+        out = (
+            subprocess.run(
+                [sys.executable, "-c", CONCURRENT_START],
+                capture_output=True,
+                text=True,
+                check=True,
+                cwd=root,
+            )
+            .stdout.strip()
+            .split(maxsplit=3)
+        )
+        assert out == ["1", "16", "1", "[]"], out

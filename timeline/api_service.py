@@ -258,6 +258,7 @@ class SharedStore:
         """Share from now on: open the store (a failure is logged; requests retry)."""
         self._started = True
         self.models.closed = False
+        taiwan_calendar()  # built now, not by the first requests (about 60 ms)
         try:
             self._shared()
         except StorageConfigError as exc:
