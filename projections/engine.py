@@ -982,6 +982,13 @@ def overstay_fine_range(rules: RuleBook, since: date, days: int) -> tuple[int, i
     return _overstay_amount(rules["R-OVERSTAY"].on(since), days)
 
 
+# Each kind's documents, built once and shared by every view (`Document` is frozen).
+_DOCUMENTS_OUT = {
+    kind: tuple(Document(en=en, zh=zh) for en, zh in documents)
+    for kind, documents in DOCUMENTS.items()
+}
+
+
 def _task_out(task: _Task, as_of: date) -> Task:
     return Task(
         kind=task.kind,
@@ -991,7 +998,7 @@ def _task_out(task: _Task, as_of: date) -> Task:
         done_on=task.done_on,
         where=task.place(),
         fee_ntd=task.fee_ntd,
-        documents=[Document(en=en, zh=zh) for en, zh in DOCUMENTS[task.kind]],
+        documents=list(_DOCUMENTS_OUT[task.kind]),
         rule=task.rule,
         caused_by=[*task.triggers, *task.done_by],
     )

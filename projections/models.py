@@ -27,7 +27,9 @@ class _Out(BaseModel):
 
 
 class Document(_Out):
-    """A document to bring, as the guide names it in both languages."""
+    """A document to bring, as the guide names it in both languages (immutable: shared)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
 
     en: str
     zh: str

@@ -16,8 +16,9 @@ one), every request opens and closes what it uses, as before.
 Every view of a student's record appends a row to the audit of access before it is
 answered, and on SQLite that commit (an fsync) costs more than the rest of the request.
 Rows of requests that arrive together are therefore committed together (a group commit:
-the first waiting request writes every row queued so far in one transaction while the
-others wait for it); each request still answers only once its own row is durable.
+a writer thread commits every row queued so far in one transaction while the next ones
+queue); each request still answers only once its own row is durable. The student view
+awaits its row's commit on the event loop, holding no thread of the server's pool.
 
 Readiness (`/readyz`) asks: is the store reachable, are the read models within
 `TIMELINE_READY_MAX_LAG` notifications of the log, and, when the scheduler has ever run
@@ -29,14 +30,17 @@ are settings (`timeline.settings`), handed here as `ServiceOptions`.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import threading
-from collections.abc import Callable, Iterator, Mapping
-from contextlib import contextmanager, suppress
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
+from contextlib import asynccontextmanager, contextmanager, suppress
 from dataclasses import dataclass, field
 from datetime import date, datetime
 from typing import TYPE_CHECKING, Any
+
+from starlette.concurrency import run_in_threadpool
 
 from projections.dates import taiwan_calendar
 from projections.readmodel import ReadModel, default_read_db, read_model_fingerprint
@@ -175,12 +179,31 @@ class ReadModelPool:
 class _AuditRow:
     store: TimelineStore
     row: tuple[str, str, str, datetime]
-    done: bool = False
+    committed: threading.Event | None = None  # a waiting thread's
+    future: asyncio.Future[None] | None = None  # a waiting coroutine's, on `loop`
+    loop: asyncio.AbstractEventLoop | None = None
     error: BaseException | None = None
 
 
+def _settle(future: asyncio.Future[None], error: BaseException | None) -> None:
+    """Hand a commit's outcome to a waiting coroutine (gone if its request was cancelled)."""
+    if future.done():
+        return
+    if error is None:
+        future.set_result(None)
+    else:
+        future.set_exception(error)
+
+
 class AuditGroupCommit:
-    """Audit rows of concurrent requests, committed together (each caller waits for its own)."""
+    """Audit rows of concurrent requests, committed together (each caller waits for its own).
+
+    One writer thread takes every row queued so far and commits them in one transaction
+    per store, while the rows that arrive meanwhile queue for the next one. A thread
+    waits in `record`; a coroutine awaits `arecord` without holding a thread of the
+    server's pool (and without a hop through it). Either returns once its row is
+    committed, or raises what the commit raised.
+    """
 
     def __init__(self, write: Callable[[TimelineStore, list[Any]], None] = record_accesses) -> None:
         self.write = write
@@ -188,29 +211,71 @@ class AuditGroupCommit:
         self.writing = False
         self.ready = threading.Condition()
         self.batches = 0  # transactions written (for tests and the benchmark)
+        self._writer: threading.Thread | None = None
+        self._closing = False
 
     def record(
         self, store: TimelineStore, token_name: str, route: str, student_id: str, at: datetime
     ) -> None:
         """Append one row; returns once it is committed (raises what the commit raised)."""
-        mine = _AuditRow(store, (token_name, route, student_id, at))
-        with self.ready:
-            self.queued.append(mine)
-            while not mine.done:
-                if self.writing:
-                    self.ready.wait()
-                    continue
-                self.writing = True
-                batch, self.queued = self.queued, []
-                self.ready.release()
-                try:
-                    self._write(batch)
-                finally:
-                    self.ready.acquire()
-                    self.writing = False
-                    self.ready.notify_all()
+        mine = _AuditRow(store, (token_name, route, student_id, at), committed=threading.Event())
+        self._enqueue(mine)
+        assert mine.committed is not None
+        mine.committed.wait()
         if mine.error is not None:
             raise mine.error
+
+    async def arecord(
+        self, store: TimelineStore, token_name: str, route: str, student_id: str, at: datetime
+    ) -> None:
+        """`record` for a coroutine: awaits the commit of its row."""
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[None] = loop.create_future()
+        self._enqueue(_AuditRow(store, (token_name, route, student_id, at), None, future, loop))
+        await future
+
+    def close(self) -> None:
+        """Stop the writer once the rows queued so far are committed."""
+        with self.ready:
+            self._closing = True
+            writer, self._writer = self._writer, None
+            self.ready.notify_all()
+        if writer is not None:
+            writer.join(timeout=30)
+        with self.ready:
+            self._closing = False
+
+    def _enqueue(self, row: _AuditRow) -> None:
+        with self.ready:
+            self.queued.append(row)
+            if self._writer is None or not self._writer.is_alive():
+                self._writer = threading.Thread(
+                    target=self._run, name="timeline-audit-writer", daemon=True
+                )
+                self._writer.start()
+            self.ready.notify()
+
+    def _run(self) -> None:
+        """The writer: commit whatever is queued, batch after batch, until closed and empty."""
+        while True:
+            with self.ready:
+                while not self.queued and not self._closing:
+                    self.ready.wait()
+                if not self.queued:
+                    return
+                batch, self.queued = self.queued, []
+                self.writing = True
+            try:
+                self._write(batch)
+            finally:
+                with self.ready:
+                    self.writing = False
+                for item in batch:
+                    if item.committed is not None:
+                        item.committed.set()
+                    elif item.future is not None and item.loop is not None:
+                        with suppress(RuntimeError):  # its loop closed: nobody waits
+                            item.loop.call_soon_threadsafe(_settle, item.future, item.error)
 
     def _write(self, batch: list[_AuditRow]) -> None:
         """One transaction per store in the batch; every row learns how its commit went."""
@@ -225,7 +290,7 @@ class AuditGroupCommit:
             except BaseException as exc:  # handed to each waiting request
                 error = exc
             for item in items:
-                item.error, item.done = error, True
+                item.error = error
 
 
 class SharedStore:
@@ -276,6 +341,7 @@ class SharedStore:
         if self._follower is not None:
             self._follower.join(timeout=30)
             self._follower = None
+        self.audit.close()
         with self._lock:
             self._started = False
             stores = [*self._retired, *([self._store] if self._store else [])]
@@ -297,6 +363,22 @@ class SharedStore:
             yield opened
         finally:
             opened.close()
+
+    @asynccontextmanager
+    async def astore(self) -> AsyncIterator[TimelineStore]:
+        """`store` for a coroutine: opening (rare: the first use, a replaced file) in a thread."""
+        store = self._store
+        if self._started and store is not None and self._same_file(store):
+            yield store  # the usual case: no I/O but a stat of the file
+            return
+        if self._started:
+            yield await run_in_threadpool(self._shared)
+            return
+        opened = await run_in_threadpool(TimelineStore.open, self.db, self.cipher_key)
+        try:
+            yield opened
+        finally:
+            await run_in_threadpool(opened.close)
 
     def _shared(self) -> TimelineStore:
         store = self._store
@@ -323,6 +405,12 @@ class SharedStore:
     ) -> None:
         """Append a row to the audit of access (committed with concurrent requests' rows)."""
         self.audit.record(store, token_name, route, student_id, at)
+
+    async def arecord_access(
+        self, store: TimelineStore, token_name: str, route: str, student_id: str, at: datetime
+    ) -> None:
+        """`record_access` for a coroutine (no thread held while the commit is awaited)."""
+        await self.audit.arecord(store, token_name, route, student_id, at)
 
     # -- read models --------------------------------------------------------------------
     def read_db_path(self, store: TimelineStore) -> str:
