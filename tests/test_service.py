@@ -439,6 +439,106 @@ def test_group_commit_hands_a_failed_commit_to_every_waiting_request():
     assert not group.writing and not group.queued
 
 
+def test_group_commit_serves_coroutines_and_threads_alike_in_shared_commits():
+    """Coroutines await their row holding no thread; rows queued together commit together."""
+    import asyncio
+
+    written: list[str] = []
+    calls: list[int] = []
+    gate = threading.Event()
+
+    def write(_store, rows):
+        if not calls:
+            gate.wait(5)  # the first commit is slow: the others queue up behind it
+        calls.append(len(rows))
+        written.extend(row[2] for row in rows)
+
+    group = AuditGroupCommit(write)
+    store = object()
+    answered: list[tuple[str, bool]] = []
+
+    async def view(student: str) -> None:
+        await group.arecord(store, "alice", "GET /x", student, None)  # type: ignore[arg-type]
+        answered.append((student, student in written))
+
+    async def main() -> None:
+        first = asyncio.create_task(view("S0"))
+        while group.queued or not group.writing:
+            await asyncio.sleep(0.001)
+        others = [asyncio.create_task(view(f"S{i}")) for i in range(1, 6)]
+        thread = threading.Thread(target=group.record, args=(store, "bob", "GET /x", "T1", None))
+        thread.start()
+        while len(group.queued) < 6:
+            await asyncio.sleep(0.001)
+        gate.set()
+        await asyncio.gather(first, *others)
+        thread.join(5)
+
+    asyncio.run(main())
+    group.close()
+    assert sorted(written) == ["S0", "S1", "S2", "S3", "S4", "S5", "T1"]
+    assert calls == [1, 6]
+    assert len(answered) == 6 and all(committed for _student, committed in answered)
+
+
+def test_group_commit_hands_a_failed_commit_to_an_awaiting_coroutine():
+    import asyncio
+
+    def write(_store, _rows):
+        raise OSError("disk full")
+
+    group = AuditGroupCommit(write)
+    with pytest.raises(OSError, match="disk full"):
+        asyncio.run(group.arecord(object(), "alice", "GET /x", "S1", None))  # type: ignore[arg-type]
+    group.close()
+    assert not group.writing and not group.queued
+
+
+@pytest.mark.parametrize("rows", [1, 7, 1_001])
+def test_audit_rows_of_one_commit_are_all_stored_on_each_backend(store, clock, rows):
+    """One row, a batch in one statement, and a batch beyond one statement's parameters."""
+    from timeline.audit import accesses, record_accesses
+
+    at = clock()
+    record_accesses(
+        store, [("alice", "GET /v1/students/{student_id}", f"S{i}", at) for i in range(rows)]
+    )
+    page, total = accesses(store, limit=2)
+    assert total == rows
+    assert [a.student_id for a in page] == [f"S{rows - 1}", f"S{rows - 2}"][: min(rows, 2)]
+    assert page[0].at == at and page[0].token_name == "alice"
+
+
+def test_a_long_history_is_viewed_in_the_pool_and_answers_the_pure_view(tmp_path, clock):
+    """A student with more facts than are derived on the event loop: the same view."""
+    from datetime import date
+
+    from projections.engine import view
+    from timeline import api
+
+    events = [entered("e0")]
+    for i in range(api.INLINE_VIEW_FACTS + 10):
+        events.append(
+            {
+                "event_id": f"a{i}",
+                "student_id": "S1",
+                "type": "address_changed",
+                "occurred_on": (date(2024, 4, 1) + timedelta(days=i)).isoformat(),
+                "address": f"No. {i}, Daxue Rd.",
+            }
+        )
+    app = create_app(config(str(tmp_path / "t.db")), clock=clock)
+    with TestClient(app) as client:
+        assert client.post("/v1/events", json=events, headers=_h(FEED)).status_code == 200
+        r = client.get("/v1/students/S1", params={"as_of": "2025-06-01"}, headers=_h(STAFF))
+    assert r.status_code == 200
+    with TimelineStore.open(str(tmp_path / "t.db")) as store:
+        stream = store.stream("S1")
+    assert len(stream) > api.INLINE_VIEW_FACTS
+    expected = view(stream, date(2025, 6, 1), None, student_id="S1")
+    assert r.json() == json.loads(expected.model_dump_json())
+
+
 # -- real servers: uvicorn and gunicorn workers, `timeline serve` --------------------------
 def _wait_for(url: str, proc: subprocess.Popen) -> None:
     deadline = time.monotonic() + 30
