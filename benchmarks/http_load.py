@@ -177,6 +177,9 @@ def start_server(code: Path, db: str, workers: int, read_db: str) -> tuple[subpr
         "TIMELINE_READ_DB": read_db,
         "TIMELINE_STAFF_TOKENS": f"bench:{STAFF_TOKEN}",
         "TIMELINE_FEED_TOKENS": f"feed:{FEED_TOKEN}:*",
+        # No follower: the student view reads the log, not the read models, and a revision
+        # whose rules or code differ would re-follow them from the start meanwhile.
+        "TIMELINE_FOLLOW_SECONDS": "0",
         "PYTHONPATH": str(code),
     }
     legacy = "def app_from_environment" not in (code / "timeline" / "api.py").read_text()

@@ -475,10 +475,7 @@ class TimelineStore:
         # One plain query (on PostgreSQL one round trip: no transaction around it) and
         # the rows decoded straight to facts, as `streams` reads them; the library's
         # `select_events` built a StoredEvent and a UUID per row inside a transaction.
-        if self.config.is_postgres:
-            rows = self._stream_postgres(uid)
-        else:
-            rows = self._streams_in_sqlite([uid.hex])
+        rows = self._stream_postgres(uid) if self.config.is_postgres else self._stream_sqlite(uid)
         facts = []
         for row_uid, version, topic, state in rows:
             fact = self._fact_of(student_id, row_uid, version, topic, state)
@@ -579,6 +576,19 @@ class TimelineStore:
                 (r["originator_id"], r["originator_version"], r["topic"], bytes(r["state"]))
                 for r in curs.fetchall()
             ]
+
+    def _stream_sqlite(self, uid: UUID) -> list[tuple[Any, int, str, bytes]]:
+        table = self.recorder.events_table_name
+        # One statement on an autocommit connection is its own read transaction: no
+        # BEGIN and ROLLBACK around it (the library's `transaction` issues both).
+        with self.recorder.datastore.get_connection(commit=False) as conn:
+            cursor = conn.cursor().sqlite_cursor
+            cursor.row_factory = None  # plain tuples: no `sqlite3.Row` per event
+            return cursor.execute(
+                f"SELECT originator_id, originator_version, topic, state FROM {table} "
+                "WHERE originator_id = ? ORDER BY originator_version",
+                (uid.hex,),
+            ).fetchall()
 
     def _stream_postgres(self, uid: UUID) -> list[tuple[Any, int, str, bytes]]:
         from psycopg.sql import SQL, Identifier
