@@ -115,6 +115,35 @@ def test_the_follower_keeps_the_read_models_current(tmp_path):
         assert client.get("/readyz").json()["read_model_position"] > 0
 
 
+def test_the_follower_fills_empty_read_models_by_the_snapshot_rebuild(tmp_path, monkeypatch):
+    """A log written before the server started is absorbed by `rebuild`, not event by event."""
+    from projections.readmodel import ReadModel
+    from timeline.ingest import ingest_objects
+
+    with TimelineStore.open(str(tmp_path / "t.db")) as store:
+        ingest_objects(store, [entered(f"e{i}", f"S{i}") for i in range(5)])
+    rebuilds: list[int] = []
+    rebuild = ReadModel.rebuild
+
+    def counted(self, *args, **kwargs):
+        rebuilds.append(1)
+        return rebuild(self, *args, **kwargs)
+
+    monkeypatch.setattr(ReadModel, "rebuild", counted)
+    app = create_app(
+        config(str(tmp_path / "t.db")),
+        service=ServiceOptions(follow_seconds=0.05, ready_max_lag=0),
+    )
+    with TestClient(app) as client:
+        deadline = time.monotonic() + 10
+        while client.get("/readyz").status_code != 200:
+            assert time.monotonic() < deadline, "the follower did not catch up"
+            time.sleep(0.05)
+        tasks = client.get("/v1/tasks", headers=_h(STAFF)).json()
+    assert rebuilds, "the follower followed the log from its start instead"
+    assert {t["student_id"] for t in tasks} == {f"S{i}" for i in range(5)}
+
+
 @pytest.mark.parametrize("where", ["sqlite", "postgres"])
 def test_readyz_is_503_when_the_store_is_unreachable(where, tmp_path):
     if where == "postgres":
