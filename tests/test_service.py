@@ -510,6 +510,33 @@ def test_group_commit_serves_coroutines_and_threads_alike_in_shared_commits():
     assert len(answered) == 6 and all(committed for _student, committed in answered)
 
 
+def test_group_commit_waits_a_moment_for_the_rows_of_views_under_way():
+    """A row queued while another view is under way waits for that view's row (one commit)."""
+    import asyncio
+
+    calls: list[list[str]] = []
+    group = AuditGroupCommit(lambda _store, rows: calls.append([row[2] for row in rows]))
+    group.delay = 5.0  # long: the second row, not the deadline, ends the wait
+    store = object()
+
+    async def main() -> None:
+        with group.expecting() as later:
+            first = asyncio.create_task(group.arecord(store, "a", "GET /x", "S1", None))  # type: ignore[arg-type]
+            await asyncio.sleep(0.05)  # the writer has S1 and waits for the view under way
+            assert calls == [] and group.expected == 1
+            await group.arecord(store, "a", "GET /x", "S2", None, later)  # type: ignore[arg-type]
+        await first
+        with group.expecting():  # a view that ends without a row (a 404) releases the wait
+            task = asyncio.create_task(group.arecord(store, "a", "GET /x", "S3", None))  # type: ignore[arg-type]
+            await asyncio.sleep(0.05)
+            assert calls == [["S1", "S2"]]
+        await asyncio.wait_for(task, 2)
+
+    asyncio.run(main())
+    group.close()
+    assert calls == [["S1", "S2"], ["S3"]] and group.expected == 0
+
+
 def test_group_commit_hands_a_failed_commit_to_an_awaiting_coroutine():
     import asyncio
 

@@ -562,25 +562,26 @@ def create_app(
         token = authorize(request, "staff")
         on, moment = query_day(as_of, "as_of", clock), _moment(known_at, "known_at")
         async with shared.astore() as opened:
-            # SQLite's read of one stream is local and short: on the event loop, sparing
-            # a hop through the thread pool. PostgreSQL's waits on the network: in the pool.
-            if opened.config.is_postgres:
-                stream = await run_in_threadpool(opened.stream, student_id)
-            else:
-                stream = opened.stream(student_id)
-            if not stream:
-                raise ApiError(404, f"no events stored for student {student_id[:64]!r}")
-            at = clock()
-            if len(stream) > INLINE_VIEW_FACTS:  # a long history: not on the loop
-                result = await run_in_threadpool(
-                    view, stream, on, moment, rulebook, student_id=student_id
+            with shared.audit.expecting() as expectation:
+                # SQLite's read of one stream is local and short: on the event loop, sparing
+                # a hop through the thread pool. PostgreSQL's waits on the network: in the pool.
+                if opened.config.is_postgres:
+                    stream = await run_in_threadpool(opened.stream, student_id)
+                else:
+                    stream = opened.stream(student_id)
+                if not stream:
+                    raise ApiError(404, f"no events stored for student {student_id[:64]!r}")
+                at = clock()
+                if len(stream) > INLINE_VIEW_FACTS:  # a long history: not on the loop
+                    result = await run_in_threadpool(
+                        view, stream, on, moment, rulebook, student_id=student_id
+                    )
+                else:
+                    result = view(stream, on, moment, rulebook, student_id=student_id)
+                # Answered once its audit row is committed (with concurrent requests' rows).
+                await shared.arecord_access(
+                    opened, token.name, "GET /v1/students/{student_id}", student_id, at, expectation
                 )
-            else:
-                result = view(stream, on, moment, rulebook, student_id=student_id)
-            # Answered once its audit row is committed (with concurrent requests' rows).
-            await shared.arecord_access(
-                opened, token.name, "GET /v1/students/{student_id}", student_id, at
-            )
         # pydantic's own serializer: the bytes JSONResponse would make, in a fifth the time.
         return Response(result.model_dump_json(), media_type=JSON)
 

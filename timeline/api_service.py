@@ -34,6 +34,7 @@ import asyncio
 import logging
 import os
 import threading
+import time
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from contextlib import asynccontextmanager, contextmanager, suppress
 from dataclasses import dataclass, field
@@ -62,6 +63,8 @@ DEFAULT_FOLLOW_SECONDS = 5.0
 DEFAULT_MAX_LAG = 10_000
 DEFAULT_SCHEDULER_DAYS = 2
 MAX_IDLE_MODELS = 8
+# How long the audit writer waits for the rows of views under way before it commits.
+COMMIT_DELAY = 0.002
 # The scheduler's tables (scheduler/outbox.py), read here without creating them.
 OUTBOX_TABLE = "alert_outbox"
 STATE_TABLE = "scheduler_state"
@@ -185,6 +188,13 @@ class _AuditRow:
     error: BaseException | None = None
 
 
+@dataclass
+class Expectation:
+    """A view's promise of an audit row (`AuditGroupCommit.expecting`)."""
+
+    met: bool = False
+
+
 def _settle(future: asyncio.Future[None], error: BaseException | None) -> None:
     """Hand a commit's outcome to a waiting coroutine (gone if its request was cancelled)."""
     if future.done():
@@ -213,6 +223,8 @@ class AuditGroupCommit:
         self.batches = 0  # transactions written (for tests and the benchmark)
         self._writer: threading.Thread | None = None
         self._closing = False
+        self.expected = 0  # views under way whose rows are not queued yet
+        self.delay = COMMIT_DELAY
 
     def record(
         self, store: TimelineStore, token_name: str, route: str, student_id: str, at: datetime
@@ -226,13 +238,35 @@ class AuditGroupCommit:
             raise mine.error
 
     async def arecord(
-        self, store: TimelineStore, token_name: str, route: str, student_id: str, at: datetime
+        self,
+        store: TimelineStore,
+        token_name: str,
+        route: str,
+        student_id: str,
+        at: datetime,
+        expectation: Expectation | None = None,
     ) -> None:
-        """`record` for a coroutine: awaits the commit of its row."""
+        """`record` for a coroutine: awaits the commit of its row (fulfils `expectation`)."""
         loop = asyncio.get_running_loop()
         future: asyncio.Future[None] = loop.create_future()
-        self._enqueue(_AuditRow(store, (token_name, route, student_id, at), None, future, loop))
+        row = _AuditRow(store, (token_name, route, student_id, at), None, future, loop)
+        self._enqueue(row, expectation)
         await future
+
+    @contextmanager
+    def expecting(self) -> Iterator[Expectation]:
+        """A view under way whose row will follow: the writer may wait a moment for it."""
+        expectation = Expectation()
+        with self.ready:
+            self.expected += 1
+        try:
+            yield expectation
+        finally:
+            if not expectation.met:  # it ended without a row (404, an error)
+                with self.ready:
+                    expectation.met = True
+                    self.expected -= 1
+                    self.ready.notify_all()
 
     def close(self) -> None:
         """Stop the writer once the rows queued so far are committed."""
@@ -245,9 +279,12 @@ class AuditGroupCommit:
         with self.ready:
             self._closing = False
 
-    def _enqueue(self, row: _AuditRow) -> None:
+    def _enqueue(self, row: _AuditRow, expectation: Expectation | None = None) -> None:
         with self.ready:
             self.queued.append(row)
+            if expectation is not None and not expectation.met:
+                expectation.met = True
+                self.expected -= 1
             if self._writer is None or not self._writer.is_alive():
                 self._writer = threading.Thread(
                     target=self._run, name="timeline-audit-writer", daemon=True
@@ -263,6 +300,14 @@ class AuditGroupCommit:
                     self.ready.wait()
                 if not self.queued:
                     return
+                # Like PostgreSQL's commit_delay with commit_siblings: while views are
+                # under way, wait a moment for their rows, to commit them together.
+                deadline = time.monotonic() + self.delay
+                while self.expected > 0 and not self._closing:
+                    left = deadline - time.monotonic()
+                    if left <= 0:
+                        break
+                    self.ready.wait(left)
                 batch, self.queued = self.queued, []
                 self.writing = True
             try:
@@ -407,10 +452,16 @@ class SharedStore:
         self.audit.record(store, token_name, route, student_id, at)
 
     async def arecord_access(
-        self, store: TimelineStore, token_name: str, route: str, student_id: str, at: datetime
+        self,
+        store: TimelineStore,
+        token_name: str,
+        route: str,
+        student_id: str,
+        at: datetime,
+        expectation: Expectation | None = None,
     ) -> None:
         """`record_access` for a coroutine (no thread held while the commit is awaited)."""
-        await self.audit.arecord(store, token_name, route, student_id, at)
+        await self.audit.arecord(store, token_name, route, student_id, at, expectation)
 
     # -- read models --------------------------------------------------------------------
     def read_db_path(self, store: TimelineStore) -> str:
