@@ -223,8 +223,37 @@ def test_service_settings_are_validated_naming_the_setting():
         assert bad not in str(caught.value).removeprefix(name)
 
 
+FREEZE_SCRIPT = """
+import gc, sys
+from fastapi.testclient import TestClient
+from timeline.api import create_app
+from timeline.api_service import ServiceOptions
+from timeline.api_settings import ApiConfig
+
+before = gc.get_freeze_count()
+options = ServiceOptions(freeze_heap=sys.argv[2] == "1")
+app = create_app(ApiConfig(sys.argv[1], None), service=options)
+with TestClient(app) as client:
+    assert client.get("/healthz").status_code == 200
+print(before, gc.get_freeze_count())
+"""
+
+
+@pytest.mark.parametrize("freeze", [True, False])
+def test_the_configured_service_sets_its_start_up_heap_aside_from_the_collector(tmp_path, freeze):
+    out = subprocess.run(
+        [sys.executable, "-c", FREEZE_SCRIPT, str(tmp_path / "t.db"), "1" if freeze else "0"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split()
+    before, after = int(out[0]), int(out[1])
+    assert before == 0
+    assert (after > 10_000) if freeze else (after == 0)
+
+
 def test_service_options_from_the_environment():
-    assert ServiceOptions.from_env({}) == ServiceOptions(5.0, 10_000, 2)
+    assert ServiceOptions.from_env({}) == ServiceOptions(5.0, 10_000, 2, freeze_heap=True)
     options = ServiceOptions.from_env(
         {
             "TIMELINE_FOLLOW_SECONDS": "0",
@@ -232,7 +261,7 @@ def test_service_options_from_the_environment():
             "TIMELINE_READY_SCHEDULER_DAYS": "7",
         }
     )
-    assert options == ServiceOptions(0.0, None, 7)
+    assert options == ServiceOptions(0.0, None, 7, freeze_heap=True)
     for bad in ("-1", "soon", "nan"):
         with pytest.raises(ApiConfigError, match="TIMELINE_READY_MAX_LAG: must be a number"):
             ServiceOptions.from_env({"TIMELINE_READY_MAX_LAG": bad})

@@ -31,6 +31,7 @@ are settings (`timeline.settings`), handed here as `ServiceOptions`.
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import os
 import threading
@@ -77,6 +78,11 @@ class ServiceOptions:
     follow_seconds: float = 0.0  # 0: no background follower (population answers still sync)
     ready_max_lag: int | None = DEFAULT_MAX_LAG  # notifications; None: not checked
     ready_scheduler_days: int | None = DEFAULT_SCHEDULER_DAYS  # None: not checked
+    # After start-up, set everything made so far aside from the garbage collector
+    # (`gc.freeze`): a full collection then walks only what requests made. Measured in the
+    # server: ~60 ms a full collection before, ~1.5 ms after, a pause every few thousand
+    # requests that set the p99. Once per process; the configured service does it.
+    freeze_heap: bool = False
 
     @classmethod
     def from_settings(cls, settings: Settings) -> ServiceOptions:
@@ -85,6 +91,7 @@ class ServiceOptions:
             follow_seconds=settings.follow_seconds,
             ready_max_lag=settings.ready_max_lag,
             ready_scheduler_days=settings.ready_scheduler_days,
+            freeze_heap=True,
         )
 
     @classmethod
@@ -369,6 +376,8 @@ class SharedStore:
         self._started = True
         self.models.closed = False
         taiwan_calendar()  # built now, not by the first requests (about 60 ms)
+        if self.options.freeze_heap:
+            _freeze_heap()
         try:
             self._shared()
         except StorageConfigError as exc:
@@ -556,6 +565,22 @@ class Figures:
     def lag(self) -> int:
         """Notifications in the log that the read models have not applied yet."""
         return max(0, self.position - self.read_position)
+
+
+_FROZEN = threading.Lock()
+_frozen = False
+
+
+def _freeze_heap() -> None:
+    """Collect once, then move every object alive into the permanent generation."""
+    global _frozen
+    with _FROZEN:
+        if _frozen:
+            return
+        gc.collect()
+        gc.freeze()
+        _frozen = True
+        log.info("start-up heap set aside from the collector: %d objects", gc.get_freeze_count())
 
 
 def _file_identity(config: StoreConfig) -> tuple[int, int] | None:
