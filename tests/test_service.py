@@ -207,7 +207,7 @@ def test_service_settings_are_validated_naming_the_setting():
     )
     assert loaded.proxy_headers and loaded.forwarded_allow_ips == "10.0.0.5"
     assert loaded.log_format == "json" and loaded.follow_seconds == 0.0
-    assert ServiceOptions.from_settings(loaded) == ServiceOptions(0.0, 10_000, 2)
+    assert ServiceOptions.from_settings(loaded) == ServiceOptions(0.0, 10_000, 2, freeze_heap=True)
     for name, bad in (
         ("TIMELINE_PORT", "0"),
         ("TIMELINE_PORT", "http"),

@@ -139,6 +139,10 @@ class AccessLog:
         self.app = app
         self.secrets = tuple(s for s in secrets if s)
         self.metrics = metrics
+        # Each secret as it may appear in a line: as is, and percent-encoded two ways.
+        self.forms = tuple(
+            {secret, quote(secret, safe=""), quote(secret, safe="/")} for secret in self.secrets
+        )
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Time the request and log method, path, redacted query, status and token name."""
@@ -164,19 +168,25 @@ class AccessLog:
             route = self.route(scope)
             if self.metrics is not None:
                 self.metrics.observe(scope["method"], route, status, seconds)
-            line = (
-                f"{scope['method']} {self.target(scope)} {status} "
-                f"{seconds * 1000:.1f}ms token={token_name}"
-            )
-            fields = {
-                "request_id": request_id,
-                "method": self.redact(scope["method"]),
-                "route": self.redact(route),
-                "status": status,
-                "duration_ms": round(seconds * 1000, 2),
-                "token": self.redact(token_name),
-            }
-            access_log.info("%s", self.redact(line), extra={"access": fields})
+            if access_log.isEnabledFor(logging.INFO):  # else nobody reads the line
+                self.log(scope, request_id, route, status, seconds, token_name)
+
+    def log(
+        self, scope: Scope, request_id: str, route: str, status: int, seconds: float, token: str
+    ) -> None:
+        """The access line (redacted), with its fields for the JSON format."""
+        line = (
+            f"{scope['method']} {self.target(scope)} {status} {seconds * 1000:.1f}ms token={token}"
+        )
+        fields = {
+            "request_id": request_id,
+            "method": self.redact(scope["method"]),
+            "route": self.redact(route),
+            "status": status,
+            "duration_ms": round(seconds * 1000, 2),
+            "token": self.redact(token),
+        }
+        access_log.info("%s", self.redact(line), extra={"access": fields})
 
     @staticmethod
     def request_id(scope: Scope) -> str:
@@ -213,8 +223,8 @@ class AccessLog:
 
     def redact(self, line: str) -> str:
         """The line with any configured token replaced (also when sent where none belongs)."""
-        for secret in self.secrets:
-            for form in {secret, quote(secret, safe=""), quote(secret, safe="/")}:
+        for forms in self.forms:
+            for form in forms:
                 line = line.replace(form, "[redacted]")
         return line
 
