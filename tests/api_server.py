@@ -20,11 +20,22 @@ def free_port() -> int:
 
 
 @contextmanager
-def running(app: FastAPI) -> Iterator[str]:
-    """Serve `app` in a thread; yield its base URL; stop it afterwards."""
+def running(app: FastAPI, root_path: str = "") -> Iterator[str]:
+    """Serve `app` in a thread; yield its base URL; stop it afterwards.
+
+    With `root_path`, as `timeline serve --root-path` does: uvicorn then puts the prefix in
+    front of every path it is sent, as behind a proxy that strips it.
+    """
     port = free_port()
     server = uvicorn.Server(
-        uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", access_log=False)
+        uvicorn.Config(
+            app,
+            host="127.0.0.1",
+            port=port,
+            log_level="warning",
+            access_log=False,
+            root_path=root_path,
+        )
     )
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()

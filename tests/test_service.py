@@ -734,6 +734,12 @@ def test_serve_with_workers_root_path_and_json_logs(tmp_path):
         # The staff pages are served by the workers too, with one session key for all.
         page = httpx.get(f"{url}/sign-in")
         assert page.status_code == 200
+        # ... under the prefix: the form, the assets and the login cookie carry it.
+        assert 'action="/timeline/sign-in"' in page.text
+        assert 'href="/timeline/static/app.css"' in page.text
+        assert "Path=/timeline/sign-in" in page.headers["set-cookie"]
+        asked = httpx.get(f"{url}/students/S1")
+        assert asked.headers["location"] == "/timeline/sign-in?next=%2Ftimeline%2Fstudents%2FS1"
     finally:
         output = _stop(proc)
     lines = [json.loads(line) for line in output.splitlines() if line.startswith("{")]

@@ -6,7 +6,9 @@ turns to overstay and the timeline is redrawn), switch the language (remembered 
 pages), open the overdue list and download its CSV (and the Excel CSV with its BOM),
 then sign out. Along the way: no console error and no CSP violation on any page, the
 keyboard reaches the skip link first, and screenshots (desktop and 390 px) are saved
-under the test's tmp dir.
+under the test's tmp dir. The flow runs twice: on the server's own root, and under
+/timeline behind a reverse proxy that strips the prefix (`timeline serve --root-path`),
+where the proxy refuses anything outside it.
 """
 
 from __future__ import annotations
@@ -14,9 +16,13 @@ from __future__ import annotations
 import csv
 import io
 import os
+from collections.abc import Iterator
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
+import httpx
 import pytest
 from api_server import running
 from conftest import FakeClock
@@ -36,16 +42,83 @@ pytestmark = pytest.mark.skipif(
 )
 
 
-@pytest.fixture
-def site(tmp_path: Path):
-    """The example feed in a SQLite store; the staff app served on loopback."""
+@dataclass
+class Site:
+    """Where the browser finds the app (the prefix included); what the proxy refused."""
+
+    url: str
+    prefix: str
+    outside: list[str] = field(default_factory=list)
+
+
+HOP_BY_HOP = frozenset({b"connection", b"keep-alive", b"transfer-encoding", b"content-length"})
+
+
+def stripping_proxy(upstream: str, prefix: str, outside: list[str]) -> Any:
+    """A reverse proxy (ASGI) serving `upstream` under `prefix`, which it strips.
+
+    Anything outside the prefix is answered 404 and noted in `outside`.
+    """
+
+    clients: list[httpx.AsyncClient] = []
+
+    async def proxy(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] == "lifespan":
+            while (await receive())["type"] != "lifespan.shutdown":
+                await send({"type": "lifespan.startup.complete"})
+            for client in clients:
+                await client.aclose()
+            await send({"type": "lifespan.shutdown.complete"})
+            return
+        path = scope["raw_path"].decode("ascii")
+        if not (path == prefix or path.startswith(prefix + "/")):
+            outside.append(path)
+            await send({"type": "http.response.start", "status": 404, "headers": []})
+            await send({"type": "http.response.body", "body": b"not under the proxy's prefix"})
+            return
+        target = (path[len(prefix) :] or "/") + (
+            "?" + scope["query_string"].decode("ascii") if scope["query_string"] else ""
+        )
+        body = b""
+        while True:
+            message = await receive()
+            body += message.get("body", b"")
+            if not message.get("more_body"):
+                break
+        headers = [(k, v) for k, v in scope["headers"] if k.decode("latin-1").lower() != "host"]
+        if not clients:  # made in the server's event loop, kept (connections kept alive)
+            clients.append(httpx.AsyncClient(base_url=upstream))
+        request = clients[0].build_request(scope["method"], target, headers=headers, content=body)
+        answer = await clients[0].send(request, stream=True)
+        passed = [(k, v) for k, v in answer.headers.raw if k.lower() not in HOP_BY_HOP]
+        await send({"type": "http.response.start", "status": answer.status_code, "headers": passed})
+        async for chunk in answer.aiter_raw():
+            await send({"type": "http.response.body", "body": chunk, "more_body": True})
+        await send({"type": "http.response.body", "body": b""})
+        await answer.aclose()
+
+    return proxy
+
+
+@pytest.fixture(params=["", "/timeline"], ids=["root", "prefix"])
+def site(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Site]:
+    """The example feed in a SQLite store; the staff app served on loopback.
+
+    With a prefix: `--root-path /timeline` behind a proxy that strips it.
+    """
     location = str(tmp_path / "timeline.db")
     clock = FakeClock(datetime(2025, 6, 30, 2, 0, tzinfo=UTC))
     with TimelineStore.open(location, clock=clock) as store:
         assert not ingest_file(store, EXAMPLES).rejected
     clock.advance(hours=1)
-    with running(web_app(location, clock)) as base:
-        yield base
+    prefix = request.param
+    with running(web_app(location, clock), root_path=prefix) as base:
+        if not prefix:
+            yield Site(base, prefix)
+            return
+        outside: list[str] = []
+        with running(stripping_proxy(base, prefix, outside)) as proxied:
+            yield Site(proxied + prefix, prefix, outside)
 
 
 @pytest.fixture
@@ -73,9 +146,16 @@ def watch(page) -> list[str]:
         if message.type in ("error", "warning") and "Failed to load resource" not in message.text:
             problems.append(message.text)
 
+    def failed(request) -> None:
+        # The browser fetches the icon on its own after the page's load event; the next
+        # navigation cancels it if it is still on its way (more often behind the proxy).
+        if request.url.endswith("/static/favicon.svg") and request.failure == "net::ERR_ABORTED":
+            return
+        problems.append(f"failed: {request.url} {request.failure}")
+
     page.on("console", console)
     page.on("pageerror", lambda e: problems.append(f"page error: {e}"))
-    page.on("requestfailed", lambda r: problems.append(f"failed: {r.url} {r.failure}"))
+    page.on("requestfailed", failed)
     return problems
 
 
@@ -112,7 +192,8 @@ def set_as_of(page, day: str) -> None:
         page.click("#redraw")
 
 
-def test_the_scripted_staff_flow_in_chromium(site: str, browser, tmp_path: Path) -> None:
+def test_the_scripted_staff_flow_in_chromium(site: Site, browser, tmp_path: Path) -> None:
+    base = site.url
     context = browser.new_context(
         viewport={"width": 1280, "height": 900}, accept_downloads=True, locale="en-US"
     )
@@ -121,7 +202,7 @@ def test_the_scripted_staff_flow_in_chromium(site: str, browser, tmp_path: Path)
     refused = refusals(page)
 
     # Signed out, any page leads to the sign-in form; a wrong token is refused.
-    page.goto(f"{site}/students/{STUDENT}")
+    page.goto(f"{base}/students/{STUDENT}")
     assert page.locator("#sign-in-form").is_visible()
     page.keyboard.press("Tab")
     assert page.evaluate("document.activeElement.className") == "skip"
@@ -138,7 +219,7 @@ def test_the_scripted_staff_flow_in_chromium(site: str, browser, tmp_path: Path)
     assert STAFF not in session["value"]
 
     # The example student, the day the ARC is still valid.
-    page.goto(f"{site}/students/{STUDENT}?as_of={LAST_VALID}")
+    page.goto(f"{base}/students/{STUDENT}?as_of={LAST_VALID}")
     badge = page.locator("#status-badge")
     assert badge.get_attribute("data-status") == "extension_window"  # its last month
     before = timeline_state(page)
@@ -162,8 +243,8 @@ def test_the_scripted_staff_flow_in_chromium(site: str, browser, tmp_path: Path)
 
     # Switch the language; it is remembered on the next page.
     english_heading = page.text_content("#tasks-heading")
-    page.click("#lang-toggle")
-    page.wait_for_load_state()
+    with page.expect_navigation():  # through the redirect, to the page's load event
+        page.click("#lang-toggle")
     assert page.evaluate("document.documentElement.lang") == "zh-TW"
     assert page.text_content("#tasks-heading") != english_heading
     assert page.text_content("#status-badge").strip() == i18n.name("status", "overstay", "zh-TW")
@@ -199,7 +280,7 @@ def test_the_scripted_staff_flow_in_chromium(site: str, browser, tmp_path: Path)
     phone = context.new_page()
     problems += watch(phone)
     phone.set_viewport_size({"width": 390, "height": 844})
-    phone.goto(f"{site}/students/{STUDENT}?as_of={OVERSTAYING}")
+    phone.goto(f"{base}/students/{STUDENT}?as_of={OVERSTAYING}")
     overflow = phone.evaluate(
         "document.documentElement.scrollWidth - document.documentElement.clientWidth"
     )
@@ -222,13 +303,21 @@ def test_the_scripted_staff_flow_in_chromium(site: str, browser, tmp_path: Path)
     # Sign out: the session ends; the student page asks for a token again.
     page.click("#sign-out")
     page.wait_for_selector("#sign-in-form")
-    page.goto(f"{site}/students/{STUDENT}")
+    page.goto(f"{base}/students/{STUDENT}")
     assert page.locator("#sign-in-form").is_visible()
     assert not [c for c in context.cookies() if "session" in c["name"] and c["value"]]
 
+    # The API docs: Swagger UI from the packaged copy reads the document beside the app.
+    page.goto(f"{base}/docs")
+    page.wait_for_selector(".swagger-ui .info .title")
+    assert page.locator(".swagger-ui .opblock").count() > 5
+
+    paths = {c["path"] for c in context.cookies()}
+    assert all((path + "/").startswith(site.prefix + "/") for path in paths), paths
     context.close()
     assert problems == [], problems
     # The only refusal: the wrong token (signed out, pages redirect to the sign-in form).
-    assert refused == [(401, "sign-in")], refused
+    assert refused == [(401, f"{site.prefix}/sign-in".lstrip("/"))], refused
+    assert site.outside == [], site.outside  # nothing asked for outside the prefix
     for shot in ("student-desktop.png", "overdue-desktop.png", "student-390.png"):
         assert (tmp_path / shot).stat().st_size > 10_000, shot

@@ -125,17 +125,43 @@ class Viewer:
     csrf: str | None
 
 
-def safe_next(target: str | None) -> str:
-    """A local path to go back to after a redirect (anything else: the home page)."""
-    if (
-        not target
-        or not target.startswith("/")
-        or target.startswith(("//", "/\\"))
-        or not target.isprintable()
-        or len(target) > 2000
-    ):
-        return "/"
+def safe_next(target: str | None, root: str = "") -> str:
+    """A path of this app, served under `root`, to go back to (anything else: its home page).
+
+    Only `root` + "/..." is kept, never `//host`, `/\\host` or a URL, and no dot segment
+    (`..`, `%2e%2e`) or backslash that a browser would resolve to a path outside `root`.
+    """
+    home = root + "/"
+    if not target or not target.isprintable() or len(target) > 2000:
+        return home
+    if not target.startswith(home):
+        return home
+    path = target[len(root) :].split("?", 1)[0].split("#", 1)[0]
+    if path.startswith("//") or "\\" in path:
+        return home
+    if any(part.lower().replace("%2e", ".") in (".", "..") for part in path.split("/")):
+        return home
     return target
+
+
+def root_path(request: Request) -> str:
+    """The path prefix the app is served under (`scope["root_path"]`; "" without one)."""
+    return str(request.scope.get("root_path", "")).rstrip("/")
+
+
+def page_path(request: Request) -> str:
+    """The request's path inside the app: without the prefix, which uvicorn puts in `path`."""
+    path = request.url.path
+    root = root_path(request)
+    if root and (path == root or path.startswith(root + "/")):
+        return path[len(root) :] or "/"
+    return path
+
+
+def browser_path(request: Request) -> str:
+    """The path and query the browser asked for (the prefix included): where `next` leads."""
+    query = f"?{request.url.query}" if request.url.query else ""
+    return root_path(request) + page_path(request) + query
 
 
 def wants_json(request: Request) -> bool:
@@ -206,6 +232,10 @@ def create_app(
     def secure(request: Request) -> bool:
         return settings.always_secure or request.url.scheme == "https"
 
+    def cookie_path(request: Request, under: str = "") -> str:
+        # The app's cookies stay under its prefix (a proxy may serve other apps beside it).
+        return root_path(request) + under or "/"
+
     def today() -> Any:
         return taipei_today(clock)
 
@@ -219,7 +249,8 @@ def create_app(
     ) -> HTMLResponse:
         lang = _lang(request)
         other = "en" if lang == "zh-TW" else "zh-TW"
-        here = request.url.path + (f"?{request.url.query}" if request.url.query else "")
+        root = root_path(request)
+        here = browser_path(request)
 
         def t(key: str, **values: Any) -> str:
             text = i18n.label(key, lang)
@@ -228,7 +259,7 @@ def create_app(
         page = env.get_template(template).render(
             lang=lang,
             other_lang=other,
-            lang_url=f"/lang/{other}?{urlencode({'next': here})}",
+            lang_url=f"{root}/lang/{other}?{urlencode({'next': here})}",
             t=t,
             name=lambda kind, code: i18n.name(kind, code, lang),
             name_other=lambda kind, code: i18n.name(kind, code, other),
@@ -240,7 +271,8 @@ def create_app(
             ntd_range=i18n.ntd_range,
             who=who,
             today=today().isoformat(),
-            path=request.url.path,
+            root=root,
+            path=page_path(request),
             here=here,
             quote=lambda s: quote(str(s), safe=""),
             **context,
@@ -298,7 +330,7 @@ def create_app(
 
     @app.exception_handler(DerivationError)
     async def derivation_error(request: Request, exc: DerivationError) -> Response:
-        if request.url.path.startswith(("/v1/", "/calendar/")):
+        if page_path(request).startswith(("/v1/", "/calendar/")):
             # This handler replaces the API's for the whole app: the API (and the calendar
             # feed behind a secret link, read by calendar apps) answers its own shape.
             return JSONResponse({"error": str(exc)}, status_code=422)
@@ -308,11 +340,11 @@ def create_app(
     async def not_signed_in(request: Request, exc: NotSignedIn) -> Response:
         if wants_json(request) or request.method != "GET":
             return JSONResponse({"error": f"sign in first ({exc.reason})"}, status_code=401)
-        here = request.url.path + (f"?{request.url.query}" if request.url.query else "")
-        query = {"next": here} | ({"ended": "1"} if exc.had_cookie else {})
-        response = RedirectResponse(f"/sign-in?{urlencode(query)}", status_code=303)
+        query = {"next": browser_path(request)} | ({"ended": "1"} if exc.had_cookie else {})
+        root = root_path(request)
+        response = RedirectResponse(f"{root}/sign-in?{urlencode(query)}", status_code=303)
         if exc.had_cookie:
-            response.delete_cookie(SESSION_COOKIE, path="/")
+            response.delete_cookie(SESSION_COOKIE, path=cookie_path(request))
         return response
 
     # -- signing in and out ------------------------------------------------------------------
@@ -330,7 +362,7 @@ def create_app(
             LOGIN_COOKIE,
             cookie,
             max_age=1800,
-            path="/sign-in",
+            path=cookie_path(request, "/sign-in"),
             httponly=True,
             samesite="strict",
             secure=secure(request),
@@ -344,11 +376,11 @@ def create_app(
         """The sign-in form (a signed-in browser goes straight on)."""
         try:
             viewer(request)
-            return RedirectResponse(safe_next(next), status_code=303)
+            return RedirectResponse(safe_next(next, root_path(request)), status_code=303)
         except (NotSignedIn, PageError):
             pass
         message = "session_ended" if ended else ("signed_out" if out else None)
-        return sign_in_page(request, safe_next(next), message)
+        return sign_in_page(request, safe_next(next, root_path(request)), message)
 
     @app.post("/sign-in", include_in_schema=False, response_model=None)
     def sign_in(
@@ -361,28 +393,32 @@ def create_app(
         try:
             signer.check_login(request.cookies.get(LOGIN_COOKIE), csrf, clock())
         except SessionError:
-            return sign_in_page(request, safe_next(next), "session_ended", status=403)
+            return sign_in_page(
+                request, safe_next(next, root_path(request)), "session_ended", status=403
+            )
         presented = token.strip()
         found: Token | None = api.find_token(presented, config.readers()) if presented else None
         if found is None:
             feed = presented and api.find_token(presented, config.feed_tokens) is not None
             log.info("sign-in refused (%s)", "feed token" if feed else "unknown token")
             key = "sign_in_not_reader" if feed else "sign_in_failed"
-            return sign_in_page(request, safe_next(next), key, status=403 if feed else 401)
+            return sign_in_page(
+                request, safe_next(next, root_path(request)), key, status=403 if feed else 401
+            )
         cookie, _ = signer.issue(found, clock(), settings.session_length)
         request.state.token_name = found.name
         log.info("signed in: %s", found.name)
-        response = RedirectResponse(safe_next(next), status_code=303)
+        response = RedirectResponse(safe_next(next, root_path(request)), status_code=303)
         response.set_cookie(
             SESSION_COOKIE,
             cookie,
             max_age=int(settings.session_length.total_seconds()),
-            path="/",
+            path=cookie_path(request),
             httponly=True,
             samesite="strict",
             secure=secure(request),
         )
-        response.delete_cookie(LOGIN_COOKIE, path="/sign-in")
+        response.delete_cookie(LOGIN_COOKIE, path=cookie_path(request, "/sign-in"))
         return response
 
     @app.post("/sign-out", include_in_schema=False, response_model=None)
@@ -397,8 +433,8 @@ def create_app(
                 signer.check_csrf(session, csrf)
             except SessionError as exc:
                 raise PageError(403, "forbidden", str(exc)) from None
-        response = RedirectResponse("/sign-in?out=1", status_code=303)
-        response.delete_cookie(SESSION_COOKIE, path="/")
+        response = RedirectResponse(f"{root_path(request)}/sign-in?out=1", status_code=303)
+        response.delete_cookie(SESSION_COOKIE, path=cookie_path(request))
         return response
 
     @app.get("/lang/{code}", include_in_schema=False, response_model=None)
@@ -406,12 +442,12 @@ def create_app(
         """Switch the language (remembered in a cookie for a year) and go back."""
         if code not in i18n.LANGS:
             raise PageError(404, "not_found")
-        response = RedirectResponse(safe_next(next), status_code=303)
+        response = RedirectResponse(safe_next(next, root_path(request)), status_code=303)
         response.set_cookie(
             i18n.LANG_COOKIE,
             code,
             max_age=365 * 24 * 3600,
-            path="/",
+            path=cookie_path(request),
             httponly=True,
             samesite="lax",
             secure=secure(request),
@@ -622,7 +658,7 @@ def create_app(
 
         def link(**changes: Any) -> str:
             params = {k: v for k, v in (base | changes).items() if v not in ("", None, [])}
-            return f"/lists/{name}?{urlencode(params, doseq=True)}"
+            return f"{root_path(request)}/lists/{name}?{urlencode(params, doseq=True)}"
 
         return render(
             request,
@@ -702,7 +738,8 @@ def create_app(
         params = {"student_id": student_id or "", "token_name": token_name or ""}
 
         def link(n: int) -> str:
-            return "/audit?" + urlencode({k: v for k, v in params.items() if v} | {"page": n})
+            query = urlencode({k: v for k, v in params.items() if v} | {"page": n})
+            return f"{root_path(request)}/audit?{query}"
 
         return render(
             request,
