@@ -144,8 +144,11 @@ class _Event(BaseModel):
 
     def body(self) -> dict[str, Any]:
         """The type-specific fields (everything but the envelope), as Python values."""
-        envelope = {"event_id", "source", "student_id", "occurred_on", "note", "type"}
-        return {k: v for k, v in self.__dict__.items() if k not in envelope}
+        values = self.__dict__
+        names = BODY_FIELDS.get(type(self))
+        if names is not None and len(values) == len(names) + len(ENVELOPE):
+            return {name: values[name] for name in names}  # (a validated event: every field)
+        return {k: v for k, v in values.items() if k not in ENVELOPE}
 
     def digest(self) -> str:
         """A stable fingerprint of the content, to tell a duplicate from a conflict."""
@@ -382,6 +385,15 @@ _ADAPTER: TypeAdapter[Any] = TypeAdapter(FeedEvent)
 MODELS: dict[str, type[_Event]] = {
     m.model_fields["type"].annotation.__args__[0]: m  # type: ignore[union-attr]
     for m in _Event.__subclasses__()
+}
+ENVELOPE = frozenset({"event_id", "source", "student_id", "occurred_on", "note", "type"})
+# Per event class, its type-specific fields in declaration order (the order of a validated
+# event's `__dict__`), and all its fields sorted (the order of the digest's canonical JSON).
+BODY_FIELDS: dict[type[_Event], tuple[str, ...]] = {
+    m: tuple(name for name in m.model_fields if name not in ENVELOPE) for m in MODELS.values()
+}
+SORTED_FIELDS: dict[type[_Event], tuple[str, ...]] = {
+    m: tuple(sorted(m.model_fields)) for m in MODELS.values()
 }
 # Fields that are personal data: never logged, encrypted at rest when a key is set.
 PERSONAL_FIELDS = frozenset({"address", "passport_number", "workplace", "email", "line_user_id"})

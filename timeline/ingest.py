@@ -39,8 +39,9 @@ from typing import Any, BinaryIO
 from eventsourcing.cipher import AESCipher
 from eventsourcing.persistence import IntegrityError
 from eventsourcing.utils import Environment
+from pydantic_core import to_json
 
-from timeline.contract import EVENT_TYPES, echo, parse_event, parse_event_text
+from timeline.contract import EVENT_TYPES, SORTED_FIELDS, echo, parse_event, parse_event_text
 from timeline.errors import ContractError
 from timeline.rawjson import loads_strict, one_shot
 from timeline.store import FeedKey, TimelineStore
@@ -62,7 +63,28 @@ _DIGEST_JSON = json.JSONEncoder(
 _digest_text = one_shot(_DIGEST_JSON)
 
 
-@dataclass(frozen=True, slots=True)
+def _canonical(event: Any) -> bytes:
+    """The digest's canonical JSON of a validated event, as UTF-8.
+
+    pydantic-core writes a validated event's values (text, whole numbers, booleans, None,
+    dates, lists of text: the contract has no other kind) exactly as `_DIGEST_JSON` does,
+    at a third of the cost, but leaves non-ASCII characters and DEL unescaped: its text is
+    used only when it has neither, and the fields go in sorted order by hand.
+    """
+    values = event.__dict__
+    names = SORTED_FIELDS.get(type(event))
+    if names is not None and len(names) == len(values):
+        try:
+            text = to_json({name: values[name] for name in names})
+        except KeyError:  # not the class's fields: the general encoder decides
+            text = b"\x7f"
+        if text.isascii() and b"\x7f" not in text:
+            return text
+    return _digest_text(values).encode()
+
+
+# Not frozen: setting each field through `object.__setattr__` cost as much as reading a line.
+@dataclass(slots=True)
 class RawRecord:
     """One record as read: its position (line or index) and its object or read error."""
 
@@ -585,21 +607,21 @@ class Ingestor:
         if isinstance(event, str):
             report.rejected.append(Rejection(record.position, event))
             return None
-        return _Valid(
-            position=record.position,
-            student_id=event.student_id,
-            source=event.source,
-            event_id=event.event_id,
-            type=event.type,  # type: ignore[attr-defined]
-            event=event,
-            digest=self._digest(event),
-            key=(event.source, event.event_id),
-            recorded_at=record.recorded_at,
+        source, event_id = event.source, event.event_id
+        return _Valid(  # positional: once per record
+            record.position,
+            event.student_id,
+            source,
+            event_id,
+            event.type,  # type: ignore[attr-defined]
+            event,
+            self._digest(event),
+            (source, event_id),
+            record.recorded_at,
         )
 
     def _digest(self, event: Any) -> str:
-        canonical = _digest_text(event.__dict__)
-        return hashlib.blake2b(canonical.encode(), digest_size=16, key=self._digest_key).hexdigest()
+        return hashlib.blake2b(_canonical(event), digest_size=16, key=self._digest_key).hexdigest()
 
     def _batch(
         self,
