@@ -41,7 +41,7 @@ from eventsourcing.sqlite import SQLiteApplicationRecorder
 from eventsourcing.utils import Environment, EnvType, get_topic
 from pydantic_core import to_json
 
-from timeline.aggregate import DateAsISO, Student, student_uuid
+from timeline.aggregate import DateAsISO, Student, student_uuid, student_uuid_hex
 from timeline.clock import Clock, system_clock
 from timeline.errors import StorageConfigError
 from timeline.facts import Fact
@@ -173,19 +173,24 @@ class SQLiteTimelineRecorder(SQLiteApplicationRecorder):
                 found.update(UUID(row[0]) for row in c.fetchall())
         return found
 
-    def last_versions(self, ids: Sequence[UUID]) -> dict[UUID, int]:
-        """The last version of each of these streams that exists."""
-        found: dict[UUID, int] = {}
+    def last_versions(self, ids: Sequence[UUID | str]) -> dict[UUID | str, int]:
+        """The last version of each of these streams that exists, by the ids as given.
+
+        An id is a `UUID` or its hex text (as stored).
+        """
+        given = {i.hex if isinstance(i, UUID) else i: i for i in ids}
+        texts = list(given)
+        found: dict[UUID | str, int] = {}
         with self.datastore.transaction(commit=False) as c:
-            for start in range(0, len(ids), _LOOKUP_CHUNK):
-                chunk = ids[start : start + _LOOKUP_CHUNK]
+            for start in range(0, len(texts), _LOOKUP_CHUNK):
+                chunk = texts[start : start + _LOOKUP_CHUNK]
                 marks = ",".join("?" for _ in chunk)
                 c.execute(
                     f"SELECT originator_id, MAX(originator_version) FROM {self.events_table_name} "
                     f"WHERE originator_id IN ({marks}) GROUP BY originator_id",
-                    [i.hex for i in chunk],
+                    chunk,
                 )
-                found.update((UUID(row[0]), row[1]) for row in c.fetchall())
+                found.update((given[row[0]], row[1]) for row in c.fetchall())
         return found
 
 
@@ -845,18 +850,19 @@ class TimelineStore:
         encode = self.app.mapper.transcoder.encode
         now = self.clock()
         stamps: dict[datetime, bytes] = {}
-        wanted = {sid: student_uuid(sid) for sid in dict.fromkeys(fact[0] for fact in facts)}
-        versions = self.recorder.last_versions(list(wanted.values()))
+        # The ids as the recorder writes them: SQLite's as hex text, made without a `UUID`.
+        students = dict.fromkeys(fact[0] for fact in facts)
+        ids: dict[str, UUID | str] = {
+            sid: student_uuid(sid) if self.config.is_postgres else student_uuid_hex(sid)
+            for sid in students
+        }
+        versions = self.recorder.last_versions(list(ids.values()))  # type: ignore[arg-type]
         # The next version of each stream; 1 for a student without one, whose
         # `Registered` event goes into the log just before its first fact.
-        next_version = {sid: versions.get(uid, 0) + 1 for sid, uid in wanted.items()}
+        next_version = {sid: versions.get(uid, 0) + 1 for sid, uid in ids.items()}
         mapper = self.app.mapper
         protect = self._protect if mapper.compressor or mapper.cipher else None
         now_stamp = stamps[now] = b'{"timestamp":' + encode(now) + b","
-        # The ids as the recorder writes them: SQLite's as hex text (once per stream).
-        ids: dict[str, UUID | str] = (
-            dict(wanted) if self.config.is_postgres else {s: u.hex for s, u in wanted.items()}
-        )
         stored: list[StoredRow] = []
         for sid, at, tail in facts:
             version = next_version[sid]
