@@ -54,8 +54,8 @@ BATCH_SIZE = 2000
 # and syncs most of the index pages its batch touched: ten batches a commit halve that
 # I/O at a million events, and hold the write lock a fraction of a second. PostgreSQL
 # keeps one batch a transaction: it has no such cost, and the library's pipelined insert
-# of 20,000 rows at once never returned (psycopg waited for results while the server
-# still read the statement).
+# of 20,000 rows hung once in a benchmark (psycopg waiting in `Pipeline.sync`, the server
+# reading the statement; not seen again in two tries).
 WRITE_BATCHES = 10
 SAVE_ATTEMPTS = 8
 SEEN_CACHE_KIB = 16_384  # page cache of the dry pass's key table; the rest stays on disk
