@@ -39,7 +39,7 @@ from typing import Any, BinaryIO
 from eventsourcing.cipher import AESCipher
 from eventsourcing.persistence import IntegrityError
 from eventsourcing.utils import Environment
-from pydantic_core import to_json
+from pydantic_core import PydanticSerializationError, to_json
 
 from timeline.contract import EVENT_TYPES, SORTED_FIELDS, echo, parse_event, parse_event_text
 from timeline.errors import ContractError
@@ -84,7 +84,7 @@ def _canonical(event: Any) -> bytes:
     if names is not None and len(names) == len(values):
         try:
             text = to_json({name: values[name] for name in names})
-        except KeyError:  # not the class's fields: the general encoder decides
+        except (KeyError, PydanticSerializationError):  # the general encoder decides
             text = b"\x7f"
         if text.isascii() and b"\x7f" not in text:
             return text

@@ -39,7 +39,7 @@ from eventsourcing.persistence import (
 )
 from eventsourcing.sqlite import SQLiteApplicationRecorder
 from eventsourcing.utils import Environment, EnvType, get_topic
-from pydantic_core import to_json
+from pydantic_core import PydanticSerializationError, to_json
 
 from timeline.aggregate import DateAsISO, Student, student_uuid, student_uuid_hex
 from timeline.clock import Clock, system_clock
@@ -750,7 +750,10 @@ class TimelineStore:
                     "note": note,
                     "digest": digest,
                 }
-                return to_json(state)[1:]
+                try:
+                    return to_json(state)[1:]
+                except PydanticSerializationError:  # (text that UTF-8 cannot hold) as below
+                    pass
             # The transcoder's bytes, with its C string escaper for the envelope (twice
             # as fast as encoding the whole dict: a Python call per date is the cost).
             return (
