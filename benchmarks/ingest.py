@@ -17,9 +17,11 @@ child process so that the peak RSS is that phase's alone (not the generator's):
    `TIMELINE_TEST_POSTGRES_URL`): `pg atomic`, the file into a fresh schema, and
    `pg bare`, the same rows with psycopg `COPY` in one transaction into the library's
    table shape (its primary key and notification-id index included) in another fresh
-   schema. Both schemas are dropped afterwards. With `--baseline-ref REF`, the ingest of
-   git revision REF (exported to a temporary folder) runs right before, into a fresh
-   schema of its own: before and after in the same run, each against the same `COPY`.
+   schema. Both schemas are dropped afterwards.
+
+With `--baseline-ref REF`, the atomic ingest of git revision REF (exported to a temporary
+folder) runs right before this one's, into a fresh SQLite store (and a fresh schema):
+before and after in the same run, each against the same bare insert (and `COPY`).
 
 `--skip-sqlite` leaves out phases 1-4 (the PostgreSQL figures alone).
 
@@ -481,12 +483,16 @@ def run_sqlite(
 ) -> float:
     """The SQLite phases: summary rows and verdicts added; returns their peak RSS."""
     results: dict[str, dict[str, Any]] = {}
-    plan = [("atomic", "atomic.db", False), ("re-ingest", "atomic.db", False)]
+    plan: list[tuple[str, str, bool, str | None]] = []
+    if args.baseline_ref:
+        code = export_revision(args.baseline_ref, work)
+        plan.append((f"atomic ({args.baseline_ref})", "baseline.db", False, code))
+    plan += [("atomic", "atomic.db", False, None), ("re-ingest", "atomic.db", False, None)]
     if not args.skip_partial:
-        plan.append(("partial", "partial.db", True))
-    for label, db, partial in plan:
+        plan.append(("partial", "partial.db", True, None))
+    for label, db, partial, code in plan:
         say(f"{label}: ingesting into {work / db} ...")
-        result = in_child(phase_ingest, str(work / db), str(feed), partial, args.batch_size)
+        result = in_child(phase_ingest, str(work / db), str(feed), partial, args.batch_size, code)
         results[label] = result
         say(
             f"  {n / result['seconds']:,.0f} events/s ({result['seconds']:.1f}s); accepted "
@@ -516,6 +522,18 @@ def run_sqlite(
     again_rate = n / again["seconds"]
     ratio = atomic_rate / bare_rate
     speedup = again_rate / atomic_rate
+    if args.baseline_ref:
+        before = results[f"atomic ({args.baseline_ref})"]
+        before_rate = n / before["seconds"]
+        rows.append(
+            (
+                f"atomic ({args.baseline_ref})",
+                f"{before_rate:,.0f}",
+                f"{before['seconds']:.1f}",
+                f"{before['rss_peak_mb']:.0f}",
+                f"{before_rate / bare_rate:.3f} of bare; now {atomic_rate / before_rate:.2f}x",
+            )
+        )
     rows += [
         (
             "atomic ingest",
@@ -632,7 +650,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--baseline-ref",
         default=None,
-        help="git revision whose PostgreSQL ingest runs before this one's, in the same run",
+        help="git revision whose atomic ingest runs before this one's (SQLite and "
+        "PostgreSQL), in the same run",
     )
     args = parser.parse_args(argv)
     if args.events < 1 or args.students < 1:
@@ -642,7 +661,7 @@ def main(argv: list[str] | None = None) -> int:
     work = args.dir or Path(tempfile.mkdtemp(prefix="timeline-bench-"))
     work.mkdir(parents=True, exist_ok=True)
     feed = work / "feed.jsonl"
-    for name in ("atomic.db", "partial.db", "bare.db"):
+    for name in ("atomic.db", "partial.db", "bare.db", "baseline.db"):
         for suffix in ("", "-wal", "-shm", "-journal"):
             (work / f"{name}{suffix}").unlink(missing_ok=True)
 

@@ -7,8 +7,10 @@ import sys
 from uuid import UUID, uuid5
 
 from feed_examples import entered
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from timeline.aggregate import STUDENT_NAMESPACE, Student, student_uuid
+from timeline.aggregate import STUDENT_NAMESPACE, Student, student_uuid, student_uuid_hex
 from timeline.ingest import ingest_objects
 
 
@@ -45,3 +47,10 @@ def test_the_stored_stream_is_under_that_id(store):
     assert isinstance(aggregate, Student)
     assert aggregate.student_id == "410123456"
     assert aggregate.fact_count == 1
+
+
+@settings(max_examples=200, deadline=None)
+@given(student_id=st.text(st.characters(blacklist_categories=("Cs",)), max_size=64))
+def test_the_hex_id_is_the_uuid5_as_stored(student_id: str) -> None:
+    # What `append` writes into SQLite without making the `UUID`.
+    assert student_uuid_hex(student_id) == student_uuid(student_id).hex

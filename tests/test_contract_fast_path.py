@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import random
+from datetime import date
 from typing import Any
 
 import test_input_fuzz as fuzz
@@ -141,3 +142,40 @@ def test_the_printable_validator_really_leaves_out_the_control_character_check()
     # path would cost as much as the full one (and this would raise).
     raw = example("registered", semester="113\u200b-1")
     assert _PRINTABLE.validate_python(raw).semester == "113\u200b-1"
+
+
+_DATE_FIELDS = [
+    (type_, name)
+    for type_, fields in sorted(VALID.items())
+    for name in ("occurred_on", *fields)
+    if name in ("occurred_on", "stay_until", "valid_until", "leave_by")
+]
+_DATE_LIKE = st.one_of(
+    st.dates().map(date.isoformat),  # valid or out of the documented range
+    st.from_regex(r"\A[0-9]{2,5}-[0-9]{1,3}-[0-9]{1,3}\Z"),  # a wrong length, a wrong day
+    st.dates().map(lambda d: d.isoformat() + "T00:00:00"),
+    st.dates().map(lambda d: f" {d.isoformat()}"),
+    st.dates().map(lambda d: d.isoformat().replace("-", "")),
+    st.text(st.characters(categories=("Nd",)), min_size=8, max_size=8).map(
+        lambda t: f"{t[:4]}-{t[4:6]}-{t[6:]}"  # digits of other scripts
+    ),
+    st.integers(-(10**9), 10**9),
+    st.none(),
+)
+
+
+@PROPERTY
+@given(where=st.sampled_from(_DATE_FIELDS), value=_DATE_LIKE, seed=st.integers(0, 2**32 - 1))
+def test_a_date_checked_by_pydantic_core_on_the_one_pass_is_decided_as_the_full_path_does(
+    where, value, seed
+):
+    # `parse_event_text` checks dates without `_iso_date` (pydantic-core's own string
+    # pattern, calendar and range): it must take exactly the dates the full path takes.
+    type_, name = where
+    raw = example(type_)
+    for other in ("stay_until", "valid_until", "leave_by"):
+        if other in raw:
+            raw[other] = "2100-12-31"  # so that only `value` decides
+    raw[name] = value
+    record = RawRecord(5, text=as_line(raw, random.Random(seed)))
+    assert same(record_event(record), full_path(record))

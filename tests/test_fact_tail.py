@@ -23,9 +23,14 @@ data_values = st.one_of(
     st.none(),
     st.booleans(),
     st.integers(-(10**12), 10**12),
+    st.integers(),  # beyond 64 bits too
     texts,
     st.dates(),
     st.lists(texts, max_size=3),
+    # Kinds no event holds, which the transcoder alone writes (the fast path steps aside).
+    st.datetimes(timezones=st.just(UTC)),
+    st.lists(st.dates(), min_size=1, max_size=2),
+    st.dictionaries(st.text(max_size=5), st.dates(), max_size=2),
 )
 
 

@@ -5,6 +5,7 @@ Its topics (`timeline.aggregate:Student...`) are stored with every event: do not
 
 from __future__ import annotations
 
+import hashlib
 from datetime import date, datetime
 from typing import Any
 from uuid import UUID, uuid5
@@ -18,6 +19,18 @@ STUDENT_NAMESPACE = UUID("5b0f3f6e-3c3c-4f4e-9a57-6d2b8f1c7a10")
 def student_uuid(student_id: str) -> UUID:
     """The deterministic aggregate id of a student number."""
     return uuid5(STUDENT_NAMESPACE, student_id)
+
+
+_NAMESPACE_BYTES = STUDENT_NAMESPACE.bytes
+
+
+def student_uuid_hex(student_id: str) -> str:
+    """`student_uuid(student_id).hex`, without making the `UUID` (what SQLite stores)."""
+    # uuid5: the first 16 bytes of SHA-1(namespace + name), version 5, RFC 4122 variant.
+    digest = bytearray(hashlib.sha1(_NAMESPACE_BYTES + student_id.encode()).digest()[:16])
+    digest[6] = (digest[6] & 0x0F) | 0x50
+    digest[8] = (digest[8] & 0x3F) | 0x80
+    return digest.hex()
 
 
 class DateAsISO(Transcoding):

@@ -270,7 +270,8 @@ def config_command(
     type=click.IntRange(1, 100_000),
     default=2000,
     show_default=True,
-    help="Events per transaction.",
+    help="Events per batch: per transaction with --partial or on PostgreSQL; atomic "
+    "mode on SQLite writes ten batches per transaction.",
 )
 @db_option
 @click.pass_context

@@ -25,7 +25,7 @@ from pydantic import (
     field_validator,
     model_validator,
 )
-from pydantic_core import SchemaValidator
+from pydantic_core import SchemaValidator, core_schema
 
 from timeline.clock import EARLIEST_DAY, LATEST_DAY, in_range, shown
 from timeline.errors import ContractError
@@ -144,8 +144,11 @@ class _Event(BaseModel):
 
     def body(self) -> dict[str, Any]:
         """The type-specific fields (everything but the envelope), as Python values."""
-        envelope = {"event_id", "source", "student_id", "occurred_on", "note", "type"}
-        return {k: v for k, v in self.__dict__.items() if k not in envelope}
+        values = self.__dict__
+        names = BODY_FIELDS.get(type(self))
+        if names is not None and len(values) == len(names) + len(ENVELOPE):
+            return {name: values[name] for name in names}  # (a validated event: every field)
+        return {k: v for k, v in values.items() if k not in ENVELOPE}
 
     def digest(self) -> str:
         """A stable fingerprint of the content, to tell a duplicate from a conflict."""
@@ -383,6 +386,15 @@ MODELS: dict[str, type[_Event]] = {
     m.model_fields["type"].annotation.__args__[0]: m  # type: ignore[union-attr]
     for m in _Event.__subclasses__()
 }
+ENVELOPE = frozenset({"event_id", "source", "student_id", "occurred_on", "note", "type"})
+# Per event class, its type-specific fields in declaration order (the order of a validated
+# event's `__dict__`), and all its fields sorted (the order of the digest's canonical JSON).
+BODY_FIELDS: dict[type[_Event], tuple[str, ...]] = {
+    m: tuple(name for name in m.model_fields if name not in ENVELOPE) for m in MODELS.values()
+}
+SORTED_FIELDS: dict[type[_Event], tuple[str, ...]] = {
+    m: tuple(sorted(m.model_fields)) for m in MODELS.values()
+}
 # Fields that are personal data: never logged, encrypted at rest when a key is set.
 PERSONAL_FIELDS = frozenset({"address", "passport_number", "workplace", "email", "line_user_id"})
 # Fields whose values never appear in a rejection message: personal data and free text.
@@ -406,11 +418,35 @@ def _without_clean_text(node: Any) -> Any:
     return node
 
 
+def _with_native_dates(node: Any) -> Any:
+    """A copy of a core schema whose `_iso_date` validators are pydantic-core's own.
+
+    A JSON string of exactly `YYYY-MM-DD` (ASCII digits, nothing stripped), then a real
+    calendar date within the documented range: what `_iso_date` accepts from JSON, with
+    the same value, and no Python call. Its errors are pydantic's: for a valid-or-not
+    verdict only (`parse_event_text`), never for the messages.
+    """
+    if isinstance(node, dict):
+        if node.get("type") == "function-before" and node["function"].get("function") is _iso_date:
+            return core_schema.chain_schema(
+                [
+                    core_schema.str_schema(
+                        pattern=r"^[0-9]{4}-[0-9]{2}-[0-9]{2}$", strip_whitespace=False, strict=True
+                    ),
+                    core_schema.date_schema(ge=EARLIEST_DAY, le=LATEST_DAY),
+                ]
+            )
+        return {key: _with_native_dates(value) for key, value in node.items()}
+    if isinstance(node, list):
+        return [_with_native_dates(value) for value in node]
+    return node
+
+
 # The contract minus the per-field control-character check (a Python call for each of
 # some ten fields, a third of the validation's cost). It returns the same classes and
 # the same errors as `_ADAPTER` for any input whose text values are all printable,
 # where that check cannot fire; `parse_event` and `parse_event_text` use it only then.
-def _validator_without_clean_text() -> SchemaValidator:
+def _validator_without_clean_text(*, native_dates: bool = False) -> SchemaValidator:
     """A validator of the contract without `_clean_text`, made of the models' own schemas."""
     # pydantic-core reuses a finished model's own validator for a model in a schema
     # (all validators included): marked unfinished while this one is built, each model
@@ -419,13 +455,17 @@ def _validator_without_clean_text() -> SchemaValidator:
     for model in models:
         model.__pydantic_complete__ = False
     try:
-        return SchemaValidator(_without_clean_text(_ADAPTER.core_schema))
+        schema = _without_clean_text(_ADAPTER.core_schema)
+        return SchemaValidator(_with_native_dates(schema) if native_dates else schema)
     finally:
         for model in models:
             model.__pydantic_complete__ = True
 
 
 _PRINTABLE = _validator_without_clean_text()
+# The same with the dates checked by pydantic-core: `parse_event_text` only, which takes
+# a valid event from it and leaves every rejection to the full path and its messages.
+_PRINTABLE_JSON = _validator_without_clean_text(native_dates=True)
 # Values that pydantic's `str` never accepts (exact types: a subclass takes the full path).
 _NOT_TEXT = frozenset({int, float, bool, type(None), list, dict})
 
@@ -463,7 +503,7 @@ def parse_event_text(text: str) -> _Event | None:
     returned here is the one the full path returns (same class, fields and fields set).
     """
     try:
-        event = _PRINTABLE.validate_json(text)
+        event = _PRINTABLE_JSON.validate_json(text)
     except ValidationError:
         return None
     # A valid event is one flat object of known fields (so no deep nesting, NaN or huge

@@ -24,7 +24,7 @@ from contextlib import closing, contextmanager
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, NamedTuple
 from urllib.parse import unquote, urlparse
 from uuid import UUID
 
@@ -39,8 +39,9 @@ from eventsourcing.persistence import (
 )
 from eventsourcing.sqlite import SQLiteApplicationRecorder
 from eventsourcing.utils import Environment, EnvType, get_topic
+from pydantic_core import PydanticSerializationError, to_json
 
-from timeline.aggregate import DateAsISO, Student, student_uuid
+from timeline.aggregate import DateAsISO, Student, student_uuid, student_uuid_hex
 from timeline.clock import Clock, system_clock
 from timeline.errors import StorageConfigError
 from timeline.facts import Fact
@@ -62,6 +63,19 @@ _REGISTERED_TOPIC = get_topic(Student.Registered)
 _FACT_TOPIC = get_topic(Student.FactRecorded)
 _escape = json_encoder.encode_basestring  # what a JSON encoder with ensure_ascii=False uses
 _REGISTERED_TAIL = b'"originator_topic":' + _escape(_STUDENT_TOPIC).encode() + b',"student_id":'
+
+
+class StoredRow(NamedTuple):
+    """A stored event as `TimelineStore.append` makes it: the library's `StoredEvent`.
+
+    The same fields, which the recorders read by name, as a tuple: cheaper to make than
+    that frozen dataclass, and for SQLite (the id as hex text) the very row it inserts.
+    """
+
+    originator_id: UUID | str
+    originator_version: int
+    topic: str
+    state: bytes
 
 
 _FEED_KEYS_SQLITE = (
@@ -97,15 +111,17 @@ class SQLiteTimelineRecorder(SQLiteApplicationRecorder):
         # ids are the rowids: this transaction holds the write lock, so the rows get
         # consecutive rowids (max + 1, ...) ending at last_insert_rowid(); checked
         # below on the first row, with the library's per-row lookup as the fallback.
-        rows = [
-            (
-                s.originator_id.hex if isinstance(s.originator_id, UUID) else s.originator_id,
-                s.originator_version,
-                s.topic,
-                s.state,
-            )
-            for s in stored_events
-        ]
+        rows: Sequence[tuple[Any, ...]] = stored_events  # type: ignore[assignment]
+        if not all(type(s) is StoredRow and type(s[0]) is str for s in stored_events):
+            rows = [
+                (
+                    s.originator_id.hex if isinstance(s.originator_id, UUID) else s.originator_id,
+                    s.originator_version,
+                    s.topic,
+                    s.state,
+                )
+                for s in stored_events
+            ]
         c.executemany(self.insert_events_statement, rows)
         c.execute("SELECT last_insert_rowid()")
         last = c.fetchone()[0]
@@ -157,19 +173,24 @@ class SQLiteTimelineRecorder(SQLiteApplicationRecorder):
                 found.update(UUID(row[0]) for row in c.fetchall())
         return found
 
-    def last_versions(self, ids: Sequence[UUID]) -> dict[UUID, int]:
-        """The last version of each of these streams that exists."""
-        found: dict[UUID, int] = {}
+    def last_versions(self, ids: Sequence[UUID | str]) -> dict[UUID | str, int]:
+        """The last version of each of these streams that exists, by the ids as given.
+
+        An id is a `UUID` or its hex text (as stored).
+        """
+        given = {i.hex if isinstance(i, UUID) else i: i for i in ids}
+        texts = list(given)
+        found: dict[UUID | str, int] = {}
         with self.datastore.transaction(commit=False) as c:
-            for start in range(0, len(ids), _LOOKUP_CHUNK):
-                chunk = ids[start : start + _LOOKUP_CHUNK]
+            for start in range(0, len(texts), _LOOKUP_CHUNK):
+                chunk = texts[start : start + _LOOKUP_CHUNK]
                 marks = ",".join("?" for _ in chunk)
                 c.execute(
                     f"SELECT originator_id, MAX(originator_version) FROM {self.events_table_name} "
                     f"WHERE originator_id IN ({marks}) GROUP BY originator_id",
-                    [i.hex for i in chunk],
+                    chunk,
                 )
-                found.update((UUID(row[0]), row[1]) for row in c.fetchall())
+                found.update((given[row[0]], row[1]) for row in c.fetchall())
         return found
 
 
@@ -738,6 +759,23 @@ class TimelineStore:
     ) -> bytes:
         """A new fact's stored state after its timestamp, unencrypted (see `append`)."""
         if self._tail_by_hand:
+            plain = _transcoded_data(data)
+            if plain is not None and occurred_on.__class__ is date:  # (`type` is a field here)
+                # The whole tail by pydantic-core, which escapes text exactly as the
+                # transcoder's encoder does (checked at open, `_same_tail`).
+                state = {
+                    "source": source,
+                    "event_id": event_id,
+                    "type": type,
+                    "occurred_on": {"_type_": "date_iso", "_data_": occurred_on.isoformat()},
+                    "data": plain,
+                    "note": note,
+                    "digest": digest,
+                }
+                try:
+                    return to_json(state)[1:]
+                except PydanticSerializationError:  # (text that UTF-8 cannot hold) as below
+                    pass
             # The transcoder's bytes, with its C string escaper for the envelope (twice
             # as fast as encoding the whole dict: a Python call per date is the cost).
             return (
@@ -799,7 +837,14 @@ class TimelineStore:
             "event_id": 'e"1\\',
             "type": "arc_issued",
             "occurred_on": date(2024, 3, 16),
-            "data": {"valid_until": date(2025, 3, 31), "fields": ["address"], "by_agent": True},
+            "data": {
+                "valid_until": date(2025, 3, 31),
+                "fields": ["address", "臺\x7f"],
+                "by_agent": True,
+                "amount_ntd": 2000,
+                "stay_until": None,
+                "reason": "a\u2028b\x00\\",
+            },
             "note": "line one\nline\ttwo 臺",
             "digest": "0f" * 16,
         }
@@ -830,23 +875,26 @@ class TimelineStore:
         encode = self.app.mapper.transcoder.encode
         now = self.clock()
         stamps: dict[datetime, bytes] = {}
-        wanted = {sid: student_uuid(sid) for sid in dict.fromkeys(fact[0] for fact in facts)}
-        versions = self.recorder.last_versions(list(wanted.values()))
+        # The ids as the recorder writes them: SQLite's as hex text, made without a `UUID`.
+        students = dict.fromkeys(fact[0] for fact in facts)
+        ids: dict[str, UUID | str] = {
+            sid: student_uuid(sid) if self.config.is_postgres else student_uuid_hex(sid)
+            for sid in students
+        }
+        versions = self.recorder.last_versions(list(ids.values()))  # type: ignore[arg-type]
         # The next version of each stream; 1 for a student without one, whose
         # `Registered` event goes into the log just before its first fact.
-        next_version = {sid: versions.get(uid, 0) + 1 for sid, uid in wanted.items()}
+        next_version = {sid: versions.get(uid, 0) + 1 for sid, uid in ids.items()}
         mapper = self.app.mapper
         protect = self._protect if mapper.compressor or mapper.cipher else None
         now_stamp = stamps[now] = b'{"timestamp":' + encode(now) + b","
-        stored: list[StoredEvent] = []
+        stored: list[StoredRow] = []
         for sid, at, tail in facts:
             version = next_version[sid]
             if version == 1:
                 state = self._registered(now, now_stamp, sid)
                 stored.append(
-                    StoredEvent(
-                        wanted[sid], 1, _REGISTERED_TOPIC, protect(state) if protect else state
-                    )
+                    StoredRow(ids[sid], 1, _REGISTERED_TOPIC, protect(state) if protect else state)
                 )
                 version = 2
             moment = at or now
@@ -856,7 +904,7 @@ class TimelineStore:
             next_version[sid] = version + 1
             state = stamp + tail
             stored.append(
-                StoredEvent(wanted[sid], version, _FACT_TOPIC, protect(state) if protect else state)
+                StoredRow(ids[sid], version, _FACT_TOPIC, protect(state) if protect else state)
             )
         # No notification ids back: nothing here uses them (PostgreSQL skips RETURNING).
         self.recorder.insert_events(stored, feed_keys=feed_keys, notification_ids=False)
@@ -880,6 +928,28 @@ class TimelineStore:
         if mapper.cipher:
             state = mapper.cipher.encrypt(state)
         return state
+
+
+def _transcoded_data(data: dict[str, Any]) -> dict[str, Any] | None:
+    """`data` with its dates as the transcoder writes them (`DateAsISO`), for pydantic-core.
+
+    None when a value is of a kind other than text, whole numbers, booleans, None, exact
+    dates and lists of text (what the contract's events hold): the transcoder decides.
+    """
+    plain: dict[str, Any] = {}
+    for name, value in data.items():
+        kind = type(value)
+        if kind is str or kind is int or kind is bool or value is None:
+            plain[name] = value
+        elif kind is date:
+            plain[name] = {"_type_": "date_iso", "_data_": value.isoformat()}
+        elif kind is list and all(type(item) is str for item in value):
+            plain[name] = value
+        else:
+            return None
+        if type(name) is not str:
+            return None
+    return plain
 
 
 def to_fact(student_id: str, event: Student.FactRecorded) -> Fact:
