@@ -93,6 +93,10 @@ MAX_FOREIGN_REBUILDS = 3  # rebuilds by another process during one sync before g
 CHUNK = 500  # ids per `IN (...)` list
 _STAGE = "rm_stage"  # the temporary database a rebuild fills before it swaps the tables in
 _STAGE_ROWS = 20_000  # facts derived between two writes to the staging tables
+# A rebuild's missing value: binding None goes through the sqlite3 module's adapter lookup
+# (about three times the cost of binding a string), so staged rows carry '' instead and
+# their INSERT turns it back into NULL. No column stores '' (dates, numbers, ids).
+_NULL = ""
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS rm_tracking (name TEXT PRIMARY KEY, position INTEGER NOT NULL);
@@ -203,6 +207,11 @@ _CONTENT: dict[str, tuple[str, ...]] = {
     "rm_errors": ("student_id", "error", "message"),  # and `position`, not compared
 }
 _VERSIONED = tuple(_CONTENT)
+# The NOT NULL columns of each table (the others may hold NULL: `_NULL` in a rebuild's rows).
+_NOT_NULL: dict[str, frozenset[str]] = {
+    match[1]: frozenset(re.findall(r"(\w+) \w+ NOT NULL", match[2]))
+    for match in re.finditer(r"CREATE TABLE IF NOT EXISTS (\w+) \((.*?)\);", _SCHEMA, re.S)
+}
 _STAGED = (*_VERSIONED, "rm_changes", "rm_students")  # the tables a rebuild fills
 Row = tuple[Any, ...]
 
@@ -298,22 +307,21 @@ def failure_of(student_id: str, exc: Exception) -> tuple[str, str]:
     )
 
 
-def _overdue_window(task: Any, due: date | None) -> tuple[str | None, str | None]:
-    """The days a task is overdue (inclusive), to find "overdue on D" by index."""
+def _overdue_window(task: Any, due: date | None, null: Any = None) -> tuple[Any, Any]:
+    """The days a task is overdue (inclusive), to find "overdue on D" by index.
+
+    `null` stands for "no such day" (see `derived_rows`).
+    """
     if due is None or due == date.max:
-        return None, None  # a task due on the calendar's last day is never overdue in it
+        return null, null  # a task due on the calendar's last day is never overdue in it
     done, cancelled = task.done_on, task.cancelled_on
     first = dates.next_day(due)
     if done is None and cancelled is None:
         return first.isoformat(), FOREVER
     end = done if cancelled is None else cancelled if done is None else min(done, cancelled)
     if end <= first:
-        return None, None  # done or cancelled by its first overdue day
+        return null, null  # done or cancelled by its first overdue day
     return first.isoformat(), dates.previous_day(end).isoformat()
-
-
-def _iso(day: date | None) -> str | None:
-    return day.isoformat() if day else None
 
 
 _quoted = json.encoder.encode_basestring_ascii  # what json.dumps quotes a string with (C)
@@ -358,17 +366,22 @@ def _fine_cited(fine: Any) -> str:
     return _cited([(e, effective.get(e, accrued)) for e in fine.caused_by], accrued)
 
 
-def derived_rows(student_id: str, derived: Derivation, tail: Row = ()) -> dict[str, list[Row]]:
+def derived_rows(
+    student_id: str, derived: Derivation, tail: Row = (), null: Any = None
+) -> dict[str, list[Row]]:
     """One derivation's rows, table by table (content columns of `_CONTENT`, in order).
 
     `tail` is appended to every row (a rebuild's interval, when the row's is known).
+    `null` stands for a missing value: None, or for a rebuild `_NULL`, which binds faster
+    and which its INSERT turns back into NULL (`NULLIF`).
     Runs for every version a rebuild derives: the dates are formatted inline (a date is
-    never falsy, so `is None` is `_iso`'s test) and the common shapes take short cuts.
+    never falsy, so `is None` is the test) and the common shapes take short cuts.
     """
     tasks: list[Row] = []
     add_task = tasks.append
     for n, t in enumerate(derived.tasks):
         opens, opens_from, done, cancelled = t.opens_on, t.opens_from, t.done_on, t.cancelled_on
+        fee = t.fee_ntd
         # The same for each due version of the task: computed once.
         head = (
             student_id,
@@ -376,14 +389,14 @@ def derived_rows(student_id: str, derived: Derivation, tail: Row = ()) -> dict[s
             t.kind,
             t.rule,
             t.trigger_on.isoformat(),
-            None if opens is None else opens.isoformat(),
-            None if opens_from is None else opens_from.isoformat(),
+            null if opens is None else opens.isoformat(),
+            null if opens_from is None else opens_from.isoformat(),
         )
         rest = (
-            None if done is None else done.isoformat(),
-            None if cancelled is None else cancelled.isoformat(),
+            null if done is None else done.isoformat(),
+            null if cancelled is None else cancelled.isoformat(),
             t.where or TASK_KINDS[t.kind].where,  # `_Task.place`
-            t.fee_ntd,
+            null if fee is None else fee,
             _task_cited(t),
             *tail,
         )
@@ -392,10 +405,10 @@ def derived_rows(student_id: str, derived: Derivation, tail: Row = ()) -> dict[s
             add_task(
                 (
                     *head,
-                    None if due is None else due.isoformat(),
-                    None,
-                    None,
-                    *_overdue_window(t, due),
+                    null if due is None else due.isoformat(),
+                    null,
+                    null,
+                    *_overdue_window(t, due, null),
                     *rest,
                 )
             )
@@ -404,17 +417,18 @@ def derived_rows(student_id: str, derived: Derivation, tail: Row = ()) -> dict[s
             add_task(
                 (
                     *head,
-                    _iso(due),
-                    _iso(since),
-                    _iso(until),
-                    *_overdue_window(t, due),
+                    null if due is None else due.isoformat(),
+                    null if since is None else since.isoformat(),
+                    null if until is None else until.isoformat(),
+                    *_overdue_window(t, due, null),
                     *rest,
                 )
             )
     fines: list[Row] = []
     payments: list[Row] = []
     for n, f in enumerate(derived.fines):
-        imposed, valid_until, last_day = f.imposed_on, f.valid_until, f.last_day
+        imposed, valid_until, last_day, offense = f.imposed_on, f.valid_until, f.last_day, f.offense
+        amount = f.amount if imposed else None
         fines.append(
             (
                 student_id,
@@ -424,11 +438,11 @@ def derived_rows(student_id: str, derived: Derivation, tail: Row = ()) -> dict[s
                 f.accrued_on.isoformat(),
                 f.amount_min,
                 f.amount_max,
-                f.offense,
-                None if imposed is None else imposed.isoformat(),
-                f.amount if imposed else None,
-                None if valid_until is None else valid_until.isoformat(),
-                None if last_day is None else last_day.isoformat(),
+                null if offense is None else offense,
+                null if imposed is None else imposed.isoformat(),
+                null if amount is None else amount,
+                null if valid_until is None else valid_until.isoformat(),
+                null if last_day is None else last_day.isoformat(),
                 _fine_cited(f),
                 *tail,
             )
@@ -450,8 +464,8 @@ def derived_rows(student_id: str, derived: Derivation, tail: Row = ()) -> dict[s
                 k,
                 e.since.isoformat(),
                 e.valid_until.isoformat(),
-                None if end is None else end.isoformat(),
-                None if resolved is None else resolved.isoformat(),
+                null if end is None else end.isoformat(),
+                null if resolved is None else resolved.isoformat(),
                 int(e.ceased),
                 *tail,
             )
@@ -840,7 +854,7 @@ class ReadModel:
         student = _Student("", student_id, facts, moments[0])
         if len(moments) == 1:  # most students: one version, every row believed from then on
             at = moment_text(moments[0])
-            rows, failure = self._version(student, moments[0], (at, OPEN))
+            rows, failure = self._version(student, moments[0], (at, OPEN), _NULL)
             for table, fresh in rows.items():
                 if table == "rm_errors":
                     fresh = [(*c, at, OPEN, position) for c in fresh]
@@ -857,7 +871,7 @@ class ReadModel:
         bug: Exception | None = None
         for moment in moments:
             at = moment_text(moment)
-            rows, failure = self._version(student, moment)
+            rows, failure = self._version(student, moment, null=_NULL)
             if failure is not None and not isinstance(failure, DerivationError):
                 bug = failure
             changed = False
@@ -887,12 +901,15 @@ class ReadModel:
         """Write staged rows (all new, intervals final) into the staging tables."""
         conn = self.db.conn
         for table, columns in _CONTENT.items():
-            names = ", ".join(columns) + ", known_from, known_until"
+            names = [*columns, "known_from", "known_until"]
             if table == "rm_errors":
-                names += ", position"
-            marks = ",".join("?" * (names.count(",") + 1))
+                names.append("position")
+            marks = ",".join(
+                "?" if name in _NOT_NULL[table] else f"NULLIF(?, '{_NULL}')" for name in names
+            )
             conn.executemany(
-                f"INSERT INTO {_STAGE}.{table} ({names}) VALUES ({marks})", staged.rows[table]
+                f"INSERT INTO {_STAGE}.{table} ({', '.join(names)}) VALUES ({marks})",
+                staged.rows[table],
             )
         conn.executemany(f"INSERT INTO {_STAGE}.rm_changes VALUES (?, ?)", staged.changes)
         conn.executemany(f"INSERT INTO {_STAGE}.rm_students VALUES (?,?,?,?)", staged.students)
@@ -1040,11 +1057,12 @@ class ReadModel:
             plan.failed += 1
 
     def _version(
-        self, student: _Student, moment: datetime, tail: Row = ()
+        self, student: _Student, moment: datetime, tail: Row = (), null: Any = None
     ) -> tuple[dict[str, list[Row]], Any]:
         """The rows of the student's derivation as known at `moment`, or its error row.
 
-        `tail` is appended to the derivation's rows (not to the error row's content).
+        `tail` is appended to the derivation's rows (not to the error row's content);
+        `null` stands for a missing value (see `derived_rows`).
         """
         student_id, facts = student.student_id, student.facts
         try:
@@ -1052,7 +1070,7 @@ class ReadModel:
                 facts, HORIZON, moment, self.rules, self.calendar, student_id=student_id
             )
             try:
-                return derived_rows(student_id, derived, tail), None
+                return derived_rows(student_id, derived, tail, null), None
             except dates.DateOutOfRangeError as exc:  # e.g. a due day on 9999-12-31
                 events = out_of_range_events(known_facts(facts, moment))
                 raise DerivationError(student_id, str(exc), events) from None
