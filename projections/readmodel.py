@@ -307,6 +307,26 @@ def failure_of(student_id: str, exc: Exception) -> tuple[str, str]:
     )
 
 
+class _DayTexts(dict[date, str]):
+    """Days as ISO text, each formatted once (`date.isoformat` goes through printf: a tenth
+    of a rebuild). A log names a few thousand distinct days; the memo stays bounded."""
+
+    def __init__(self, text: Callable[[date], str]) -> None:
+        super().__init__()
+        self.text = text
+
+    def __missing__(self, day: date) -> str:
+        if len(self) >= 100_000:
+            self.clear()
+        text = self[day] = self.text(day)
+        return text
+
+
+_day_iso = _DayTexts(date.isoformat)
+_day_after_iso = _DayTexts(lambda day: dates.next_day(day).isoformat())
+_day_before_iso = _DayTexts(lambda day: dates.previous_day(day).isoformat())
+
+
 def _overdue_window(task: Any, due: date | None, null: Any = None) -> tuple[Any, Any]:
     """The days a task is overdue (inclusive), to find "overdue on D" by index.
 
@@ -315,13 +335,12 @@ def _overdue_window(task: Any, due: date | None, null: Any = None) -> tuple[Any,
     if due is None or due == date.max:
         return null, null  # a task due on the calendar's last day is never overdue in it
     done, cancelled = task.done_on, task.cancelled_on
-    first = dates.next_day(due)
     if done is None and cancelled is None:
-        return first.isoformat(), FOREVER
+        return _day_after_iso[due], FOREVER
     end = done if cancelled is None else cancelled if done is None else min(done, cancelled)
-    if end <= first:
+    if end <= dates.next_day(due):
         return null, null  # done or cancelled by its first overdue day
-    return first.isoformat(), dates.previous_day(end).isoformat()
+    return _day_after_iso[due], _day_before_iso[end]
 
 
 _quoted = json.encoder.encode_basestring_ascii  # what json.dumps quotes a string with (C)
@@ -337,7 +356,7 @@ def _cited(pairs: Iterable[tuple[str, date]], listed_from: date) -> str:
     pairs = list(pairs)
     for _, day in pairs:
         if day > listed_from:
-            return "[" + ", ".join([f'[{_quoted(e)}, "{d.isoformat()}"]' for e, d in pairs]) + "]"
+            return "[" + ", ".join([f'[{_quoted(e)}, "{_day_iso[d]}"]' for e, d in pairs]) + "]"
     return "[" + ", ".join([_quoted(e) for e, _ in pairs]) + "]"
 
 
@@ -374,9 +393,10 @@ def derived_rows(
     `tail` is appended to every row (a rebuild's interval, when the row's is known).
     `null` stands for a missing value: None, or for a rebuild `_NULL`, which binds faster
     and which its INSERT turns back into NULL (`NULLIF`).
-    Runs for every version a rebuild derives: the dates are formatted inline (a date is
-    never falsy, so `is None` is the test) and the common shapes take short cuts.
+    Runs for every version a rebuild derives: the days' texts are looked up (`_day_iso`)
+    and the common shapes take short cuts.
     """
+    day = _day_iso
     tasks: list[Row] = []
     add_task = tasks.append
     for n, t in enumerate(derived.tasks):
@@ -388,13 +408,13 @@ def derived_rows(
             n,
             t.kind,
             t.rule,
-            t.trigger_on.isoformat(),
-            null if opens is None else opens.isoformat(),
-            null if opens_from is None else opens_from.isoformat(),
+            day[t.trigger_on],
+            null if opens is None else day[opens],
+            null if opens_from is None else day[opens_from],
         )
         rest = (
-            null if done is None else done.isoformat(),
-            null if cancelled is None else cancelled.isoformat(),
+            null if done is None else day[done],
+            null if cancelled is None else day[cancelled],
             t.where or TASK_KINDS[t.kind].where,  # `_Task.place`
             null if fee is None else fee,
             _task_cited(t),
@@ -405,7 +425,7 @@ def derived_rows(
             add_task(
                 (
                     *head,
-                    null if due is None else due.isoformat(),
+                    null if due is None else day[due],
                     null,
                     null,
                     *_overdue_window(t, due, null),
@@ -417,9 +437,9 @@ def derived_rows(
             add_task(
                 (
                     *head,
-                    null if due is None else due.isoformat(),
-                    null if since is None else since.isoformat(),
-                    null if until is None else until.isoformat(),
+                    null if due is None else day[due],
+                    null if since is None else day[since],
+                    null if until is None else day[until],
                     *_overdue_window(t, due, null),
                     *rest,
                 )
@@ -435,21 +455,21 @@ def derived_rows(
                 n,
                 f.kind,
                 f.rule,
-                f.accrued_on.isoformat(),
+                day[f.accrued_on],
                 f.amount_min,
                 f.amount_max,
                 null if offense is None else offense,
-                null if imposed is None else imposed.isoformat(),
+                null if imposed is None else day[imposed],
                 null if amount is None else amount,
-                null if valid_until is None else valid_until.isoformat(),
-                null if last_day is None else last_day.isoformat(),
+                null if valid_until is None else day[valid_until],
+                null if last_day is None else day[last_day],
                 _fine_cited(f),
                 *tail,
             )
         )
         if f.payments:
             payments.extend(
-                (student_id, n, k, on.isoformat(), amount, *tail)
+                (student_id, n, k, day[on], amount, *tail)
                 for k, (on, amount) in enumerate(f.payments)
             )
     overstays: list[Row] = []
@@ -462,10 +482,10 @@ def derived_rows(
             (
                 student_id,
                 k,
-                e.since.isoformat(),
-                e.valid_until.isoformat(),
-                null if end is None else end.isoformat(),
-                null if resolved is None else resolved.isoformat(),
+                day[e.since],
+                day[e.valid_until],
+                null if end is None else day[end],
+                null if resolved is None else day[resolved],
                 int(e.ceased),
                 *tail,
             )
@@ -807,11 +827,12 @@ class ReadModel:
                 latest = None
                 if facts:
                     moments = sorted({f.recorded_at for f in facts})
-                    report.failed += self._snapshot(stream.student_id, facts, moments, upto, staged)
-                    staged.pending += len(facts)
-                    latest = texts.get(moments[-1]) or texts.setdefault(
-                        moments[-1], moment_text(moments[-1])
+                    ats = [texts.get(m) or texts.setdefault(m, moment_text(m)) for m in moments]
+                    report.failed += self._snapshot(
+                        stream.student_id, facts, moments, ats, upto, staged
                     )
+                    staged.pending += len(facts)
+                    latest = ats[-1]
                 staged.students.append((stream.uuid, stream.student_id, upto, latest))
                 if staged.pending >= _STAGE_ROWS:
                     self._insert_staged(staged)
@@ -841,19 +862,20 @@ class ReadModel:
         student_id: str,
         facts: list[Fact],
         moments: list[datetime],
+        ats: list[str],
         position: int,
         out: _Staged,
     ) -> bool:
         """Every version of one student, each row with its final interval, into `out`.
 
         The same versions and intervals `_follow` makes from empty tables (one version per
-        distinct record time `moments`, sorted; unchanged rows kept), without the
-        follower's bookkeeping. True when the student's last version failed (it is left
+        distinct record time `moments`, sorted, `ats` their texts; unchanged rows kept),
+        without the follower's bookkeeping. True when the student's last version failed (it is left
         out, as by the follower).
         """
         student = _Student("", student_id, facts, moments[0])
         if len(moments) == 1:  # most students: one version, every row believed from then on
-            at = moment_text(moments[0])
+            at = ats[0]
             rows, failure = self._version(student, moments[0], (at, OPEN), _NULL)
             for table, fresh in rows.items():
                 if table == "rm_errors":
@@ -869,8 +891,7 @@ class ReadModel:
         tails: dict[str, Row] = {t: () for t in _VERSIONED} | {"rm_errors": (position,)}
         failure: Exception | None = None
         bug: Exception | None = None
-        for moment in moments:
-            at = moment_text(moment)
+        for moment, at in zip(moments, ats, strict=True):
             rows, failure = self._version(student, moment, null=_NULL)
             if failure is not None and not isinstance(failure, DerivationError):
                 bug = failure
