@@ -94,9 +94,10 @@ CHUNK = 500  # ids per `IN (...)` list
 _STAGE = "rm_stage"  # the temporary database a rebuild fills before it swaps the tables in
 _STAGE_ROWS = 20_000  # facts derived between two writes to the staging tables
 # A rebuild's missing value: binding None goes through the sqlite3 module's adapter lookup
-# (about three times the cost of binding a string), so staged rows carry '' instead and
-# their INSERT turns it back into NULL. No column stores '' (dates, numbers, ids).
-_NULL = ""
+# (about three times the cost of binding a string), so staged rows carry `_NULL` instead
+# and their INSERT turns it back into NULL. A float: binding it allocates nothing (a
+# string, even '', is copied), and no column ever holds one (days, ids, whole numbers).
+_NULL = -0.5
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS rm_tracking (name TEXT PRIMARY KEY, position INTEGER NOT NULL);
@@ -370,9 +371,18 @@ def first_cause(caused_by: str) -> str:
 
 def _task_cited(task: Any) -> str:
     """`_cited(task.cited(), task.trigger_on)`, without building the pairs for most tasks."""
-    if not task.done_by and not task.effective:
-        # Every cause counts from the trigger day: the ids alone.
-        return "[" + ", ".join([_quoted(e) for e in task.triggers]) + "]"
+    triggers = task.triggers
+    if not task.effective:  # every trigger counts from the trigger day
+        done_by = task.done_by
+        if not done_by:  # the ids alone
+            return "[" + ", ".join([_quoted(e) for e in triggers]) + "]"
+        done = task.done_on or task.trigger_on
+        if done > task.trigger_on:  # the completions count from their day: pairs
+            since, until = _day_iso[task.trigger_on], _day_iso[done]
+            cited = [f'[{_quoted(e)}, "{since}"]' for e in triggers]
+            cited += [f'[{_quoted(e)}, "{until}"]' for e in done_by]
+            return "[" + ", ".join(cited) + "]"
+        return "[" + ", ".join([_quoted(e) for e in (*triggers, *done_by)]) + "]"
     return _cited(task.cited(), task.trigger_on)
 
 
@@ -926,7 +936,7 @@ class ReadModel:
             if table == "rm_errors":
                 names.append("position")
             marks = ",".join(
-                "?" if name in _NOT_NULL[table] else f"NULLIF(?, '{_NULL}')" for name in names
+                "?" if name in _NOT_NULL[table] else f"NULLIF(?, {_NULL})" for name in names
             )
             conn.executemany(
                 f"INSERT INTO {_STAGE}.{table} ({', '.join(names)}) VALUES ({marks})",
