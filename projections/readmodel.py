@@ -813,6 +813,9 @@ class ReadModel:
     ) -> SyncReport:
         """Derive every student of the log as of `upto` into the staging database."""
         conn = self.db.conn
+        # Large pages (set before the first table): fewer page allocations while loading
+        # and less work for the index sorts (about a fifth of building the indexes).
+        conn.execute(f"PRAGMA {_STAGE}.page_size = 65536")
         for statement in _SCHEMA.split(";"):
             if statement.strip().startswith("CREATE TABLE"):
                 conn.execute(statement.replace("EXISTS ", f"EXISTS {_STAGE}.", 1))
@@ -886,7 +889,8 @@ class ReadModel:
         student = _Student("", student_id, facts, moments[0])
         if len(moments) == 1:  # most students: one version, every row believed from then on
             at = ats[0]
-            rows, failure = self._version(student, moments[0], (at, OPEN), _NULL)
+            # As known at its one record time = every fact known (no record-time filter).
+            rows, failure = self._version(student, None, (at, OPEN), _NULL)
             for table, fresh in rows.items():
                 if table == "rm_errors":
                     fresh = [(*c, at, OPEN, position) for c in fresh]
@@ -1088,9 +1092,10 @@ class ReadModel:
             plan.failed += 1
 
     def _version(
-        self, student: _Student, moment: datetime, tail: Row = (), null: Any = None
+        self, student: _Student, moment: datetime | None, tail: Row = (), null: Any = None
     ) -> tuple[dict[str, list[Row]], Any]:
-        """The rows of the student's derivation as known at `moment`, or its error row.
+        """The rows of the student's derivation as known at `moment` (None: every fact known),
+        or its error row.
 
         `tail` is appended to the derivation's rows (not to the error row's content);
         `null` stands for a missing value (see `derived_rows`).
