@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import date, datetime
+from functools import cached_property
 from operator import attrgetter
 
 from projections import dates
@@ -270,7 +271,9 @@ class _Replay:
         self.episodes: list[_Episode] = []
         self.tasks: list[_Task] = []
         self.money: list[Fact] = []
-        self.anomalies: list[Anomaly] = []
+        # (kind, day, message, events): `view` makes the `Anomaly` models (a rebuild never
+        # asks for them, and a pydantic model per anomaly was a measurable part of derive).
+        self.anomalies: list[tuple[str, date, str, list[str]]] = []
         self.today: list[Fact] = []  # facts already replayed on the current day
 
     # -- helpers -------------------------------------------------------------------------
@@ -332,7 +335,7 @@ class _Replay:
         ]
 
     def anomaly(self, kind: str, on: date, message: str, events: list[str]) -> None:
-        self.anomalies.append(Anomaly(kind=kind, on=on, message=message, events=events))
+        self.anomalies.append((kind, on, message, events))
 
     def deadline(self, start: date, days: int) -> date:
         due = dates.days_after(start, days)
@@ -651,11 +654,14 @@ class _Replay:
     on_fine_paid = on_fine_imposed
 
     # -- derivation at as_of ---------------------------------------------------------------
-    def finish(self) -> tuple[list[_Fine], Overstay | None]:
-        """Derive overstay, its task and all fines as of `as_of`."""
+    def finish(self) -> tuple[list[_Fine], _OpenOverstay | None]:
+        """Derive overstay, its task and all fines as of `as_of`.
+
+        The unresolved overstay comes back as its parts (its view is built on demand by
+        `Derivation.overstay`: a rebuild never asks for it).
+        """
         self.advance_to(self.as_of)
         fines: list[_Fine] = []
-        overstay_view: Overstay | None = None
         overstay_open: tuple[date, int, bool] | None = None
         overstay_fine: _Fine | None = None
         for episode in self.episodes:
@@ -732,16 +738,8 @@ class _Replay:
         self._number_offenses(fines)
         self._apply_money(fines)
         if overstay_open is not None and overstay_fine is not None:
-            since, days, can_reapply = overstay_open
-            overstay_view = Overstay(
-                since=since,
-                days=days,
-                can_reapply=can_reapply,
-                fine_ntd=overstay_fine.amount
-                if overstay_fine.amount is not None
-                else overstay_fine.amount_min,
-            )
-        return fines, overstay_view
+            return fines, (*overstay_open, overstay_fine)
+        return fines, None
 
     def _registration_after(self, day: date) -> date | None:
         after = [d for d, _ in self.registrations if d >= day]
@@ -874,6 +872,11 @@ def _status(replay: _Replay, tasks: list[Task], overstay: Overstay | None) -> st
     return "no_arc"
 
 
+# An unresolved overstay's first day, its days, whether the student can still reapply,
+# and its fine.
+_OpenOverstay = tuple[date, int, bool, _Fine]
+
+
 @dataclass
 class Derivation:
     """Everything the replay derived, with full date history (for views and read models)."""
@@ -882,7 +885,20 @@ class Derivation:
     as_of: date
     replay: _Replay
     fines: list[_Fine]
-    overstay: Overstay | None
+    open_overstay: _OpenOverstay | None
+
+    @cached_property
+    def overstay(self) -> Overstay | None:
+        """The unresolved overstay's view (built when asked for)."""
+        if self.open_overstay is None:
+            return None
+        since, days, can_reapply, fine = self.open_overstay
+        return Overstay(
+            since=since,
+            days=days,
+            can_reapply=can_reapply,
+            fine_ntd=fine.amount if fine.amount is not None else fine.amount_min,
+        )
 
     @property
     def tasks(self) -> list[_Task]:
@@ -964,7 +980,10 @@ def view(
         tasks=tasks,
         fines=fines_out,
         fines_total=fines_total(fines_out),
-        anomalies=sorted(replay.anomalies, key=lambda a: a.on),
+        anomalies=sorted(
+            (Anomaly(kind=k, on=on, message=m, events=e) for k, on, m, e in replay.anomalies),
+            key=lambda a: a.on,
+        ),
     )
 
 

@@ -93,6 +93,11 @@ MAX_FOREIGN_REBUILDS = 3  # rebuilds by another process during one sync before g
 CHUNK = 500  # ids per `IN (...)` list
 _STAGE = "rm_stage"  # the temporary database a rebuild fills before it swaps the tables in
 _STAGE_ROWS = 20_000  # facts derived between two writes to the staging tables
+# A rebuild's missing value: binding None goes through the sqlite3 module's adapter lookup
+# (about three times the cost of binding a string), so staged rows carry `_NULL` instead
+# and their INSERT turns it back into NULL. A float: binding it allocates nothing (a
+# string, even '', is copied), and no column ever holds one (days, ids, whole numbers).
+_NULL = -0.5
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS rm_tracking (name TEXT PRIMARY KEY, position INTEGER NOT NULL);
@@ -203,6 +208,11 @@ _CONTENT: dict[str, tuple[str, ...]] = {
     "rm_errors": ("student_id", "error", "message"),  # and `position`, not compared
 }
 _VERSIONED = tuple(_CONTENT)
+# The NOT NULL columns of each table (the others may hold NULL: `_NULL` in a rebuild's rows).
+_NOT_NULL: dict[str, frozenset[str]] = {
+    match[1]: frozenset(re.findall(r"(\w+) \w+ NOT NULL", match[2]))
+    for match in re.finditer(r"CREATE TABLE IF NOT EXISTS (\w+) \((.*?)\);", _SCHEMA, re.S)
+}
 _STAGED = (*_VERSIONED, "rm_changes", "rm_students")  # the tables a rebuild fills
 Row = tuple[Any, ...]
 
@@ -298,22 +308,40 @@ def failure_of(student_id: str, exc: Exception) -> tuple[str, str]:
     )
 
 
-def _overdue_window(task: Any, due: date | None) -> tuple[str | None, str | None]:
-    """The days a task is overdue (inclusive), to find "overdue on D" by index."""
+class _DayTexts(dict[date, str]):
+    """Days as ISO text, each formatted once (`date.isoformat` goes through printf: a tenth
+    of a rebuild). A log names a few thousand distinct days; the memo stays bounded."""
+
+    def __init__(self, text: Callable[[date], str]) -> None:
+        super().__init__()
+        self.text = text
+
+    def __missing__(self, day: date) -> str:
+        if len(self) >= 100_000:
+            self.clear()
+        text = self[day] = self.text(day)
+        return text
+
+
+_day_iso = _DayTexts(date.isoformat)
+_day_after_iso = _DayTexts(lambda day: dates.next_day(day).isoformat())
+_day_before_iso = _DayTexts(lambda day: dates.previous_day(day).isoformat())
+
+
+def _overdue_window(task: Any, due: date | None, null: Any = None) -> tuple[Any, Any]:
+    """The days a task is overdue (inclusive), to find "overdue on D" by index.
+
+    `null` stands for "no such day" (see `derived_rows`).
+    """
     if due is None or due == date.max:
-        return None, None  # a task due on the calendar's last day is never overdue in it
+        return null, null  # a task due on the calendar's last day is never overdue in it
     done, cancelled = task.done_on, task.cancelled_on
-    first = dates.next_day(due)
     if done is None and cancelled is None:
-        return first.isoformat(), FOREVER
+        return _day_after_iso[due], FOREVER
     end = done if cancelled is None else cancelled if done is None else min(done, cancelled)
-    if end <= first:
-        return None, None  # done or cancelled by its first overdue day
-    return first.isoformat(), dates.previous_day(end).isoformat()
-
-
-def _iso(day: date | None) -> str | None:
-    return day.isoformat() if day else None
+    if end <= dates.next_day(due):
+        return null, null  # done or cancelled by its first overdue day
+    return _day_after_iso[due], _day_before_iso[end]
 
 
 _quoted = json.encoder.encode_basestring_ascii  # what json.dumps quotes a string with (C)
@@ -329,7 +357,7 @@ def _cited(pairs: Iterable[tuple[str, date]], listed_from: date) -> str:
     pairs = list(pairs)
     for _, day in pairs:
         if day > listed_from:
-            return "[" + ", ".join([f'[{_quoted(e)}, "{d.isoformat()}"]' for e, d in pairs]) + "]"
+            return "[" + ", ".join([f'[{_quoted(e)}, "{_day_iso[d]}"]' for e, d in pairs]) + "]"
     return "[" + ", ".join([_quoted(e) for e, _ in pairs]) + "]"
 
 
@@ -343,9 +371,18 @@ def first_cause(caused_by: str) -> str:
 
 def _task_cited(task: Any) -> str:
     """`_cited(task.cited(), task.trigger_on)`, without building the pairs for most tasks."""
-    if not task.done_by and not task.effective:
-        # Every cause counts from the trigger day: the ids alone.
-        return "[" + ", ".join([_quoted(e) for e in task.triggers]) + "]"
+    triggers = task.triggers
+    if not task.effective:  # every trigger counts from the trigger day
+        done_by = task.done_by
+        if not done_by:  # the ids alone
+            return "[" + ", ".join([_quoted(e) for e in triggers]) + "]"
+        done = task.done_on or task.trigger_on
+        if done > task.trigger_on:  # the completions count from their day: pairs
+            since, until = _day_iso[task.trigger_on], _day_iso[done]
+            cited = [f'[{_quoted(e)}, "{since}"]' for e in triggers]
+            cited += [f'[{_quoted(e)}, "{until}"]' for e in done_by]
+            return "[" + ", ".join(cited) + "]"
+        return "[" + ", ".join([_quoted(e) for e in (*triggers, *done_by)]) + "]"
     return _cited(task.cited(), task.trigger_on)
 
 
@@ -358,32 +395,38 @@ def _fine_cited(fine: Any) -> str:
     return _cited([(e, effective.get(e, accrued)) for e in fine.caused_by], accrued)
 
 
-def derived_rows(student_id: str, derived: Derivation, tail: Row = ()) -> dict[str, list[Row]]:
+def derived_rows(
+    student_id: str, derived: Derivation, tail: Row = (), null: Any = None
+) -> dict[str, list[Row]]:
     """One derivation's rows, table by table (content columns of `_CONTENT`, in order).
 
     `tail` is appended to every row (a rebuild's interval, when the row's is known).
-    Runs for every version a rebuild derives: the dates are formatted inline (a date is
-    never falsy, so `is None` is `_iso`'s test) and the common shapes take short cuts.
+    `null` stands for a missing value: None, or for a rebuild `_NULL`, which binds faster
+    and which its INSERT turns back into NULL (`NULLIF`).
+    Runs for every version a rebuild derives: the days' texts are looked up (`_day_iso`)
+    and the common shapes take short cuts.
     """
+    day = _day_iso
     tasks: list[Row] = []
     add_task = tasks.append
     for n, t in enumerate(derived.tasks):
         opens, opens_from, done, cancelled = t.opens_on, t.opens_from, t.done_on, t.cancelled_on
+        fee = t.fee_ntd
         # The same for each due version of the task: computed once.
         head = (
             student_id,
             n,
             t.kind,
             t.rule,
-            t.trigger_on.isoformat(),
-            None if opens is None else opens.isoformat(),
-            None if opens_from is None else opens_from.isoformat(),
+            day[t.trigger_on],
+            null if opens is None else day[opens],
+            null if opens_from is None else day[opens_from],
         )
         rest = (
-            None if done is None else done.isoformat(),
-            None if cancelled is None else cancelled.isoformat(),
+            null if done is None else day[done],
+            null if cancelled is None else day[cancelled],
             t.where or TASK_KINDS[t.kind].where,  # `_Task.place`
-            t.fee_ntd,
+            null if fee is None else fee,
             _task_cited(t),
             *tail,
         )
@@ -392,10 +435,10 @@ def derived_rows(student_id: str, derived: Derivation, tail: Row = ()) -> dict[s
             add_task(
                 (
                     *head,
-                    None if due is None else due.isoformat(),
-                    None,
-                    None,
-                    *_overdue_window(t, due),
+                    null if due is None else day[due],
+                    null,
+                    null,
+                    *_overdue_window(t, due, null),
                     *rest,
                 )
             )
@@ -404,38 +447,39 @@ def derived_rows(student_id: str, derived: Derivation, tail: Row = ()) -> dict[s
             add_task(
                 (
                     *head,
-                    _iso(due),
-                    _iso(since),
-                    _iso(until),
-                    *_overdue_window(t, due),
+                    null if due is None else day[due],
+                    null if since is None else day[since],
+                    null if until is None else day[until],
+                    *_overdue_window(t, due, null),
                     *rest,
                 )
             )
     fines: list[Row] = []
     payments: list[Row] = []
     for n, f in enumerate(derived.fines):
-        imposed, valid_until, last_day = f.imposed_on, f.valid_until, f.last_day
+        imposed, valid_until, last_day, offense = f.imposed_on, f.valid_until, f.last_day, f.offense
+        amount = f.amount if imposed else None
         fines.append(
             (
                 student_id,
                 n,
                 f.kind,
                 f.rule,
-                f.accrued_on.isoformat(),
+                day[f.accrued_on],
                 f.amount_min,
                 f.amount_max,
-                f.offense,
-                None if imposed is None else imposed.isoformat(),
-                f.amount if imposed else None,
-                None if valid_until is None else valid_until.isoformat(),
-                None if last_day is None else last_day.isoformat(),
+                null if offense is None else offense,
+                null if imposed is None else day[imposed],
+                null if amount is None else amount,
+                null if valid_until is None else day[valid_until],
+                null if last_day is None else day[last_day],
                 _fine_cited(f),
                 *tail,
             )
         )
         if f.payments:
             payments.extend(
-                (student_id, n, k, on.isoformat(), amount, *tail)
+                (student_id, n, k, day[on], amount, *tail)
                 for k, (on, amount) in enumerate(f.payments)
             )
     overstays: list[Row] = []
@@ -448,10 +492,10 @@ def derived_rows(student_id: str, derived: Derivation, tail: Row = ()) -> dict[s
             (
                 student_id,
                 k,
-                e.since.isoformat(),
-                e.valid_until.isoformat(),
-                None if end is None else end.isoformat(),
-                None if resolved is None else resolved.isoformat(),
+                day[e.since],
+                day[e.valid_until],
+                null if end is None else day[end],
+                null if resolved is None else day[resolved],
                 int(e.ceased),
                 *tail,
             )
@@ -793,11 +837,12 @@ class ReadModel:
                 latest = None
                 if facts:
                     moments = sorted({f.recorded_at for f in facts})
-                    report.failed += self._snapshot(stream.student_id, facts, moments, upto, staged)
-                    staged.pending += len(facts)
-                    latest = texts.get(moments[-1]) or texts.setdefault(
-                        moments[-1], moment_text(moments[-1])
+                    ats = [texts.get(m) or texts.setdefault(m, moment_text(m)) for m in moments]
+                    report.failed += self._snapshot(
+                        stream.student_id, facts, moments, ats, upto, staged
                     )
+                    staged.pending += len(facts)
+                    latest = ats[-1]
                 staged.students.append((stream.uuid, stream.student_id, upto, latest))
                 if staged.pending >= _STAGE_ROWS:
                     self._insert_staged(staged)
@@ -827,20 +872,22 @@ class ReadModel:
         student_id: str,
         facts: list[Fact],
         moments: list[datetime],
+        ats: list[str],
         position: int,
         out: _Staged,
     ) -> bool:
         """Every version of one student, each row with its final interval, into `out`.
 
         The same versions and intervals `_follow` makes from empty tables (one version per
-        distinct record time `moments`, sorted; unchanged rows kept), without the
-        follower's bookkeeping. True when the student's last version failed (it is left
+        distinct record time `moments`, sorted, `ats` their texts; unchanged rows kept),
+        without the follower's bookkeeping. True when the student's last version failed (it is left
         out, as by the follower).
         """
         student = _Student("", student_id, facts, moments[0])
         if len(moments) == 1:  # most students: one version, every row believed from then on
-            at = moment_text(moments[0])
-            rows, failure = self._version(student, moments[0], (at, OPEN))
+            at = ats[0]
+            # As known at its one record time = every fact known (no record-time filter).
+            rows, failure = self._version(student, None, (at, OPEN), _NULL)
             for table, fresh in rows.items():
                 if table == "rm_errors":
                     fresh = [(*c, at, OPEN, position) for c in fresh]
@@ -855,9 +902,8 @@ class ReadModel:
         tails: dict[str, Row] = {t: () for t in _VERSIONED} | {"rm_errors": (position,)}
         failure: Exception | None = None
         bug: Exception | None = None
-        for moment in moments:
-            at = moment_text(moment)
-            rows, failure = self._version(student, moment)
+        for moment, at in zip(moments, ats, strict=True):
+            rows, failure = self._version(student, moment, null=_NULL)
             if failure is not None and not isinstance(failure, DerivationError):
                 bug = failure
             changed = False
@@ -887,12 +933,15 @@ class ReadModel:
         """Write staged rows (all new, intervals final) into the staging tables."""
         conn = self.db.conn
         for table, columns in _CONTENT.items():
-            names = ", ".join(columns) + ", known_from, known_until"
+            names = [*columns, "known_from", "known_until"]
             if table == "rm_errors":
-                names += ", position"
-            marks = ",".join("?" * (names.count(",") + 1))
+                names.append("position")
+            marks = ",".join(
+                "?" if name in _NOT_NULL[table] else f"NULLIF(?, {_NULL})" for name in names
+            )
             conn.executemany(
-                f"INSERT INTO {_STAGE}.{table} ({names}) VALUES ({marks})", staged.rows[table]
+                f"INSERT INTO {_STAGE}.{table} ({', '.join(names)}) VALUES ({marks})",
+                staged.rows[table],
             )
         conn.executemany(f"INSERT INTO {_STAGE}.rm_changes VALUES (?, ?)", staged.changes)
         conn.executemany(f"INSERT INTO {_STAGE}.rm_students VALUES (?,?,?,?)", staged.students)
@@ -1040,11 +1089,13 @@ class ReadModel:
             plan.failed += 1
 
     def _version(
-        self, student: _Student, moment: datetime, tail: Row = ()
+        self, student: _Student, moment: datetime | None, tail: Row = (), null: Any = None
     ) -> tuple[dict[str, list[Row]], Any]:
-        """The rows of the student's derivation as known at `moment`, or its error row.
+        """The rows of the student's derivation as known at `moment` (None: every fact known),
+        or its error row.
 
-        `tail` is appended to the derivation's rows (not to the error row's content).
+        `tail` is appended to the derivation's rows (not to the error row's content);
+        `null` stands for a missing value (see `derived_rows`).
         """
         student_id, facts = student.student_id, student.facts
         try:
@@ -1052,7 +1103,7 @@ class ReadModel:
                 facts, HORIZON, moment, self.rules, self.calendar, student_id=student_id
             )
             try:
-                return derived_rows(student_id, derived, tail), None
+                return derived_rows(student_id, derived, tail, null), None
             except dates.DateOutOfRangeError as exc:  # e.g. a due day on 9999-12-31
                 events = out_of_range_events(known_facts(facts, moment))
                 raise DerivationError(student_id, str(exc), events) from None

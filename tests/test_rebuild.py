@@ -23,7 +23,8 @@ from hypothesis import strategies as st
 from test_bitemporal_readmodel import table_rows
 from test_read_side_robustness import populate, write_directly
 
-from projections.readmodel import OPEN, ReadModel, _cited
+from projections.engine import _Task
+from projections.readmodel import OPEN, ReadModel, _cited, _task_cited
 from timeline.ingest import ingest_objects
 from timeline.store import TimelineStore
 
@@ -215,6 +216,25 @@ def test_cited_text_is_exactly_what_json_dumps_gives(ids, days):
     else:
         expected = json.dumps([e for e, _ in pairs])
     assert _cited(pairs, listed_from) == expected
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    triggers=st.lists(st.text(max_size=8), min_size=1, max_size=3),
+    done_by=st.lists(st.text(max_size=8), max_size=2),
+    done=st.one_of(st.none(), st.integers(-2, 3)),
+    effective=st.lists(st.integers(-2, 3), max_size=3),
+)
+def test_task_cited_short_cuts_give_the_general_text(triggers, done_by, done, effective):
+    """`_task_cited`'s short cuts (no late triggers; completions) equal `_cited` of `cited()`."""
+    trigger_on = date(2024, 5, 1)
+    task = _Task("apply_arc", "R-ARC-ENTRY", trigger_on, trigger_on, None, list(triggers))
+    task.done_by = list(done_by)
+    task.done_on = None if done is None else trigger_on + timedelta(days=done)
+    task.effective = {
+        e: trigger_on + timedelta(days=d) for e, d in zip(triggers, effective, strict=False)
+    }
+    assert _task_cited(task) == _cited(task.cited(), trigger_on)
 
 
 def test_progress_bar_is_drawn_only_once_the_work_has_taken_its_delay():

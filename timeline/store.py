@@ -515,6 +515,9 @@ class TimelineStore:
         """
         upto = self.max_position() if upto is None else upto
         fetch = self._stream_page_postgres if self.config.is_postgres else self._stream_page_sqlite
+        fast = self._fast
+        # The usual fact straight from the fast decoder (`_fact_of` calls it too, first).
+        exact = fast.exact_fact if fast is not None and fast.exact else None
         after: tuple[Any, int] | None = None
         current: StoredStream | None = None
         while True:
@@ -531,7 +534,11 @@ class TimelineStore:
                 current.version = version
                 if not current.student_id:
                     continue  # no registration at the start of this stream: not ours
-                fact = self._fact_of(current.student_id, uid, version, topic, state)
+                fact = None
+                if exact is not None and topic == _RECORDED:
+                    fact = exact(current.student_id, version, state)
+                if fact is None:
+                    fact = self._fact_of(current.student_id, uid, version, topic, state)
                 if fact is not None:
                     current.facts.append(fact)
             if len(rows) < page:
@@ -1177,42 +1184,41 @@ class _FastDecoder:
         (a batch shares one record time). Anything else is left to `parse`.
         """
         try:
-            return self._exact_fact(student_id, version, raw.decode("utf8"))
+            text = raw.decode("utf8")
+            head = _FACT_HEAD.match(text)
+            if head is None:
+                return None
+            data, end = self.scan(text, head.end())
+            tail = _FACT_TAIL.fullmatch(text, end)
+            if tail is None or type(data) is not dict or "_type_" in data:
+                return None  # (a `data` that is itself one transcoded value: the general walk)
+            days = self.days
+            for key, value in data.items():
+                kind = type(value)
+                if kind is dict:
+                    if len(value) != 2 or value.get("_type_") != "date_iso":
+                        return None
+                    day_text = value.get("_data_")
+                    if type(day_text) is not str:
+                        return None
+                    day = days.get(day_text)
+                    if day is None:
+                        day = self._day(day_text)
+                    data[key] = day
+                elif kind is list and not _flat(value):
+                    return None
+            at, source, event_id, fact_type, on = head.groups()
+            moment = self.moments.get(at)
+            if moment is None:
+                moment = self._moment(at)
+            day = days.get(on)
+            if day is None:
+                day = self._day(on)
+            return Fact(
+                student_id, source, event_id, fact_type, day, moment, version, data, tail[1]
+            )
         except Exception:  # a bad text or value: `parse` and the mapper decide
             return None
-
-    def _exact_fact(self, student_id: str, version: int, text: str) -> Fact | None:
-        """`exact_fact` of the decoded text (raises on a bad value)."""
-        head = _FACT_HEAD.match(text)
-        if head is None:
-            return None
-        data, end = self.scan(text, head.end())
-        tail = _FACT_TAIL.fullmatch(text, end)
-        if tail is None or type(data) is not dict or "_type_" in data:
-            return None  # (a `data` that is itself one transcoded value: the general walk)
-        days = self.days
-        for key, value in data.items():
-            kind = type(value)
-            if kind is dict:
-                if len(value) != 2 or value.get("_type_") != "date_iso":
-                    return None
-                day_text = value.get("_data_")
-                if type(day_text) is not str:
-                    return None
-                day = days.get(day_text)
-                if day is None:
-                    day = self._day(day_text)
-                data[key] = day
-            elif kind is list and not _flat(value):
-                return None
-        at, source, event_id, fact_type, on = head.groups()
-        moment = self.moments.get(at)
-        if moment is None:
-            moment = self._moment(at)
-        day = days.get(on)
-        if day is None:
-            day = self._day(on)
-        return Fact(student_id, source, event_id, fact_type, day, moment, version, data, tail[1])
 
     def _day(self, text: str) -> date:
         """A `date_iso` text decoded by the transcoder, remembered (bounded)."""
