@@ -589,7 +589,7 @@ def create_app(
                 else:
                     result = view(stream, on, moment, rulebook, student_id=student_id)
                 # Answered once its audit row is committed (with concurrent requests' rows).
-                await shared.arecord_access(
+                await shared.audit.arecord(
                     opened, token.name, "GET /v1/students/{student_id}", student_id, at, expectation
                 )
         # pydantic's own serializer: the bytes JSONResponse would make, in a fifth the time.

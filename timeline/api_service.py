@@ -460,18 +460,6 @@ class SharedStore:
         """Append a row to the audit of access (committed with concurrent requests' rows)."""
         self.audit.record(store, token_name, route, student_id, at)
 
-    async def arecord_access(
-        self,
-        store: TimelineStore,
-        token_name: str,
-        route: str,
-        student_id: str,
-        at: datetime,
-        expectation: Expectation | None = None,
-    ) -> None:
-        """`record_access` for a coroutine (no thread held while the commit is awaited)."""
-        await self.audit.arecord(store, token_name, route, student_id, at, expectation)
-
     # -- read models --------------------------------------------------------------------
     def read_db_path(self, store: TimelineStore) -> str:
         """The read-model file of `store`."""

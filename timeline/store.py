@@ -588,18 +588,25 @@ class TimelineStore:
             return c.fetchall()
 
     def _streams_in_postgres(self, uuids: Sequence[str]) -> list[tuple[Any, int, str, bytes]]:
+        return self._rows_postgres(
+            "originator_id = ANY(%s) ORDER BY originator_id, originator_version",
+            [UUID(hex=u) for u in uuids],
+        )
+
+    def _rows_postgres(self, condition: str, value: Any) -> list[tuple[Any, int, str, bytes]]:
+        """(id, version, topic, state) of the stored events meeting `condition` (one `%s`)."""
         from psycopg.sql import SQL, Identifier
 
         recorder = self.recorder
         statement = SQL(
             "SELECT originator_id, originator_version, topic, state FROM {schema}.{table} "
-            "WHERE originator_id = ANY(%s) ORDER BY originator_id, originator_version"
+            "WHERE " + condition  # a constant of this module, never input
         ).format(
             schema=Identifier(recorder.datastore.schema),
             table=Identifier(recorder.events_table_name),
         )
         with recorder.datastore.get_connection() as conn, conn.cursor() as curs:
-            curs.execute(statement, ([UUID(hex=u) for u in uuids],))
+            curs.execute(statement, (value,))
             return [
                 (r["originator_id"], r["originator_version"], r["topic"], bytes(r["state"]))
                 for r in curs.fetchall()
@@ -619,22 +626,7 @@ class TimelineStore:
             ).fetchall()
 
     def _stream_postgres(self, uid: UUID) -> list[tuple[Any, int, str, bytes]]:
-        from psycopg.sql import SQL, Identifier
-
-        recorder = self.recorder
-        statement = SQL(
-            "SELECT originator_id, originator_version, topic, state FROM {schema}.{table} "
-            "WHERE originator_id = %s ORDER BY originator_version"
-        ).format(
-            schema=Identifier(recorder.datastore.schema),
-            table=Identifier(recorder.events_table_name),
-        )
-        with recorder.datastore.get_connection() as conn, conn.cursor() as curs:
-            curs.execute(statement, (uid,))
-            return [
-                (r["originator_id"], r["originator_version"], r["topic"], bytes(r["state"]))
-                for r in curs.fetchall()
-            ]
+        return self._rows_postgres("originator_id = %s ORDER BY originator_version", uid)
 
     def _registered_name(self, uid: Any, version: int, topic: str, state: bytes) -> str:
         """The student number of a stream's first event ('' when it is no registration)."""
