@@ -451,7 +451,8 @@ def test_concurrent_views_are_all_audited(location, read_db, clock):
     assert total == 40
 
 
-def test_group_commit_writes_rows_together_and_answers_each_after_its_commit():
+def _slow_first_commit() -> tuple[AuditGroupCommit, threading.Event, list[int], list[str]]:
+    """A group whose first commit waits for `gate`; rows per commit, and students written."""
     written: list[str] = []
     calls: list[int] = []
     gate = threading.Event()
@@ -462,7 +463,11 @@ def test_group_commit_writes_rows_together_and_answers_each_after_its_commit():
         calls.append(len(rows))
         written.extend(row[2] for row in rows)
 
-    group = AuditGroupCommit(write)
+    return AuditGroupCommit(write), gate, calls, written
+
+
+def test_group_commit_writes_rows_together_and_answers_each_after_its_commit():
+    group, gate, calls, written = _slow_first_commit()
     store = object()
     done: list[tuple[str, bool]] = []
 
@@ -501,17 +506,7 @@ def test_group_commit_serves_coroutines_and_threads_alike_in_shared_commits():
     """Coroutines await their row holding no thread; rows queued together commit together."""
     import asyncio
 
-    written: list[str] = []
-    calls: list[int] = []
-    gate = threading.Event()
-
-    def write(_store, rows):
-        if not calls:
-            gate.wait(5)  # the first commit is slow: the others queue up behind it
-        calls.append(len(rows))
-        written.extend(row[2] for row in rows)
-
-    group = AuditGroupCommit(write)
+    group, gate, calls, written = _slow_first_commit()
     store = object()
     answered: list[tuple[str, bool]] = []
 
