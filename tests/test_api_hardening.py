@@ -359,6 +359,20 @@ def test_odd_bytes_on_the_wire_never_give_a_500(shared_api, request_line):
     assert _raw_status(shared_api, request_line) in {200, 400, 404}
 
 
+def test_a_header_without_end_is_cut_off_not_buffered(shared_api):
+    """h11 stops a request head at 16 KB; httptools (uvicorn's "auto" when installed)
+    would buffer all of it: 8 MB here, a server's memory with a few connections."""
+    parts = urlsplit(shared_api)
+    sent = 0
+    with socket.create_connection((parts.hostname, parts.port), timeout=10) as conn:
+        conn.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Padding: ")
+        with pytest.raises(OSError):  # reset (or a broken pipe) long before the 8 MB
+            for _ in range(128):
+                conn.sendall(b"a" * 65536)
+                sent += 65536
+    assert sent < 4 * 1024 * 1024
+
+
 # -- configuration ------------------------------------------------------------------------
 def test_token_settings_name_each_token_and_bind_feed_tokens_to_sources():
     config = ApiConfig.from_env(ENV)

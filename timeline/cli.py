@@ -1296,6 +1296,9 @@ def serve(
         # app logs its own line per request, redacted, on the `timeline.access` logger.
         "access_log": False,
         "log_config": log_config(fmt),
+        # h11 stops a request's header at 16 KB; httptools, which "auto" would pick when
+        # installed, buffers it without a bound (one connection could fill the memory).
+        "http": "h11",
     }
     if settings.workers == 1:
         try:
