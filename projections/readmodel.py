@@ -978,10 +978,15 @@ class ReadModel:
                     continue
                 stream = read.get(uid)
                 if stream is not None and stream.student_id == student_id:
-                    facts, version = stream.facts, max(1, stream.version)
+                    facts = stream.facts
                 else:  # not a stream `streams_of` reads: as it always was read
                     facts = store.stream(student_id)
-                    version = max([1, *(f.seq for f in facts)])
+                # The stream as these notifications leave it, not as it is now: events
+                # stored since belong to later batches. Were they cached now, and this
+                # batch's plan then dropped (another process applied it first), a later
+                # batch would find them "already seen" and never derive them.
+                version = events[-1].originator_version
+                facts = [f for f in facts if f.seq <= version]
                 cached = (student_id, facts, version)
             student_id, facts, version = cached
             added = []

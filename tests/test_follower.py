@@ -226,6 +226,52 @@ def test_a_killed_follower_resumes_from_its_tracking_table(tmp_path, clock):
     assert table_rows(str(read_db)) == rebuilt_rows(location, tmp_path / "rebuilt.db")
 
 
+def test_a_batch_another_process_applied_first_leaves_no_later_event_unseen(tmp_path, clock):
+    """Found by the soak (4 API processes and a follower on one read-model file): a
+    follower met a student it had not cached and read the stream whole, events stored
+    after its batch included; another process applied that batch first, so the plan was
+    dropped, but those later events stayed cached as seen: when their batch came they were
+    never derived (the rows stopped at the earlier version, rm_students said otherwise)."""
+    location, read_db = str(tmp_path / "t.db"), str(tmp_path / "read.db")
+    events = [
+        ("2024-02-01", {"event_id": "r-in", "type": "entered", "visa": "resident"}),
+        ("2024-02-05", {"event_id": "r-reg", "type": "registered", "semester": "112-2"}),
+        ("2024-02-20", {"event_id": "r-app", "type": "arc_applied", "application": "initial"}),
+        ("2024-03-20", {"event_id": "r-arc", "type": "arc_issued", "valid_until": "2024-09-01"}),
+        ("2024-06-01", {"event_id": "r-move", "type": "address_changed", "address": "No. 1"}),
+    ]
+    batches = [
+        [e | {"student_id": "R00001", "occurred_on": day} for day, e in part]
+        for part in (events[:3], events[3:4], events[4:])
+    ]
+    with TimelineStore.open(location, clock=clock) as store:
+
+        def ingest(batch: list[dict]) -> None:
+            clock.advance(minutes=1)
+            assert ingest_objects(store, batch).ok
+
+        ingest(batches[0])
+        first = ReadModel(read_db)
+        first.sync(store)  # the first batch applied
+        first.close()
+        ingest(batches[1])
+        a, b = ReadModel(read_db), ReadModel(read_db)  # two processes, nothing cached
+        absorb = a._absorb
+
+        def meanwhile(store_: TimelineStore, notifications: list) -> list:
+            b.sync(store)  # b applies the second batch first: a's plan will be dropped
+            ingest(batches[2])  # stored before a reads the stream whole
+            return absorb(store_, notifications)
+
+        a._absorb = meanwhile  # type: ignore[method-assign]
+        a.sync(store)
+        a._absorb = absorb  # type: ignore[method-assign]
+        a.sync(store)  # the third batch: a must derive the move
+        a.close()
+        b.close()
+    assert table_rows(read_db) == rebuilt_rows(location, tmp_path / "rebuilt.db")
+
+
 def test_a_stop_takes_effect_between_two_committed_batches(sqlite_store, tmp_path, clock):
     assert ingest_objects(sqlite_store, lives(0, 30)).ok
     model = ReadModel(tmp_path / "read.db")
