@@ -83,7 +83,7 @@ log = logging.getLogger(__name__)
 HORIZON = date(2199, 12, 31)
 FOREVER = "9999-12-31"
 OPEN = "9999-12-31T23:59:59.999999+00:00"  # known_until of a row still believed
-LAYOUT_VERSION = 9  # bump when a table changes: old read models are rebuilt
+LAYOUT_VERSION = 10  # bump when a table changes: old read models are rebuilt
 STREAM_CACHE = 20_000  # students whose facts stay in memory between batches
 TRACKING = "rm_tracking"
 NAME = "student_views"
@@ -122,6 +122,7 @@ CREATE TABLE IF NOT EXISTS rm_fines (
     accrued_on TEXT NOT NULL, amount_min INTEGER NOT NULL, amount_max INTEGER NOT NULL,
     offense INTEGER, imposed_on TEXT, imposed_amount INTEGER,
     overstay_valid_until TEXT, overstay_last_day TEXT, caused_by TEXT NOT NULL,
+    settled_on TEXT, settled_status TEXT, settled_doc TEXT,
     known_from TEXT NOT NULL, known_until TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS rm_fines_student ON rm_fines (student_id, known_until);
@@ -194,6 +195,9 @@ _CONTENT: dict[str, tuple[str, ...]] = {
         "overstay_valid_until",
         "overstay_last_day",
         "caused_by",
+        "settled_on",
+        "settled_status",
+        "settled_doc",
     ),
     "rm_payments": ("student_id", "fine_n", "k", "paid_on", "amount"),
     "rm_overstays": (
@@ -395,6 +399,46 @@ def _fine_cited(fine: Any) -> str:
     return _cited([(e, effective.get(e, accrued)) for e in fine.caused_by], accrued)
 
 
+_text = json.encoder.encode_basestring  # json.dumps(ensure_ascii=False): SQLite's quoting
+
+
+def _settled_fine(student_id: str, fine: Any, amount: int | None) -> tuple[str, str, str] | None:
+    """(day, status, JSON text) of a fine on every day from that day on, None if none.
+
+    From the last of its accrual, imposition, payment, overstay's end and cited event's
+    day on, nothing in the fine's answer changes with the day asked: the fines query
+    reads this text instead of building it (`_fines_sql`; the same bytes, a test holds them
+    equal). An overstay still running has no such day.
+    """
+    if fine.valid_until is not None and fine.last_day is None:
+        return None
+    accrued, effective, caused_by = fine.accrued_on, fine.effective, fine.caused_by
+    cited = [effective.get(e, accrued) for e in caused_by] if effective else [accrued]
+    days = [accrued, max(cited), *(on for on, _ in fine.payments)]
+    if fine.imposed_on is not None:
+        days.append(fine.imposed_on)
+    if fine.last_day is not None:
+        days.append(fine.last_day)
+    # Cited as stored (`_fine_cited`), SQLite hands back the ids' quoted text, or in the
+    # pairs form each id re-quoted (which would cut an id at a NUL: not precomputed).
+    pairs = max(cited) > accrued
+    if pairs and any("\x00" in e for e in caused_by):
+        return None
+    quote = _text if pairs else _quoted
+    paid = sum([paid for _, paid in fine.payments])
+    status = "accrued" if amount is None else "paid" if paid >= amount else "imposed"
+    offense = fine.offense
+    doc = (
+        f'{{"student_id":{_text(student_id)},"kind":{_text(fine.kind)},"status":"{status}",'
+        f'"accrued_on":"{_day_iso[accrued]}","amount_min_ntd":{fine.amount_min},'
+        f'"amount_max_ntd":{fine.amount_max},'
+        f'"amount_ntd":{"null" if amount is None else amount},"paid_ntd":{paid},'
+        f'"offense":{"null" if offense is None else offense},"rule":{_text(fine.rule)},'
+        f'"caused_by":[{",".join([quote(e) for e in caused_by])}]}}'
+    )
+    return _day_iso[max(days)], status, doc
+
+
 def derived_rows(
     student_id: str, derived: Derivation, tail: Row = (), null: Any = None
 ) -> dict[str, list[Row]]:
@@ -474,6 +518,7 @@ def derived_rows(
                 null if valid_until is None else day[valid_until],
                 null if last_day is None else day[last_day],
                 _fine_cited(f),
+                *(_settled_fine(student_id, f, amount) or (null, null, null)),
                 *tail,
             )
         )
@@ -1293,16 +1338,19 @@ WHERE {where}"""
         params["d"] = day.isoformat()
         accrued = "f.accrued_on = :d" if accrued_that_day else "+f.accrued_on <= :d"
         where = _filters(params, list(statuses), list(kinds), changed_since)
+        # A fine settled by the day is read as stored (`_settled_fine`); only the others
+        # (about one in twenty) are built here, their amounts and payments as of the day.
         sql = f"""
-SELECT student_id, n, json_object(
+SELECT student_id, n, CASE WHEN settled THEN settled_doc ELSE json_object(
     'student_id', student_id, 'kind', kind, 'status', status, 'accrued_on', accrued_on,
     'amount_min_ntd', low, 'amount_max_ntd', high, 'amount_ntd', amount, 'paid_ntd', paid,
-    'offense', offense, 'rule', rule, 'caused_by', json(cited)) AS doc
+    'offense', offense, 'rule', rule, 'caused_by', json(cited)) END AS doc
 FROM (
-  SELECT *, CASE WHEN amount IS NULL THEN 'accrued' WHEN paid >= amount THEN 'paid'
-                 ELSE 'imposed' END AS status
+  SELECT *, CASE WHEN settled THEN settled_status WHEN amount IS NULL THEN 'accrued'
+                 WHEN paid >= amount THEN 'paid' ELSE 'imposed' END AS status
   FROM (
     SELECT f.student_id, f.n, f.kind, f.rule, f.accrued_on, f.offense,
+      f.settled_on <= :d AS settled, f.settled_status, f.settled_doc,
       CASE WHEN f.overstay_valid_until IS NULL THEN f.amount_min ELSE rm_overstay_ntd(
         f.accrued_on, f.overstay_valid_until, f.overstay_last_day, :d, 0) END AS low,
       CASE WHEN f.overstay_valid_until IS NULL THEN f.amount_max ELSE rm_overstay_ntd(
