@@ -70,6 +70,7 @@ from projections.engine import (
     DerivationError,
     derive,
     out_of_range_events,
+    overstay_fine_final_days,
     overstay_fine_range,
 )
 from projections.rules import DEFAULT_RULES, TASK_KINDS, RuleBook, rulebook_fingerprint
@@ -402,23 +403,25 @@ def _fine_cited(fine: Any) -> str:
 _text = json.encoder.encode_basestring  # json.dumps(ensure_ascii=False): SQLite's quoting
 
 
-def _settled_fine(student_id: str, fine: Any, amount: int | None) -> tuple[str, str, str] | None:
+def _settled_fine(
+    student_id: str, fine: Any, amount: int | None, rules: RuleBook
+) -> tuple[str, str, str] | None:
     """(day, status, JSON text) of a fine on every day from that day on, None if none.
 
-    From the last of its accrual, imposition, payment, overstay's end and cited event's
-    day on, nothing in the fine's answer changes with the day asked: the fines query
-    reads this text instead of building it (`_fines_sql`; the same bytes, a test holds them
-    equal). An overstay still running has no such day.
+    From the last of its accrual, imposition, payment and cited event's day, and the day
+    an overstay's fine stops growing, on, nothing in the fine's answer changes with the
+    day asked: the fines query reads this text instead of building it (`_fines_sql`; the
+    same bytes, a test holds them equal).
     """
-    if fine.valid_until is not None and fine.last_day is None:
-        return None
     accrued, effective, caused_by = fine.accrued_on, fine.effective, fine.caused_by
     cited = [effective.get(e, accrued) for e in caused_by] if effective else [accrued]
     days = [accrued, max(cited), *(on for on, _ in fine.payments)]
     if fine.imposed_on is not None:
         days.append(fine.imposed_on)
-    if fine.last_day is not None:
-        days.append(fine.last_day)
+    valid_until, last_day = fine.valid_until, fine.last_day
+    if valid_until is not None:  # its range, by days overstayed up to the last day if frozen
+        final = dates.days_after(valid_until, overstay_fine_final_days(rules, accrued))
+        days.append(final if last_day is None else min(final, last_day))
     # Cited as stored (`_fine_cited`), SQLite hands back the ids' quoted text, or in the
     # pairs form each id re-quoted (which would cut an id at a NUL: not precomputed).
     pairs = max(cited) > accrued
@@ -500,6 +503,7 @@ def derived_rows(
             )
     fines: list[Row] = []
     payments: list[Row] = []
+    rules = derived.replay.rules
     for n, f in enumerate(derived.fines):
         imposed, valid_until, last_day, offense = f.imposed_on, f.valid_until, f.last_day, f.offense
         amount = f.amount if imposed else None
@@ -518,7 +522,7 @@ def derived_rows(
                 null if valid_until is None else day[valid_until],
                 null if last_day is None else day[last_day],
                 _fine_cited(f),
-                *(_settled_fine(student_id, f, amount) or (null, null, null)),
+                *(_settled_fine(student_id, f, amount, rules) or (null, null, null)),
                 *tail,
             )
         )
