@@ -127,9 +127,10 @@ CREATE TABLE IF NOT EXISTS rm_fines (
     known_from TEXT NOT NULL, known_until TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS rm_fines_student ON rm_fines (student_id, known_until);
--- The fines query reads settled fines from this index alone, in order (no row look-ups).
-CREATE INDEX IF NOT EXISTS rm_fines_current ON rm_fines (
-    known_until, student_id, n, known_from, accrued_on, kind, settled_on, settled_status,
+-- The fines query reads settled fines from this index alone, in order, as known at any
+-- moment (no row look-up, no sort).
+CREATE INDEX IF NOT EXISTS rm_fines_listed ON rm_fines (
+    student_id, n, known_until, known_from, accrued_on, kind, settled_on, settled_status,
     settled_doc
 );
 CREATE INDEX IF NOT EXISTS rm_fines_accrued ON rm_fines (accrued_on);
