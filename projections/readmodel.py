@@ -1586,10 +1586,19 @@ def _order_key(field: str) -> str:
     return f"{value} IS NULL, {value}{' DESC' if descending else ''}, "
 
 
-def json_array(docs: Iterable[str]) -> Iterator[str]:
-    """JSON texts as the parts of one JSON array, one element per line (for streaming)."""
-    first = True
+def json_array(docs: Iterable[str], batch: int = 1000) -> Iterator[str]:
+    """JSON texts as the parts of one JSON array, one element per line (for streaming).
+
+    A part holds up to `batch` elements: a server sends each part as a message of its
+    own, and one message per element cost more than the query.
+    """
+    head, parts = "[\n", []
     for doc in docs:
-        yield ("[\n" if first else ",\n") + doc
-        first = False
-    yield "[]\n" if first else "\n]\n"
+        parts.append(doc)
+        if len(parts) == batch:
+            yield head + ",\n".join(parts)
+            head, parts = ",\n", []
+    if parts:
+        yield head + ",\n".join(parts)
+        head = ",\n"
+    yield "[]\n" if head == "[\n" else "\n]\n"
