@@ -419,21 +419,26 @@ def _settled_fine(
     same bytes, a test holds them equal).
     """
     accrued, effective, caused_by = fine.accrued_on, fine.effective, fine.caused_by
-    cited = [effective.get(e, accrued) for e in caused_by] if effective else [accrued]
-    days = [accrued, max(cited), *(on for on, _ in fine.payments)]
-    if fine.imposed_on is not None:
-        days.append(fine.imposed_on)
-    valid_until, last_day = fine.valid_until, fine.last_day
-    if valid_until is not None:  # its range, by days overstayed up to the last day if frozen
-        final = dates.days_after(valid_until, overstay_fine_final_days(rules, accrued))
-        days.append(final if last_day is None else min(final, last_day))
-    # Cited as stored (`_fine_cited`), SQLite hands back the ids' quoted text, or in the
-    # pairs form each id re-quoted (which would cut an id at a NUL: not precomputed).
-    pairs = max(cited) > accrued
+    settled = accrued
+    if effective:  # the cited events' days (`_fine_cited`)
+        settled = max([effective.get(e, accrued) for e in caused_by], default=accrued)
+    # Cited as stored, SQLite hands back the ids' quoted text, or in the pairs form (some
+    # event counts from a later day) each id re-quoted, which would cut an id at a NUL.
+    pairs = settled > accrued
     if pairs and any("\x00" in e for e in caused_by):
         return None
     quote = _text if pairs else _quoted
-    paid = sum([paid for _, paid in fine.payments])
+    paid = 0
+    for on, part in fine.payments:
+        paid += part
+        settled = max(settled, on)
+    imposed, valid_until = fine.imposed_on, fine.valid_until
+    if imposed is not None:
+        settled = max(settled, imposed)
+    if valid_until is not None:  # its range, by days overstayed up to the last day if frozen
+        final = dates.days_after(valid_until, overstay_fine_final_days(rules, accrued))
+        last_day = fine.last_day
+        settled = max(settled, final if last_day is None else min(final, last_day))
     status = "accrued" if amount is None else "paid" if paid >= amount else "imposed"
     offense = fine.offense
     doc = (
@@ -444,7 +449,7 @@ def _settled_fine(
         f'"offense":{"null" if offense is None else offense},"rule":{_text(fine.rule)},'
         f'"caused_by":[{",".join([quote(e) for e in caused_by])}]}}'
     )
-    return _day_iso[max(days)], status, doc
+    return _day_iso[settled], status, doc
 
 
 def derived_rows(
