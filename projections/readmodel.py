@@ -416,7 +416,8 @@ def _settled_fine(
     From the last of its accrual, imposition, payment and cited event's day, and the day
     an overstay's fine stops growing, on, nothing in the fine's answer changes with the
     day asked: the fines query reads this text instead of building it (`_fines_sql`; the
-    same bytes, a test holds them equal).
+    same bytes, a test holds them equal). This module is not in the rules' fingerprint:
+    a change to the text needs `LAYOUT_VERSION` bumped, so that stored texts are rebuilt.
     """
     accrued, effective, caused_by = fine.accrued_on, fine.effective, fine.caused_by
     settled = accrued
