@@ -395,6 +395,15 @@ def main(argv: list[str] | None = None) -> int:
                 lambda: old.fines_on(AS_OF, ["accrued"]),
                 "",
             )
+            if hasattr(old, "fine_rows"):  # a revision whose SQLite builds the JSON
+                for when, known in (("now", None), ("known at mid-log", middle)):
+                    population(
+                        f"baseline: fines accrued, whole list as JSON, {when}",
+                        lambda k=known: (
+                            "[" + ",".join(old.fine_rows(AS_OF, ["accrued"], known_at=k)) + "]"
+                        ),
+                        "",
+                    )
             old.close()
 
         # 4. one day's alerts, computed and written to a fresh outbox

@@ -1001,6 +1001,12 @@ def overstay_fine_range(rules: RuleBook, since: date, days: int) -> tuple[int, i
     return _overstay_amount(rules["R-OVERSTAY"].on(since), days)
 
 
+def overstay_fine_final_days(rules: RuleBook, since: date) -> int:
+    """Days overstayed from which the fine's range no longer grows (its last tier's)."""
+    tiers = rules["R-OVERSTAY"].on(since).get("tiers")
+    return tiers[-2][0] + 1 if tiers and len(tiers) > 1 else 0
+
+
 # Each kind's documents, built once and shared by every view (`Document` is frozen).
 _DOCUMENTS_OUT = {
     kind: tuple(Document(en=en, zh=zh) for en, zh in documents)

@@ -70,6 +70,7 @@ from projections.engine import (
     DerivationError,
     derive,
     out_of_range_events,
+    overstay_fine_final_days,
     overstay_fine_range,
 )
 from projections.rules import DEFAULT_RULES, TASK_KINDS, RuleBook, rulebook_fingerprint
@@ -83,7 +84,7 @@ log = logging.getLogger(__name__)
 HORIZON = date(2199, 12, 31)
 FOREVER = "9999-12-31"
 OPEN = "9999-12-31T23:59:59.999999+00:00"  # known_until of a row still believed
-LAYOUT_VERSION = 9  # bump when a table changes: old read models are rebuilt
+LAYOUT_VERSION = 10  # bump when a table changes: old read models are rebuilt
 STREAM_CACHE = 20_000  # students whose facts stay in memory between batches
 TRACKING = "rm_tracking"
 NAME = "student_views"
@@ -122,10 +123,16 @@ CREATE TABLE IF NOT EXISTS rm_fines (
     accrued_on TEXT NOT NULL, amount_min INTEGER NOT NULL, amount_max INTEGER NOT NULL,
     offense INTEGER, imposed_on TEXT, imposed_amount INTEGER,
     overstay_valid_until TEXT, overstay_last_day TEXT, caused_by TEXT NOT NULL,
+    settled_on TEXT, settled_status TEXT, settled_doc TEXT,
     known_from TEXT NOT NULL, known_until TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS rm_fines_student ON rm_fines (student_id, known_until);
-CREATE INDEX IF NOT EXISTS rm_fines_current ON rm_fines (known_until, student_id, n);
+-- The fines query reads settled fines from this index alone, in order, as known at any
+-- moment (no row look-up, no sort).
+CREATE INDEX IF NOT EXISTS rm_fines_listed ON rm_fines (
+    student_id, n, known_until, known_from, accrued_on, kind, settled_on, settled_status,
+    settled_doc
+);
 CREATE INDEX IF NOT EXISTS rm_fines_accrued ON rm_fines (accrued_on);
 CREATE TABLE IF NOT EXISTS rm_payments (
     student_id TEXT NOT NULL, fine_n INTEGER NOT NULL, k INTEGER NOT NULL,
@@ -194,6 +201,9 @@ _CONTENT: dict[str, tuple[str, ...]] = {
         "overstay_valid_until",
         "overstay_last_day",
         "caused_by",
+        "settled_on",
+        "settled_status",
+        "settled_doc",
     ),
     "rm_payments": ("student_id", "fine_n", "k", "paid_on", "amount"),
     "rm_overstays": (
@@ -395,6 +405,54 @@ def _fine_cited(fine: Any) -> str:
     return _cited([(e, effective.get(e, accrued)) for e in fine.caused_by], accrued)
 
 
+_text = json.encoder.encode_basestring  # json.dumps(ensure_ascii=False): SQLite's quoting
+
+
+def _settled_fine(
+    student_id: str, fine: Any, amount: int | None, rules: RuleBook
+) -> tuple[str, str, str] | None:
+    """(day, status, JSON text) of a fine on every day from that day on, None if none.
+
+    From the last of its accrual, imposition, payment and cited event's day, and the day
+    an overstay's fine stops growing, on, nothing in the fine's answer changes with the
+    day asked: the fines query reads this text instead of building it (`_fines_sql`; the
+    same bytes, a test holds them equal). This module is not in the rules' fingerprint:
+    a change to the text needs `LAYOUT_VERSION` bumped, so that stored texts are rebuilt.
+    """
+    accrued, effective, caused_by = fine.accrued_on, fine.effective, fine.caused_by
+    settled = accrued
+    if effective:  # the cited events' days (`_fine_cited`)
+        settled = max([effective.get(e, accrued) for e in caused_by], default=accrued)
+    # Cited as stored, SQLite hands back the ids' quoted text, or in the pairs form (some
+    # event counts from a later day) each id re-quoted, which would cut an id at a NUL.
+    pairs = settled > accrued
+    if pairs and any("\x00" in e for e in caused_by):
+        return None
+    quote = _text if pairs else _quoted
+    paid = 0
+    for on, part in fine.payments:
+        paid += part
+        settled = max(settled, on)
+    imposed, valid_until = fine.imposed_on, fine.valid_until
+    if imposed is not None:
+        settled = max(settled, imposed)
+    if valid_until is not None:  # its range, by days overstayed up to the last day if frozen
+        final = dates.days_after(valid_until, overstay_fine_final_days(rules, accrued))
+        last_day = fine.last_day
+        settled = max(settled, final if last_day is None else min(final, last_day))
+    status = "accrued" if amount is None else "paid" if paid >= amount else "imposed"
+    offense = fine.offense
+    doc = (
+        f'{{"student_id":{_text(student_id)},"kind":{_text(fine.kind)},"status":"{status}",'
+        f'"accrued_on":"{_day_iso[accrued]}","amount_min_ntd":{fine.amount_min},'
+        f'"amount_max_ntd":{fine.amount_max},'
+        f'"amount_ntd":{"null" if amount is None else amount},"paid_ntd":{paid},'
+        f'"offense":{"null" if offense is None else offense},"rule":{_text(fine.rule)},'
+        f'"caused_by":[{",".join([quote(e) for e in caused_by])}]}}'
+    )
+    return _day_iso[settled], status, doc
+
+
 def derived_rows(
     student_id: str, derived: Derivation, tail: Row = (), null: Any = None
 ) -> dict[str, list[Row]]:
@@ -456,6 +514,7 @@ def derived_rows(
             )
     fines: list[Row] = []
     payments: list[Row] = []
+    rules = derived.replay.rules
     for n, f in enumerate(derived.fines):
         imposed, valid_until, last_day, offense = f.imposed_on, f.valid_until, f.last_day, f.offense
         amount = f.amount if imposed else None
@@ -474,6 +533,7 @@ def derived_rows(
                 null if valid_until is None else day[valid_until],
                 null if last_day is None else day[last_day],
                 _fine_cited(f),
+                *(_settled_fine(student_id, f, amount, rules) or (null, null, null)),
                 *tail,
             )
         )
@@ -1298,26 +1358,32 @@ WHERE {where}"""
         params["d"] = day.isoformat()
         accrued = "f.accrued_on = :d" if accrued_that_day else "+f.accrued_on <= :d"
         where = _filters(params, list(statuses), list(kinds), changed_since)
-        sql = f"""
-SELECT student_id, n, json_object(
-    'student_id', student_id, 'kind', kind, 'status', status, 'accrued_on', accrued_on,
+        # A fine settled by the day is read as stored (`_settled_fine`), from the index
+        # alone; only the others (a few in a thousand) are built from their row, their
+        # amounts, payments and cited events as of the day.
+        built = f"""(SELECT json_object(
+    'student_id', student_id, 'kind', kind, 'status', CASE WHEN amount IS NULL THEN 'accrued'
+      WHEN paid >= amount THEN 'paid' ELSE 'imposed' END, 'accrued_on', accrued_on,
     'amount_min_ntd', low, 'amount_max_ntd', high, 'amount_ntd', amount, 'paid_ntd', paid,
-    'offense', offense, 'rule', rule, 'caused_by', json(cited)) AS doc
-FROM (
-  SELECT *, CASE WHEN amount IS NULL THEN 'accrued' WHEN paid >= amount THEN 'paid'
-                 ELSE 'imposed' END AS status
+    'offense', offense, 'rule', rule, 'caused_by', json(cited))
   FROM (
-    SELECT f.student_id, f.n, f.kind, f.rule, f.accrued_on, f.offense,
-      CASE WHEN f.overstay_valid_until IS NULL THEN f.amount_min ELSE rm_overstay_ntd(
-        f.accrued_on, f.overstay_valid_until, f.overstay_last_day, :d, 0) END AS low,
-      CASE WHEN f.overstay_valid_until IS NULL THEN f.amount_max ELSE rm_overstay_ntd(
-        f.accrued_on, f.overstay_valid_until, f.overstay_last_day, :d, 1) END AS high,
-      CASE WHEN f.imposed_on IS NOT NULL AND f.imposed_on <= :d THEN f.imposed_amount
+    SELECT g.student_id, g.kind, g.rule, g.accrued_on, g.offense,
+      CASE WHEN g.overstay_valid_until IS NULL THEN g.amount_min ELSE rm_overstay_ntd(
+        g.accrued_on, g.overstay_valid_until, g.overstay_last_day, :d, 0) END AS low,
+      CASE WHEN g.overstay_valid_until IS NULL THEN g.amount_max ELSE rm_overstay_ntd(
+        g.accrued_on, g.overstay_valid_until, g.overstay_last_day, :d, 1) END AS high,
+      CASE WHEN g.imposed_on IS NOT NULL AND g.imposed_on <= :d THEN g.imposed_amount
       END AS amount,
       (SELECT COALESCE(SUM(p.amount), 0) FROM rm_payments p
-       WHERE p.student_id = f.student_id AND p.fine_n = f.n AND p.paid_on <= :d
+       WHERE p.student_id = g.student_id AND p.fine_n = g.n AND p.paid_on <= :d
        AND {known_p}) AS paid,
-      ({CITED_SQL.replace("caused_by", "f.caused_by")}) AS cited
+      ({CITED_SQL.replace("caused_by", "g.caused_by")}) AS cited
+    FROM rm_fines g WHERE g.rowid = f.rowid))"""
+        sql = f"""
+SELECT * FROM (
+  SELECT *, COALESCE(settled, doc ->> '$.status') AS status FROM (
+    SELECT f.student_id, f.n, f.kind, CASE WHEN f.settled_on <= :d THEN f.settled_status END
+      AS settled, CASE WHEN f.settled_on <= :d THEN f.settled_doc ELSE {built} END AS doc
     FROM rm_fines f WHERE {known_f} AND {accrued}
   )
 )
@@ -1531,10 +1597,19 @@ def _order_key(field: str) -> str:
     return f"{value} IS NULL, {value}{' DESC' if descending else ''}, "
 
 
-def json_array(docs: Iterable[str]) -> Iterator[str]:
-    """JSON texts as the parts of one JSON array, one element per line (for streaming)."""
-    first = True
+def json_array(docs: Iterable[str], batch: int = 1000) -> Iterator[str]:
+    """JSON texts as the parts of one JSON array, one element per line (for streaming).
+
+    A part holds up to `batch` elements: a server sends each part as a message of its
+    own, and one message per element cost more than the query.
+    """
+    head, parts = "[\n", []
     for doc in docs:
-        yield ("[\n" if first else ",\n") + doc
-        first = False
-    yield "[]\n" if first else "\n]\n"
+        parts.append(doc)
+        if len(parts) == batch:
+            yield head + ",\n".join(parts)
+            head, parts = ",\n", []
+    if parts:
+        yield head + ",\n".join(parts)
+        head = ",\n"
+    yield "[]\n" if head == "[\n" else "\n]\n"

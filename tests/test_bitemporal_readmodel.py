@@ -322,3 +322,41 @@ def test_a_student_broken_then_mended_is_left_out_only_as_known_while_broken(tmp
         assert _task_rows(model.tasks_on(day, known_at=t0)) == _task_rows(model.tasks_on(day))
         assert model.tasks_on(day)  # the apply_arc task is back once the bad fact is retracted
         model.close()
+
+
+@settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(scenario=scenarios(), days=st.lists(st.integers(0, 800), min_size=1, max_size=3))
+def test_a_fine_read_as_stored_is_the_text_the_query_would_build(scenario, days):
+    """Fines settled by the day are read as stored: byte for byte what SQLite builds for them,
+    every status filter, as known at every moment (ids that JSON must escape included)."""
+    batches, steps = scenario
+    odd = [
+        [e | {k: f'{e[k]}-é"\\' for k in ("event_id", "retracts") if k in e} for e in b]
+        for b in batches
+    ]
+    with tempfile.TemporaryDirectory() as tmp:
+        clock = FakeClock(T0)
+        with TimelineStore.open(str(Path(tmp) / "events.db"), clock=clock) as store:
+            model = ReadModel(str(Path(tmp) / "read.db"))
+            times = _write(store, clock, odd, steps, model, [5])
+            asked = [
+                (day, moment, statuses)
+                for day in [START + timedelta(days=o) for o in days] + [date(2030, 1, 1)]
+                for moment in _moments(times)
+                for statuses in ([], ["accrued"], ["imposed"], ["paid"])
+            ]
+            # Each fine's first settled day and the day before, where a wrong day would show.
+            for (settled_on,) in model.db.execute("SELECT DISTINCT settled_on FROM rm_fines"):
+                first = date.fromisoformat(settled_on)
+                asked += [(d, None, []) for d in (first - timedelta(days=1), first)]
+
+            def answers() -> list[list[str]]:
+                return [list(model.fine_rows(d, s, known_at=m)) for d, m, s in asked]
+
+            stored = answers()
+            # Every fine has a day from which it is settled (ids with a NUL would not).
+            unsettled = "SELECT COUNT(*) FROM rm_fines WHERE settled_on IS NULL"
+            assert model.db.execute(unsettled).fetchone()[0] == 0
+            model.db.execute("UPDATE rm_fines SET settled_on = NULL")  # every text built
+            assert answers() == stored
+            model.close()
