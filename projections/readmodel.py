@@ -781,7 +781,7 @@ class ReadModel:
         report = SyncReport(position=self.position)
         last = store.max_position()
         if rebuild_if_empty and report.position == 0 and last > 0:
-            return self.rebuild(store, batch, on_progress)
+            return self.rebuild(store, batch, on_progress, unless_ahead=True)
         foreign_rebuilds = 0
         while report.position < last:
             notifications = store.notifications(report.position, batch)
@@ -828,6 +828,8 @@ class ReadModel:
         store: TimelineStore,
         batch: int = 2000,
         on_progress: Callable[[int, int], None] | None = None,
+        *,
+        unless_ahead: bool = False,
     ) -> SyncReport:
         """Recreate the tables from the whole log: one pass by stream, swapped in at the end.
 
@@ -840,6 +842,8 @@ class ReadModel:
         as they were, and a follower in another process waits only for the swap (it then
         goes on from `upto`). The events after `upto` are followed as usual. `on_progress`
         gets (events read, `upto`) during the pass, then (position, last) as `sync` does.
+        With `unless_ahead` (the filling of empty tables), tables that another process has
+        meanwhile brought to `upto` or beyond are kept and the pass is dropped.
         """
         upto = store.max_position()
         self._streams.clear()
@@ -849,12 +853,19 @@ class ReadModel:
             report = self._stage(store, upto, on_progress)
             with self._exclusive():
                 self._rebuild_if_foreign()  # our layout and fingerprint, in any case
-                conn = self.db.conn
-                for table in _TABLES:
-                    conn.execute(f"DELETE FROM main.{table}")
-                for table in _STAGED:
-                    conn.execute(f"INSERT INTO main.{table} SELECT * FROM {_STAGE}.{table}")
-                conn.execute(f"INSERT INTO main.{TRACKING} VALUES (?, ?)", [NAME, upto])
+                if unless_ahead and self._tracked_position() >= upto:
+                    # Several processes found the tables empty at once (the API processes
+                    # and the follower of a new deployment): the first swapped its pass in
+                    # and followed on. Swapping an older pass over theirs would take the
+                    # tables back in time until this process caught up again.
+                    report = SyncReport(position=upto)
+                else:
+                    conn = self.db.conn
+                    for table in _TABLES:
+                        conn.execute(f"DELETE FROM main.{table}")
+                    for table in _STAGED:
+                        conn.execute(f"INSERT INTO main.{table} SELECT * FROM {_STAGE}.{table}")
+                    conn.execute(f"INSERT INTO main.{TRACKING} VALUES (?, ?)", [NAME, upto])
         finally:
             self.db.execute(f"DETACH DATABASE {_STAGE}")
         self.rebuild_reason = None

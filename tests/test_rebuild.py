@@ -328,6 +328,47 @@ def test_an_empty_read_model_is_filled_by_the_snapshot_pass_when_asked(tmp_path,
     assert table_rows(str(tmp_path / "snapshot.db")) == table_rows(str(tmp_path / "followed.db"))
 
 
+def test_filling_empty_tables_keeps_what_another_process_filled_further_meanwhile(tmp_path, clock):
+    """Every process of a new deployment finds the tables empty and fills them by the
+    snapshot pass. One that swapped its pass in and followed on must not be taken back in
+    time by a slower one's older pass (found by three followers of one file: the tables
+    went back from the log's end to an early position until the slow one caught up)."""
+    read_db = tmp_path / "read.db"
+    with TimelineStore.open(str(tmp_path / "e.db"), clock=clock) as store:
+        assert ingest_objects(
+            store, [entered(f"S{n}", f"in{n}", "2024-03-01") for n in range(4)]
+        ).ok
+        slow, fast = ReadModel(read_db), ReadModel(read_db)
+        stage = slow._stage
+        seen: list[int] = []
+
+        def the_other_fills_further_meanwhile(*args: object) -> object:
+            staged = stage(*args)  # type: ignore[arg-type]
+            clock.advance(hours=1)
+            assert ingest_objects(store, [entered("LATE", "late", "2024-03-02")]).ok
+            fast.sync(store, rebuild_if_empty=True)
+            seen.append(fast.position)
+            return staged
+
+        slow._stage = the_other_fills_further_meanwhile  # type: ignore[method-assign]
+        slow_sync = slow.sync
+
+        def watched_sync(*args: object, **kwargs: object) -> object:
+            if not kwargs.get("rebuild_if_empty"):  # the catch-up right after the swap
+                seen.append(slow.position)
+            return slow_sync(*args, **kwargs)  # type: ignore[arg-type]
+
+        slow.sync = watched_sync  # type: ignore[method-assign]
+        slow.sync(store, rebuild_if_empty=True)
+        assert seen == [store.max_position()] * 2  # never back to the slow pass's position
+        slow.close()
+        fast.close()
+        clean = ReadModel(tmp_path / "clean.db")
+        clean.rebuild(store)
+        clean.close()
+    assert table_rows(str(read_db)) == table_rows(str(tmp_path / "clean.db"))
+
+
 def test_streams_of_reads_each_stream_as_stream_does(store, clock):
     """The follower reads the streams it has not cached together: the same facts, in order."""
     write_history(store, clock)
