@@ -184,6 +184,53 @@ def test_the_follower_keeps_up_while_writers_write_and_stops_on_sigterm(location
     assert table_rows(str(read_db)) == rebuilt_rows(location, tmp_path / "rebuilt.db")
 
 
+def test_three_followers_of_one_read_model_equal_a_rebuild(location, tmp_path, clock):
+    """As in production, where every API process follows too: three `timeline follow`
+    processes with small batches of different sizes race for each batch while two writers
+    write (before the fix of the test above, 17 students differed from a rebuild)."""
+    read_db = tmp_path / "read.db"
+    TimelineStore.open(location).close()  # `follow` refuses to create the store
+    followers = [
+        start_follower(location, read_db, "--interval", "0.05", "--batch-size", str(size))
+        for size in (3, 7, 11)
+    ]
+    try:
+        for follower in followers:  # each has its SIGTERM handler (a busy machine starts slowly)
+            assert follower.stderr is not None
+            seen = ""
+            while "following the event store" not in seen:
+                seen += follower.stderr.readline()
+                assert follower.poll() is None, seen + follower.stderr.read()
+        second = FakeClock(clock.now + timedelta(seconds=1))
+
+        def other_students() -> None:
+            with TimelineStore.open(location, clock=second) as store:
+                for b in range(6):
+                    second.advance(minutes=5)
+                    assert ingest_objects(store, lives(20_000 + b * 10, 10)).ok
+
+        writers = [
+            threading.Thread(target=write_batches, args=(location, FakeClock(clock.now), 6, 12)),
+            threading.Thread(target=other_students),
+        ]
+        for writer in writers:
+            writer.start()
+        for writer in writers:
+            writer.join()
+        last = max_position(location)
+        wait_for(lambda: tracked(read_db) == last, what="the followers to catch up")
+        for follower in followers:
+            follower.send_signal(signal.SIGTERM)
+        for follower in followers:
+            _, err = follower.communicate(timeout=20)
+            assert follower.returncode == 0, err
+    finally:
+        for follower in followers:
+            if follower.poll() is None:
+                follower.kill()
+    assert table_rows(str(read_db)) == rebuilt_rows(location, tmp_path / "rebuilt.db")
+
+
 def test_a_killed_follower_resumes_from_its_tracking_table(tmp_path, clock):
     location = str(tmp_path / "events.db")
     write_batches(location, clock, 2)
