@@ -83,6 +83,31 @@ def write_batches(
                 assert ingest_objects(store, late).ok
 
 
+def write_in_parallel(
+    location: str, clock: FakeClock, batches: int, size: int, others: int, other_size: int
+) -> None:
+    """Two writers at once, each with its own clock: `write_batches`, and new students
+    numbered from 10,000 in `others` batches of `other_size`."""
+    second = FakeClock(clock.now + timedelta(seconds=1))
+
+    def other_students() -> None:
+        with TimelineStore.open(location, clock=second) as store:
+            for b in range(others):
+                second.advance(minutes=5)
+                assert ingest_objects(store, lives(10_000 + b * other_size, other_size)).ok
+
+    writers = [
+        threading.Thread(
+            target=write_batches, args=(location, FakeClock(clock.now), batches, size)
+        ),
+        threading.Thread(target=other_students),
+    ]
+    for writer in writers:
+        writer.start()
+    for writer in writers:
+        writer.join()
+
+
 def rebuilt_rows(location: str, path: Path) -> dict[str, list[tuple]]:
     """The tables a fresh rebuild of the whole log makes."""
     with TimelineStore.open(location) as store:
@@ -152,23 +177,7 @@ def test_the_follower_keeps_up_while_writers_write_and_stops_on_sigterm(location
     read_db = tmp_path / "read.db"
     follower = start_follower(location, read_db, "--interval", "0.1", "--batch-size", "50")
     try:
-        writers = [
-            threading.Thread(target=write_batches, args=(location, FakeClock(clock.now), 4, 30))
-        ]
-        # A second writer of other students, in parallel, with its own clock.
-        second = FakeClock(clock.now + timedelta(seconds=1))
-
-        def other_students() -> None:
-            with TimelineStore.open(location, clock=second) as store:
-                for b in range(4):
-                    second.advance(minutes=5)
-                    assert ingest_objects(store, lives(10_000 + b * 25, 25)).ok
-
-        writers.append(threading.Thread(target=other_students))
-        for writer in writers:
-            writer.start()
-        for writer in writers:
-            writer.join()
+        write_in_parallel(location, clock, 4, 30, others=4, other_size=25)
         last = max_position(location)
         wait_for(lambda: tracked(read_db) == last, what="the follower to catch up")
         follower.send_signal(signal.SIGTERM)
@@ -201,22 +210,7 @@ def test_three_followers_of_one_read_model_equal_a_rebuild(location, tmp_path, c
             while "following the event store" not in seen:
                 seen += follower.stderr.readline()
                 assert follower.poll() is None, seen + follower.stderr.read()
-        second = FakeClock(clock.now + timedelta(seconds=1))
-
-        def other_students() -> None:
-            with TimelineStore.open(location, clock=second) as store:
-                for b in range(6):
-                    second.advance(minutes=5)
-                    assert ingest_objects(store, lives(20_000 + b * 10, 10)).ok
-
-        writers = [
-            threading.Thread(target=write_batches, args=(location, FakeClock(clock.now), 6, 12)),
-            threading.Thread(target=other_students),
-        ]
-        for writer in writers:
-            writer.start()
-        for writer in writers:
-            writer.join()
+        write_in_parallel(location, clock, 6, 12, others=6, other_size=10)
         last = max_position(location)
         wait_for(lambda: tracked(read_db) == last, what="the followers to catch up")
         for follower in followers:

@@ -32,6 +32,14 @@ DAY = date(2024, 5, 1)
 TIMELINE = str(Path(sys.executable).with_name("timeline"))
 
 
+def rebuilt_rows(store: TimelineStore, path: Path) -> dict[str, list[tuple]]:
+    """The tables a clean rebuild of the whole log makes into a fresh file."""
+    clean = ReadModel(path)
+    clean.rebuild(store)
+    clean.close()
+    return table_rows(str(path))
+
+
 def entered(student: str, event_id: str, on: str) -> dict:
     return {
         "event_id": event_id,
@@ -131,10 +139,8 @@ def test_a_rebuild_follows_what_was_written_after_its_snapshot(tmp_path, clock):
         assert report.position == store.max_position()
         assert "LATE" in {t["student_id"] for t in model.tasks_on(DAY)}
         model.close()
-        clean = ReadModel(tmp_path / "clean.db")
-        clean.rebuild(store)
-        clean.close()
-    assert table_rows(str(tmp_path / "read.db")) == table_rows(str(tmp_path / "clean.db"))
+        clean = rebuilt_rows(store, tmp_path / "clean.db")
+    assert table_rows(str(tmp_path / "read.db")) == clean
 
 
 def test_a_follower_sharing_the_file_loses_nothing_when_a_rebuild_swaps_the_tables(tmp_path, clock):
@@ -182,10 +188,8 @@ def test_a_follower_sharing_the_file_loses_nothing_when_a_rebuild_swaps_the_tabl
         assert other.sync(store).position == rebuilding.position == store.max_position()
         other.close()
         rebuilding.close()
-        clean = ReadModel(tmp_path / "clean.db")
-        clean.rebuild(store)
-        clean.close()
-    assert table_rows(str(read_db)) == table_rows(str(tmp_path / "clean.db"))
+        clean = rebuilt_rows(store, tmp_path / "clean.db")
+    assert table_rows(str(read_db)) == clean
 
 
 def test_a_rebuild_replaces_tables_of_other_rules_and_keeps_nothing_of_them(tmp_path, clock):
@@ -363,10 +367,8 @@ def test_filling_empty_tables_keeps_what_another_process_filled_further_meanwhil
         assert seen == [store.max_position()] * 2  # never back to the slow pass's position
         slow.close()
         fast.close()
-        clean = ReadModel(tmp_path / "clean.db")
-        clean.rebuild(store)
-        clean.close()
-    assert table_rows(str(read_db)) == table_rows(str(tmp_path / "clean.db"))
+        clean = rebuilt_rows(store, tmp_path / "clean.db")
+    assert table_rows(str(read_db)) == clean
 
 
 def test_streams_of_reads_each_stream_as_stream_does(store, clock):
