@@ -92,6 +92,11 @@ RULES_CHANGED = "rules changed since the read models were built: rebuilding"
 LAYOUT_CHANGED = "the read-model layout changed: rebuilding"
 MAX_FOREIGN_REBUILDS = 3  # rebuilds by another process during one sync before giving up
 CHUNK = 500  # ids per `IN (...)` list
+MMAP_BYTES = 1 << 31  # of the read-model file mapped for reading (the rest is read as usual)
+# A whole list (no page) of at most this many rows is sorted here: SQLite's sorter copies
+# every row's JSON text, which took about as long as building them (overdue tasks, 125,000
+# students). A longer list is sorted by SQLite, so memory stays bounded.
+SORT_HERE = 50_000
 _STAGE = "rm_stage"  # the temporary database a rebuild fills before it swaps the tables in
 _STAGE_ROWS = 20_000  # facts derived between two writes to the staging tables
 # A rebuild's missing value: binding None goes through the sqlite3 module's adapter lookup
@@ -643,6 +648,11 @@ class ReadModel:
         # two at once), as a streamed HTTP answer does from the server's thread pool.
         self.db = Database(sqlite3.connect(str(path), check_same_thread=not any_thread))
         self.db.execute("PRAGMA busy_timeout = 30000")
+        # Population queries look rows up all over the file: mapped, a look-up reads the
+        # page in place instead of copying it into SQLite's small cache (the overdue list's
+        # look-ups took about 40 % less CPU, measured at 125,000 students). Reads only:
+        # SQLite still writes through its journal.
+        self.db.execute(f"PRAGMA mmap_size = {MMAP_BYTES}")
         self.rules = rules
         self.calendar = calendar or taiwan_calendar()
         self.fingerprint = fingerprint or read_model_fingerprint(rules, self.calendar)
@@ -1408,12 +1418,20 @@ WHERE {where}"""
         limit: int | None,
         offset: int,
         order: Sequence[str] = (),
+        *,
+        sort_here: bool = False,
     ) -> Iterator[str]:
         """The JSON texts of `sql`'s rows in `order`, then (student, number), one page if `limit`.
 
         `order` names fields of the row's JSON (`due_on`, `-accrued_on` for descending);
-        empty values sort last either way.
+        empty values sort last either way. `sort_here`: a whole list in the usual order
+        is sorted in Python when short (`SORT_HERE`), for queries SQLite would sort.
         """
+        if sort_here and limit is None and offset == 0 and not order:
+            docs = self._sorted_here(sql, params)
+            if docs is not None:
+                yield from docs
+                return
         params = params | {"limit": -1 if limit is None else limit, "offset": offset}
         keys = "".join(_order_key(field) for field in order)
         cursor = self.db.conn.execute(
@@ -1426,6 +1444,18 @@ WHERE {where}"""
                 return
             for (doc,) in rows:
                 yield doc
+
+    def _sorted_here(self, sql: str, params: dict[str, Any]) -> list[str] | None:
+        """`sql`'s JSON texts in (student, number) order, sorted here; None past `SORT_HERE`."""
+        cursor = self.db.conn.execute(f"SELECT student_id, n, doc FROM ({sql})", params)
+        try:
+            rows = cursor.fetchmany(SORT_HERE + 1)
+        finally:
+            cursor.close()
+        if len(rows) > SORT_HERE:
+            return None
+        rows.sort()  # as SQLite sorts: UTF-8 byte order is code point order
+        return [doc for _, _, doc in rows]
 
     def _count(self, sql: str, params: dict[str, Any]) -> int:
         return int(self.db.conn.execute(f"SELECT COUNT(*) FROM ({sql})", params).fetchone()[0])
@@ -1449,7 +1479,7 @@ WHERE {where}"""
         fields of the task (see `_page`) before the usual (student, number) order.
         """
         sql, params = self._tasks_sql(day, statuses, kinds, known_at, changed_since, due_between)
-        return self._page(sql, params, limit, offset, order)
+        return self._page(sql, params, limit, offset, order, sort_here=True)
 
     def count_tasks(
         self,

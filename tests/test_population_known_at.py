@@ -162,3 +162,46 @@ def test_api_known_at_paging_count_and_changes(store, location, clock, tmp_path)
         assert get("/v1/changes").status_code == 400
         assert get(f"/v1/tasks?as_of={DAY}&limit=-1").status_code == 400
         assert get(f"/v1/tasks?as_of={DAY}&known_at=yesterday").status_code == 400
+
+
+def test_whole_task_lists_sorted_in_python_or_by_sqlite_come_in_the_same_order(
+    tmp_path, clock, monkeypatch
+):
+    """A whole list sorted here (short) and one sorted by SQLite (past `SORT_HERE`, or
+    paged) are the same rows in the same (student, number) order, non-ASCII ids included."""
+    import projections.readmodel as readmodel
+
+    location = str(tmp_path / "timeline.db")
+    # Ids whose UTF-8 byte order and code point order must agree with SQLite's BINARY
+    # collation: ASCII, Latin-1, CJK, an astral character, and digits of unequal length.
+    students = ["S10", "S9", "Sé", "S學", "S\U0001f600", "s1", "S1"]
+    with TimelineStore.open(location, clock=clock) as store:
+        feed = [_entered(f"e{i}", sid) for i, sid in enumerate(students)]
+        feed += [
+            {
+                "event_id": f"a{i}",
+                "student_id": sid,
+                "type": "address_changed",
+                "occurred_on": "2024-03-20",
+                "address": "Taipei",
+            }
+            for i, sid in enumerate(students)
+        ]
+        assert ingest_objects(store, feed).ok
+        model = ReadModel(tmp_path / "read.db")
+        model.rebuild(store)
+    day = date.fromisoformat(DAY)
+    for statuses in ([], ["overdue"], ["open", "overdue"]):
+        here = list(model.task_rows(day, statuses))
+        paged = [
+            d
+            for start in range(0, 40, 3)
+            for d in model.task_rows(day, statuses, limit=3, offset=start)
+        ]
+        monkeypatch.setattr(readmodel, "SORT_HERE", 2)
+        by_sqlite = list(model.task_rows(day, statuses))
+        monkeypatch.undo()
+        assert len(here) > 2 and here == by_sqlite == paged, statuses
+        keys = [(json.loads(d)["student_id"]) for d in here]
+        assert keys == sorted(keys, key=lambda s: s.encode())
+    model.close()
