@@ -47,6 +47,7 @@ stream them without building Python rows.
 
 from __future__ import annotations
 
+import ctypes
 import gc
 import json
 import logging
@@ -284,6 +285,22 @@ def default_read_db(store_location: str) -> str:
     if store_location.startswith(("postgresql://", "postgres://")):
         return "timeline-read.db"
     return store_location
+
+
+def _give_back_memory() -> None:
+    """Return the heap a rebuild freed to the system (glibc keeps it otherwise).
+
+    A rebuild's staging cache and rows are freed at its end, but glibc's allocator keeps
+    the pages: a server that filled its read models at start-up held 2-4 times its usual
+    memory from then on (12,500 students: 100 MB of heap, 56 MB after the trim).
+    Elsewhere (no glibc) nothing is done.
+    """
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        trim = libc.malloc_trim
+    except (OSError, AttributeError):
+        return
+    trim(0)
 
 
 @dataclass
@@ -879,6 +896,7 @@ class ReadModel:
                     conn.execute(f"INSERT INTO main.{TRACKING} VALUES (?, ?)", [NAME, upto])
         finally:
             self.db.execute(f"DETACH DATABASE {_STAGE}")
+            _give_back_memory()
         self.rebuild_reason = None
         after = self.sync(store, batch, on_progress)
         report.notifications += after.notifications
