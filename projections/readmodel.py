@@ -93,7 +93,6 @@ RULES_CHANGED = "rules changed since the read models were built: rebuilding"
 LAYOUT_CHANGED = "the read-model layout changed: rebuilding"
 MAX_FOREIGN_REBUILDS = 3  # rebuilds by another process during one sync before giving up
 CHUNK = 500  # ids per `IN (...)` list
-MMAP_BYTES = 1 << 31  # of the read-model file mapped for reading (the rest is read as usual)
 # A whole list (no page) of at most this many rows is sorted here: SQLite's sorter copies
 # every row's JSON text, which took about as long as building them (overdue tasks, 125,000
 # students: 19,611 rows). A longer list is sorted by SQLite: a request holds at most about
@@ -666,11 +665,6 @@ class ReadModel:
         # two at once), as a streamed HTTP answer does from the server's thread pool.
         self.db = Database(sqlite3.connect(str(path), check_same_thread=not any_thread))
         self.db.execute("PRAGMA busy_timeout = 30000")
-        # Population queries look rows up all over the file: mapped, a look-up reads the
-        # page in place instead of copying it into SQLite's small cache (the overdue list's
-        # look-ups took about 40 % less CPU, measured at 125,000 students). Reads only:
-        # SQLite still writes through its journal.
-        self.db.execute(f"PRAGMA mmap_size = {MMAP_BYTES}")
         self.rules = rules
         self.calendar = calendar or taiwan_calendar()
         self.fingerprint = fingerprint or read_model_fingerprint(rules, self.calendar)

@@ -812,3 +812,89 @@ def test_importing_the_module_builds_no_app_and_opens_nothing(tmp_path):
     )
     assert out.stdout.strip() == "ok", out.stderr
     assert not (tmp_path / "t.db").exists()
+
+
+# -- the population gate -------------------------------------------------------------------
+def test_population_queries_past_the_slots_get_503_while_views_and_health_answer(tmp_path, clock):
+    """With its one slot held, population answers wait `population_wait`, then 503 with
+    Retry-After (API JSON, staff page HTML); the student view and /healthz answer at once."""
+    from web.app import create_app as create_web_app
+
+    location = str(tmp_path / "t.db")
+    options = ServiceOptions(population_slots=1, population_wait=1)
+    app = create_web_app(config(location), clock=clock, service=options)
+    with TestClient(app) as client:
+        assert client.post("/v1/events", json=entered("e1"), headers=_h(FEED)).status_code == 200
+        assert client.get("/v1/tasks", headers=_h(STAFF)).status_code == 200  # read models made
+        gate = app.state.shared.gate
+        with gate.slot():  # another query computes
+            started = time.monotonic()
+            refused = client.get("/v1/tasks", headers=_h(STAFF))
+            assert time.monotonic() - started >= 0.9  # it waited for a slot first
+            assert refused.status_code == 503, refused.text
+            assert refused.headers["retry-after"] == "1"
+            assert refused.json()["error"].startswith("busy:")
+            since = "2000-01-01T00:00:00Z"
+            for path in ("/v1/fines?limit=5", "/v1/alerts", f"/v1/changes?since={since}"):
+                assert client.get(path, headers=_h(STAFF)).status_code == 503, path
+            page = client.get("/lists/overdue", headers=_h(STAFF))
+            assert page.status_code == 503 and page.headers["retry-after"] == "1"
+            assert "text/html" in page.headers["content-type"]
+            assert client.get("/healthz").status_code == 200
+            assert client.get("/v1/students/S1", headers=_h(STAFF)).status_code == 200
+            assert gate.waiting == 0
+        assert gate.refused == 5
+        assert client.get("/v1/tasks", headers=_h(STAFF)).status_code == 200
+        assert client.get("/lists/overdue", headers=_h(STAFF)).status_code == 200
+
+
+def test_a_slow_reader_of_a_streamed_list_holds_no_population_slot(tmp_path, clock):
+    """A whole list streamed to a client that stops reading takes a slot only while it
+    computes a part: with one slot, other population answers go on meanwhile."""
+    location = str(tmp_path / "t.db")
+    with TimelineStore.open(location, clock=clock) as store:
+        from timeline.ingest import ingest_objects
+
+        feed = [entered(f"e{n}", f"S{n:05d}") for n in range(24_000)]
+        assert ingest_objects(store, feed).ok
+    options = ServiceOptions(population_slots=1, population_wait=2)
+    app = create_app(config(location), clock=clock, service=options)
+    with running(app) as url, httpx.Client(base_url=url, timeout=30) as http:
+        with http.stream("GET", "/v1/tasks", headers=_h(STAFF)) as slow:
+            assert slow.status_code == 200
+            chunks = slow.iter_raw(4096)
+            first = next(chunks)  # then it reads no more for a while
+            assert first.startswith(b"[")
+            for _ in range(3):  # each would get 503 after 2 s if the reader held the slot
+                other = http.get("/v1/fines?limit=1", headers=_h(STAFF))
+                assert other.status_code == 200, other.text
+            rest = b"".join(chunks)
+        rows = json.loads(first + rest)
+    assert len(rows) == 24_000 and app.state.shared.gate.refused == 0
+
+
+def test_the_gate_lets_at_most_its_slots_compute_at_once():
+    from timeline.api_service import Busy, PopulationGate
+
+    gate = PopulationGate(slots=2, wait=0.2)
+    inside, most, lock = [0], [0], threading.Lock()
+
+    def work() -> None:
+        with gate.slot(forever=True):
+            with lock:
+                inside[0] += 1
+                most[0] = max(most[0], inside[0])
+            time.sleep(0.05)
+            with lock:
+                inside[0] -= 1
+
+    threads = [threading.Thread(target=work) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert most[0] == 2
+    with gate.slot(), gate.slot(), pytest.raises(Busy), gate.slot():
+        pass
+    assert gate.refused == 1
+    assert list(gate.parts(iter(["a", "b"]))) == ["a", "b"]

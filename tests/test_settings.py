@@ -152,6 +152,9 @@ def test_a_missing_config_file_is_an_error_naming_it(tmp_path):
         ("TIMELINE_COOKIE_SECURE", "maybe", "1 or 0"),
         ("TIMELINE_SESSION_SECRET", "short-secret-hunter2", "at least 32"),
         ("TIMELINE_STAFF_TOKENS", "alice:short-hunter2", "at least 16"),
+        ("TIMELINE_POPULATION_SLOTS", "0", "1 to 64"),
+        ("TIMELINE_POPULATION_SLOTS", "2.5", "1 to 64"),
+        ("TIMELINE_POPULATION_WAIT", "601", "1 to 600"),
     ],
 )
 def test_an_invalid_value_is_an_error_naming_the_setting_never_the_value(name, value, message):

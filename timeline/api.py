@@ -41,7 +41,7 @@ from timeline import api_models as doc
 from timeline.api_logging import log_config
 from timeline.api_metrics import CONTENT_TYPE, UNMATCHED, ApiMetrics, FiguresCollector
 from timeline.api_models import Day, Moment, StudentId, errors
-from timeline.api_service import ServiceOptions, SharedStore
+from timeline.api_service import Busy, ServiceOptions, SharedStore
 from timeline.api_settings import ANY_SOURCE, ApiConfig, ApiConfigError, Token
 from timeline.audit import accesses
 from timeline.clock import Clock, parse_day, parse_known_at, system_clock, taipei_today
@@ -420,10 +420,19 @@ def create_app(
             yield opened
 
     record_access = shared.record_access  # audit rows of concurrent requests commit together
+    gate = shared.gate  # population queries computed at once (`PopulationGate`)
 
     @app.exception_handler(ApiError)
     async def api_error(_: Request, exc: ApiError) -> JSONResponse:
         return JSONResponse({"error": exc.message}, status_code=exc.status)
+
+    @app.exception_handler(Busy)
+    async def busy(_: Request, exc: Busy) -> JSONResponse:
+        return JSONResponse(
+            {"error": str(exc)},
+            status_code=503,
+            headers={"Retry-After": str(exc.retry_after)},
+        )
 
     @app.exception_handler(TimelineError)
     async def core_error(_: Request, exc: TimelineError) -> JSONResponse:
@@ -673,16 +682,17 @@ def create_app(
         The model is closed when the answer is complete (or the client went away).
         """
         try:
-            headers = left_out(model, known_at)
-            if count:
-                headers[TOTAL_COUNT] = str(total())
-            if limit is not None:
-                page = list(docs(limit + 1, offset))  # one more: is there a next page?
-                if len(page) > limit:
-                    headers[NEXT_OFFSET] = str(offset + limit)
-                    page = page[:limit]
-                model.close()
-                return Response("[" + ",".join(page) + "]", media_type=JSON, headers=headers)
+            with gate.slot():
+                headers = left_out(model, known_at)
+                if count:
+                    headers[TOTAL_COUNT] = str(total())
+                if limit is not None:
+                    page = list(docs(limit + 1, offset))  # one more: is there a next page?
+                    if len(page) > limit:
+                        headers[NEXT_OFFSET] = str(offset + limit)
+                        page = page[:limit]
+                    model.close()
+                    return Response("[" + ",".join(page) + "]", media_type=JSON, headers=headers)
             parts = json_array(docs(None, offset))
         except BaseException:
             model.close()
@@ -690,7 +700,7 @@ def create_app(
 
         def body() -> Iterator[str]:
             try:
-                yield from parts
+                yield from gate.parts(parts)
             finally:
                 parts.close()  # ends the query before the model serves another request
                 model.close()
@@ -785,7 +795,7 @@ def create_app(
         from scheduler.alerts import alerts_on
 
         day, moment = query_day(on, "on", clock), _moment(known_at, "known_at")
-        with store() as opened:
+        with gate.slot(), store() as opened:
             model = read_model(opened)
             try:
                 found = alerts_on(model, day, known_at=moment)
@@ -840,7 +850,7 @@ def create_app(
     def get_changes(since: doc.Since) -> JSONResponse:
         """The students whose derivation changed after `since` (how often, and when last)."""
         moment = _moment(since, "since")
-        with store() as opened:
+        with gate.slot(), store() as opened:
             model = read_model(opened)
             try:
                 return JSONResponse(model.changes(moment))

@@ -40,7 +40,7 @@ from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from contextlib import asynccontextmanager, contextmanager, suppress
 from dataclasses import dataclass, field
 from datetime import date, datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from starlette.concurrency import run_in_threadpool
 
@@ -63,6 +63,9 @@ SCHEDULER_SETTING = "TIMELINE_READY_SCHEDULER_DAYS"
 DEFAULT_FOLLOW_SECONDS = 5.0
 DEFAULT_MAX_LAG = 10_000
 DEFAULT_SCHEDULER_DAYS = 2
+DEFAULT_POPULATION_SLOTS = 2
+_Part = TypeVar("_Part")
+DEFAULT_POPULATION_WAIT = 30.0
 MAX_IDLE_MODELS = 8
 # How long the audit writer waits for the rows of views under way before it commits.
 COMMIT_DELAY = 0.002
@@ -83,6 +86,8 @@ class ServiceOptions:
     # server: ~60 ms a full collection before, ~1.5 ms after, a pause every few thousand
     # requests that set the p99. Once per process; the configured service does it.
     freeze_heap: bool = False
+    population_slots: int = DEFAULT_POPULATION_SLOTS  # population queries computed at once
+    population_wait: float = DEFAULT_POPULATION_WAIT  # seconds to wait for a slot, then 503
 
     @classmethod
     def from_settings(cls, settings: Settings) -> ServiceOptions:
@@ -92,6 +97,8 @@ class ServiceOptions:
             ready_max_lag=settings.ready_max_lag,
             ready_scheduler_days=settings.ready_scheduler_days,
             freeze_heap=True,
+            population_slots=settings.population_slots,
+            population_wait=settings.population_wait,
         )
 
     @classmethod
@@ -103,6 +110,69 @@ class ServiceOptions:
             return cls.from_settings(load_settings(environ))
         except SettingsError as exc:
             raise ApiConfigError(str(exc)) from None
+
+
+class Busy(Exception):
+    """No population slot came free in time: the answer is 503 with Retry-After."""
+
+    def __init__(self, wait: float) -> None:
+        self.retry_after = max(1, round(wait / 10))
+        super().__init__(
+            f"busy: more population queries than this process computes at once; "
+            f"retry in {self.retry_after} s"
+        )
+
+
+class PopulationGate:
+    """At most `slots` population queries compute at once in this process; the others wait.
+
+    A population query (every student's tasks, fines or alerts; a staff list) costs from
+    milliseconds to seconds of CPU in a thread of the server's pool. Unbounded, 200 of them
+    at once (12,500 students) took every thread and the GIL: `/healthz` on the event loop
+    waited up to 16 s and the heap grew past 500 MB. A query waits for its slot in a
+    semaphore (outside the GIL), so the event loop and the student views stay quick; one
+    that gets none within `wait` seconds raises `Busy`. A streamed answer takes a slot for
+    each part it computes (`parts`), never while its client reads, so a slow reader holds
+    no slot.
+    """
+
+    def __init__(self, slots: int = DEFAULT_POPULATION_SLOTS, wait: float = 30.0) -> None:
+        self.slots = slots
+        self.wait = wait
+        self._free = threading.BoundedSemaphore(slots)
+        self.waiting = 0  # queries waiting for a slot now (for /metrics)
+        self.refused = 0  # answered 503 since start-up
+        self._count = threading.Lock()
+
+    @contextmanager
+    def slot(self, *, forever: bool = False) -> Iterator[None]:
+        """Hold a slot for the block; `Busy` after the gate's `wait` unless `forever`."""
+        if not self._free.acquire(blocking=False):
+            with self._count:
+                self.waiting += 1
+            try:
+                got = self._free.acquire(timeout=None if forever else self.wait)
+            finally:
+                with self._count:
+                    self.waiting -= 1
+            if not got:
+                with self._count:
+                    self.refused += 1
+                raise Busy(self.wait)
+        try:
+            yield
+        finally:
+            self._free.release()
+
+    def parts(self, parts: Iterator[_Part]) -> Iterator[_Part]:
+        """`parts`, each computed holding a slot (waiting as long as it takes: the answer
+        has begun, a 503 can no longer be sent)."""
+        while True:
+            with self.slot(forever=True):
+                part = next(parts, None)
+            if part is None:
+                return
+            yield part
 
 
 class _PooledReadModel(ReadModel):
@@ -377,6 +447,7 @@ class SharedStore:
         self.options = options or ServiceOptions()
         self.models = ReadModelPool(rules)
         self.audit = AuditGroupCommit()
+        self.gate = PopulationGate(self.options.population_slots, self.options.population_wait)
         self._store: TimelineStore | None = None
         self._identity: tuple[int, int] | None = None
         self._retired: list[TimelineStore] = []

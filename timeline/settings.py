@@ -214,6 +214,16 @@ class Settings(BaseSettings):
         description="/readyz: most days the scheduler's last covered day may lie before "
         "today (off: no check).",
     )
+    population_slots: int = Field(
+        2,
+        description="Population queries (every student's tasks, fines, alerts; the staff "
+        "lists) a server process computes at once, 1 to 64; the others wait.",
+    )
+    population_wait: int = Field(
+        30,
+        description="Seconds a population query waits for a slot before the answer is "
+        "503 with Retry-After, 1 to 600.",
+    )
 
     @classmethod
     def settings_customise_sources(
@@ -254,6 +264,16 @@ class Settings(BaseSettings):
     @classmethod
     def _body(cls, value: Any) -> int:
         return _whole(value, 1, 10**12, "must be a positive number of bytes")
+
+    @field_validator("population_slots", mode="before")
+    @classmethod
+    def _slots(cls, value: Any) -> int:
+        return _whole(value, 1, 64, "a whole number of queries, 1 to 64")
+
+    @field_validator("population_wait", mode="before")
+    @classmethod
+    def _wait(cls, value: Any) -> int:
+        return _whole(value, 1, 600, "a whole number of seconds, 1 to 600")
 
     @field_validator("session_hours", mode="before")
     @classmethod

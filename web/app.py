@@ -39,7 +39,7 @@ from projections.models import StudentView
 from projections.readmodel import ReadModel
 from projections.rules import DEFAULT_RULES, RuleBook
 from timeline import api
-from timeline.api_service import ServiceOptions, SharedStore
+from timeline.api_service import Busy, ServiceOptions, SharedStore
 from timeline.api_settings import ApiConfig, Token
 from timeline.audit import accesses
 from timeline.clock import Clock, system_clock, taipei_today
@@ -323,6 +323,15 @@ def create_app(
     @app.exception_handler(PageError)
     async def page_error(request: Request, exc: PageError) -> Response:
         return error_page(request, exc)
+
+    @app.exception_handler(Busy)
+    async def busy(request: Request, exc: Busy) -> Response:
+        retry = {"Retry-After": str(exc.retry_after)}
+        if wants_json(request) or page_path(request).startswith(("/v1/", "/calendar/")):
+            return JSONResponse({"error": str(exc)}, status_code=503, headers=retry)
+        page = error_page(request, PageError(503, "busy"))
+        page.headers.update(retry)
+        return page
 
     @app.exception_handler(InputError)
     async def input_error(request: Request, exc: InputError) -> Response:
@@ -615,7 +624,7 @@ def create_app(
         if format in ("csv", "excel"):
             return _csv_download(spec, q, format == "excel", _lang(request))
         offset = (q.page - 1) * q.per_page
-        with store() as opened, read_model(opened) as model:
+        with shared.gate.slot(), store() as opened, read_model(opened) as model:
             total = lists.count(spec, model, q)
             found = list(
                 lists.rows(
@@ -692,7 +701,7 @@ def create_app(
         return find
 
     def _csv_download(spec: lists.ListSpec, q: lists.Query, excel: bool, lang: str) -> Response:
-        def body() -> Iterator[bytes]:
+        def lines() -> Iterator[bytes]:
             if excel:
                 yield lists.BOM.encode("utf-8")
             with store() as opened, read_model(opened) as model:
@@ -701,6 +710,10 @@ def create_app(
                 )
                 for text in lists.csv_lines(spec, found, lang):
                     yield text.encode("utf-8")
+
+        def body() -> Iterator[bytes]:
+            # Computed a slot at a time (`PopulationGate.parts`), never while the client reads.
+            yield from shared.gate.parts(lines())
 
         suffix = "-excel" if excel else ""
         filename = f"{spec.name}-{q.as_of.isoformat()}{suffix}.csv"

@@ -290,6 +290,10 @@ LABELS: dict[str, Bilingual] = {
         "zh": "此學生的事件無法推導（請更正或撤回相關事件）。",
         "en": "This student's facts cannot be derived (correct or retract the events named).",
     },
+    "busy": {
+        "zh": "目前查詢過多，請稍後再試。",
+        "en": "Too many lists are being computed right now: try again in a moment.",
+    },
     "back_home": {"zh": "回首頁", "en": "Back to the home page"},
     "amount_note": {"zh": "金額單位：新臺幣", "en": "Amounts in New Taiwan dollars"},
 }
