@@ -31,6 +31,7 @@ from projections.wording import FIELD_NAMES, HTML_LANG, Bilingual, Lang, ntd, nt
 from scheduler.alert import Alert
 from scheduler.notices import Notice, Students
 from scheduler.sinks import smtp_message_id
+from timeline.contract import plain_address
 
 if TYPE_CHECKING:
     from scheduler.digest import Digest
@@ -218,9 +219,11 @@ def multipart(
     message["Subject"] = rendered.subject
     message["To"] = ", ".join(to)
     message["Message-ID"] = message_id
-    message["Content-Language"] = ", ".join(HTML_LANG[lang] for lang in langs)
     message.set_content(rendered.text, charset="utf-8")
     message.add_alternative(rendered.html, subtype="html", charset="utf-8")
+    # After the parts: set_content() drops every Content-* header, add_alternative() moves
+    # them into the text part.
+    message["Content-Language"] = ", ".join(HTML_LANG[lang] for lang in langs)
     return message
 
 
@@ -228,6 +231,8 @@ def student_email(notice: Notice, rendered: RenderedMail) -> EmailMessage | None
     """The student's e-mail for a notice, To: their address; None when none is on file."""
     if not notice.email:
         return None
+    if not plain_address(notice.email):  # stored before the contract refused it
+        raise ValueError("the e-mail address on file would reach other mailboxes")
     message = multipart(rendered, [notice.email], smtp_message_id(notice.alert.key), notice.langs)
     message["X-Alert-Key"] = notice.alert.key
     return message

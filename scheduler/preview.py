@@ -73,12 +73,16 @@ def preview_student(
     for alert in found:
         notice = composer.notice(alert, day)
         rendered = composer.renderer.student(notice)
-        message = composer.email(notice)
+        reason = NO_EMAIL
+        try:
+            message = composer.email(notice)
+        except ValueError as error:  # an address the sink refuses to mail (never quoted)
+            message, reason = None, str(error)
         if message is not None and sender is not None and clock is not None:
             address_mail(message, sender, clock())
         email: dict[str, Any] = {
             "would_send": message is not None,
-            "reason": None if message is not None else NO_EMAIL,
+            "reason": None if message is not None else reason,
             "subject": rendered.subject,
         }
         if message is not None:

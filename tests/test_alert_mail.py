@@ -31,6 +31,7 @@ import pytest
 from aiosmtpd.controller import Controller
 from api_server import running
 from feed_examples import ev
+from test_read_side_robustness import write_directly
 
 import web.labels
 from projections import wording
@@ -308,6 +309,55 @@ def test_each_student_gets_their_own_mail_in_their_language(stored) -> None:
 
     (s6,) = mails["s6@mail.tw"]
     assert "7 days left" in str(s6["Subject"]) and "2024-04-23" in str(s6["Subject"])
+
+
+def test_the_mail_says_which_language_comes_first(stored) -> None:
+    inbox = Inbox()
+    with smtp_server(inbox) as port:
+        emit(stored, port)
+    mails = inbox.students()
+    # S1 reads English, S2 Chinese; the digest is Chinese, then English.
+    assert {str(m["Content-Language"]) for m in mails["s1@mail.tw"]} == {"en, zh-Hant-TW"}
+    assert {str(m["Content-Language"]) for m in mails["s2@mail.tw"]} == {"zh-Hant-TW, en"}
+    ((_rcpts, digest),) = inbox.digests()
+    assert str(digest["Content-Language"]) == "zh-Hant-TW, en"
+
+
+@pytest.mark.parametrize("address", ["s7+<office>@mail.tw", "office,s7@mail.tw"])
+def test_an_address_that_reads_as_other_recipients_is_never_mailed(
+    location: str, clock: Any, tmp_path: Path, address: str
+) -> None:
+    # Stored before the contract refused such addresses (or by an import): the To header
+    # `s7+<office>@mail.tw` names the mailbox "office", `office,s7@mail.tw` two mailboxes.
+    with TimelineStore.open(location, clock=clock) as store:
+        assert ingest_objects(store, scenario()).ok
+        entered = {"visa": "resident", "visa_code": None, "stay_until": None}
+        contact = {"email": address, "line_user_id": None, "language": "en"}
+        write_directly(
+            store,
+            "S7",
+            [
+                ("S7-in", "entered", date(2024, 3, 16), entered),
+                ("S7-contact", "contact_updated", date(2024, 3, 20), contact),
+            ],
+        )
+    inbox = Inbox()
+    with smtp_server(inbox) as port:
+        summary = emit((location, str(tmp_path / "read.db")), port)
+    recipients = {r for rcpts, _m in inbox.mails() for r in rcpts}
+    assert recipients == {"s1@mail.tw", "s2@mail.tw", "s6@mail.tw", *STAFF}
+    # S7's two alerts (apply_arc overdue, its fine accrued) are dead-lettered.
+    assert summary["failed"] == 2 and summary["sent"] == 11
+    assert not [m for _r, m in inbox.mails() if "S7:" in str(m["X-Alert-Key"] or "")]
+    preview = run_cli(
+        *("--db", location, "alerts", "--on", DAY.isoformat(), "--student", "S7"),
+        *("--preview", "--json"),
+        cwd=tmp_path,
+    )
+    assert preview.returncode == 0, preview.stderr
+    for shown in json.loads(preview.stdout):
+        assert shown["email"]["would_send"] is False
+        assert "other mailboxes" in shown["email"]["reason"]
 
 
 def test_message_ids_are_the_same_in_two_separate_runs(tmp_path, clock) -> None:

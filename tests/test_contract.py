@@ -307,6 +307,21 @@ def test_details_updated_repeated_values_are_collapsed():
     assert event.fields == ["address", "employer"]
 
 
+@pytest.mark.parametrize(
+    "email", ["s7+<office>@mail.tw", "office,s7@mail.tw", "office;s7@mail.tw", "list:s7@mail.tw"]
+)
+def test_an_email_a_mailer_reads_as_other_mailboxes_is_rejected(email):
+    # `a<b>@x` is the mailbox "b", `a,b@x` two mailboxes, `a:b@x` a group holding "b@x".
+    messages = rejected(example("contact_updated", email=email))
+    assert len(messages) == 1 and messages[0].startswith("email: must look like an e-mail")
+    assert email not in messages[0]  # personal data is never echoed
+
+
+@pytest.mark.parametrize("email", ["first.last+arc@uni.edu.tw", "王@例子.台灣", "x@[192.0.2.1]"])
+def test_plain_and_international_emails_are_accepted(email):
+    assert parse_event(example("contact_updated", email=email)).email == email
+
+
 @pytest.mark.parametrize("type_", ["fine_imposed", "fine_paid"])
 @pytest.mark.parametrize("amount", [0, -1, -2000])
 def test_non_positive_amount_is_rejected(type_, amount):

@@ -19,6 +19,7 @@ from web_client import (
     STAFF,
     config,
     csrf_of,
+    ev,
     login_form,
     seed,
     signed_in,
@@ -26,6 +27,8 @@ from web_client import (
 )
 
 from timeline.api_settings import ApiConfig, ApiConfigError
+from timeline.ingest import ingest_objects
+from timeline.store import TimelineStore
 from web.app import create_app
 from web.session import SESSION_COOKIE
 from web.settings import WebSettings
@@ -256,6 +259,37 @@ def test_bad_dates_are_a_400_page_naming_the_field(staff, params, field):
 
 def test_an_unknown_student_is_404(staff):
     assert staff.get("/students/NOPE").status_code == 404
+
+
+@pytest.mark.parametrize("student", ["2024/001", "a/b/c", "112/history-dept"])
+def test_a_student_id_with_a_slash_opens_on_every_route(location, clock, student):
+    # Student numbers like 2024/001 are ids like any other: a link carries the slash as %2F,
+    # which the server decodes before routing.
+    with TimelineStore.open(location, clock=clock) as store:
+        assert not ingest_objects(
+            store, [ev(student, "sl-in", "entered", "2024-03-16", visa="resident")]
+        ).rejected
+    client = signed_in(web_app(location, clock))
+    path = quote(student, safe="")
+    bearer = {"Authorization": f"Bearer {STAFF}"}
+    day = {"as_of": "2024-05-01"}
+    answers = {
+        route: client.get(route.format(path), params=params, headers=bearer)
+        for route, params in (
+            ("/students/{}", day),
+            ("/students/{}/changes", day | {"known_from": "2024-01-01"}),
+            ("/v1/students/{}", day),
+            ("/v1/students/{}/history", {}),
+            ("/v1/students/{}/calendar.ics", day),
+        )
+    }
+    assert {route: a.status_code for route, a in answers.items()} == dict.fromkeys(answers, 200)
+    assert answers["/v1/students/{}"].json()["student_id"] == student
+    assert [e["event_id"] for e in answers["/v1/students/{}/history"].json()] == ["sl-in"]
+    lists = client.get("/lists/overdue", params={"as_of": "2024-05-01"})
+    assert f'href="/students/{path}?' in lists.text
+    # A known student's own routes still answer as before.
+    assert client.get("/v1/students/S1/history", headers=bearer).json()[0]["event_id"] == "s1-in"
 
 
 # -- escaping --------------------------------------------------------------------------------

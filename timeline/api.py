@@ -203,7 +203,7 @@ class AccessLog:
     def route(scope: Scope) -> str:
         """The template of the route that answered (`/v1/students/{student_id}`)."""
         route = scope.get("route")
-        path = getattr(route, "path", None)
+        path = getattr(route, "path_format", None)  # `{student_id}`, not its convertor
         return path if isinstance(path, str) and path else UNMATCHED
 
     @staticmethod
@@ -562,7 +562,7 @@ def create_app(
     reader = require("staff")
 
     @app.get(
-        "/v1/students/{student_id}",
+        "/v1/students/{student_id:student}",
         response_model=doc.StudentView,
         responses=errors(400, 401, 403, 404, 422, 503),
         # The token is checked in the body (below), not by a dependency: FastAPI's
@@ -605,7 +605,7 @@ def create_app(
         return Response(result.model_dump_json(), media_type=JSON)
 
     @app.get(
-        "/v1/students/{student_id}/history",
+        "/v1/students/{student_id:student}/history",
         response_model=list[doc.HistoryEntry],
         responses=errors(401, 403, 503),
     )
@@ -804,7 +804,7 @@ def create_app(
                 model.close()
 
     @app.get(
-        "/v1/students/{student_id}/alerts/preview",
+        "/v1/students/{student_id:student}/alerts/preview",
         response_model=list[dict[str, Any]],
         responses=errors(400, 401, 403, 404, 503),
     )

@@ -12,6 +12,7 @@ state are `if`/`then` and `anyOf` (those it cannot, such as `stay_until` on or a
 
 from __future__ import annotations
 
+import re
 import unicodedata
 from collections.abc import Callable
 from copy import deepcopy
@@ -22,6 +23,7 @@ from typing import Annotated, Any, Literal
 from fastapi import FastAPI, Path, Query
 from fastapi.security import HTTPBearer
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
+from starlette.convertors import Convertor, register_url_convertor
 
 from projections import models
 from projections.rules import TASK_KINDS
@@ -188,10 +190,10 @@ def text_schema(
 
 
 def stored_id_pattern(max_length: int = 64) -> str:
-    """An id as stored (stripped, 1..max_length, nothing forbidden) that a URL path can carry."""
+    """An id as stored (stripped, 1..max_length, nothing forbidden); a path carries `/` as %2F."""
     forbidden = forbidden_ranges()
-    inner = _class(forbidden, negate=True, extra="/")
-    outer = _class(_merged(forbidden, STRIPPED), negate=True, extra="/")
+    inner = _class(forbidden, negate=True)
+    outer = _class(_merged(forbidden, STRIPPED), negate=True)
     return f"^{outer}(?:{inner}{{0,{max_length - 2}}}{outer})?$"
 
 
@@ -252,6 +254,29 @@ Since = Annotated[
         description="A record moment: the students whose derivation changed after it.",
     ),
 ]
+# What follows a student id in the routes that name one (`/students/{student_id:student}/...`).
+STUDENT_ROUTE_ENDINGS = ("history", "alerts/preview", "calendar.ics", "calendar-link", "changes")
+
+
+class StudentIdConvertor(Convertor[str]):
+    """A student id in a route: `/` included (`2024/001`, sent as `%2F`, arrives decoded).
+
+    A `/` is taken as part of the id unless what follows it is one of the student routes'
+    own endings, so `/v1/students/2024/001/history` is the history of `2024/001`.
+    """
+
+    regex = r"(?:[^/]|/(?!(?:" + "|".join(re.escape(e) for e in STUDENT_ROUTE_ENDINGS) + r")$))+"
+
+    def convert(self, value: str) -> str:
+        """The id as routed."""
+        return value
+
+    def to_string(self, value: str) -> str:
+        """The id for a URL (as given)."""
+        return value
+
+
+register_url_convertor("student", StudentIdConvertor())
 # The largest offset a page takes (JavaScript's largest exact integer; SQLite's is larger).
 MAX_OFFSET = 2**53 - 1
 StudentId = Annotated[
@@ -261,8 +286,8 @@ StudentId = Annotated[
             {"type": "string", "pattern": stored_id_pattern(), "examples": ["S1"]}
         ),
         description=(
-            "The institution's student number (1-64 characters, as stored). An id holding "
-            "`/` cannot be addressed here."
+            "The institution's student number (1-64 characters, as stored; a `/` in it "
+            "sent as `%2F`)."
         ),
     ),
 ]

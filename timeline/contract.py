@@ -12,6 +12,7 @@ import json
 import re
 import unicodedata
 from datetime import date
+from email.utils import getaddresses
 from typing import Annotated, Any, Literal
 
 from pydantic import (
@@ -87,6 +88,15 @@ def forbidden_character(text: str, *, free_text: bool = False) -> str | None:
             code = f"U+{ord(ch):04X}"
             return f"must not contain control or format characters ({code} at character {position})"
     return None
+
+
+def plain_address(value: str) -> bool:
+    """Whether `value` is one bare e-mail address that a mail header reads back as itself."""
+    local, at, domain = value.partition("@")
+    if not at or not local or not domain or "@" in domain or any(c.isspace() for c in value):
+        return False
+    # `a<b>@x` is the mailbox "b", `a,b@x` two mailboxes, `a:b@x` a group holding "b@x".
+    return getaddresses([value]) == [("", value)]
 
 
 def _iso_date(value: Any) -> date:
@@ -253,9 +263,11 @@ class ContactUpdated(_Event):
         # The messages never quote the value: it is personal data.
         if value is None:
             return value
-        local, at, domain = value.partition("@")
-        if not at or not local or not domain or "@" in domain or any(c.isspace() for c in value):
-            raise ValueError("must look like an e-mail address (one @, no spaces)")
+        if not plain_address(value):
+            raise ValueError(
+                "must look like an e-mail address (one @, no spaces, nothing a mailer reads "
+                "as a name, a comment or a second address: no < > , ; : ( ))"
+            )
         return value
 
     @field_validator("line_user_id")

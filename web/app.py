@@ -501,7 +501,7 @@ def create_app(
             shared.record_access(opened, who.token_name, route, student_id, clock())
         return stream
 
-    @app.get("/students/{student_id}", include_in_schema=False, response_model=None)
+    @app.get("/students/{student_id:student}", include_in_schema=False, response_model=None)
     def student_page(
         request: Request,
         student_id: str,
@@ -544,7 +544,7 @@ def create_app(
             who=who,
         )
 
-    @app.get("/students/{student_id}/changes", include_in_schema=False, response_model=None)
+    @app.get("/students/{student_id:student}/changes", include_in_schema=False, response_model=None)
     def changes_page(
         request: Request,
         student_id: str,

@@ -135,7 +135,7 @@ def add_calendar_routes(
         return feed
 
     @app.get(
-        "/v1/students/{student_id}/calendar.ics",
+        "/v1/students/{student_id:student}/calendar.ics",
         response_class=Response,
         responses={200: ICS_ANSWER, **errors(400, 401, 403, 404, 422, 503)},
     )
@@ -144,7 +144,7 @@ def add_calendar_routes(
         return _ics(export(student_id, query_day(as_of, "as_of", clock), token.name, FEED_ROUTE))
 
     @app.post(
-        "/v1/students/{student_id}/calendar-link",
+        "/v1/students/{student_id:student}/calendar-link",
         status_code=201,
         response_model=CalendarLink,
         responses=errors(401, 403, 404, 503),
@@ -171,7 +171,7 @@ def add_calendar_routes(
         )
 
     @app.delete(
-        "/v1/students/{student_id}/calendar-link",
+        "/v1/students/{student_id:student}/calendar-link",
         status_code=204,
         response_class=Response,
         responses={
