@@ -42,12 +42,27 @@ class Milestone:
     alert: Alert
 
 
+def _part(text: str) -> str:
+    """One part of a key or subject: its `%` and `:` escaped, so that parts never run
+    together (student `P` with event `Q:x:R` and student `P:x:Q` with event `R` made one
+    key, and the second alert was never sent). Ids without either keep their text."""
+    if "%" in text or ":" in text:
+        return text.replace("%", "%25").replace(":", "%3A")
+    return text
+
+
 def _key(student_id: str, thing: str, cause: str, milestone: str, due: str | None) -> str:
-    return f"{student_id}:{thing}:{cause}:{milestone}:{due or '-'}"
+    return f"{_part(student_id)}:{thing}:{_part(cause)}:{milestone}:{due or '-'}"
+
+
+def _subject(student_id: str, thing: str, cause: str) -> str:
+    """What a catch-up keeps one milestone of: the student's task, fine or overstay."""
+    return f"{_part(student_id)}:{thing}:{_part(cause)}"
 
 
 def alert_key(student_id: str, thing: str, cause: str, milestone: str, due: str | None) -> str:
-    """The stable key of an alert: `student:task:first-cause-event:milestone:due_on`."""
+    """The stable key of an alert: `student:task:first-cause-event:milestone:due_on`
+    (a `%` or `:` inside the student or event id written `%25`, `%3A`)."""
     return _key(student_id, thing, cause, milestone, due)
 
 
@@ -107,7 +122,7 @@ def milestones_on(
             out.append(
                 Milestone(
                     day,
-                    f"{student_id}:{kind}:{cause}",
+                    _subject(student_id, kind, cause),
                     Alert(
                         key=_key(student_id, kind, cause, milestone, due_on),
                         student_id=student_id,
@@ -127,7 +142,7 @@ def milestones_on(
         out.append(
             Milestone(
                 day,
-                f"{fine['student_id']}:{fine['kind']}:{cause}",
+                _subject(fine["student_id"], fine["kind"], cause),
                 Alert(
                     key=_key(fine["student_id"], fine["kind"], cause, "accrued", d),
                     student_id=fine["student_id"],
@@ -161,7 +176,7 @@ def milestones_on(
         out.append(
             Milestone(
                 day,
-                f"{student_id}:overstay:{since}",
+                _subject(student_id, "overstay", since),
                 Alert(
                     key=_key(student_id, "overstay", since, milestone, None),
                     student_id=student_id,

@@ -361,6 +361,25 @@ def test_alert_keys_are_stable_across_a_rebuild(sqlite_model_of, sqlite_store):
     assert all(before)
 
 
+def test_ids_holding_the_key_separator_never_make_two_alerts_one_key(model_of):
+    """Student `P` with event `Q:apply_arc:R` and student `P:apply_arc:Q` with event `R`:
+    joined with `:` their keys and catch-up subjects were equal and one alert was dropped."""
+    feed = [
+        {**entered("P")[0], "event_id": "Q:apply_arc:R"},
+        {**entered("P:apply_arc:Q")[0], "event_id": "R"},
+        {**entered("50%")[0], "event_id": "a%3Ab"},  # escaped text vs the escape itself
+        {**entered("50%25")[0], "event_id": "a:b"},
+    ]
+    model = model_of(feed)
+    found = milestones_on(model, date(2024, 4, 1))  # due_in_14 of each apply_arc
+    assert len(found) == 4
+    assert len({m.alert.key for m in found}) == 4
+    assert len({m.subject for m in found}) == 4
+    keys = {m.alert.student_id: m.alert.key for m in found}
+    assert keys["P"] == "P:apply_arc:Q%3Aapply_arc%3AR:due_in_14:2024-04-15"
+    assert keys["P:apply_arc:Q"] == "P%3Aapply_arc%3AQ:apply_arc:R:due_in_14:2024-04-15"
+
+
 def test_catch_up_subjects_separate_tasks_fines_and_overstays(sqlite_model_of):
     model = sqlite_model_of(holding_arc())
     found = milestones_on(model, date(2024, 6, 1))
