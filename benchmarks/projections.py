@@ -398,6 +398,11 @@ def main(argv: list[str] | None = None) -> int:
             if hasattr(old, "fine_rows"):  # a revision whose SQLite builds the JSON
                 for when, known in (("now", None), ("known at mid-log", middle)):
                     population(
+                        f"baseline: tasks overdue, {when}",
+                        lambda k=known: list(old.task_rows(AS_OF, ["overdue"], known_at=k)),
+                        "",
+                    )
+                    population(
                         f"baseline: fines accrued, whole list as JSON, {when}",
                         lambda k=known: (
                             "[" + ",".join(old.fine_rows(AS_OF, ["accrued"], known_at=k)) + "]"
