@@ -162,3 +162,20 @@ def test_api_known_at_paging_count_and_changes(store, location, clock, tmp_path)
         assert get("/v1/changes").status_code == 400
         assert get(f"/v1/tasks?as_of={DAY}&limit=-1").status_code == 400
         assert get(f"/v1/tasks?as_of={DAY}&known_at=yesterday").status_code == 400
+
+
+def test_cli_paging_past_sqlite_integers_is_a_usage_error_not_a_traceback(tmp_path, clock):
+    location = str(tmp_path / "timeline.db")
+    with TimelineStore.open(location, clock=clock) as store:
+        populate(store, clock)
+    huge = str(10**30)  # SQLite's integers end at 2**63 - 1: the query raised OverflowError
+    for command in ("tasks", "fines"):
+        for option in ("--limit", "--offset"):
+            result = run_cli(command, "--as-of", DAY, option, huge, "--json", location=location)
+            assert result.returncode == 2, result.stderr
+            assert option in result.stderr and "Traceback" not in result.stderr
+    largest = run_cli(
+        "tasks", "--as-of", DAY, "--json", "--limit", str(2**63 - 1), location=location
+    )
+    assert largest.returncode == 0, largest.stderr
+    assert _students(json.loads(largest.stdout)) == ["S2", "S3"]

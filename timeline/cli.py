@@ -604,6 +604,11 @@ def _population_table(title: str, rows: list[dict[str, Any]], columns: list[str]
     console.print(table)
 
 
+# A page's limit and offset go to SQLite, whose integers end at 2**63 - 1 (a larger one
+# raised OverflowError from the query).
+ROW_COUNT = click.IntRange(min=0, max=2**63 - 1)
+
+
 def population_options(func: F) -> F:
     """`--known-at`, `--changed-since`, `--limit`, `--offset`, `--count` of a population query."""
     options = [
@@ -621,12 +626,8 @@ def population_options(func: F) -> F:
             default=None,
             help="Only students whose derivation changed after this moment.",
         ),
-        click.option(
-            "--limit", type=click.IntRange(min=0), default=None, help="At most this many rows."
-        ),
-        click.option(
-            "--offset", type=click.IntRange(min=0), default=0, help="Skip this many rows first."
-        ),
+        click.option("--limit", type=ROW_COUNT, default=None, help="At most this many rows."),
+        click.option("--offset", type=ROW_COUNT, default=0, help="Skip this many rows first."),
         click.option("--count", is_flag=True, help="Print only how many rows match."),
     ]
     for option in reversed(options):
