@@ -139,7 +139,43 @@ def print_json(value: Any) -> None:
     click.echo(json.dumps(value, ensure_ascii=False, indent=2))
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+def database_failure(exc: BaseException) -> bool:
+    """Whether `exc` is the database failing (locked, full, gone), not the input."""
+    import sqlite3
+
+    from eventsourcing.persistence import OperationalError
+
+    failures: tuple[type[BaseException], ...] = (OperationalError, sqlite3.OperationalError)
+    psycopg = sys.modules.get("psycopg")  # only loaded for a PostgreSQL store
+    if psycopg is not None:
+        failures += (psycopg.OperationalError,)
+    return isinstance(exc, failures)
+
+
+class TimelineGroup(click.Group):
+    """The command group: a database that fails is an error message (exit 2), not a traceback.
+
+    A SQLite file held by another writer past the busy timeout, a full disk or a lost
+    PostgreSQL connection raised from deep in a command; exit 1 then also read as "some
+    lines were rejected" to a feed's cron job.
+    """
+
+    def invoke(self, ctx: click.Context) -> Any:
+        """Run the command; a database failure becomes a `UsageFailure` naming its reason."""
+        try:
+            return super().invoke(ctx)
+        except Exception as exc:
+            if not database_failure(exc):
+                raise
+            hint = (
+                " (another process held it past the busy timeout)" if "locked" in str(exc) else ""
+            )
+            raise UsageFailure(
+                f"the database failed: {exc}{hint}; what was stored stays — run the command again"
+            ) from exc
+
+
+@click.group(cls=TimelineGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name=PACKAGE, prog_name="timeline", message="%(prog)s %(version)s")
 @db_option
 @click.option(
