@@ -179,3 +179,19 @@ def test_cli_paging_past_sqlite_integers_is_a_usage_error_not_a_traceback(tmp_pa
     )
     assert largest.returncode == 0, largest.stderr
     assert _students(json.loads(largest.stdout)) == ["S2", "S3"]
+
+
+def test_api_a_page_of_no_rows_points_at_no_next_page(store, location, clock, tmp_path):
+    """limit=0 (the count alone) answered X-Next-Offset equal to the offset asked for: a
+    client following it asked for the same empty page for ever."""
+    populate(store, clock)
+    app = create_app(ApiConfig.from_env(ENV, location, str(tmp_path / "read.db")))
+    with running(app) as base:
+        for route in ("tasks", "fines"):
+            answer = httpx.get(
+                f"{base}/v1/{route}?as_of=2024-12-31&limit=0&offset=0&count=true",
+                headers=STAFF_H,
+            )
+            assert answer.status_code == 200
+            assert answer.json() == [] and int(answer.headers[TOTAL_COUNT]) > 0
+            assert NEXT_OFFSET not in answer.headers

@@ -693,7 +693,8 @@ def create_app(
             if limit is not None:
                 page = list(docs(limit + 1, offset))  # one more: is there a next page?
                 if len(page) > limit:
-                    headers[NEXT_OFFSET] = str(offset + limit)
+                    if limit:  # a page of no rows points at itself: no next page
+                        headers[NEXT_OFFSET] = str(offset + limit)
                     page = page[:limit]
                 model.close()
                 return Response("[" + ",".join(page) + "]", media_type=JSON, headers=headers)
