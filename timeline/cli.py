@@ -129,9 +129,9 @@ def open_store(ctx: click.Context, db: str | None, *, create: bool = False) -> T
 
 def console_out() -> Console:
     """A console on stdout: the terminal's width, or 160 columns into a pipe."""
-    from rich.console import Console
+    from projections.render import plain_console
 
-    return Console() if sys.stdout.isatty() else Console(width=160)
+    return plain_console() if sys.stdout.isatty() else plain_console(width=160)
 
 
 def print_json(value: Any) -> None:
