@@ -76,11 +76,16 @@ def settings_for(ctx: click.Context, db: str | None = None, read_db: str | None 
 
 
 def init_hint(location: str) -> str:
-    """The `timeline init` command that creates the store at `location` (password masked)."""
+    """The `timeline init` command that creates the store at `location` (password masked).
+
+    Quoted for a shell: a URL's `&` (`?schema=uni&connect_timeout=5`) or a path's `;`
+    would otherwise cut the pasted command in two.
+    """
+    import shlex
+
     from timeline.settings import mask_url
 
-    shown = mask_url(location)
-    return f"timeline init --db {shown!r}" if " " in shown else f"timeline init --db {shown}"
+    return f"timeline init --db {shlex.quote(mask_url(location))}"
 
 
 def require_store(settings: Settings, *, create: bool = False) -> None:
@@ -105,7 +110,9 @@ def require_store(settings: Settings, *, create: bool = False) -> None:
             f"run `{init_hint(location)} --create-schema` first"
         )
     if not create:
-        raise UsageFailure(f"no event store at {location} — run `{init_hint(location)}` first")
+        raise UsageFailure(
+            f"no event store at {mask_url(location)} — run `{init_hint(location)}` first"
+        )
     click.echo(f"note: no event store at {mask_url(location)}: creating a new one", err=True)
 
 
