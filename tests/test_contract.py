@@ -432,3 +432,10 @@ def test_a_line_that_is_not_an_object_is_named_in_json_words(raw, said):
 def test_echoed_values_are_json_words(value, said):
     raw = example("arc_applied") | {"by_agent": "yes", "application": value}
     assert any(m.startswith("application:") and f"(got {said})" in m for m in rejected(raw))
+
+
+@pytest.mark.parametrize("key", ["", " "])
+def test_an_empty_or_blank_unknown_key_is_shown_quoted(key):
+    """A CSV column without a name said ': unknown field', naming nothing."""
+    raw = example("departed") | {key: "x"}
+    assert rejected(raw) == [f"{key!r}: unknown field for an event of type 'departed'"]

@@ -569,7 +569,8 @@ def describe_errors(exc: ValidationError, raw: dict[str, Any]) -> list[str]:
         elif kind == "missing":
             messages.append(f"{field}: required field is missing")
         elif kind == "extra_forbidden":
-            messages.append(f"{field}: unknown field for an event of type {echo(kind_of_event)}")
+            key = field if field.strip() else echo(field)  # a CSV column without a name
+            messages.append(f"{key}: unknown field for an event of type {echo(kind_of_event)}")
         elif kind == "literal_error":
             expected = err.get("ctx", {}).get("expected", "")
             messages.append(f"{field}: must be one of {expected}{got}")
