@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from rich.console import Console, Group
 from rich.panel import Panel
 from rich.table import Table
@@ -136,10 +138,19 @@ def render_view(view: StudentView) -> Group:
     return Group(*lines)  # type: ignore[arg-type]
 
 
+def plain_console(**options: Any) -> Console:
+    """A console that prints stored text as it is: ids and notes are not rich markup.
+
+    With markup on, an id such as `[/x]` raised `MarkupError` and `[bold]` or `:cat:`
+    printed as a style or an emoji; styles are given as `Text` styles instead.
+    """
+    return Console(markup=False, emoji=False, **options)
+
+
 def print_view(view: StudentView, console: Console | None = None) -> None:
     """Print the view for a person."""
     if console is None:
-        console = Console()
+        console = plain_console()
         if not console.is_terminal:
-            console = Console(width=160)  # pipes and files: wide rather than wrapped
+            console = plain_console(width=160)  # pipes and files: wide rather than wrapped
     console.print(Panel(render_view(view), expand=False))

@@ -6,6 +6,8 @@ Served by a real uvicorn on 127.0.0.1 (and, for the logs, by `timeline serve` it
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import os
 import re
 import socket
@@ -371,6 +373,40 @@ def test_a_header_without_end_is_cut_off_not_buffered(shared_api):
                 conn.sendall(b"a" * 65536)
                 sent += 65536
     assert sent < 4 * 1024 * 1024
+
+
+def test_a_body_that_stops_arriving_is_408_not_a_connection_held_open(tmp_path):
+    """A chunked body without its end (or short of its Content-Length) held the request
+    open for as long as the client liked: minutes, with a feed token (one fd each)."""
+    config = dataclasses.replace(
+        ApiConfig.from_env(ENV, str(tmp_path / "t.db")), body_idle_seconds=0.5
+    )
+    head = (
+        b"POST /v1/events HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer "
+        + REGISTRAR.encode()
+        + b"\r\nContent-Type: application/json\r\n"
+    )
+    with running(create_app(config)) as api:
+        parts = urlsplit(api)
+        for request in (
+            head + b"Transfer-Encoding: chunked\r\n\r\n5\r\n[{}, \r\n",
+            head + b"Content-Length: 100\r\n\r\n[{}, ",
+        ):
+            with socket.create_connection((parts.hostname, parts.port), timeout=10) as conn:
+                conn.sendall(request)
+                started = time.monotonic()
+                reply = conn.recv(65536)
+            assert time.monotonic() - started < 5
+            assert reply.startswith(b"HTTP/1.1 408 "), reply[:80]
+            assert b'{"error":"the body stopped arriving' in reply
+        # A body arriving in pieces, each within the limit, is read whole.
+        with socket.create_connection((parts.hostname, parts.port), timeout=10) as conn:
+            body = json.dumps(_event("slow-1")).encode()
+            conn.sendall(head + b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n")
+            for piece in (body[:10], body[10:30], body[30:]):
+                time.sleep(0.2)
+                conn.sendall(piece)
+            assert conn.recv(65536).startswith(b"HTTP/1.1 200 ")
 
 
 # -- configuration ------------------------------------------------------------------------

@@ -162,7 +162,7 @@ def test_the_document_names_the_bearer_schemes_and_every_answer(document):
     assert kinds["GET /v1/audit"] == "adminToken"
     assert kinds["GET /v1/tasks"] == "staffToken"
     assert set(document["paths"]["/v1/events"]["post"]["responses"]) == {
-        "200", "400", "401", "403", "409", "413", "415", "422", "503",
+        "200", "400", "401", "403", "408", "409", "413", "415", "422", "503",
     }  # fmt: skip
     student = document["paths"]["/v1/students/{student_id}"]["get"]["responses"]
     assert set(student) == {"200", "400", "401", "403", "404", "422", "503"}

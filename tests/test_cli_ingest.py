@@ -200,3 +200,26 @@ def test_installed_command_default_database_is_in_the_working_directory(tmp_path
     assert done.returncode == 0, done.stderr
     assert (tmp_path / "timeline.db").exists()
     assert facts_of(str(tmp_path / "timeline.db")) == ["e1", "e2"]
+
+
+def test_a_store_locked_past_the_busy_timeout_is_a_clear_error_not_a_traceback(tmp_path, good_file):
+    """Another writer holds the SQLite file longer than the 30 s busy timeout."""
+    import sqlite3
+
+    db = str(tmp_path / "locked.db")
+    assert run_cli("--db", db, "init", cwd=tmp_path).returncode == 0
+    holder = sqlite3.connect(db, isolation_level=None)
+    try:
+        holder.execute("BEGIN EXCLUSIVE")
+        locked = run_cli("--db", db, "ingest", str(good_file), cwd=tmp_path)
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+    # Exit 1 would say "something was rejected"; the input was fine, the store was not.
+    assert locked.returncode == 2, locked.stderr
+    assert "Traceback" not in locked.stderr
+    assert "database is locked" in locked.stderr and "again" in locked.stderr
+    assert locked.stdout == ""
+    again = run_cli("--db", db, "ingest", str(good_file), cwd=tmp_path)
+    assert again.returncode == 0, again.stderr
+    assert json.loads(again.stdout)["accepted"] == 2

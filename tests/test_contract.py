@@ -423,3 +423,34 @@ def test_a_rejection_message_stays_short_whatever_was_sent():
         parse_event(raw)
     assert caught.value.messages
     assert all(len(m) <= 400 and m.isprintable() for m in caught.value.messages)
+
+
+@pytest.mark.parametrize(
+    ("raw", "said"),
+    [
+        (None, "null"),
+        ([], "an array"),
+        (5, "a number"),
+        (2.5, "a number"),
+        ("x", "a string"),
+        (True, "true"),
+    ],
+)
+def test_a_line_that_is_not_an_object_is_named_in_json_words(raw, said):
+    """A feed author wrote JSON: Python's NoneType, list or str named nothing they sent."""
+    assert rejected(raw) == [f"an event must be a JSON object (got {said})"]
+
+
+@pytest.mark.parametrize(
+    ("value", "said"), [(None, "null"), (True, "true"), (False, "false"), ([1], "an array")]
+)
+def test_echoed_values_are_json_words(value, said):
+    raw = example("arc_applied") | {"by_agent": "yes", "application": value}
+    assert any(m.startswith("application:") and f"(got {said})" in m for m in rejected(raw))
+
+
+@pytest.mark.parametrize("key", ["", " "])
+def test_an_empty_or_blank_unknown_key_is_shown_quoted(key):
+    """A CSV column without a name said ': unknown field', naming nothing."""
+    raw = example("departed") | {key: "x"}
+    assert rejected(raw) == [f"{key!r}: unknown field for an event of type 'departed'"]

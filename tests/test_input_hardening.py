@@ -250,6 +250,24 @@ def test_duplicate_csv_headers_reject_every_row(store):
     assert all("names column 'student_id' twice" in r.error for r in report.rejected)
 
 
+def test_a_csv_with_carriage_returns_alone_for_line_ends_is_rejected_not_read_as_empty(store):
+    """Old Mac exports end lines with CR alone: one physical line, the header followed by
+    every row. It was read as a header with no rows: 0 accepted, 0 rejected, exit 0."""
+    text = "event_id,student_id,type,occurred_on,visa\re1,S1,entered,2024-01-01,resident\r"
+    report = ingest_text(store, text, fmt="csv", partial=True)
+    assert report.accepted == 0
+    [rejection] = report.rejected
+    assert rejection.position == 1
+    assert "header" in rejection.error and "carriage return (CR)" in rejection.error
+
+
+def test_an_unreadable_csv_header_is_rejected_at_its_line_and_every_row_after(store):
+    text = 'event_id,"student_id,type,occurred_on\ne1,S1,departed,2024-01-01\n'
+    report = ingest_text(store, text, fmt="csv", partial=True)
+    assert report.accepted == 0 and [r.position for r in report.rejected] == [1, 2]
+    assert all("header on line 1 cannot be read" in r.error for r in report.rejected)
+
+
 # -- encodings --------------------------------------------------------------------------------
 BIG5_ADDRESS = "臺北市大安區羅斯福路四段1號"
 

@@ -205,3 +205,36 @@ def test_whole_task_lists_sorted_in_python_or_by_sqlite_come_in_the_same_order(
         keys = [(json.loads(d)["student_id"]) for d in here]
         assert keys == sorted(keys, key=lambda s: s.encode())
     model.close()
+
+
+def test_cli_paging_past_sqlite_integers_is_a_usage_error_not_a_traceback(tmp_path, clock):
+    location = str(tmp_path / "timeline.db")
+    with TimelineStore.open(location, clock=clock) as store:
+        populate(store, clock)
+    huge = str(10**30)  # SQLite's integers end at 2**63 - 1: the query raised OverflowError
+    for command in ("tasks", "fines"):
+        for option in ("--limit", "--offset"):
+            result = run_cli(command, "--as-of", DAY, option, huge, "--json", location=location)
+            assert result.returncode == 2, result.stderr
+            assert option in result.stderr and "Traceback" not in result.stderr
+    largest = run_cli(
+        "tasks", "--as-of", DAY, "--json", "--limit", str(2**63 - 1), location=location
+    )
+    assert largest.returncode == 0, largest.stderr
+    assert _students(json.loads(largest.stdout)) == ["S2", "S3"]
+
+
+def test_api_a_page_of_no_rows_points_at_no_next_page(store, location, clock, tmp_path):
+    """limit=0 (the count alone) answered X-Next-Offset equal to the offset asked for: a
+    client following it asked for the same empty page for ever."""
+    populate(store, clock)
+    app = create_app(ApiConfig.from_env(ENV, location, str(tmp_path / "read.db")))
+    with running(app) as base:
+        for route in ("tasks", "fines"):
+            answer = httpx.get(
+                f"{base}/v1/{route}?as_of=2024-12-31&limit=0&offset=0&count=true",
+                headers=STAFF_H,
+            )
+            assert answer.status_code == 200
+            assert answer.json() == [] and int(answer.headers[TOTAL_COUNT]) > 0
+            assert NEXT_OFFSET not in answer.headers

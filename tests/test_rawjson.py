@@ -79,3 +79,10 @@ def test_any_text_is_parsed_or_refused_with_a_value_error(text: str) -> None:
     except ValueError:
         return
     assert parsed == json.loads(text)
+
+
+def test_a_byte_order_mark_is_named_without_python_advice() -> None:
+    """It said "(decode using utf-8-sig)": advice for Python, to a feed or an API client."""
+    with pytest.raises(ValueError) as refused:
+        loads_strict('\ufeff{"type": "entered"}')
+    assert str(refused.value) == "invalid JSON: starts with a byte order mark (U+FEFF)"

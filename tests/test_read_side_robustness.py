@@ -277,6 +277,31 @@ def test_cli_population_commands_and_show_survive_a_broken_student(tmp_path, clo
     assert show.stdout == ""
 
 
+def test_cli_tables_print_stored_text_as_it_is_not_as_rich_markup(tmp_path, clock):
+    """Ids are free text: `[/x]` raised rich's MarkupError (a traceback) from `history`,
+    `tasks` and `show`, and `[bold]` or `:cat:` were shown as a style or an emoji."""
+    student, event_id = "[/x][bold]:cat:", "[/y]"
+    location = str(tmp_path / "timeline.db")
+    with TimelineStore.open(location, clock=clock) as store:
+        entered = {"event_id": event_id, "student_id": student, "type": "entered"}
+        entered |= {"occurred_on": "2024-03-16", "visa": "resident"}
+        assert ingest_objects(store, [entered]).ok
+    for args in (
+        ("history", student),
+        ("show", student, "--as-of", DAY.isoformat()),
+        ("tasks", "--as-of", DAY.isoformat()),
+        ("alerts", "--on", "2024-03-16"),
+    ):
+        result = run_cli(*args, location=location)
+        assert result.returncode == 0, result.stderr
+        assert "Traceback" not in result.stderr
+        assert student in result.stdout and "🐱" not in result.stdout, args
+    shown = run_cli("show", student, "--as-of", DAY.isoformat(), location=location)
+    assert event_id in shown.stdout
+    missing = run_cli("history", "[/z]", location=location)
+    assert missing.returncode == 0 and "[/z]" in missing.stdout
+
+
 # -- the date module: a typed error, never OverflowError ---------------------------------
 @pytest.mark.parametrize(
     ("operation", "args"),

@@ -289,6 +289,34 @@ def test_a_read_command_refuses_a_sqlite_store_that_does_not_exist(tmp_path, mon
     assert list(tmp_path.iterdir()) == []  # nothing created, no read models either
 
 
+def _hinted_command(stderr: str) -> list[str]:
+    """The command the error tells to run (between backticks), as a shell splits it."""
+    import shlex
+
+    words = shlex.shlex(stderr.split("`")[1], posix=True, punctuation_chars=True)
+    words.whitespace_split = True  # `&`, `;`, `|` stay operators of their own
+    return list(words)
+
+
+def test_the_init_hint_is_a_command_a_shell_runs_as_shown(tmp_path, monkeypatch):
+    """A path or URL holding `&` or `;` (`?schema=uni&connect_timeout=5`) was shown bare:
+    pasted into a shell, it ran `timeline init` in the background and the rest apart."""
+    monkeypatch.chdir(tmp_path)
+    missing = tmp_path / "store&co;x.db"
+    result = cli("--db", str(missing), "show", "S1", env=clean_environ())
+    assert result.exit_code == 2, result.output
+    assert _hinted_command(result.stderr) == ["timeline", "init", "--db", str(missing)]
+
+
+def test_the_create_schema_hint_is_a_command_a_shell_runs_as_shown(missing_schema):
+    location = f"{POSTGRES_URL}?schema={missing_schema}&connect_timeout=5"
+    result = cli("--db", location, "show", "S1", env=clean_environ())
+    assert result.exit_code == 2, result.output
+    assert _hinted_command(result.stderr) == [
+        "timeline", "init", "--db", location, "--create-schema",
+    ]  # fmt: skip
+
+
 @pytest.fixture
 def missing_schema():
     if not POSTGRES_URL:
@@ -328,6 +356,17 @@ def test_a_postgres_schema_without_a_store_is_refused_on_read(empty_schema):
     result = cli("--db", empty_schema, "show", "S1", env=clean_environ())
     assert result.exit_code == 2
     assert "no event store at" in result.stderr and "timeline init" in result.stderr
+
+
+def test_a_postgres_store_that_was_never_created_is_named_without_its_password(empty_schema):
+    """The hint masked the password; the words before it printed the URL as given."""
+    scheme, rest = empty_schema.split("://", 1)
+    user, host = rest.split("@", 1)
+    location = f"{scheme}://{user.split(':')[0]}:s3cret-pw@{host}"  # the test server trusts
+    result = cli("--db", location, "show", "S1", env=clean_environ())
+    assert result.exit_code == 2, result.output
+    assert "no event store at" in result.stderr and "********" in result.stderr
+    assert "s3cret-pw" not in result.output
 
 
 def test_init_creates_the_postgres_schema_only_when_asked(missing_schema, tmp_path):

@@ -293,6 +293,16 @@ def test_a_student_id_with_a_slash_opens_on_every_route(location, clock, student
 
 
 # -- escaping --------------------------------------------------------------------------------
+@pytest.mark.parametrize("path", ["/lists/no-such-list", "/lang/xx"])
+def test_an_unknown_page_is_404_saying_so_not_no_record_of_a_student(staff, path):
+    answer = staff.get(path, params={"format": "json"})
+    assert answer.status_code == 404
+    assert "student" not in answer.json()["error"]
+    assert staff.get("/students/NOPE", params={"format": "json"}).json()["error"] == (
+        "No record of this student."
+    )
+
+
 def test_hostile_ids_and_notes_are_escaped_everywhere(staff):
     raw_id = HOSTILE_ID
     pages = [

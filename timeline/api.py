@@ -2,7 +2,7 @@
 
 Writing needs a feed token bound to the event's source, reading a staff token (named
 bearer tokens from configuration, see `timeline.api_settings`). Errors are JSON
-`{"error": "..."}` with 400/401/403/404/409/413/415/422 and never echo the request body
+`{"error": "..."}` with 400/401/403/404/408/409/413/415/422 and never echo the request body
 (personal data) nor a stack trace. Every response carries security headers; one access
 line per request is logged with tokens redacted (uvicorn's own access log is off), as
 text or JSON (`timeline.api_logging`), and counted for `/metrics` (`timeline.api_metrics`).
@@ -14,6 +14,7 @@ for, and opens the store only when its lifespan starts (`timeline.api_service`).
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import logging.config
 import re
@@ -248,8 +249,12 @@ def find_token(presented: str, tokens: tuple[Token, ...]) -> Token | None:
     return found
 
 
-async def _read_body(request: Request, limit: int) -> bytes:
-    """The body, refused with 413 beyond `limit` bytes: by Content-Length, or while streaming."""
+async def _read_body(request: Request, limit: int, idle_seconds: float) -> bytes:
+    """The body, refused with 413 beyond `limit` bytes: by Content-Length, or while streaming.
+
+    408 when no piece of it arrives for `idle_seconds` (a chunked body without its end,
+    or one short of its Content-Length, would otherwise hold the request open for good).
+    """
     declared = request.headers.get("content-length")
     if declared is not None:
         if not (declared.isascii() and declared.isdigit()):
@@ -258,7 +263,16 @@ async def _read_body(request: Request, limit: int) -> bytes:
             raise ApiError(413, f"the body is larger than the limit of {limit} bytes")
     chunks: list[bytes] = []
     size = 0
-    async for chunk in request.stream():
+    pieces = request.stream()
+    while True:
+        try:
+            chunk = await asyncio.wait_for(anext(pieces), idle_seconds)
+        except StopAsyncIteration:
+            break
+        except TimeoutError:
+            raise ApiError(
+                408, f"the body stopped arriving: nothing for {idle_seconds:g} s"
+            ) from None
         size += len(chunk)
         if size > limit:
             raise ApiError(413, f"the body is larger than the limit of {limit} bytes")
@@ -507,7 +521,7 @@ def create_app(
         "/v1/events",
         response_model=doc.IngestReport,
         responses={
-            **errors(400, 401, 403, 413, 415, 503),
+            **errors(400, 401, 403, 408, 413, 415, 503),
             409: {"model": doc.IngestRefused, "description": doc.WHY[409]},
             422: {
                 "model": doc.IngestRefused,
@@ -533,7 +547,7 @@ def create_app(
         content_type = request.headers.get("content-type", "application/json")
         if not _JSON_TYPE.fullmatch(content_type.split(";")[0].strip()):
             raise ApiError(415, "Content-Type: send application/json")
-        items = _payload(await _read_body(request, config.max_body_bytes))
+        items = _payload(await _read_body(request, config.max_body_bytes, config.body_idle_seconds))
         foreign = await run_in_threadpool(_foreign_sources, token, items)
         if foreign:
             shown = ", ".join(f"index {i} ({source!r})" for i, source in foreign[:10])
@@ -689,7 +703,8 @@ def create_app(
                 if limit is not None:
                     page = list(docs(limit + 1, offset))  # one more: is there a next page?
                     if len(page) > limit:
-                        headers[NEXT_OFFSET] = str(offset + limit)
+                        if limit:  # a page of no rows points at itself: no next page
+                            headers[NEXT_OFFSET] = str(offset + limit)
                         page = page[:limit]
                     model.close()
                     return Response("[" + ",".join(page) + "]", media_type=JSON, headers=headers)

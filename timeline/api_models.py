@@ -453,6 +453,7 @@ WHY = {
     403: "A configured token of the wrong kind (or a feed token writing under a source it "
     "is not bound to; nothing is stored).",
     404: "No events are stored for this student.",
+    408: "The body stopped arriving: no piece of it came for 30 seconds.",
     409: "Nothing was stored: every rejected event conflicts with what is stored (the same "
     "source and event_id with other content, or a retraction of an event that is not stored, "
     "belongs to another student, or is itself a retraction).",

@@ -111,6 +111,8 @@ class ApiConfig:
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
     admin_tokens: tuple[Token, ...] = ()
     cipher_key: str | None = field(default=None, repr=False)
+    # Longest wait for the next piece of a request body before answering 408.
+    body_idle_seconds: float = 30.0
 
     def __post_init__(self) -> None:
         every = self.feed_tokens + self.staff_tokens + self.admin_tokens

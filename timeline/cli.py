@@ -76,11 +76,16 @@ def settings_for(ctx: click.Context, db: str | None = None, read_db: str | None 
 
 
 def init_hint(location: str) -> str:
-    """The `timeline init` command that creates the store at `location` (password masked)."""
+    """The `timeline init` command that creates the store at `location` (password masked).
+
+    Quoted for a shell: a URL's `&` (`?schema=uni&connect_timeout=5`) or a path's `;`
+    would otherwise cut the pasted command in two.
+    """
+    import shlex
+
     from timeline.settings import mask_url
 
-    shown = mask_url(location)
-    return f"timeline init --db {shown!r}" if " " in shown else f"timeline init --db {shown}"
+    return f"timeline init --db {shlex.quote(mask_url(location))}"
 
 
 def require_store(settings: Settings, *, create: bool = False) -> None:
@@ -105,7 +110,9 @@ def require_store(settings: Settings, *, create: bool = False) -> None:
             f"run `{init_hint(location)} --create-schema` first"
         )
     if not create:
-        raise UsageFailure(f"no event store at {location} — run `{init_hint(location)}` first")
+        raise UsageFailure(
+            f"no event store at {mask_url(location)} — run `{init_hint(location)}` first"
+        )
     click.echo(f"note: no event store at {mask_url(location)}: creating a new one", err=True)
 
 
@@ -129,9 +136,9 @@ def open_store(ctx: click.Context, db: str | None, *, create: bool = False) -> T
 
 def console_out() -> Console:
     """A console on stdout: the terminal's width, or 160 columns into a pipe."""
-    from rich.console import Console
+    from projections.render import plain_console
 
-    return Console() if sys.stdout.isatty() else Console(width=160)
+    return plain_console() if sys.stdout.isatty() else plain_console(width=160)
 
 
 def print_json(value: Any) -> None:
@@ -139,7 +146,43 @@ def print_json(value: Any) -> None:
     click.echo(json.dumps(value, ensure_ascii=False, indent=2))
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+def database_failure(exc: BaseException) -> bool:
+    """Whether `exc` is the database failing (locked, full, gone), not the input."""
+    import sqlite3
+
+    from eventsourcing.persistence import OperationalError
+
+    failures: tuple[type[BaseException], ...] = (OperationalError, sqlite3.OperationalError)
+    psycopg = sys.modules.get("psycopg")  # only loaded for a PostgreSQL store
+    if psycopg is not None:
+        failures += (psycopg.OperationalError,)
+    return isinstance(exc, failures)
+
+
+class TimelineGroup(click.Group):
+    """The command group: a database that fails is an error message (exit 2), not a traceback.
+
+    A SQLite file held by another writer past the busy timeout, a full disk or a lost
+    PostgreSQL connection raised from deep in a command; exit 1 then also read as "some
+    lines were rejected" to a feed's cron job.
+    """
+
+    def invoke(self, ctx: click.Context) -> Any:
+        """Run the command; a database failure becomes a `UsageFailure` naming its reason."""
+        try:
+            return super().invoke(ctx)
+        except Exception as exc:
+            if not database_failure(exc):
+                raise
+            hint = (
+                " (another process held it past the busy timeout)" if "locked" in str(exc) else ""
+            )
+            raise UsageFailure(
+                f"the database failed: {exc}{hint}; what was stored stays — run the command again"
+            ) from exc
+
+
+@click.group(cls=TimelineGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name=PACKAGE, prog_name="timeline", message="%(prog)s %(version)s")
 @db_option
 @click.option(
@@ -604,6 +647,11 @@ def _population_table(title: str, rows: list[dict[str, Any]], columns: list[str]
     console.print(table)
 
 
+# A page's limit and offset go to SQLite, whose integers end at 2**63 - 1 (a larger one
+# raised OverflowError from the query).
+ROW_COUNT = click.IntRange(min=0, max=2**63 - 1)
+
+
 def population_options(func: F) -> F:
     """`--known-at`, `--changed-since`, `--limit`, `--offset`, `--count` of a population query."""
     options = [
@@ -621,12 +669,8 @@ def population_options(func: F) -> F:
             default=None,
             help="Only students whose derivation changed after this moment.",
         ),
-        click.option(
-            "--limit", type=click.IntRange(min=0), default=None, help="At most this many rows."
-        ),
-        click.option(
-            "--offset", type=click.IntRange(min=0), default=0, help="Skip this many rows first."
-        ),
+        click.option("--limit", type=ROW_COUNT, default=None, help="At most this many rows."),
+        click.option("--offset", type=ROW_COUNT, default=0, help="Skip this many rows first."),
         click.option("--count", is_flag=True, help="Print only how many rows match."),
     ]
     for option in reversed(options):

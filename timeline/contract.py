@@ -66,15 +66,26 @@ EVENT_TYPES = (
 )
 
 
+def json_kind(value: Any) -> str:
+    """What a parsed JSON value is, in JSON's words (`null`, `true`, `an array`, ...)."""
+    if value is None or isinstance(value, bool):
+        return json.dumps(value)
+    if isinstance(value, int | float):
+        return "a number"
+    if isinstance(value, str):
+        return "a string"
+    return "an array" if isinstance(value, list) else "an object"
+
+
 def echo(value: Any) -> str:
     """A value shown back in a message: short, control characters escaped, containers named."""
     if isinstance(value, str):
         return shown(value)
-    if value is None or isinstance(value, bool | float):
+    if isinstance(value, float):
         return repr(value)
-    if isinstance(value, int):
+    if isinstance(value, int) and not isinstance(value, bool):
         return repr(value) if abs(value) < 10**18 else "a very large number"
-    return f"a {type(value).__name__}"
+    return json_kind(value)  # null, true, false, an array, an object
 
 
 def forbidden_character(text: str, *, free_text: bool = False) -> str | None:
@@ -497,7 +508,7 @@ def _printable_values(raw: dict[str, Any]) -> bool:
 def parse_event(raw: Any) -> _Event:
     """Validate one raw event (a dict) against the contract, or raise `ContractError`."""
     if not isinstance(raw, dict):
-        raise ContractError([f"an event must be a JSON object (got {type(raw).__name__})"])
+        raise ContractError([f"an event must be a JSON object (got {json_kind(raw)})"])
     try:
         if _printable_values(raw):
             return _PRINTABLE.validate_python(raw)  # type: ignore[no-any-return]
@@ -570,7 +581,8 @@ def describe_errors(exc: ValidationError, raw: dict[str, Any]) -> list[str]:
         elif kind == "missing":
             messages.append(f"{field}: required field is missing")
         elif kind == "extra_forbidden":
-            messages.append(f"{field}: unknown field for an event of type {echo(kind_of_event)}")
+            key = field if field.strip() else echo(field)  # a CSV column without a name
+            messages.append(f"{key}: unknown field for an event of type {echo(kind_of_event)}")
         elif kind == "literal_error":
             expected = err.get("ctx", {}).get("expected", "")
             messages.append(f"{field}: must be one of {expected}{got}")

@@ -344,6 +344,12 @@ def _quoted_row(lines: _CsvLines, text: str, shape: tuple[int, int] | None) -> l
         if broken or "unexpected end of data" in str(exc):
             reason = broken[0] if broken else "the input ends inside it"
             return f"unterminated quoted cell ({reason})"
+        if "new-line character seen in unquoted field" in str(exc):
+            # Python's wording asks about "universal-newline mode", which no feed author has.
+            return (
+                "a carriage return (CR) in an unquoted cell: end lines with LF or CRLF, "
+                "and quote a cell that holds a CR"
+            )
         return f"malformed CSV quoting: {exc}"
 
 
@@ -356,7 +362,8 @@ def read_csv(
     """CSV with a header row of SPEC §2 field names; empty cells are absent fields.
 
     If the header cannot be used (broken, or a column named twice), every row is rejected
-    with that reason: nothing is read under a guessed header.
+    with that reason: nothing is read under a guessed header. A header that cannot be
+    read is rejected at its own line as well.
     """
     lines = _CsvLines(_physical_lines(stream, on_bytes, encoding))
     first = next(_csv_records(lines, None), None)
@@ -367,6 +374,9 @@ def read_csv(
     problem = None
     if isinstance(header_cells, str):
         problem = f"the header on line {header_line} cannot be read: {header_cells}"
+        # Its line may hold rows too (line ends of CR alone): it is rejected itself, so
+        # such a file is never an empty success.
+        yield RawRecord(header_line, error=problem)
     else:
         header = [h.strip() for h in header_cells]
         named = [h for h in header if h]

@@ -90,8 +90,8 @@ def loads_strict(text: str | bytes, *, max_depth: int = MAX_DEPTH) -> Any:
     # Counting brackets is cheap and bounds the depth from above; scan only when it must.
     if text.count("[") + text.count("{") > max_depth and nesting_depth(text) > max_depth:
         raise ValueError(f"nested more than {max_depth} levels deep")
-    if text.startswith("\ufeff"):  # as `json.loads` says it
-        raise ValueError("invalid JSON: Unexpected UTF-8 BOM (decode using utf-8-sig) at column 1")
+    if text.startswith("\ufeff"):  # json.loads would say "decode using utf-8-sig"
+        raise ValueError("invalid JSON: starts with a byte order mark (U+FEFF)")
     try:
         return _DECODER.decode(text)
     except json.JSONDecodeError as exc:

@@ -450,7 +450,7 @@ def create_app(
     def choose_language(request: Request, code: str, next: str | None = None) -> Response:
         """Switch the language (remembered in a cookie for a year) and go back."""
         if code not in i18n.LANGS:
-            raise PageError(404, "not_found")
+            raise PageError(404, "no_such_page")
         response = RedirectResponse(safe_next(next, root_path(request)), status_code=303)
         response.set_cookie(
             i18n.LANG_COOKIE,
@@ -599,7 +599,7 @@ def create_app(
         """A population list as of a day, as known at a moment: page, JSON or CSV."""
         spec = lists.LISTS.get(name)
         if spec is None:
-            raise PageError(404, "not_found")
+            raise PageError(404, "no_such_page")
         kinds = [k for k in (kind or []) if k]
         statuses = [s for s in (status or []) if s]
         if any(k not in spec.kinds for k in kinds):
@@ -773,7 +773,7 @@ def create_app(
     def docs(request: Request) -> Response:
         """The interactive API docs (Swagger UI from the packaged copy: works offline)."""
         if docs_assets is None:
-            raise PageError(404, "not_found")
+            raise PageError(404, "no_such_page")
         response = render(request, "docs.html", {})
         response.headers["Content-Security-Policy"] = DOCS_CSP
         return response

@@ -284,6 +284,7 @@ LABELS: dict[str, Bilingual] = {
     "no_audit_rows": {"zh": "尚無查閱紀錄。", "en": "No views recorded yet."},
     "error": {"zh": "錯誤", "en": "Error"},
     "not_found": {"zh": "找不到此學生的紀錄。", "en": "No record of this student."},
+    "no_such_page": {"zh": "找不到此頁面。", "en": "No such page."},
     "forbidden": {"zh": "此權杖無權查看本頁。", "en": "This token may not see this page."},
     "bad_request": {"zh": "輸入有誤", "en": "Invalid input"},
     "cannot_derive": {
