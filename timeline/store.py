@@ -427,7 +427,25 @@ class TimelineStore:
 
     # -- the cipher marker -------------------------------------------------------------
     def _meta(self, name: str, value: str | None = None) -> str | None:
-        """Read (or, with `value`, write once) a row of `timeline_meta`."""
+        """Read (or, with `value`, write once) a row of `timeline_meta`.
+
+        On SQLite the library's transactions begin deferred: one that has read cannot
+        start writing once another connection wrote meanwhile, and SQLite says "locked" at
+        once instead of waiting (several processes opening a new store together: about one
+        open in a thousand failed under load). The row is written once whoever writes it,
+        so the transaction is taken again, on a fresh snapshot, for up to 30 s.
+        """
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                return self._meta_once(name, value)
+            except (sqlite3.OperationalError, PersistenceError) as exc:
+                retry = not self.config.is_postgres and "locked" in str(exc)
+                if not retry or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.01)
+
+    def _meta_once(self, name: str, value: str | None) -> str | None:
         if self.config.is_postgres:
             table = f'"{self.recorder.datastore.schema}".timeline_meta'
             mark = "%s"
