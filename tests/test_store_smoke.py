@@ -1,8 +1,11 @@
+from contextlib import contextmanager
+
 import pytest
+from conftest import POSTGRES_URL, _postgres_location
 
 from timeline.errors import StorageConfigError
 from timeline.ingest import ingest_objects
-from timeline.store import StoreConfig
+from timeline.store import StoreConfig, TimelineStore
 
 
 def entered(event_id: str, student: str, day: str) -> dict:
@@ -32,3 +35,26 @@ def test_a_postgres_url_may_set_the_connect_timeout_and_a_bad_one_is_refused():
     for bad in ("0", "soon", "-1"):
         with pytest.raises(StorageConfigError, match="connect_timeout"):
             StoreConfig.resolve(f"postgresql://app@h/tl?connect_timeout={bad}").env()
+
+
+@pytest.mark.skipif(not POSTGRES_URL, reason="TIMELINE_TEST_POSTGRES_URL is not set (CI sets it)")
+def test_a_postgresql_restart_fails_no_read_on_a_pooled_connection_it_broke(clock):
+    """After the server dropped every connection (a restart, a failover), the next reads work.
+
+    The pool keeps its connections between requests: without a check when one is handed
+    out, each of them answered one more request 503 after the server was back.
+    """
+    from test_follower import relayed
+
+    with (
+        contextmanager(_postgres_location)() as location,
+        relayed(location) as (relay, through),
+        TimelineStore.open(through, clock=clock) as store,
+    ):
+        assert ingest_objects(store, [entered("e1", "S1", "2024-03-16")]).ok
+        assert [f.event_id for f in store.facts("S1")] == ["e1"]
+        relay.cut()  # every connection of the pool dies with the server
+        relay.mend()  # and the server is back
+        for _ in range(6):  # more reads than the pool has connections
+            assert [f.event_id for f in store.facts("S1")] == ["e1"]
+            assert store.lookup_keys([("manual", "e1")])

@@ -276,6 +276,10 @@ def _postgres_env(url: str) -> dict[str, str]:
         "POSTGRES_USER": unquote(parsed.username or os.environ.get("USER", "postgres")),
         "POSTGRES_PASSWORD": unquote(parsed.password or ""),
         "POSTGRES_POOL_SIZE": "4",
+        # Check a pooled connection when it is handed out (one empty round trip): after
+        # the server dropped them (a restart, a failover) each stale one would otherwise
+        # fail one more request, and our own queries are not retried by the library.
+        "POSTGRES_PRE_PING": "y",
     }
     for part in parsed.query.split("&"):
         if part.startswith("schema="):
