@@ -58,3 +58,35 @@ def test_a_postgresql_restart_fails_no_read_on_a_pooled_connection_it_broke(cloc
         for _ in range(6):  # more reads than the pool has connections
             assert [f.event_id for f in store.facts("S1")] == ["e1"]
             assert store.lookup_keys([("manual", "e1")])
+
+
+@pytest.mark.parametrize(
+    ("query", "message"),
+    [
+        ("schema=probe_'q", "schema"),  # the library names it unquoted: a syntax error
+        ('schema=probe_"q', "schema"),
+        ("schema=probe;drop", "schema"),
+        ("schema=probe.b", "schema"),
+        ("schema=probe%20b", "schema"),
+        ("schema=1probe", "schema"),
+        ("schema=", "schema"),
+        ("schema=pg_probe", "pg_"),  # reserved by PostgreSQL
+        ("schema=" + "x" * 64, "63 bytes"),  # PostgreSQL would cut it: two names, one schema
+        ("schema=" + "學" * 22, "63 bytes"),  # 66 bytes in UTF-8
+        ("schema=probe&schema=public", "more than once"),  # which one?
+        ("connect_timeout=3&connect_timeout=9", "more than once"),
+        ("sslmode=require", "sslmode"),  # silently dropped, it would connect without TLS
+        ("schema=s&password=pw", "password"),
+    ],
+)
+def test_a_postgres_url_the_store_cannot_honour_is_refused(query, message):
+    """Refused before any connection, naming the parameter; nothing is created."""
+    with pytest.raises(StorageConfigError, match=message) as raised:
+        StoreConfig.resolve(f"postgresql://app@db.internal/tl?{query}").env()
+    assert "pw" not in str(raised.value)
+
+
+@pytest.mark.parametrize("schema", ["Registry_2", "學生", "x" * 63, "_a1"])
+def test_a_plain_schema_name_is_accepted(schema):
+    env = StoreConfig.resolve(f"postgresql://app@db.internal/tl?schema={schema}").env()
+    assert env["POSTGRES_SCHEMA"] == schema
