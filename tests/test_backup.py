@@ -244,3 +244,40 @@ def test_cli_export_to_a_file_then_import(tmp_path):
     first = runner.invoke(main, ["--db", src, "history", "S1002", "--json"]).stdout
     second = runner.invoke(main, ["--db", dst, "history", "S1002", "--json"]).stdout
     assert first == second
+
+
+def test_export_to_a_fifo_or_through_a_symlink_writes_there_and_replaces_neither(tmp_path):
+    """`-o` is atomic for a regular file; a FIFO (or `/dev/stdout`) is written as it is.
+
+    The atomic rename replaced a FIFO by a regular file (its reader got nothing) and a
+    symbolic link by a file of its own (as root, `-o /dev/stdout` replaced /dev/stdout).
+    """
+    import stat
+    import threading
+
+    runner = CliRunner()
+    src = str(tmp_path / "a.db")
+    assert runner.invoke(main, ["--db", src, "ingest", str(FEED)]).exit_code == 0
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    received: list[bytes] = []
+    reader = threading.Thread(target=lambda: received.append(fifo.read_bytes()), daemon=True)
+    reader.start()
+    result = runner.invoke(main, ["--db", src, "export", "-o", str(fifo)])
+    reader.join(timeout=30)
+    assert result.exit_code == 0, result.output
+    assert stat.S_ISFIFO(os.lstat(fifo).st_mode)
+    lines = received[0].decode().splitlines()
+    assert json.loads(lines[-1]) == {"end": True, "events": 92}
+
+    (tmp_path / "backups").mkdir()
+    target = tmp_path / "backups" / "latest.jsonl"
+    target.write_text("yesterday's\n")
+    link = tmp_path / "latest.jsonl"
+    link.symlink_to(target)
+    result = runner.invoke(main, ["--db", src, "export", "-o", str(link)])
+    assert result.exit_code == 0, result.output
+    assert link.is_symlink() and link.resolve() == target
+    assert json.loads(target.read_text().splitlines()[-1]) == {"end": True, "events": 92}
+    assert oct(os.stat(target).st_mode & 0o777) == "0o600"
+    assert not list(tmp_path.rglob(".*.partial"))

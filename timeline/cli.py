@@ -1379,14 +1379,21 @@ def export_command(ctx: click.Context, since: Any, output: Path | None, db: str 
     if output is None:
         report = export_events(store, sys.stdout.buffer, since=since)
         sys.stdout.buffer.flush()
+    elif output.exists() and not output.is_file():
+        # A FIFO, a device, `/dev/stdout`: written as it is (a rename would replace it).
+        with output.open("wb") as out:
+            report = export_events(store, out, since=since)
     else:
-        partial_file = output.with_name(f".{output.name}.partial")
+        # Atomically, in the folder of the file itself when `output` is a symbolic link
+        # (renamed over, the link would become a file of its own).
+        target = Path(os.path.realpath(output))
+        partial_file = target.with_name(f".{target.name}.partial")
         fd = os.open(partial_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "wb") as out:
             report = export_events(store, out, since=since)
             out.flush()
             os.fsync(out.fileno())
-        os.replace(partial_file, output)
+        os.replace(partial_file, target)
     click.echo(
         f"Exported {report.events} event(s) of {report.students} student(s) "
         f"(log position {report.position}).",
