@@ -200,3 +200,59 @@ def test_installed_command_default_database_is_in_the_working_directory(tmp_path
     assert done.returncode == 0, done.stderr
     assert (tmp_path / "timeline.db").exists()
     assert facts_of(str(tmp_path / "timeline.db")) == ["e1", "e2"]
+
+
+# -- an output that cannot be written ------------------------------------------------------------
+OUTPUT_COMMANDS = [
+    ["ingest", "feed.jsonl"],
+    ["show", "S1", "--as-of", "2024-05-01"],
+    ["show", "S1", "--as-of", "2024-05-01", "--json"],
+    ["history", "S1"],
+    ["tasks", "--as-of", "2024-05-01"],
+    ["tasks", "--as-of", "2024-05-01", "--json"],
+    ["export"],
+]
+
+
+def run_with_stdout(args: list[str], redirect: str, cwd: Path) -> subprocess.CompletedProcess:
+    """The installed command with its standard output closed (`>&-`) or sent elsewhere."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TIMELINE_")}
+    line = " ".join(f"'{a}'" for a in [TIMELINE, "--db", "t.db", *args])
+    return subprocess.run(
+        ["sh", "-c", f"exec {line} {redirect}"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=cwd,
+        env=env,
+        timeout=60,
+        check=False,
+    )
+
+
+@pytest.mark.parametrize("args", OUTPUT_COMMANDS)
+@pytest.mark.parametrize(
+    ("redirect", "reason"),
+    [(">&-", "standard output is closed"), (">/dev/full", "No space left on device")],
+)
+def test_an_answer_that_cannot_be_written_is_an_error_not_silence_or_a_traceback(
+    tmp_path, args, redirect, reason
+):
+    """A closed stdout made `show` print nothing and exit 0; /dev/full gave tracebacks."""
+    write(tmp_path / "feed.jsonl", jsonl(entered("e1", "S1", "2024-03-16")))
+    stored = run_cli("--db", str(tmp_path / "t.db"), "ingest", "feed.jsonl", cwd=tmp_path)
+    assert stored.returncode == 0, stored.stderr
+    done = run_with_stdout(args, redirect, tmp_path)
+    assert "Traceback" not in done.stderr, done.stderr
+    assert done.returncode == 1, done.stderr
+    assert f"error: cannot write the answer: {reason}" in done.stderr
+
+
+def test_a_command_that_writes_no_answer_works_with_stdout_closed(tmp_path):
+    write(tmp_path / "feed.jsonl", jsonl(entered("e1", "S1", "2024-03-16")))
+    stored = run_cli("--db", str(tmp_path / "t.db"), "ingest", "feed.jsonl", cwd=tmp_path)
+    assert stored.returncode == 0, stored.stderr
+    done = run_with_stdout(["export", "-o", "backup.jsonl"], ">&-", tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert (tmp_path / "backup.jsonl").read_text().count("\n") == 3
+    assert not (tmp_path / "t.db").read_bytes().startswith(b"{")  # fd 1 never reused

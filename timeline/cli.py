@@ -8,7 +8,9 @@ The configuration is read once by the `main` group (`timeline.settings`) and pas
 from __future__ import annotations
 
 import contextlib
+import errno
 import functools
+import io
 import json
 import logging
 import logging.config
@@ -1515,10 +1517,82 @@ def schema() -> None:
     print_json(json_schema())
 
 
+class OutputError(OSError):
+    """The answer could not be written to standard output (closed, a full disk, ...)."""
+
+
+class _ClosedOutput(io.RawIOBase):
+    """Standard output that was closed when the command started."""
+
+    def writable(self) -> bool:
+        """It takes writes (which fail)."""
+        return True
+
+    def write(self, data: Any) -> int:
+        """Fail: there is nowhere to write."""
+        raise OSError(errno.EBADF, "standard output is closed")
+
+
+class _Output(io.BufferedWriter):
+    """Standard output's buffer, whose failures are `OutputError` (so `run` knows them)."""
+
+    discard = False  # after a failure: drop what is left instead of failing at exit again
+
+    def write(self, data: Any) -> int:
+        """Buffer `data`; a failure to write is an OutputError."""
+        if self.discard:
+            return len(data)
+        try:
+            return super().write(data)
+        except OSError as exc:
+            raise OutputError(exc.errno, exc.strerror) from None
+
+    def flush(self) -> None:
+        """Write what is buffered; a failure is an OutputError."""
+        if self.discard:
+            return
+        try:
+            super().flush()
+        except OSError as exc:
+            raise OutputError(exc.errno, exc.strerror) from None
+
+
+def _standard_output() -> _Output:
+    """Standard output whose write errors `run` can tell apart; a closed one fails writes.
+
+    A descriptor 1 or 2 closed at start is held by /dev/null, so that no file the command
+    opens (the store) gets its number; the answer, if any, then fails to be written
+    instead of vanishing with exit 0.
+    """
+    for fd in (1, 2):
+        try:
+            os.fstat(fd)
+        except OSError:
+            null = os.open(os.devnull, os.O_WRONLY)
+            if null != fd:
+                os.dup2(null, fd)
+                os.close(null)
+    old = sys.stdout
+    raw: io.RawIOBase = _ClosedOutput() if old is None else io.FileIO(1, "wb", closefd=False)
+    buffer = _Output(raw)
+    sys.stdout = io.TextIOWrapper(
+        buffer,
+        encoding=old.encoding if old else "utf-8",
+        errors=old.errors if old else "strict",
+        line_buffering=old.line_buffering if old else False,
+    )
+    return buffer
+
+
 def run() -> None:
     """Entry point that maps core errors to exit code 2 with a clear message."""
+    output = _standard_output()
     try:
         main(standalone_mode=True)
     except TimelineError as exc:  # pragma: no cover - click handles most
         click.echo(f"error: {exc}", err=True)
         sys.exit(2)
+    except OutputError as exc:  # a broken pipe is click's: exit 1, quietly
+        output.discard = True
+        click.echo(f"error: cannot write the answer: {exc.strerror}", err=True)
+        sys.exit(1)
