@@ -173,9 +173,44 @@ def test_an_event_line_without_its_record_time_is_refused(tmp_path):
     with TimelineStore.open(str(tmp_path / "b.db")) as target:
         report = import_events(target, path)
         assert [(r.position, r.error) for r in report.rejected] == [
-            (4, "recorded_at: must carry a UTC offset")
+            (4, "recorded_at: must carry a UTC offset"),
+            (len(lines), ALTERED),  # the line was edited
         ]
         assert target.max_position() == 0
+
+
+ALTERED = "the export was altered or damaged: its lines do not match the end line's sha256"
+
+
+def test_a_backup_with_an_edited_line_is_refused_and_restores_nothing(tmp_path):
+    """The end line carries the sha256 of the lines before it (line ends aside)."""
+    clock = FakeClock()
+    with TimelineStore.open(str(tmp_path / "a.db"), clock=clock) as source:
+        fill(source, clock)
+        buffer = io.BytesIO()
+        export_events(source, buffer)
+    lines = buffer.getvalue().decode().splitlines()
+    edited = lines[:]
+    event = json.loads(edited[2])
+    event["occurred_on"] = (date.fromisoformat(event["occurred_on"]) + timedelta(1)).isoformat()
+    edited[2] = json.dumps(event, ensure_ascii=False, separators=(",", ":"))
+    assert edited[2] != lines[2]
+    tampered = tmp_path / "tampered.jsonl"
+    tampered.write_text("\n".join(edited) + "\n")
+    crlf = tmp_path / "crlf.jsonl"  # moved through another system: the same lines
+    crlf.write_bytes(("\r\n".join(lines) + "\r\n").encode())
+    older = tmp_path / "older.jsonl"  # an export made before the end line had its sha256
+    end = json.loads(lines[-1])
+    del end["sha256"]
+    older.write_text("\n".join([*lines[:-1], json.dumps(end)]) + "\n")
+    with TimelineStore.open(str(tmp_path / "b.db"), clock=clock) as target:
+        report = import_events(target, tampered)
+        assert [(r.position, r.error) for r in report.rejected] == [(len(lines), ALTERED)]
+        assert target.max_position() == 0
+    for n, path in enumerate((crlf, older)):
+        with TimelineStore.open(str(tmp_path / f"c{n}.db"), clock=clock) as target:
+            report = import_events(target, path)
+            assert report.ok and report.accepted == len(lines) - 2, report.as_json()
 
 
 def test_an_incremental_export_completes_a_restored_full_one(tmp_path):
@@ -268,7 +303,7 @@ def test_export_to_a_fifo_or_through_a_symlink_writes_there_and_replaces_neither
     assert result.exit_code == 0, result.output
     assert stat.S_ISFIFO(os.lstat(fifo).st_mode)
     lines = received[0].decode().splitlines()
-    assert json.loads(lines[-1]) == {"end": True, "events": 92}
+    assert json.loads(lines[-1])["events"] == 92
 
     (tmp_path / "backups").mkdir()
     target = tmp_path / "backups" / "latest.jsonl"
@@ -278,6 +313,6 @@ def test_export_to_a_fifo_or_through_a_symlink_writes_there_and_replaces_neither
     result = runner.invoke(main, ["--db", src, "export", "-o", str(link)])
     assert result.exit_code == 0, result.output
     assert link.is_symlink() and link.resolve() == target
-    assert json.loads(target.read_text().splitlines()[-1]) == {"end": True, "events": 92}
+    assert json.loads(target.read_text().splitlines()[-1])["events"] == 92
     assert oct(os.stat(target).st_mode & 0o777) == "0o600"
     assert not list(tmp_path.rglob(".*.partial"))
