@@ -133,12 +133,18 @@ def test_import_twice_stores_nothing_more(tmp_path):
         assert target.max_position() == position
 
 
-def test_a_truncated_backup_is_refused_and_restores_nothing(tmp_path):
-    clock = FakeClock()
+def exported(tmp_path: Path, clock: FakeClock) -> bytes:
+    """The export of a store filled by `fill`."""
     with TimelineStore.open(str(tmp_path / "a.db"), clock=clock) as source:
         fill(source, clock)
         buffer = io.BytesIO()
         export_events(source, buffer)
+    return buffer.getvalue()
+
+
+def test_a_truncated_backup_is_refused_and_restores_nothing(tmp_path):
+    clock = FakeClock()
+    buffer = io.BytesIO(exported(tmp_path, clock))
     lines = buffer.getvalue().splitlines(keepends=True)
     cut = tmp_path / "cut.jsonl"
     cut.write_bytes(b"".join(lines[: len(lines) // 2]))
@@ -160,10 +166,7 @@ def test_a_feed_file_is_not_mistaken_for_a_backup(tmp_path):
 
 def test_an_event_line_without_its_record_time_is_refused(tmp_path):
     clock = FakeClock()
-    with TimelineStore.open(str(tmp_path / "a.db"), clock=clock) as source:
-        fill(source, clock)
-        buffer = io.BytesIO()
-        export_events(source, buffer)
+    buffer = io.BytesIO(exported(tmp_path, clock))
     lines = buffer.getvalue().decode().splitlines()
     broken = json.loads(lines[3])
     broken["recorded_at"] = "2024-06-01T00:00:00"  # no offset: ambiguous
@@ -185,10 +188,7 @@ ALTERED = "the export was altered or damaged: its lines do not match the end lin
 def test_a_backup_with_an_edited_line_is_refused_and_restores_nothing(tmp_path):
     """The end line carries the sha256 of the lines before it (line ends aside)."""
     clock = FakeClock()
-    with TimelineStore.open(str(tmp_path / "a.db"), clock=clock) as source:
-        fill(source, clock)
-        buffer = io.BytesIO()
-        export_events(source, buffer)
+    buffer = io.BytesIO(exported(tmp_path, clock))
     lines = buffer.getvalue().decode().splitlines()
     edited = lines[:]
     event = json.loads(edited[2])
