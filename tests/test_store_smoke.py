@@ -90,3 +90,27 @@ def test_a_postgres_url_the_store_cannot_honour_is_refused(query, message):
 def test_a_plain_schema_name_is_accepted(schema):
     env = StoreConfig.resolve(f"postgresql://app@db.internal/tl?schema={schema}").env()
     assert env["POSTGRES_SCHEMA"] == schema
+
+
+@pytest.mark.parametrize("command", [["init"], ["show", "S1"], ["ingest", "-"], ["import", "x"]])
+@pytest.mark.parametrize("kind", ["a folder", "/dev/null"])
+def test_a_store_path_that_is_no_file_is_named_as_such(tmp_path, command, kind):
+    """Was "no event store … run timeline init", and then init failed without saying why."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    (tmp_path / "x").write_text("")
+    location = str(tmp_path) if kind == "a folder" else "/dev/null"
+    done = subprocess.run(
+        [str(Path(sys.executable).with_name("timeline")), "--db", location, *command],
+        capture_output=True,
+        text=True,
+        input="",
+        cwd=tmp_path,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 2, done.stderr
+    assert f"the event store at {location} is not a file" in done.stderr
+    assert "Traceback" not in done.stderr

@@ -395,7 +395,11 @@ def store_state(location: str) -> StoreState:
     """
     config = StoreConfig(location)
     if not config.is_postgres:
-        return "ready" if Path(location).is_file() else "no-store"
+        path = Path(location)
+        if path.exists() and not path.is_file():
+            # A folder, /dev/null: neither a store nor a place to create one.
+            raise StorageConfigError(f"the event store at {location} is not a file")
+        return "ready" if path.is_file() else "no-store"
     import psycopg
 
     url, _, _ = location.partition("?")
