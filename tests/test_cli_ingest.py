@@ -256,3 +256,23 @@ def test_a_command_that_writes_no_answer_works_with_stdout_closed(tmp_path):
     assert done.returncode == 0, done.stderr
     assert (tmp_path / "backup.jsonl").read_text().count("\n") == 3
     assert not (tmp_path / "t.db").read_bytes().startswith(b"{")  # fd 1 never reused
+
+
+@pytest.mark.parametrize(
+    "args",
+    [["show", "S1", "--as-of", "2024-05-01"], ["history", "S1"], ["history", "S1", "--json"]],
+)
+def test_an_ascii_locale_gets_utf8_answers_not_a_traceback(tmp_path, args):
+    """Python's own C-locale coercion off (or a Latin-1 locale): rich raised UnicodeEncodeError."""
+    note = "學生 入境 — テスト"
+    write(tmp_path / "feed.jsonl", jsonl(entered("e1", "S1", "2024-03-16", note=note)))
+    assert run_cli("--db", "t.db", "ingest", "feed.jsonl", cwd=tmp_path).returncode == 0
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("TIMELINE_", "LC_", "LANG"))}
+    env |= {"LC_ALL": "C", "PYTHONCOERCECLOCALE": "0", "PYTHONUTF8": "0"}
+    done = subprocess.run(
+        [TIMELINE, "--db", "t.db", *args], capture_output=True, cwd=tmp_path, env=env, timeout=60
+    )
+    assert b"Traceback" not in done.stderr, done.stderr.decode(errors="replace")
+    assert done.returncode == 0
+    text = done.stdout.decode("utf-8")  # what a program reading a pipe expects
+    assert ("學生" in text) if "history" in args else ("S1" in text)

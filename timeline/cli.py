@@ -7,6 +7,7 @@ The configuration is read once by the `main` group (`timeline.settings`) and pas
 
 from __future__ import annotations
 
+import codecs
 import contextlib
 import errno
 import functools
@@ -1560,6 +1561,9 @@ class _Output(io.BufferedWriter):
 def _standard_output() -> _Output:
     """Standard output whose write errors `run` can tell apart; a closed one fails writes.
 
+    Under a locale that is not UTF-8, a pipe or file gets UTF-8 and a terminal gets its
+    own encoding with "?" for what it cannot show (not a UnicodeEncodeError traceback).
+
     A descriptor 1 or 2 closed at start is held by /dev/null, so that no file the command
     opens (the store) gets its number; the answer, if any, then fails to be written
     instead of vanishing with exit 0.
@@ -1575,10 +1579,17 @@ def _standard_output() -> _Output:
     old = sys.stdout
     raw: io.RawIOBase = _ClosedOutput() if old is None else io.FileIO(1, "wb", closefd=False)
     buffer = _Output(raw)
+    encoding = old.encoding if old else "utf-8"
+    errors = old.errors if old else "strict"
+    if codecs.lookup(encoding).name != "utf-8":  # an ASCII or Latin-1 locale
+        if raw.isatty():
+            errors = "replace"  # a person sees "?" for what the terminal cannot show
+        else:
+            encoding = "utf-8"  # a program gets every character (JSON is UTF-8)
     sys.stdout = io.TextIOWrapper(
         buffer,
-        encoding=old.encoding if old else "utf-8",
-        errors=old.errors if old else "strict",
+        encoding=encoding,
+        errors=errors,
         line_buffering=old.line_buffering if old else False,
     )
     return buffer
