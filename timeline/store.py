@@ -764,6 +764,23 @@ class TimelineStore:
         """The last notification id (0 for an empty store)."""
         return self.app.recorder.max_notification_id() or 0
 
+    def reachable(self, timeout: float) -> bool:
+        """Whether PostgreSQL answers within about `timeout` seconds (SQLite: always).
+
+        For a probe: one attempt. The library retries a lost connection 10 times, each
+        waiting for the pool (30 s by default), which held a readiness probe 5 minutes.
+        """
+        if not self.config.is_postgres:
+            return True
+        import psycopg
+
+        try:
+            with self.recorder.datastore.pool.connection(timeout=timeout) as conn:
+                conn.execute("SELECT 1")
+        except psycopg.Error:  # PoolTimeout included
+            return False
+        return True
+
     # -- writing -----------------------------------------------------------------------
     def load_students(self, student_ids: Iterable[str]) -> dict[str, Student]:
         """The current aggregates of these students, new ones opened (not yet saved)."""
