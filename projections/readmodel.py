@@ -76,7 +76,7 @@ from projections.engine import (
 )
 from projections.rules import DEFAULT_RULES, TASK_KINDS, RuleBook, rulebook_fingerprint
 from timeline.aggregate import Student
-from timeline.errors import TimelineError
+from timeline.errors import StorageConfigError, TimelineError
 from timeline.facts import Fact, known_facts
 from timeline.store import TimelineStore, to_fact
 
@@ -663,17 +663,27 @@ class ReadModel:
     ) -> None:
         # `any_thread`: the connection may be used from one thread after another (never
         # two at once), as a streamed HTTP answer does from the server's thread pool.
-        self.db = Database(sqlite3.connect(str(path), check_same_thread=not any_thread))
-        self.db.execute("PRAGMA busy_timeout = 30000")
         self.rules = rules
         self.calendar = calendar or taiwan_calendar()
         self.fingerprint = fingerprint or read_model_fingerprint(rules, self.calendar)
         self._overstay_bounds: dict[tuple[str, str, str | None, str], tuple[int, int]] = {}
-        self.db.conn.create_function("rm_overstay_ntd", 5, self._overstay_ntd, deterministic=True)
         # Why the tables were last dropped by this object (None: they were current).
         self.rebuild_reason: str | None = None
-        self._ensure_build()
-        self.db.executescript(_SCHEMA)
+        try:
+            self.db = Database(sqlite3.connect(str(path), check_same_thread=not any_thread))
+        except sqlite3.Error as exc:
+            raise StorageConfigError(f"cannot open the read models at {path}: {exc}") from None
+        try:
+            self.db.execute("PRAGMA busy_timeout = 30000")
+            self.db.conn.create_function(
+                "rm_overstay_ntd", 5, self._overstay_ntd, deterministic=True
+            )
+            self._ensure_build()
+            self.db.executescript(_SCHEMA)
+        except sqlite3.Error as exc:
+            # A folder, a file that is no database, a read-only place, a lock held too long.
+            self.db.close()
+            raise StorageConfigError(f"cannot open the read models at {path}: {exc}") from None
         # Streams followed so far (uid → student, facts, last version): each notification
         # is decoded once; a stream not followed from its start is read whole once.
         self._streams: OrderedDict[str, tuple[str, list[Fact], int]] = OrderedDict()

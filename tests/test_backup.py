@@ -133,12 +133,18 @@ def test_import_twice_stores_nothing_more(tmp_path):
         assert target.max_position() == position
 
 
-def test_a_truncated_backup_is_refused_and_restores_nothing(tmp_path):
-    clock = FakeClock()
+def exported(tmp_path: Path, clock: FakeClock) -> bytes:
+    """The export of a store filled by `fill`."""
     with TimelineStore.open(str(tmp_path / "a.db"), clock=clock) as source:
         fill(source, clock)
         buffer = io.BytesIO()
         export_events(source, buffer)
+    return buffer.getvalue()
+
+
+def test_a_truncated_backup_is_refused_and_restores_nothing(tmp_path):
+    clock = FakeClock()
+    buffer = io.BytesIO(exported(tmp_path, clock))
     lines = buffer.getvalue().splitlines(keepends=True)
     cut = tmp_path / "cut.jsonl"
     cut.write_bytes(b"".join(lines[: len(lines) // 2]))
@@ -160,10 +166,7 @@ def test_a_feed_file_is_not_mistaken_for_a_backup(tmp_path):
 
 def test_an_event_line_without_its_record_time_is_refused(tmp_path):
     clock = FakeClock()
-    with TimelineStore.open(str(tmp_path / "a.db"), clock=clock) as source:
-        fill(source, clock)
-        buffer = io.BytesIO()
-        export_events(source, buffer)
+    buffer = io.BytesIO(exported(tmp_path, clock))
     lines = buffer.getvalue().decode().splitlines()
     broken = json.loads(lines[3])
     broken["recorded_at"] = "2024-06-01T00:00:00"  # no offset: ambiguous
@@ -173,9 +176,41 @@ def test_an_event_line_without_its_record_time_is_refused(tmp_path):
     with TimelineStore.open(str(tmp_path / "b.db")) as target:
         report = import_events(target, path)
         assert [(r.position, r.error) for r in report.rejected] == [
-            (4, "recorded_at: must carry a UTC offset")
+            (4, "recorded_at: must carry a UTC offset"),
+            (len(lines), ALTERED),  # the line was edited
         ]
         assert target.max_position() == 0
+
+
+ALTERED = "the export was altered or damaged: its lines do not match the end line's sha256"
+
+
+def test_a_backup_with_an_edited_line_is_refused_and_restores_nothing(tmp_path):
+    """The end line carries the sha256 of the lines before it (line ends aside)."""
+    clock = FakeClock()
+    buffer = io.BytesIO(exported(tmp_path, clock))
+    lines = buffer.getvalue().decode().splitlines()
+    edited = lines[:]
+    event = json.loads(edited[2])
+    event["occurred_on"] = (date.fromisoformat(event["occurred_on"]) + timedelta(1)).isoformat()
+    edited[2] = json.dumps(event, ensure_ascii=False, separators=(",", ":"))
+    assert edited[2] != lines[2]
+    tampered = tmp_path / "tampered.jsonl"
+    tampered.write_text("\n".join(edited) + "\n")
+    crlf = tmp_path / "crlf.jsonl"  # moved through another system: the same lines
+    crlf.write_bytes(("\r\n".join(lines) + "\r\n").encode())
+    older = tmp_path / "older.jsonl"  # an export made before the end line had its sha256
+    end = json.loads(lines[-1])
+    del end["sha256"]
+    older.write_text("\n".join([*lines[:-1], json.dumps(end)]) + "\n")
+    with TimelineStore.open(str(tmp_path / "b.db"), clock=clock) as target:
+        report = import_events(target, tampered)
+        assert [(r.position, r.error) for r in report.rejected] == [(len(lines), ALTERED)]
+        assert target.max_position() == 0
+    for n, path in enumerate((crlf, older)):
+        with TimelineStore.open(str(tmp_path / f"c{n}.db"), clock=clock) as target:
+            report = import_events(target, path)
+            assert report.ok and report.accepted == len(lines) - 2, report.as_json()
 
 
 def test_an_incremental_export_completes_a_restored_full_one(tmp_path):
@@ -244,3 +279,40 @@ def test_cli_export_to_a_file_then_import(tmp_path):
     first = runner.invoke(main, ["--db", src, "history", "S1002", "--json"]).stdout
     second = runner.invoke(main, ["--db", dst, "history", "S1002", "--json"]).stdout
     assert first == second
+
+
+def test_export_to_a_fifo_or_through_a_symlink_writes_there_and_replaces_neither(tmp_path):
+    """`-o` is atomic for a regular file; a FIFO (or `/dev/stdout`) is written as it is.
+
+    The atomic rename replaced a FIFO by a regular file (its reader got nothing) and a
+    symbolic link by a file of its own (as root, `-o /dev/stdout` replaced /dev/stdout).
+    """
+    import stat
+    import threading
+
+    runner = CliRunner()
+    src = str(tmp_path / "a.db")
+    assert runner.invoke(main, ["--db", src, "ingest", str(FEED)]).exit_code == 0
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    received: list[bytes] = []
+    reader = threading.Thread(target=lambda: received.append(fifo.read_bytes()), daemon=True)
+    reader.start()
+    result = runner.invoke(main, ["--db", src, "export", "-o", str(fifo)])
+    reader.join(timeout=30)
+    assert result.exit_code == 0, result.output
+    assert stat.S_ISFIFO(os.lstat(fifo).st_mode)
+    lines = received[0].decode().splitlines()
+    assert json.loads(lines[-1])["events"] == 92
+
+    (tmp_path / "backups").mkdir()
+    target = tmp_path / "backups" / "latest.jsonl"
+    target.write_text("yesterday's\n")
+    link = tmp_path / "latest.jsonl"
+    link.symlink_to(target)
+    result = runner.invoke(main, ["--db", src, "export", "-o", str(link)])
+    assert result.exit_code == 0, result.output
+    assert link.is_symlink() and link.resolve() == target
+    assert json.loads(target.read_text().splitlines()[-1])["events"] == 92
+    assert oct(os.stat(target).st_mode & 0o777) == "0o600"
+    assert not list(tmp_path.rglob(".*.partial"))

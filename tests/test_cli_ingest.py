@@ -223,3 +223,79 @@ def test_a_store_locked_past_the_busy_timeout_is_a_clear_error_not_a_traceback(t
     again = run_cli("--db", db, "ingest", str(good_file), cwd=tmp_path)
     assert again.returncode == 0, again.stderr
     assert json.loads(again.stdout)["accepted"] == 2
+
+
+# -- an output that cannot be written ------------------------------------------------------------
+OUTPUT_COMMANDS = [
+    ["ingest", "feed.jsonl"],
+    ["show", "S1", "--as-of", "2024-05-01"],
+    ["show", "S1", "--as-of", "2024-05-01", "--json"],
+    ["history", "S1"],
+    ["tasks", "--as-of", "2024-05-01"],
+    ["tasks", "--as-of", "2024-05-01", "--json"],
+    ["export"],
+]
+
+
+def run_with_stdout(args: list[str], redirect: str, cwd: Path) -> subprocess.CompletedProcess:
+    """The installed command with its standard output closed (`>&-`) or sent elsewhere."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TIMELINE_")}
+    line = " ".join(f"'{a}'" for a in [TIMELINE, "--db", "t.db", *args])
+    return subprocess.run(
+        ["sh", "-c", f"exec {line} {redirect}"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=cwd,
+        env=env,
+        timeout=60,
+        check=False,
+    )
+
+
+@pytest.mark.parametrize("args", OUTPUT_COMMANDS)
+@pytest.mark.parametrize(
+    ("redirect", "reason"),
+    [(">&-", "standard output is closed"), (">/dev/full", "No space left on device")],
+)
+def test_an_answer_that_cannot_be_written_is_an_error_not_silence_or_a_traceback(
+    tmp_path, args, redirect, reason
+):
+    """A closed stdout made `show` print nothing and exit 0; /dev/full gave tracebacks."""
+    write(tmp_path / "feed.jsonl", jsonl(entered("e1", "S1", "2024-03-16")))
+    stored = run_cli("--db", str(tmp_path / "t.db"), "ingest", "feed.jsonl", cwd=tmp_path)
+    assert stored.returncode == 0, stored.stderr
+    done = run_with_stdout(args, redirect, tmp_path)
+    assert "Traceback" not in done.stderr, done.stderr
+    assert done.returncode == 1, done.stderr
+    assert f"error: cannot write the answer: {reason}" in done.stderr
+
+
+def test_a_command_that_writes_no_answer_works_with_stdout_closed(tmp_path):
+    write(tmp_path / "feed.jsonl", jsonl(entered("e1", "S1", "2024-03-16")))
+    stored = run_cli("--db", str(tmp_path / "t.db"), "ingest", "feed.jsonl", cwd=tmp_path)
+    assert stored.returncode == 0, stored.stderr
+    done = run_with_stdout(["export", "-o", "backup.jsonl"], ">&-", tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert (tmp_path / "backup.jsonl").read_text().count("\n") == 3
+    assert not (tmp_path / "t.db").read_bytes().startswith(b"{")  # fd 1 never reused
+
+
+@pytest.mark.parametrize(
+    "args",
+    [["show", "S1", "--as-of", "2024-05-01"], ["history", "S1"], ["history", "S1", "--json"]],
+)
+def test_an_ascii_locale_gets_utf8_answers_not_a_traceback(tmp_path, args):
+    """Python's own C-locale coercion off (or a Latin-1 locale): rich raised UnicodeEncodeError."""
+    note = "學生 入境 — テスト"
+    write(tmp_path / "feed.jsonl", jsonl(entered("e1", "S1", "2024-03-16", note=note)))
+    assert run_cli("--db", "t.db", "ingest", "feed.jsonl", cwd=tmp_path).returncode == 0
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("TIMELINE_", "LC_", "LANG"))}
+    env |= {"LC_ALL": "C", "PYTHONCOERCECLOCALE": "0", "PYTHONUTF8": "0"}
+    done = subprocess.run(
+        [TIMELINE, "--db", "t.db", *args], capture_output=True, cwd=tmp_path, env=env, timeout=60
+    )
+    assert b"Traceback" not in done.stderr, done.stderr.decode(errors="replace")
+    assert done.returncode == 0
+    text = done.stdout.decode("utf-8")  # what a program reading a pipe expects
+    assert ("學生" in text) if "history" in args else ("S1" in text)

@@ -164,6 +164,34 @@ def test_readyz_is_503_when_the_store_is_unreachable(where, tmp_path):
     assert student.json() == {"error": "the event store is unavailable"}
 
 
+@pytest.mark.skipif(not POSTGRES_URL, reason="TIMELINE_TEST_POSTGRES_URL is not set (CI sets it)")
+def test_readyz_answers_503_at_once_when_postgresql_goes_away_and_200_once_back(tmp_path):
+    """A probe must not hang: it waited on the library's retries (10 x the pool's 30 s)."""
+    from contextlib import contextmanager
+
+    from conftest import _postgres_location
+    from test_follower import relayed
+
+    with contextmanager(_postgres_location)() as location, relayed(location) as (relay, via):
+        TimelineStore.open(location).close()
+        app = create_app(
+            config(via, str(tmp_path / "read.db")), service=ServiceOptions(follow_seconds=0)
+        )
+        with TestClient(app) as client:
+            assert client.get("/readyz").status_code == 200
+            relay.cut()
+            started = time.monotonic()
+            r = client.get("/readyz")
+            assert time.monotonic() - started < 10
+            assert r.status_code == 503
+            assert r.json() == {"status": "not ready", "reason": "the event store is unavailable"}
+            relay.mend()
+            deadline = time.monotonic() + 30
+            while client.get("/readyz").status_code != 200:
+                assert time.monotonic() < deadline, "not ready again after the server came back"
+                time.sleep(0.2)
+
+
 def test_readyz_is_503_when_the_scheduler_last_ran_too_long_ago(tmp_path, clock):
     from scheduler.outbox import Outbox, OutboxDB
 

@@ -519,6 +519,39 @@ def test_a_read_model_file_in_a_folder_that_does_not_exist_is_a_usage_error(tmp_
     assert f"the folder of the read models does not exist: {tmp_path / 'no'}" in result.stderr
 
 
+@pytest.mark.parametrize("kind", ["a folder", "not a database"])
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["tasks", "--as-of", "2024-05-01"],
+        ["rebuild"],
+        ["follow", "--once"],
+        ["init"],
+        ["alerts", "--on", "2024-04-15", "--emit", "--sink", "jsonl:alerts.jsonl"],
+    ],
+)
+def test_a_read_model_file_that_cannot_be_opened_is_a_clear_error(tmp_path, kind, command):
+    """A folder, a file that is no database (and, for a user, a read-only place): no traceback."""
+    db = str(tmp_path / "t.db")
+    with TimelineStore.open(db) as store:
+        assert ingest_objects(store, [entered("e1", day="2024-03-16")]).ok
+    read_db = tmp_path / "read"
+    if kind == "a folder":
+        read_db.mkdir()
+    else:
+        read_db.write_text("these are not the read models\n" * 200)
+    done = subprocess.run(
+        [TIMELINE, "--db", db, *command, "--read-db", str(read_db)],
+        capture_output=True,
+        text=True,
+        env=clean_environ(),
+        cwd=tmp_path,
+    )
+    assert "Traceback" not in done.stderr, done.stderr
+    assert done.returncode == 2, done.stderr
+    assert f"cannot open the read models at {read_db}" in done.stderr
+
+
 def test_the_readme_configuration_table_lists_every_setting():
     """README: "A new setting is one field in `Settings` … a row in this table"."""
     readme = (Path(__file__).resolve().parent.parent / "README.md").read_text("utf-8")

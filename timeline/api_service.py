@@ -74,6 +74,9 @@ OUTBOX_TABLE = "alert_outbox"
 STATE_TABLE = "scheduler_state"
 
 
+READY_TIMEOUT = 3.0  # seconds /readyz waits for PostgreSQL before it answers 503
+
+
 @dataclass(frozen=True)
 class ServiceOptions:
     """How the server process follows the log and judges its own readiness."""
@@ -596,6 +599,9 @@ class SharedStore:
     def readiness(self, today: date) -> tuple[bool, dict[str, Any]]:
         """Whether this process can serve, with the figures and the reason if not."""
         try:
+            with self.store() as store:
+                if not store.reachable(READY_TIMEOUT):
+                    raise StorageConfigError("the event store does not answer")
             figures = self.figures()
         except Exception as exc:  # StorageConfigError, or a database error from a pool
             log.warning("readiness: the store is unreachable: %s", type(exc).__name__)

@@ -2,7 +2,8 @@
 
 `export_events` writes a header line, one line per stored event in the order the store
 recorded them (the feed's own fields, plus `recorded_at`), and a trailer line with the
-count, so a truncated backup is recognised as one. `import_events` restores such a file
+count and the SHA-256 of the lines before it, so a truncated or edited backup is recognised
+as one. `import_events` restores such a file
 through the normal ingestion path (contract, idempotency keys, retraction checks,
 batches) but gives each event the record time it had, so every view — including
 `--known-at` views — is the same in the restored store, on either backend.
@@ -13,6 +14,7 @@ again on import when the target store has a cipher key): keep it as carefully as
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -59,7 +61,13 @@ def export_events(
     """
     last = store.max_position()
     report = ExportReport(position=last)
-    out.write(
+    digest = hashlib.sha256()
+
+    def write(line: bytes) -> None:
+        digest.update(line)
+        out.write(line)
+
+    write(
         _line(
             {
                 "format": EXPORT_FORMAT,
@@ -101,13 +109,13 @@ def export_events(
             if event.note is not None:
                 line["note"] = event.note
             line["recorded_at"] = event.timestamp.astimezone(UTC).isoformat()
-            out.write(_line(line))
+            write(_line(line))
             report.events += 1
             students.add(student_id)
         position = min(notifications[-1].id, last)
         if on_progress:
             on_progress(position, last)
-    out.write(_line({"end": True, "events": report.events}))
+    out.write(_line({"end": True, "events": report.events, "sha256": digest.hexdigest()}))
     report.students = len(students)
     return report
 
@@ -134,6 +142,7 @@ def read_export(stream: BinaryIO) -> Iterator[RawRecord]:
     number = 0
     events = 0
     ended = False
+    digest = hashlib.sha256()
     for number, raw in enumerate(stream, start=1):
         text = raw.strip()
         if not text:
@@ -144,6 +153,7 @@ def read_export(stream: BinaryIO) -> Iterator[RawRecord]:
             yield RawRecord(number, error=str(exc))
             continue
         if number == 1:
+            digest.update(text + b"\n")
             if not isinstance(value, dict) or value.get("format") != EXPORT_FORMAT:
                 yield RawRecord(number, error="not a residency-timeline export (no header line)")
                 return
@@ -164,8 +174,15 @@ def read_export(stream: BinaryIO) -> Iterator[RawRecord]:
                     error=f"the end line counts {value.get('events')!r} events, "
                     f"the file holds {events}",
                 )
+            elif "sha256" in value and value["sha256"] != digest.hexdigest():
+                yield RawRecord(
+                    number,
+                    error="the export was altered or damaged: its lines do not match "
+                    "the end line's sha256",
+                )
             continue
         events += 1
+        digest.update(text + b"\n")
         if not isinstance(value, dict):
             yield RawRecord(number, error="an event must be a JSON object")
             continue

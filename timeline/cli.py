@@ -7,8 +7,11 @@ The configuration is read once by the `main` group (`timeline.settings`) and pas
 
 from __future__ import annotations
 
+import codecs
 import contextlib
+import errno
 import functools
+import io
 import json
 import logging
 import logging.config
@@ -1423,14 +1426,21 @@ def export_command(ctx: click.Context, since: Any, output: Path | None, db: str 
     if output is None:
         report = export_events(store, sys.stdout.buffer, since=since)
         sys.stdout.buffer.flush()
+    elif output.exists() and not output.is_file():
+        # A FIFO, a device, `/dev/stdout`: written as it is (a rename would replace it).
+        with output.open("wb") as out:
+            report = export_events(store, out, since=since)
     else:
-        partial_file = output.with_name(f".{output.name}.partial")
+        # Atomically, in the folder of the file itself when `output` is a symbolic link
+        # (renamed over, the link would become a file of its own).
+        target = Path(os.path.realpath(output))
+        partial_file = target.with_name(f".{target.name}.partial")
         fd = os.open(partial_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "wb") as out:
             report = export_events(store, out, since=since)
             out.flush()
             os.fsync(out.fileno())
-        os.replace(partial_file, output)
+        os.replace(partial_file, target)
     click.echo(
         f"Exported {report.events} event(s) of {report.students} student(s) "
         f"(log position {report.position}).",
@@ -1552,10 +1562,92 @@ def schema() -> None:
     print_json(json_schema())
 
 
+class OutputError(OSError):
+    """The answer could not be written to standard output (closed, a full disk, ...)."""
+
+
+class _ClosedOutput(io.RawIOBase):
+    """Standard output that was closed when the command started."""
+
+    def writable(self) -> bool:
+        """It takes writes (which fail)."""
+        return True
+
+    def write(self, data: Any) -> int:
+        """Fail: there is nowhere to write."""
+        raise OSError(errno.EBADF, "standard output is closed")
+
+
+class _Output(io.BufferedWriter):
+    """Standard output's buffer, whose failures are `OutputError` (so `run` knows them)."""
+
+    discard = False  # after a failure: drop what is left instead of failing at exit again
+
+    def write(self, data: Any) -> int:
+        """Buffer `data`; a failure to write is an OutputError."""
+        if self.discard:
+            return len(data)
+        try:
+            return super().write(data)
+        except OSError as exc:
+            raise OutputError(exc.errno, exc.strerror) from None
+
+    def flush(self) -> None:
+        """Write what is buffered; a failure is an OutputError."""
+        if self.discard:
+            return
+        try:
+            super().flush()
+        except OSError as exc:
+            raise OutputError(exc.errno, exc.strerror) from None
+
+
+def _standard_output() -> _Output:
+    """Standard output whose write errors `run` can tell apart; a closed one fails writes.
+
+    Under a locale that is not UTF-8, a pipe or file gets UTF-8 and a terminal gets its
+    own encoding with "?" for what it cannot show (not a UnicodeEncodeError traceback).
+
+    A descriptor 1 or 2 closed at start is held by /dev/null, so that no file the command
+    opens (the store) gets its number; the answer, if any, then fails to be written
+    instead of vanishing with exit 0.
+    """
+    for fd in (1, 2):
+        try:
+            os.fstat(fd)
+        except OSError:
+            null = os.open(os.devnull, os.O_WRONLY)
+            if null != fd:
+                os.dup2(null, fd)
+                os.close(null)
+    old = sys.stdout
+    raw: io.RawIOBase = _ClosedOutput() if old is None else io.FileIO(1, "wb", closefd=False)
+    buffer = _Output(raw)
+    encoding = old.encoding if old else "utf-8"
+    errors = old.errors if old else "strict"
+    if codecs.lookup(encoding).name != "utf-8":  # an ASCII or Latin-1 locale
+        if raw.isatty():
+            errors = "replace"  # a person sees "?" for what the terminal cannot show
+        else:
+            encoding = "utf-8"  # a program gets every character (JSON is UTF-8)
+    sys.stdout = io.TextIOWrapper(
+        buffer,
+        encoding=encoding,
+        errors=errors,
+        line_buffering=old.line_buffering if old else False,
+    )
+    return buffer
+
+
 def run() -> None:
     """Entry point that maps core errors to exit code 2 with a clear message."""
+    output = _standard_output()
     try:
         main(standalone_mode=True)
     except TimelineError as exc:  # pragma: no cover - click handles most
         click.echo(f"error: {exc}", err=True)
         sys.exit(2)
+    except OutputError as exc:  # a broken pipe is click's: exit 1, quietly
+        output.discard = True
+        click.echo(f"error: cannot write the answer: {exc.strerror}", err=True)
+        sys.exit(1)

@@ -264,6 +264,28 @@ class StoreConfig:
         return env
 
 
+_URL_PARAMETERS = ("schema", "connect_timeout")
+# A name the library can use as it does (it also names the schema unquoted) and that
+# PostgreSQL keeps whole: letters, digits and _, at most 63 bytes (NAMEDATALEN - 1).
+_SCHEMA_NAME = re.compile(r"[^\W\d]\w*")
+
+
+def _schema_name(value: str) -> str:
+    """The `?schema=` of a PostgreSQL URL, refused unless it is a plain name."""
+    if not _SCHEMA_NAME.fullmatch(value):
+        raise StorageConfigError(
+            "schema in the PostgreSQL URL must be a plain name: letters, digits and _, "
+            "not starting with a digit"
+        )
+    if len(value.encode()) > 63:
+        raise StorageConfigError(
+            "schema in the PostgreSQL URL is longer than PostgreSQL keeps (63 bytes)"
+        )
+    if value.lower().startswith("pg_"):
+        raise StorageConfigError("schema in the PostgreSQL URL: names starting pg_ are reserved")
+    return value
+
+
 def _postgres_env(url: str) -> dict[str, str]:
     parsed = urlparse(url)
     dbname = parsed.path.lstrip("/")
@@ -276,14 +298,29 @@ def _postgres_env(url: str) -> dict[str, str]:
         "POSTGRES_USER": unquote(parsed.username or os.environ.get("USER", "postgres")),
         "POSTGRES_PASSWORD": unquote(parsed.password or ""),
         "POSTGRES_POOL_SIZE": "4",
+        # Check a pooled connection when it is handed out (one empty round trip): after
+        # the server dropped them (a restart, a failover) each stale one would otherwise
+        # fail one more request, and our own queries are not retried by the library.
+        "POSTGRES_PRE_PING": "y",
     }
-    for part in parsed.query.split("&"):
-        if part.startswith("schema="):
-            env["POSTGRES_SCHEMA"] = part.split("=", 1)[1]
-        elif part.startswith("connect_timeout="):
+    seen: set[str] = set()
+    for part in filter(None, parsed.query.split("&")):
+        name, _, value = part.partition("=")
+        if name not in _URL_PARAMETERS:
+            raise StorageConfigError(
+                f"the PostgreSQL URL has a parameter the store does not use: {name[:40]!r} "
+                f"(it takes {' and '.join(_URL_PARAMETERS)}; TLS and libpq's other "
+                "settings come from its environment: PGSSLMODE=require, PGSSLROOTCERT=...)"
+            )
+        if name in seen:
+            raise StorageConfigError(f"{name} is given more than once in the PostgreSQL URL")
+        seen.add(name)
+        if name == "schema":
+            env["POSTGRES_SCHEMA"] = _schema_name(value)
+        else:
             # libpq's parameter: how long to wait for a connection (the library's pool
             # waits 30 s by default, on each of its 10 retries of a lost connection).
-            seconds = part.split("=", 1)[1]
+            seconds = value
             if not (seconds.isascii() and seconds.isdigit() and int(seconds) >= 1):
                 raise StorageConfigError(
                     "connect_timeout in the PostgreSQL URL must be a whole number of seconds"
@@ -359,7 +396,11 @@ def store_state(location: str) -> StoreState:
     """
     config = StoreConfig(location)
     if not config.is_postgres:
-        return "ready" if Path(location).is_file() else "no-store"
+        path = Path(location)
+        if path.exists() and not path.is_file():
+            # A folder, /dev/null: neither a store nor a place to create one.
+            raise StorageConfigError(f"the event store at {location} is not a file")
+        return "ready" if path.is_file() else "no-store"
     import psycopg
 
     url, _, _ = location.partition("?")
@@ -741,6 +782,23 @@ class TimelineStore:
     def max_position(self) -> int:
         """The last notification id (0 for an empty store)."""
         return self.app.recorder.max_notification_id() or 0
+
+    def reachable(self, timeout: float) -> bool:
+        """Whether PostgreSQL answers within about `timeout` seconds (SQLite: always).
+
+        For a probe: one attempt. The library retries a lost connection 10 times, each
+        waiting for the pool (30 s by default), which held a readiness probe 5 minutes.
+        """
+        if not self.config.is_postgres:
+            return True
+        import psycopg
+
+        try:
+            with self.recorder.datastore.pool.connection(timeout=timeout) as conn:
+                conn.execute("SELECT 1")
+        except psycopg.Error:  # PoolTimeout included
+            return False
+        return True
 
     # -- writing -----------------------------------------------------------------------
     def load_students(self, student_ids: Iterable[str]) -> dict[str, Student]:
