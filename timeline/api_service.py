@@ -139,12 +139,14 @@ class PopulationGate:
     no slot.
     """
 
-    def __init__(self, slots: int = DEFAULT_POPULATION_SLOTS, wait: float = 30.0) -> None:
+    def __init__(
+        self, slots: int = DEFAULT_POPULATION_SLOTS, wait: float = DEFAULT_POPULATION_WAIT
+    ) -> None:
         self.slots = slots
         self.wait = wait
         self._free = threading.BoundedSemaphore(slots)
-        self.waiting = 0  # queries waiting for a slot now (for /metrics)
-        self.refused = 0  # answered 503 since start-up
+        self.waiting = 0  # queries waiting for a slot now
+        self.refused = 0  # answered 503 since start-up (also counted as 503s in /metrics)
         self._count = threading.Lock()
 
     @contextmanager
