@@ -166,7 +166,10 @@ def test_readyz_is_503_when_the_store_is_unreachable(where, tmp_path):
 
 @pytest.mark.skipif(not POSTGRES_URL, reason="TIMELINE_TEST_POSTGRES_URL is not set (CI sets it)")
 def test_readyz_answers_503_at_once_when_postgresql_goes_away_and_200_once_back(tmp_path):
-    """A probe must not hang: it waited on the library's retries (10 x the pool's 30 s)."""
+    """A probe must not hang: it waited on the library's retries (10 x the pool's 30 s).
+
+    Nor a request: a student view waited 30 s and a population list 300 s for the pool.
+    """
     from contextlib import contextmanager
 
     from conftest import _postgres_location
@@ -185,11 +188,49 @@ def test_readyz_answers_503_at_once_when_postgresql_goes_away_and_200_once_back(
             assert time.monotonic() - started < 10
             assert r.status_code == 503
             assert r.json() == {"status": "not ready", "reason": "the event store is unavailable"}
+            for path in ("/v1/students/S1", "/v1/tasks", "/v1/students/S1"):
+                started = time.monotonic()
+                r = client.get(path, headers=_h(STAFF))
+                assert time.monotonic() - started < 10, path
+                assert r.status_code == 503, path
+                assert r.json() == {"error": "the event store is unavailable"}
             relay.mend()
             deadline = time.monotonic() + 30
             while client.get("/readyz").status_code != 200:
                 assert time.monotonic() < deadline, "not ready again after the server came back"
                 time.sleep(0.2)
+            assert client.get("/v1/students/S1", headers=_h(STAFF)).status_code == 404
+
+
+@pytest.mark.skipif(not POSTGRES_URL, reason="TIMELINE_TEST_POSTGRES_URL is not set (CI sets it)")
+def test_a_busy_pool_is_waited_for_and_an_unreachable_server_fails_fast():
+    """Busy (every connection in use) is not down: only a pool that cannot connect fails fast."""
+    from psycopg_pool import ConnectionPool, PoolTimeout
+
+    from timeline.store_postgres import FailFast
+
+    with ConnectionPool(POSTGRES_URL, min_size=1, max_size=1, timeout=10) as pool:
+        guard = FailFast(pool, probe=0.3)
+        held = pool.getconn()
+        threading.Timer(1.0, pool.putconn, args=(held,)).start()
+        started = time.monotonic()
+        with pool.connection() as conn:  # waits past the probe for the busy connection
+            assert conn.execute("SELECT 1").fetchone() == (1,)
+        assert time.monotonic() - started >= 0.9
+        assert not guard.down
+    away = f"postgresql://nobody@127.0.0.1:{free_port()}/none"
+    with ConnectionPool(away, min_size=1, max_size=2, timeout=30, open=False) as pool:
+        pool.open(wait=False)
+        guard = FailFast(pool, probe=0.3)
+        started = time.monotonic()
+        with pytest.raises(PoolTimeout):
+            pool.getconn()
+        assert time.monotonic() - started < 5  # the probe, not the pool's 30 s
+        assert guard.down
+        started = time.monotonic()
+        with pytest.raises(PoolTimeout):
+            pool.getconn()
+        assert time.monotonic() - started < 0.1  # at once until the next attempt is due
 
 
 def test_readyz_is_503_when_the_scheduler_last_ran_too_long_ago(tmp_path, clock):

@@ -538,6 +538,7 @@ class SharedStore:
                 self._retired.append(store)
                 self.models.renew()
             self._store = store = TimelineStore.open(self.db, self.cipher_key)
+            store.fail_fast(READY_TIMEOUT)  # an outage answers 503 in seconds, not minutes
             self._identity = _file_identity(store.config)
             return store
 

@@ -800,6 +800,19 @@ class TimelineStore:
             return False
         return True
 
+    def fail_fast(self, probe: float) -> None:
+        """While PostgreSQL is unreachable, fail within seconds instead of minutes (a server).
+
+        See `timeline.store_postgres.FailFast`; SQLite: nothing to do.
+        """
+        if not self.config.is_postgres:
+            return
+        from timeline.store_postgres import FailFast
+
+        pool = self.recorder.datastore.pool
+        if not isinstance(getattr(pool.getconn, "__self__", None), FailFast):  # not twice
+            FailFast(pool, probe)
+
     # -- writing -----------------------------------------------------------------------
     def load_students(self, student_ids: Iterable[str]) -> dict[str, Student]:
         """The current aggregates of these students, new ones opened (not yet saved)."""
