@@ -20,23 +20,29 @@ def free_port() -> int:
 
 
 @contextmanager
-def running(app: FastAPI, root_path: str = "") -> Iterator[str]:
+def running(
+    app: FastAPI, root_path: str = "", header_seconds: float | None = None
+) -> Iterator[str]:
     """Serve `app` in a thread; yield its base URL; stop it afterwards.
 
     With `root_path`, as `timeline serve --root-path` does: uvicorn then puts the prefix in
-    front of every path it is sent, as behind a proxy that strips it.
+    front of every path it is sent, as behind a proxy that strips it. With
+    `header_seconds`, on `serve`'s protocol with that deadline for a request's header.
     """
     port = free_port()
-    server = uvicorn.Server(
-        uvicorn.Config(
-            app,
-            host="127.0.0.1",
-            port=port,
-            log_level="warning",
-            access_log=False,
-            root_path=root_path,
-        )
+    config = uvicorn.Config(
+        app,
+        host="127.0.0.1",
+        port=port,
+        log_level="warning",
+        access_log=False,
+        root_path=root_path,
     )
+    if header_seconds is not None:
+        from timeline.api_protocol import with_header_deadline
+
+        with_header_deadline(config, header_seconds)
+    server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     deadline = time.monotonic() + 10

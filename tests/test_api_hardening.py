@@ -516,3 +516,94 @@ def test_serve_logs_one_line_per_request_and_never_a_token(tmp_path):
     assert access[3].endswith("token=alice")
     assert "GET /v1/students/[redacted]?as_of=[redacted] 400 " in access[4]
     assert "api_key=[redacted]&as_of=2024-04-16 401" in access[5]
+
+
+# -- a header that comes too slowly (a "slowloris") --------------------------------------
+def _recv_all(sock: socket.socket, within: float) -> bytes:
+    """What the server sends until it closes the connection (or `within` seconds pass)."""
+    sock.settimeout(within)
+    got = b""
+    try:
+        while piece := sock.recv(65536):
+            got += piece
+    except TimeoutError:
+        return got + b"<still open>"
+    return got
+
+
+def test_a_header_trickled_slower_than_the_deadline_is_408_and_closed(tmp_path):
+    """A slowloris held its connection for ever (3,000 of them, 70 s and counting)."""
+    app = create_app(ApiConfig.from_env(ENV, str(tmp_path / "t.db")))
+    with running(app, header_seconds=1) as url:
+        port = urlsplit(url).port
+        with socket.create_connection(("127.0.0.1", port)) as slow:
+            slow.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
+            started = time.monotonic()
+            for _ in range(3):  # a header line now and then, never the blank line
+                time.sleep(0.4)
+                try:
+                    slow.sendall(b"X-A: b\r\n")
+                except OSError:
+                    break
+                assert httpx.get(f"{url}/healthz").status_code == 200  # others still served
+            answer = _recv_all(slow, 5)
+            assert time.monotonic() - started < 3
+        assert answer.startswith(b"HTTP/1.1 408 "), answer
+        assert answer.endswith(b'{"error": "the request header took longer than 1 s"}')
+        with socket.create_connection(("127.0.0.1", port)) as silent:
+            assert _recv_all(silent, 5) == b""  # nothing sent: closed without a word
+
+
+def test_a_header_in_pieces_within_the_deadline_is_answered_and_kept_alive(tmp_path):
+    app = create_app(ApiConfig.from_env(ENV, str(tmp_path / "t.db")))
+    with running(app, header_seconds=1) as url:
+        with socket.create_connection(("127.0.0.1", urlsplit(url).port)) as conn:
+            for piece in (b"GET /healthz HTTP/1.1\r\n", b"Host: x\r\n", b"\r\n"):
+                conn.sendall(piece)
+                time.sleep(0.3)
+            conn.settimeout(5)
+            assert conn.recv(65536).startswith(b"HTTP/1.1 200 ")
+            time.sleep(1.5)  # kept alive past the header deadline: none runs between requests
+            conn.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")  # the next one, too slow
+            answer = _recv_all(conn, 5)
+        assert answer.startswith(b"HTTP/1.1 408 "), answer
+
+
+def test_serve_closes_slow_headers_and_raises_its_open_files_limit(tmp_path):
+    import resource
+
+    port = free_port()
+    env = os.environ | ENV | {"TIMELINE_HEADER_TIMEOUT": "1"}
+    db = str(tmp_path / "t.db")
+    subprocess.run([*_timeline(), "--db", db, "init"], env=env, check=True, capture_output=True)
+    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+
+    def low_soft_limit() -> None:  # the usual 1,024 or less: a thousand clients filled it
+        resource.setrlimit(resource.RLIMIT_NOFILE, (256, hard))
+
+    proc = subprocess.Popen(
+        [*_timeline(), "--db", db, "serve", "--port", str(port)],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        preexec_fn=low_soft_limit,
+    )
+    try:
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1)
+                break
+            except httpx.TransportError:
+                assert proc.poll() is None and time.monotonic() < deadline, "serve did not start"
+                time.sleep(0.1)
+        limits = Path(f"/proc/{proc.pid}/limits").read_text()
+        soft = next(line for line in limits.splitlines() if line.startswith("Max open files"))
+        assert int(soft.split()[3]) == min(hard, 65536) > 256
+        with socket.create_connection(("127.0.0.1", port)) as slow:
+            slow.sendall(b"GET /healthz HTTP/1.1\r\n")
+            answer = _recv_all(slow, 10)
+        assert answer.startswith(b"HTTP/1.1 408 "), answer
+    finally:
+        proc.terminate()
+        proc.wait(timeout=20)

@@ -1333,6 +1333,11 @@ def serve(
             err=True,
         )
     logging.config.dictConfig(log_config(fmt))  # this process's own lines too
+    from timeline.api_protocol import raise_open_files_limit, with_header_deadline
+
+    before, after = raise_open_files_limit()  # each connection is an open file
+    if after != before:
+        logging.getLogger("timeline.serve").info("open files limit %d -> %d", before, after)
     options: dict[str, Any] = {
         "host": settings.host,
         "port": settings.port,
@@ -1345,6 +1350,7 @@ def serve(
         "log_config": log_config(fmt),
         # h11 stops a request's header at 16 KB; httptools, which "auto" would pick when
         # installed, buffers it without a bound (one connection could fill the memory).
+        # (`with_header_deadline` below: the header must also arrive in time.)
         "http": "h11",
     }
     if settings.workers == 1:
@@ -1357,7 +1363,15 @@ def serve(
             )
         except ApiConfigError as exc:
             raise UsageFailure(str(exc)) from exc
-        uvicorn.run(app, **options)
+        server = uvicorn.Server(
+            with_header_deadline(uvicorn.Config(app, **options), settings.header_timeout)
+        )
+        with contextlib.suppress(KeyboardInterrupt):
+            server.run()
+        if not server.started:  # as uvicorn.run: it could not start (the port is taken)
+            from uvicorn.main import STARTUP_FAILURE
+
+            sys.exit(STARTUP_FAILURE)
         return
     # Each worker builds `web.app:app` from `load_settings()` of the environment it
     # inherits: this process's resolved settings are handed down there, as settings the
@@ -1381,7 +1395,8 @@ def serve(
             # Counters of all workers, added up at each scrape (see timeline.api_metrics).
             folder = stack.enter_context(tempfile.TemporaryDirectory(prefix="timeline-metrics-"))
             os.environ[MULTIPROC_SETTING] = folder
-        serve_workers(uvicorn.Config("web.app:app", workers=settings.workers, **options))
+        config = uvicorn.Config("web.app:app", workers=settings.workers, **options)
+        serve_workers(with_header_deadline(config, settings.header_timeout))
 
 
 def serve_workers(config: Any) -> None:

@@ -224,6 +224,11 @@ class Settings(BaseSettings):
         description="Seconds a population query waits for a slot before the answer is "
         "503 with Retry-After, 1 to 600.",
     )
+    header_timeout: int = Field(
+        30,
+        description="Seconds `timeline serve` gives a request's header to arrive before "
+        "it closes the connection (408), 1 to 600.",
+    )
 
     @classmethod
     def settings_customise_sources(
@@ -270,7 +275,7 @@ class Settings(BaseSettings):
     def _slots(cls, value: Any) -> int:
         return _whole(value, 1, 64, "a whole number of queries, 1 to 64")
 
-    @field_validator("population_wait", mode="before")
+    @field_validator("population_wait", "header_timeout", mode="before")
     @classmethod
     def _wait(cls, value: Any) -> int:
         return _whole(value, 1, 600, "a whole number of seconds, 1 to 600")
