@@ -192,6 +192,45 @@ def milestones_on(
     return out
 
 
+FINISHED_STATUSES = ("done", "done_late", "cancelled")
+
+
+def left_behind(model: ReadModel, milestones: list[Milestone], today: date) -> set[str]:
+    """Keys of catch-up milestones (days before `today`) whose subject is over by `today`.
+
+    A task done or cancelled since its milestone's day, or an overstay that ended since
+    (the student left, or it was resolved), makes its alert stale: sent late, it would
+    remind of something already settled. A fine's `accrued` always stands. A subject the
+    read models no longer show on `today` at all is kept (nothing says it is over).
+    """
+    past = [m for m in milestones if m.day < today and m.alert.milestone != "accrued"]
+    if not past:
+        return set()
+    d = today.isoformat()
+    known, params = known_sql(None)
+    params |= {"d": d}
+    over: dict[str, bool] = {}
+    rows = model.db.execute(
+        f"SELECT student_id, kind, caused_by, {TASK_STATUS_SQL} AS status "
+        f"FROM {tasks_on_sql(known)}",
+        params,
+    ).fetchall()
+    for student_id, kind, caused_by, status in rows:
+        subject = _subject(student_id, kind, first_cause(caused_by))
+        # Over only when every row of the subject on `today` is finished.
+        over[subject] = over.get(subject, True) and status in FINISHED_STATUSES
+    episodes = model.db.execute(
+        "SELECT student_id, since, (last_day IS NULL OR last_day >= :d) "
+        "AND (resolved_on IS NULL OR resolved_on > :d) FROM rm_overstays "
+        f"WHERE {known}",
+        params,
+    ).fetchall()
+    for student_id, since, running in episodes:
+        subject = _subject(student_id, "overstay", since)
+        over[subject] = over.get(subject, True) and not running
+    return {m.alert.key for m in past if over.get(m.subject, False)}
+
+
 def alerts_on(
     model: ReadModel,
     day: date,

@@ -10,7 +10,7 @@ from projections import dates
 from projections.readmodel import ReadModel
 from projections.rules import rulebook_fingerprint
 from scheduler.alert import Alert
-from scheduler.alerts import Milestone, alerts_on, milestones_on
+from scheduler.alerts import Milestone, alerts_on, left_behind, milestones_on
 from scheduler.outbox import DeliveryReport, EnqueueReport, Outbox
 from scheduler.sinks import Sink
 from timeline.clock import Clock, system_clock
@@ -169,7 +169,8 @@ def run_until(
     """The daily job: every day after the watermark up to `today`, then deliver.
 
     After downtime each task gets only the latest milestone it reached (the earlier ones
-    are recorded as superseded). The first run ever covers `today` only.
+    are recorded as superseded), and none when it was done or cancelled by `today` (an
+    overstay: ended by `today`). The first run ever covers `today` only.
     """
     mark = outbox.watermark()
     start = dates.next_day(mark) if mark is not None else today
@@ -182,6 +183,11 @@ def run_until(
         day = dates.next_day(day)
     report.found = len(found)
     keep, dropped = latest_per_subject(found)
+    # A task done or an overstay ended while the job was down: its alert would be stale.
+    stale = left_behind(model, keep, today)
+    if stale:
+        dropped += [m for m in keep if m.alert.key in stale]
+        keep = [m for m in keep if m.alert.key not in stale]
     fingerprint = fingerprint_of(model)
     report.withdrawn = recheck_unsent(model, outbox, fingerprint)
     report.left_unsent = outbox.unsent_count()

@@ -37,6 +37,8 @@ from scheduler.alert import Alert
 from scheduler.credentials import LINE_CHANNEL_TOKEN, Secret, SinkCredentials, where_to_put
 from scheduler.sinks import (
     ACCEPTED_SPECS,
+    DEFAULT_DEADLINE,
+    Deadline,
     DeliveryError,
     _http_url_problem,
     _redacted_url,
@@ -123,6 +125,7 @@ class LineSink:
         base_url: str = DEFAULT_BASE_URL,
         timeout: float = 10.0,
         client: httpx.Client | None = None,
+        deadline: float = DEFAULT_DEADLINE,
     ) -> None:
         problem = _http_url_problem(base_url)
         if problem:
@@ -135,6 +138,7 @@ class LineSink:
         self.base_url = base_url.rstrip("/")
         self.url = self.base_url + PUSH_PATH
         self.timeout = timeout
+        self._deadline = Deadline(deadline)
         self.name = f"line:{_redacted_url(self.base_url)}"
         self._owns_client = client is None
         self._client = client if client is not None else httpx.Client(timeout=timeout)
@@ -158,15 +162,25 @@ class LineSink:
             "Content-Type": "application/json",
             RETRY_KEY_HEADER: line_retry_key(alert.key),
         }
+        deadline = self._deadline
         try:
-            response = self._client.post(
-                self.url, content=body, headers=headers, timeout=self.timeout
-            )
+            with deadline:
+                response = self._client.post(
+                    self.url,
+                    content=body,
+                    headers=headers,
+                    timeout=self.timeout,
+                    extensions={"trace": deadline.trace},
+                )
         except httpx.TimeoutException as error:
             raise DeliveryError(f"{where}: timed out ({type(error).__name__})") from error
         except httpx.UnsupportedProtocol as error:
             raise DeliveryError(f"{where}: unsupported protocol", permanent=True) from error
         except httpx.TransportError as error:
+            if deadline.expired:
+                raise DeliveryError(
+                    f"{where}: timed out (no complete answer within {deadline.seconds:g} s)"
+                ) from error
             raise DeliveryError(f"{where}: {type(error).__name__}") from error
         status = response.status_code
         if 200 <= status < 300:

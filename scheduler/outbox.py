@@ -60,6 +60,10 @@ _ADDED_COLUMNS = {"fingerprint": "TEXT", "last_attempt_at": "TEXT", "next_attemp
 WITHDRAWN_REASON = "withdrawn: no longer falls on this day under the current rules"
 # Rows per batch for sinks that take batches: one write + fsync and two transactions each.
 BATCH_SIZE = 500
+# A far end that did not answer at all (refused, unreachable, timed out) this many times in
+# a row is down: the run leaves its other rows for a later round instead of spending a
+# timeout on each while it holds the emitter lock.
+UNANSWERED_LIMIT = 3
 
 
 def lock_key(name: str, schema: str | None) -> int:
@@ -385,6 +389,9 @@ class Outbox:
     ) -> DeliveryReport:
         """Make one attempt at every row that is due; reschedule or dead-letter failures.
 
+        After `UNANSWERED_LIMIT` attempts in a row that got no answer at all (refused,
+        unreachable, timed out), the rest wait one first delay, unattempted.
+
         Due: pending with no `next_attempt_at` or one at or before `now()`, and every row
         left 'sending' by a run that was killed (delivered again; the sinks are idempotent
         by key). Rows are marked 'sending' (committed, attempts + 1) before the sink is
@@ -422,8 +429,14 @@ class Outbox:
                 ]
                 self._deliver_batch(sink, batch, step)
         else:
-            for key, payload, tried, _state in rows:
-                self._deliver_one(sink, key, payload, tried, step)
+            unanswered = 0
+            for index, (key, payload, tried, _state) in enumerate(rows):
+                if unanswered >= UNANSWERED_LIMIT:
+                    self._postpone([row[0] for row in rows[index:]], step)
+                    break
+                error = self._deliver_one(sink, key, payload, tried, step)
+                down = error is not None and error.status is None and not error.permanent
+                unanswered = unanswered + 1 if down else 0
         (first,) = self.db.execute(
             "SELECT min(next_attempt_at) FROM alert_outbox WHERE state = 'pending'"
         ).fetchone()
@@ -490,16 +503,38 @@ class Outbox:
             [str(error)[:500], "dead" if dead else "pending", sink.name, next_at, *keys],
         )
 
-    def _deliver_one(self, sink: Sink, key: str, payload: str, tried: int, step: _Step) -> None:
+    def _deliver_one(
+        self, sink: Sink, key: str, payload: str, tried: int, step: _Step
+    ) -> DeliveryError | None:
         alert = Alert.model_validate_json(payload)
         self._mark_sending([key], step.now)
         try:
             sink.send(alert)
         except DeliveryError as exc:
             self._mark_failed([key], tried + 1, exc, sink, step)
-            return
+            return exc
         self._mark_sent([key], sink, step.now)
         step.report.sent += 1
+        return None
+
+    def _postpone(self, keys: Sequence[str], step: _Step) -> None:
+        """Leave rows for a later round, unattempted (their attempts are not counted)."""
+        due = moment(step.now() + step.policy.delay(1, None, step.rng))
+        log.warning(
+            "the far end did not answer %d attempts in a row: %d alert(s) wait until %s",
+            UNANSWERED_LIMIT,
+            len(keys),
+            due,
+        )
+        for start in range(0, len(keys), BATCH_SIZE):
+            chunk = list(keys[start : start + BATCH_SIZE])
+            marks = ",".join("?" * len(chunk))
+            self.db.execute(
+                f"UPDATE alert_outbox SET state = 'pending', next_attempt_at = ? "
+                f"WHERE key IN ({marks})",
+                [due, *chunk],
+            )
+        step.report.waiting += len(keys)
 
     def _deliver_batch(
         self, sink: BatchSink, batch: Sequence[tuple[str, str, int]], step: _Step

@@ -11,6 +11,7 @@ from `scheduler.credentials` (environment or secret files), never from the spec.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import hashlib
 import hmac
@@ -19,14 +20,16 @@ import os
 import random
 import re
 import smtplib
+import socket
 import ssl
+import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from email.message import EmailMessage
 from email.utils import format_datetime, getaddresses
 from pathlib import Path
-from typing import NamedTuple, Protocol, runtime_checkable
+from typing import Any, NamedTuple, Protocol, runtime_checkable
 from urllib.parse import unquote, urlsplit
 
 import httpx
@@ -94,6 +97,72 @@ class Sink(Protocol):
 def alert_json(alert: Alert) -> str:
     """The alert as one line of JSON, non-ASCII kept readable (no \\u escapes)."""
     return json.dumps(alert.model_dump(mode="json"), ensure_ascii=False)
+
+
+# --- a bound on the whole exchange ----------------------------------------------------
+
+# Seconds one delivery attempt may take in all. A socket's timeout bounds each read or
+# write only: a far end that sends a byte now and then would hold the attempt (and the
+# emitter lock, and with it the daily job) for as long as it liked.
+DEFAULT_DEADLINE = 60.0
+
+
+class Deadline:
+    """Cuts one exchange with a far end off after `seconds` in all.
+
+    Sockets are registered with `watch` (the HTTP sinks: at connect, through httpcore's
+    `trace` extension; SMTP: its socket); when the time is up they are shut down, which
+    wakes a blocked read at once, and `expired` tells the caller why the exchange failed.
+    """
+
+    def __init__(self, seconds: float) -> None:
+        if seconds <= 0:
+            raise ValueError("a deadline must be positive")
+        self.seconds = seconds
+        self.expired = False
+        self._sockets: list[socket.socket] = []
+        self._lock = threading.Lock()
+        self._timer: threading.Timer | None = None
+
+    def watch(self, sock: socket.socket | None) -> None:
+        """Shut `sock` down when the time is up (at once when it is up already)."""
+        if sock is None:
+            return
+        with self._lock:
+            self._sockets = [s for s in self._sockets if s.fileno() != -1]
+            self._sockets.append(sock)
+            if self.expired:
+                _shut(sock)
+
+    def trace(self, event: str, info: dict[str, Any]) -> None:
+        """httpcore's `trace` extension: watch each connection the client opens."""
+        if event == "connection.connect_tcp.complete":
+            stream = info.get("return_value")
+            if stream is not None:
+                self.watch(stream.get_extra_info("socket"))
+
+    def _expire(self) -> None:
+        with self._lock:
+            self.expired = True
+            for sock in self._sockets:
+                _shut(sock)
+
+    def __enter__(self) -> Deadline:
+        self.expired = False
+        self._timer = threading.Timer(self.seconds, self._expire)
+        self._timer.daemon = True
+        self._timer.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+
+def _shut(sock: socket.socket) -> None:
+    with contextlib.suppress(OSError):  # closed already
+        sock.shutdown(socket.SHUT_RDWR)
 
 
 # --- retries ---------------------------------------------------------------------------
@@ -332,12 +401,14 @@ class WebhookSink:
         *,
         signing_secret: Secret | None = None,
         clock: Callable[[], datetime] | None = None,
+        deadline: float = DEFAULT_DEADLINE,
     ) -> None:
         problem = _http_url_problem(url)
         if problem:
             raise ValueError(f"webhook URL {problem}")
         self.url = url
         self.timeout = timeout
+        self._deadline = Deadline(deadline)
         self.name = f"webhook:{_redacted_url(url)}"
         self._headers = httpx.Headers(headers or {})
         self._signing_secret = signing_secret
@@ -363,10 +434,16 @@ class WebhookSink:
             headers[SIGNATURE_HEADER] = webhook_signature(
                 self._signing_secret.reveal(), timestamp, body
             )
+        deadline = self._deadline
         try:
-            response = self._client.post(
-                self.url, content=body, headers=headers, timeout=self.timeout
-            )
+            with deadline:
+                response = self._client.post(
+                    self.url,
+                    content=body,
+                    headers=headers,
+                    timeout=self.timeout,
+                    extensions={"trace": deadline.trace},
+                )
         except httpx.TimeoutException as error:
             raise DeliveryError(
                 f"{where}: timed out ({type(error).__name__})", permanent=False
@@ -374,6 +451,11 @@ class WebhookSink:
         except httpx.UnsupportedProtocol as error:
             raise DeliveryError(f"{where}: unsupported protocol", permanent=True) from error
         except httpx.TransportError as error:
+            if deadline.expired:
+                raise DeliveryError(
+                    f"{where}: timed out (no complete answer within {deadline.seconds:g} s)",
+                    permanent=False,
+                ) from error
             raise DeliveryError(
                 f"{where}: {type(error).__name__}: {error}", permanent=False
             ) from error
@@ -497,6 +579,7 @@ class SmtpSink:
         *,
         clock: Callable[[], datetime] | None = None,
         composer: MailComposer | None = None,
+        deadline: float = DEFAULT_DEADLINE,
     ) -> None:
         if not host:
             raise ValueError("SMTP host is empty")
@@ -523,6 +606,7 @@ class SmtpSink:
         # Kept wrapped: the sink object's repr, a traceback's locals never show it.
         self._password = Secret(password) if isinstance(password, str) else password
         self.timeout = timeout
+        self._deadline = Deadline(deadline)
         self.name = f"smtp:{host}:{port}"
         self._clock = clock or (lambda: datetime.now(UTC))
 
@@ -560,7 +644,8 @@ class SmtpSink:
 
     def _transmit(self, message: EmailMessage, recipients: list[str]) -> None:
         where = self.name
-        smtp = smtplib.SMTP(timeout=self.timeout)
+        smtp = _WatchedSMTP(self._deadline, timeout=self.timeout)
+        deadline = self._deadline.__enter__()
         try:
             code, greeting = smtp.connect(self.host, self.port)
             if code != 220:  # connect() reports a refusing greeting instead of raising
@@ -592,6 +677,11 @@ class SmtpSink:
             # STARTTLS or AUTH asked for but not offered: a configuration problem.
             raise DeliveryError(f"{where}: {error}", permanent=True) from error
         except smtplib.SMTPException as error:  # disconnected, helo trouble, ...
+            if deadline.expired:
+                raise DeliveryError(
+                    f"{where}: timed out (no complete exchange within {deadline.seconds:g} s)",
+                    permanent=False,
+                ) from error
             raise DeliveryError(f"{where}: {type(error).__name__}", permanent=False) from error
         except ssl.SSLCertVerificationError as error:
             raise DeliveryError(
@@ -599,8 +689,11 @@ class SmtpSink:
             ) from error
         except OSError as error:  # refused, unreachable, timed out, TLS trouble
             reason = error.strerror or type(error).__name__
+            if deadline.expired:
+                reason = f"timed out (no complete exchange within {deadline.seconds:g} s)"
             raise DeliveryError(f"{where}: {reason}", permanent=False) from error
         finally:
+            deadline.__exit__()
             _quit_quietly(smtp)
 
         if refused:
@@ -613,6 +706,19 @@ class SmtpSink:
                 permanent=all(500 <= code < 600 for code in codes),
                 status=max(codes),
             )
+
+
+class _WatchedSMTP(smtplib.SMTP):
+    """smtplib.SMTP whose socket a `Deadline` watches from the moment it connects."""
+
+    def __init__(self, deadline: Deadline, **options: Any) -> None:
+        self._watcher = deadline
+        super().__init__(**options)
+
+    def _get_socket(self, host: str, port: int, timeout: float) -> socket.socket:
+        sock: socket.socket = super()._get_socket(host, port, timeout)  # type: ignore[misc]
+        self._watcher.watch(sock)
+        return sock
 
 
 def _quit_quietly(smtp: smtplib.SMTP) -> None:

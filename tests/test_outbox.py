@@ -213,6 +213,38 @@ def test_catch_up_sends_only_each_subjects_latest_milestone(store, tmp_path):
     assert jsonl_keys(out) == keys
 
 
+def test_catch_up_never_sends_a_milestone_its_task_or_overstay_left_behind(store, tmp_path):
+    """A task done, or an overstay ended, while the daemon was down gets no stale alert.
+
+    Found by a hostile probe: after downtime the run on 04-12 told A "please apply for
+    your ARC, due 2024-04-15, 7 days left" though A had applied on 04-09, and told B,
+    who had left Taiwan on 04-08, that the overstay had started and the reapply window
+    was open. The fine B incurred still stands and is still sent.
+    """
+    out = tmp_path / "alerts.jsonl"
+    events = [
+        *entered("A", "2024-03-16"),
+        ev("A", "applied", "arc_applied", "2024-04-09", application="initial"),
+        *holding_arc("B", "2024-04-05"),
+        ev("B", "left", "departed", "2024-04-08"),
+        *entered("K", "2024-03-20"),  # apply_arc due 04-19, still open on 04-12
+    ]
+    with wired(store, tmp_path, events) as (model, outbox, _location):
+        run_until(model, outbox, JsonlSink(out), date(2024, 3, 31))
+        report = run_until(model, outbox, JsonlSink(out), date(2024, 4, 12))
+        sent = triples(outbox.rows("sent"))
+        assert sent == {
+            ("B", "extend_arc", "overdue"),  # still not done on 04-12 (B left, ARC expired)
+            ("B", "overstay", "accrued"),  # a fine stands
+            ("K", "apply_arc", "due_in_7"),  # 04-12 itself
+        }
+        assert ("A", "apply_arc", "due_in_7") in triples(outbox.rows("superseded"))
+        assert ("B", "overstay", "overstay_started") in triples(outbox.rows("superseded"))
+        assert ("B", "pay_fine_and_reapply", "window_open") in triples(outbox.rows("superseded"))
+        assert report.delivered.sent == 3
+    assert len(jsonl_keys(out)) == 3
+
+
 # -- two processes ----------------------------------------------------------------------
 
 CHILD = r"""

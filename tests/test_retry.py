@@ -447,3 +447,54 @@ def test_summary_names_what_waits(sqlite_store, tmp_path):
     rows = json.loads(listed.stdout)
     assert len(rows) == 5 and {r["attempts"] for r in rows} == {1}
     assert all(r["next_attempt_at"] and "HTTP 503" in r["last_error"] for r in rows)
+
+
+def test_a_receiver_that_never_answers_costs_a_run_three_timeouts_not_one_per_alert(
+    sqlite_store, tmp_path, clock
+):
+    """Found by a hostile probe: a webhook that accepted connections and never answered
+    cost every due row its full timeout in turn (20 alerts, timeout 1 s: 20.6 s; at the
+    default 10 s, 500 alerts held the emitter lock, and the next daily run, 83 minutes).
+    After three unanswered attempts in a row the run leaves the rest for a later round,
+    uncounted, and a later round delivers them once the receiver is back."""
+    import socket
+    import threading
+
+    model, location = wired(sqlite_store, tmp_path)
+    outbox_db = OutboxDB(location)
+    outbox = Outbox(outbox_db)
+    listener = socket.create_server(("127.0.0.1", 0))
+    held: list[socket.socket] = []
+
+    def accept_and_hold() -> None:
+        while True:
+            try:
+                held.append(listener.accept()[0])
+            except OSError:
+                return
+
+    threading.Thread(target=accept_and_hold, daemon=True).start()
+    url = f"http://127.0.0.1:{listener.getsockname()[1]}/hook"
+    try:
+        with WebhookSink(url, timeout=0.3) as sink:
+            report = emit_day(model, outbox, sink, DAY, clock=clock)
+    finally:
+        listener.close()
+        for conn in held:
+            conn.close()
+    assert len(held) == 3, "each of the other rows waited for its own timeout"
+    assert (report.delivered.sent, report.delivered.retrying, report.delivered.failed) == (0, 3, 0)
+    assert report.delivered.waiting == 2
+    rows = outbox.rows()
+    assert sorted(r["attempts"] for r in rows) == [0, 0, 1, 1, 1]
+    assert {r["state"] for r in rows} == {"pending"}
+    assert all(r["next_attempt_at"] > clock().strftime("%Y-%m-%dT%H:%M:%S") for r in rows)
+    assert outbox.due_count(clock()) == 0
+
+    clock.advance(minutes=2)
+    with WebhookReceiver() as receiver, WebhookSink(receiver.url) as sink:
+        again = outbox.deliver(sink, now=clock)
+        assert again.sent == 5
+        assert len(receiver.delivered) == 5
+    outbox_db.close()
+    model.close()

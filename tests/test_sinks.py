@@ -773,3 +773,105 @@ def test_spec_errors_do_not_echo_secrets() -> None:
     with pytest.raises(ValueError) as raised:
         sink_from_spec("smpt://bot:hunter2@mail.example.tw:25")
     assert "hunter2" not in str(raised.value)
+
+
+# --- a far end that answers, but too slowly ---------------------------------------------
+
+
+@contextmanager
+def trickling_server(head: bytes, drip: bytes, count: int, every: float) -> Iterator[tuple]:
+    """A TCP server on 127.0.0.1 that sends `head`, then `drip` `count` times, `every` s apart.
+
+    Each send comes well within any per-read timeout, so only a bound on the whole
+    exchange ends it. Yields (port, sent): `sent[0]` counts the drips sent so far.
+    """
+    listener = socket.create_server(("127.0.0.1", 0))
+    sent = [0]
+    stop = threading.Event()
+
+    def serve() -> None:
+        try:
+            conn, _ = listener.accept()
+        except OSError:
+            return
+        with conn:
+            conn.settimeout(0.5)
+            try:
+                if not head.startswith(b"220"):
+                    conn.recv(65536)  # HTTP: the request first
+                conn.sendall(head)
+                for _ in range(count):
+                    if stop.wait(every):
+                        return
+                    conn.sendall(drip)
+                    sent[0] += 1
+            except OSError:
+                return
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    try:
+        yield listener.getsockname()[1], sent
+    finally:
+        stop.set()
+        listener.close()
+        thread.join(timeout=5)
+
+
+HTTP_TRICKLE = b"HTTP/1.1 200 OK\r\nContent-Length: 40\r\n\r\n"
+
+
+def test_webhook_gives_up_on_a_receiver_that_trickles_its_answer() -> None:
+    """Found by a hostile probe: the timeout bounded each read only, so a receiver sending
+    a byte every half second held one delivery (and the emitter lock, and with it the
+    daily job) as long as it liked: 10 s with `timeout=1`, forever with a chunked body."""
+    with trickling_server(HTTP_TRICKLE, b"x", 40, 0.25) as (port, sent):
+        sink = WebhookSink(f"http://127.0.0.1:{port}/hook", timeout=1.0, deadline=1.5)
+        with pytest.raises(DeliveryError) as caught:
+            sink.send(make_alert())
+        assert sent[0] < 40, "the whole answer arrived: the deadline did not cut it"
+    assert not caught.value.permanent
+    assert "timed out" in str(caught.value)
+    # The sink still works afterwards (the cut connection is not reused).
+    with http_server(lambda n: 200) as server:
+        sink = WebhookSink(server.url, timeout=1.0, deadline=1.5)
+        sink.send(make_alert())
+        sink.send(make_alert(key="second"))
+        sink.close()
+    assert len(server.requests) == 2
+
+
+def test_line_gives_up_on_a_receiver_that_trickles_its_answer() -> None:
+    from scheduler.line import LineSink
+
+    contact = type("C", (), {"line_user_id": "U" + "0" * 32, "language": "en"})()
+    with trickling_server(HTTP_TRICKLE, b"x", 40, 0.25) as (port, sent):
+        sink = LineSink(
+            Secret("token"),
+            contact_for=lambda _alert: contact,
+            base_url=f"http://127.0.0.1:{port}",
+            timeout=1.0,
+            deadline=1.5,
+        )
+        with pytest.raises(DeliveryError) as caught:
+            sink.send(make_alert())
+        assert sent[0] < 40
+    assert not caught.value.permanent
+    assert "timed out" in str(caught.value)
+
+
+def test_smtp_gives_up_on_a_server_that_trickles_its_greeting() -> None:
+    with trickling_server(b"220-hello\r\n", b"220-still here\r\n", 40, 0.25) as (port, sent):
+        sink = SmtpSink(
+            "127.0.0.1",
+            port,
+            "alerts@example.edu.tw",
+            ["office@example.edu.tw"],
+            timeout=1.0,
+            deadline=1.5,
+        )
+        with pytest.raises(DeliveryError) as caught:
+            sink.send(make_alert())
+        assert sent[0] < 40
+    assert not caught.value.permanent
+    assert "timed out" in str(caught.value)
