@@ -1326,6 +1326,11 @@ class ReadModel:
         )
 
     # -- population queries ------------------------------------------------------------
+    def newest_record_time(self) -> datetime | None:
+        """The latest moment at which a derivation changed (None for empty tables)."""
+        row = self.db.execute("SELECT max(at) FROM rm_changes").fetchone()
+        return datetime.fromisoformat(row[0]) if row and row[0] else None
+
     def errors(self, known_at: datetime | None = None) -> list[dict[str, Any]]:
         """The students left out of population queries (as known at `known_at`, else now)."""
         known, params = known_sql(known_at)

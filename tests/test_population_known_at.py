@@ -18,7 +18,7 @@ from test_read_side_robustness import run_cli
 
 from projections.engine import view
 from projections.readmodel import ReadModel
-from timeline.api import NEXT_OFFSET, TOTAL_COUNT, create_app
+from timeline.api import KNOWN_AT, NEXT_OFFSET, TOTAL_COUNT, create_app
 from timeline.api_settings import ApiConfig
 from timeline.ingest import ingest_objects
 from timeline.store import TimelineStore
@@ -144,6 +144,7 @@ def test_api_known_at_paging_count_and_changes(store, location, clock, tmp_path)
         fines_then = get(
             f"/v1/fines?as_of=2024-12-31&known_at={t1.isoformat().replace('+', '%2B')}"
         )
+        assert fines_then.headers[KNOWN_AT] == t1.isoformat(timespec="microseconds")
         fines_now = get("/v1/fines?as_of=2024-12-31")
         assert fines_then.status_code == fines_now.status_code == 200
         model = ReadModel(read_db)
@@ -238,3 +239,29 @@ def test_api_a_page_of_no_rows_points_at_no_next_page(store, location, clock, tm
             assert answer.status_code == 200
             assert answer.json() == [] and int(answer.headers[TOTAL_COUNT]) > 0
             assert NEXT_OFFSET not in answer.headers
+
+
+def test_api_pages_followed_by_link_make_one_list_while_the_log_grows(store, location, clock):
+    """Paging by offset "as known now" skipped or repeated rows when events landed between
+    pages; the `Link` of a page pins the day and the moment its list holds at."""
+    populate(store, clock)
+    app = create_app(ApiConfig.from_env(ENV, location, None), clock=clock)
+    with running(app) as base:
+        first = httpx.get(f"{base}/v1/tasks", params={"limit": 1}, headers=STAFF_H)
+        whole = httpx.get(f"{base}/v1/tasks", headers=STAFF_H).json()
+        clock.advance(hours=1)
+        # Meanwhile a student who sorts first arrives, and S2 leaves the list.
+        assert ingest_objects(
+            store, [_entered("e0", "S0"), retraction("r2", "e2", student="S2")]
+        ).ok
+        pages, answer = [first.json()], first
+        while "Link" in answer.headers:
+            link = answer.headers["Link"]
+            assert link.endswith('>; rel="next"') and link.startswith("</v1/tasks?")
+            answer = httpx.get(base + link[1 : -len('>; rel="next"')], headers=STAFF_H)
+            assert answer.status_code == 200
+            assert answer.headers[KNOWN_AT] == first.headers[KNOWN_AT]
+            pages.append(answer.json())
+        assert [row for page in pages for row in page] == whole
+        now = httpx.get(f"{base}/v1/tasks", headers=STAFF_H).json()
+        assert "S0" in _students(now) and "S2" not in _students(now)  # the log did grow

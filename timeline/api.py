@@ -66,6 +66,7 @@ LEFT_OUT = "X-Timeline-Left-Out"
 LEFT_OUT_COUNT = "X-Timeline-Left-Out-Count"
 TOTAL_COUNT = "X-Total-Count"  # with ?count=true: rows matching, all pages
 NEXT_OFFSET = "X-Next-Offset"  # with ?limit=: the offset of the next page, if any
+KNOWN_AT = "X-Timeline-Known-At"  # the record moment a population answer holds at
 MAX_PAGE = 100_000
 JSON = "application/json"
 access_log = logging.getLogger("timeline.access")
@@ -362,7 +363,7 @@ def create_app(
     (default: no follower, the default bounds). The store is shared by the requests
     while the lifespan runs (`timeline.api_service.SharedStore`, at `app.state.shared`).
     """
-    from projections.readmodel import ReadModel, json_array
+    from projections.readmodel import ReadModel, json_array, moment_text
     from projections.rules import DEFAULT_RULES
 
     # The configuration was read once by the caller (`timeline.settings`), never here.
@@ -682,9 +683,21 @@ def create_app(
         """A population answer; students left out (their facts cannot be derived) in headers."""
         return JSONResponse(rows, headers=left_out(model, known_at))
 
+    def as_known(model: ReadModel, known_at: datetime | None) -> datetime:
+        """The record moment an answer reflects: `known_at`, else now.
+
+        Now, or the newest record time the read models hold if that is later (another
+        host's clock may run ahead): as known at it, the answer is the same.
+        """
+        if known_at is not None:
+            return known_at
+        now, newest = clock(), model.newest_record_time()
+        return newest if newest is not None and newest > now else now
+
     def streamed(
+        request: Request,
         model: ReadModel,
-        known_at: datetime | None,
+        view: tuple[date, datetime | None],
         docs: Callable[[int | None, int], Iterator[str]],
         total: Callable[[], int],
         limit: int | None,
@@ -693,11 +706,18 @@ def create_app(
     ) -> Response:
         """JSON texts built by SQLite, as one array: a page (with paging headers) or streamed.
 
-        The model is closed when the answer is complete (or the client went away).
+        `view`: the day and the `known_at` asked for. The answer says as known at which
+        moment it holds (`X-Timeline-Known-At`), and a page's `Link: rel="next"` asks for
+        the next one at that moment and day, so that the pages make one list however the
+        log grows meanwhile. The model is closed when the answer is complete (or the
+        client went away).
         """
+        on, known_at = view
         try:
             with gate.slot():
                 headers = left_out(model, known_at)
+                moment = moment_text(as_known(model, known_at))
+                headers[KNOWN_AT] = moment
                 if count:
                     headers[TOTAL_COUNT] = str(total())
                 if limit is not None:
@@ -705,6 +725,11 @@ def create_app(
                     if len(page) > limit:
                         if limit:  # a page of no rows points at itself: no next page
                             headers[NEXT_OFFSET] = str(offset + limit)
+                            pinned = {"as_of": on.isoformat(), "known_at": moment}
+                            after = request.url.include_query_params(
+                                offset=offset + limit, **pinned
+                            )
+                            headers["Link"] = f'<{after.path}?{after.query}>; rel="next"'
                         page = page[:limit]
                     model.close()
                     return Response("[" + ",".join(page) + "]", media_type=JSON, headers=headers)
@@ -732,6 +757,7 @@ def create_app(
         },
     )
     def get_tasks(
+        request: Request,
         as_of: Day = None,
         status: Annotated[list[doc.TaskStatus] | None, Query()] = None,
         kind: Annotated[list[doc.TaskKind] | None, Query()] = None,
@@ -751,8 +777,9 @@ def create_app(
         with store() as opened:
             model = read_model(opened, any_thread=True)
         return streamed(
+            request,
             model,
-            moment,
+            (on, moment),
             lambda lim, off: model.task_rows(
                 on, status or (), kind or (), limit=lim, offset=off, **query
             ),
@@ -772,6 +799,7 @@ def create_app(
         },
     )
     def get_fines(
+        request: Request,
         as_of: Day = None,
         status: Annotated[list[doc.FineStatus] | None, Query()] = None,
         known_at: Moment = None,
@@ -790,8 +818,9 @@ def create_app(
         with store() as opened:
             model = read_model(opened, any_thread=True)
         return streamed(
+            request,
             model,
-            moment,
+            (on, moment),
             lambda lim, off: model.fine_rows(on, status or (), limit=lim, offset=off, **query),
             lambda: model.count_fines(on, status or (), **query),
             limit,

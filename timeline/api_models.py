@@ -489,6 +489,17 @@ PAGE_HEADERS: dict[str, Any] = {
         "description": "With `limit`: the offset of the next page, when there is one.",
         "schema": {"type": "string", "pattern": "^[0-9]+$"},
     },
+    "Link": {
+        "description": 'With `limit`, when there is a next page: `<path?query>; rel="next"`, '
+        "the next page as of the same day and as known at the same moment "
+        "(`X-Timeline-Known-At`), so that the pages make one list while events arrive.",
+        "schema": {"type": "string"},
+    },
+    "X-Timeline-Known-At": {
+        "description": "The record moment the answer holds at: `known_at`, else now. Asked "
+        "again with it as `known_at` (and the same day), the answer is the same.",
+        "schema": {"type": "string", "format": "date-time"},
+    },
 }
 
 
