@@ -912,7 +912,14 @@ def test_population_queries_past_the_slots_get_503_while_views_and_health_answer
             assert client.get("/healthz").status_code == 200
             assert client.get("/v1/students/S1", headers=_h(STAFF)).status_code == 200
             assert gate.waiting == 0
+            held = client.get("/metrics").text
+            assert _metric(held, "timeline_population_slots") == 1
+            assert _metric(held, "timeline_population_busy") == 1
+            assert _metric(held, "timeline_population_waiting") == 0
         assert gate.refused == 5
+        text = client.get("/metrics").text
+        assert _metric(text, "timeline_population_busy") == 0
+        assert _metric(text, "timeline_population_refused_total") == 5
         assert client.get("/v1/tasks", headers=_h(STAFF)).status_code == 200
         assert client.get("/lists/overdue", headers=_h(STAFF)).status_code == 200
 

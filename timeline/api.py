@@ -40,7 +40,13 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from timeline import api_models as doc
 from timeline.api_logging import log_config
-from timeline.api_metrics import CONTENT_TYPE, UNMATCHED, ApiMetrics, FiguresCollector
+from timeline.api_metrics import (
+    CONTENT_TYPE,
+    UNMATCHED,
+    ApiMetrics,
+    FiguresCollector,
+    GateCollector,
+)
 from timeline.api_models import Day, Moment, StudentId, errors
 from timeline.api_service import Busy, ServiceOptions, SharedStore
 from timeline.api_settings import ANY_SOURCE, ApiConfig, ApiConfigError, Token
@@ -371,6 +377,7 @@ def create_app(
     shared = SharedStore(config.db, config.read_db, rulebook, service, config.cipher_key)
     metrics = ApiMetrics()
     metrics.add_collector(FiguresCollector(shared.figures, lambda: taipei_today(clock)))
+    metrics.add_collector(GateCollector(shared.gate))
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:

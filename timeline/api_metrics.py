@@ -31,11 +31,11 @@ from collections.abc import Callable, Iterator
 from datetime import date
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
-from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
 
-from timeline.api_service import Figures
+from timeline.api_service import Figures, PopulationGate
 
 log = logging.getLogger(__name__)
 
@@ -89,6 +89,34 @@ class FiguresCollector(Collector):
                 "Days since the last day whose alerts the scheduler enqueued",
                 (self.today() - figures.watermark).days,
             )
+
+
+class GateCollector(Collector):
+    """This process's population gate (`PopulationGate`), read when scraped."""
+
+    def __init__(self, gate: PopulationGate) -> None:
+        self.gate = gate
+
+    def collect(self) -> Iterator[Metric]:
+        """Slots configured, held and waited for, and the queries refused since start-up."""
+        yield GaugeMetricFamily(
+            "timeline_population_slots",
+            "Population queries this process computes at once (population_slots)",
+            self.gate.slots,
+        )
+        yield GaugeMetricFamily(
+            "timeline_population_busy", "Population slots held now", self.gate.busy
+        )
+        yield GaugeMetricFamily(
+            "timeline_population_waiting",
+            "Population queries waiting for a slot now",
+            self.gate.waiting,
+        )
+        yield CounterMetricFamily(
+            "timeline_population_refused",
+            "Population queries answered 503 (no slot within population_wait) since start-up",
+            self.gate.refused,
+        )
 
 
 class ApiMetrics:

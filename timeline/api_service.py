@@ -146,6 +146,7 @@ class PopulationGate:
         self.wait = wait
         self._free = threading.BoundedSemaphore(slots)
         self.waiting = 0  # queries waiting for a slot now
+        self.busy = 0  # slots held now
         self.refused = 0  # answered 503 since start-up (also counted as 503s in /metrics)
         self._count = threading.Lock()
 
@@ -164,9 +165,13 @@ class PopulationGate:
                 with self._count:
                     self.refused += 1
                 raise Busy(self.wait)
+        with self._count:
+            self.busy += 1
         try:
             yield
         finally:
+            with self._count:
+                self.busy -= 1
             self._free.release()
 
     def parts(self, parts: Iterator[_Part]) -> Iterator[_Part]:
