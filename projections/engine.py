@@ -550,12 +550,14 @@ class _Replay:
             )
         else:
             months = self.rules["R-EXTEND"].value("months", on)
+            # An ARC valid for under 3 months: its window opens when it is issued.
+            opens = max(dates.add_months(valid_until, -months), on)
             arc.task = self.add_task(
                 _Task(
                     "extend_arc",
                     "R-EXTEND",
                     on,
-                    dates.add_months(valid_until, -months),
+                    opens,
                     valid_until,
                     [fact.event_id],
                 )

@@ -86,6 +86,24 @@ def test_the_tier_paid_on_its_day_stays_the_amount_when_the_overstay_goes_on():
     )
 
 
+# == R-EXTEND: the window never opens before the ARC exists ===============================
+
+
+def test_a_short_arcs_extension_window_opens_on_its_issue_day():
+    """Guide: "within 3 months of the date that their residency will expire"; an ARC valid
+    for under 3 months (issued 2025-01-10, valid through 2025-03-01) cannot be extended
+    before it was issued: extend_arc opens on the issue day, so its window_open alert has a
+    day on which the ARC is known (valid_until − 3 months is 2024-12-01)."""
+    t = Timeline()
+    t.add("entered", "2025-01-02", visa="resident")
+    t.add("arc_applied", "2025-01-03", application="initial")
+    t.add("arc_issued", "2025-01-10", valid_until="2025-03-01")
+    v = view(t.facts, d("2025-01-10"))
+    task = only(v, "extend_arc")
+    assert (task.status, task.opens_on, task.due_on) == ("open", d("2025-01-10"), d("2025-03-01"))
+    assert v.status == "extension_window"
+
+
 # == Calendars: make-up Saturdays, leap days, the ends of the holiday data ================
 
 
