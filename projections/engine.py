@@ -550,12 +550,14 @@ class _Replay:
             )
         else:
             months = self.rules["R-EXTEND"].value("months", on)
+            # An ARC valid for under 3 months: its window opens when it is issued.
+            opens = max(dates.add_months(valid_until, -months), on)
             arc.task = self.add_task(
                 _Task(
                     "extend_arc",
                     "R-EXTEND",
                     on,
-                    dates.add_months(valid_until, -months),
+                    opens,
                     valid_until,
                     [fact.event_id],
                 )
@@ -759,6 +761,17 @@ class _Replay:
             fine.offense = count
             fine.amount_min = fine.amount_max = tiers[min(count, len(tiers)) - 1]
 
+    def _fine_floor(self, fine: _Fine, on: date) -> int:
+        """The least amount the NIA could have decided for `fine` by day `on` (R-FINES).
+
+        An overstay fine's tier is the one reached on that day (days frozen at departure).
+        """
+        if fine.kind != "overstay" or fine.valid_until is None:
+            return fine.amount_min
+        last = on if fine.last_day is None else min(on, fine.last_day)
+        days = max(dates.days_between(fine.valid_until, last), 1)
+        return _overstay_amount(self.rules["R-OVERSTAY"].on(fine.accrued_on), days)[0]
+
     def _apply_money(self, fines: list[_Fine]) -> None:
         for fact in sorted(self.money, key=_FACT_ORDER):
             on, kind, amount = fact.occurred_on, fact.data.get("fine"), fact.data.get("amount_ntd")
@@ -802,11 +815,13 @@ class _Replay:
             for target in sorted(targets, key=lambda f: f.order):
                 if remaining <= 0:
                     break
-                if target.amount is None:
-                    # Paying a fine nobody told us was imposed: the payment is the amount.
-                    target.amount = min(remaining, target.amount_max) or remaining
+                paid_so_far = target.paid + remaining
+                if target.amount is None and paid_so_far >= self._fine_floor(target, on):
+                    # Paying a fine nobody told us was imposed: what was paid is the amount,
+                    # once it lies in the statutory range (R-FINES); below it, a part payment.
+                    target.amount = min(paid_so_far, target.amount_max) or paid_so_far
                     target.imposed_on = on
-                share = min(remaining, target.amount - target.paid)
+                share = min(remaining, target.outstanding)
                 target.paid += share
                 target.payments.append((on, share))
                 remaining -= share

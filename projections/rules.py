@@ -149,7 +149,8 @@ _RULES: tuple[Rule, ...] = (
     Rule(
         "R-EXTEND",
         "rule",
-        "Any valid ARC: task extend_arc, opens valid_until − N calendar months, due valid_until.",
+        "Any valid ARC: task extend_arc, opens valid_until − N calendar months (an ARC issued"
+        " later than that: on its issue day), due valid_until.",
         (
             Dated(
                 EPOCH,
