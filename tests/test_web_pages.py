@@ -13,6 +13,7 @@ import pytest
 from conftest import FakeClock
 from fastapi.testclient import TestClient
 from web_client import (
+    ADMIN,
     FEED,
     HOSTILE_ID,
     SECRET,
@@ -548,3 +549,29 @@ def test_admin_tokens_are_named_and_unique_across_the_three_settings():
     assert "bare-admin-token" not in str(refused.value)
     both = ApiConfig.from_env({"TIMELINE_ADMIN_TOKENS": f"root:{STAFF}"})
     assert [t.name for t in both.readers()] == ["root"] and both.staff_tokens == ()
+
+
+def test_a_page_past_the_end_of_a_list_says_so_and_leads_back_to_the_last_page(staff):
+    # A bookmark of page 3 after the list shrank (3 overdue tasks, 2 a page): the page said
+    # "3 rows" and "nothing matches" at once, with no pager to reach the rows (found by a
+    # hostile probe in chromium).
+    params = {"as_of": "2024-05-01", "per_page": "2"}
+    html = staff.get("/lists/overdue", params={**params, "page": "3"}).text
+    assert 'id="nothing-listed"' not in html
+    assert 'id="past-the-end"' in html
+    found = re.search(r'<a href="([^"]+)" rel="prev" id="prev-page"', html)
+    assert found is not None
+    last = staff.get(found.group(1).replace("&amp;", "&")).text
+    assert "page=2" in found.group(1) and 'id="next-page"' not in last
+    assert last.count('<th scope="row">') == 1
+    empty = staff.get("/lists/overdue", params={"as_of": "2000-01-01", "page": "3"}).text
+    assert 'id="nothing-listed"' in empty and 'id="past-the-end"' not in empty
+
+
+def test_an_audit_page_past_the_end_leads_back_to_the_last_page(app):
+    admin = signed_in(app, ADMIN)
+    assert admin.get("/students/S1").status_code == 200
+    html = admin.get("/audit", params={"page": "5"}).text
+    assert 'id="past-the-end"' in html and "尚無查閱紀錄" not in html
+    found = re.search(r'<a href="([^"]+)" rel="prev"', html)
+    assert found is not None and found.group(1).endswith("page=1")

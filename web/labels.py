@@ -260,6 +260,10 @@ LABELS: dict[str, Bilingual] = {
     "days_ahead": {"zh": "未來天數", "en": "Days ahead"},
     "only_outstanding": {"zh": "僅列未繳清", "en": "Outstanding only"},
     "nothing_listed": {"zh": "沒有符合的項目。", "en": "Nothing to list."},
+    "past_the_end": {
+        "zh": "此頁超出清單範圍（共 {m} 頁）。",
+        "en": "This page is past the end of the list ({m} pages).",
+    },
     "left_out": {
         "zh": "下列學生的資料無法推導，未列入：",
         "en": "These students' facts cannot be derived and are left out:",
