@@ -321,3 +321,56 @@ def test_the_scripted_staff_flow_in_chromium(site: Site, browser, tmp_path: Path
     assert site.outside == [], site.outside  # nothing asked for outside the prefix
     for shot in ("student-desktop.png", "overdue-desktop.png", "student-390.png"):
         assert (tmp_path / shot).stat().st_size > 10_000, shot
+
+
+@pytest.fixture
+def served(tmp_path: Path) -> Iterator[str]:
+    """The example feed in a SQLite store; the staff app on loopback at its root."""
+    location = str(tmp_path / "timeline.db")
+    clock = FakeClock(datetime(2025, 6, 30, 2, 0, tzinfo=UTC))
+    with TimelineStore.open(location, clock=clock) as store:
+        assert not ingest_file(store, EXAMPLES).rejected
+    clock.advance(hours=1)
+    with running(web_app(location, clock)) as base:
+        yield base
+
+
+# Clipped on paper: a scroll region (or the page) wider than its box.
+CLIPPED = """() => [document.documentElement,
+    ...document.querySelectorAll('.scroll, .timeline-scroll')]
+  .filter(e => e.scrollWidth > e.clientWidth + 1)
+  .map(e => `${e.id || e.firstElementChild?.id || e.tagName} ${e.scrollWidth}>${e.clientWidth}`)"""
+
+
+def test_pages_print_on_a4_whole_without_the_controls(served: str, browser) -> None:
+    # Printed, a wide table was cut at its scroll region's edge (the tasks table's rules
+    # and documents, the fines' outstanding column, the timeline's last years), and the
+    # navigation, forms and sign-out button took the first half page (found by a hostile
+    # probe: print media at A4's printable width, 718 px).
+    context = browser.new_context(
+        viewport={"width": 718, "height": 1000},
+        extra_http_headers={"Authorization": f"Bearer {STAFF}"},
+    )
+    page = context.new_page()
+    problems = watch(page)
+    page.emulate_media(media="print")
+    for path in (
+        f"/students/{STUDENT}?as_of={OVERSTAYING}",
+        f"/lists/overdue?as_of={OVERSTAYING}",
+        f"/lists/fines?as_of={OVERSTAYING}",
+        f"/students/{STUDENT}/changes?as_of={OVERSTAYING}&known_from=2025-01-01",
+    ):
+        page.goto(served + path)
+        assert page.evaluate(CLIPPED) == [], path
+        for hidden in ("header nav", "#sign-out", "form.controls", "#changes-form"):
+            for element in page.locator(hidden).all():
+                assert not element.is_visible(), (path, hidden)
+        assert page.locator("h1").is_visible() and page.locator(".context").is_visible()
+    page.emulate_media(media="screen")
+    page.set_viewport_size({"width": 1280, "height": 900})
+    page.goto(f"{served}/students/{STUDENT}?as_of={OVERSTAYING}")
+    assert page.locator("#as-of").is_visible() and page.locator("header nav").is_visible()
+    pdf = page.pdf(format="A4")
+    assert pdf.startswith(b"%PDF")
+    context.close()
+    assert problems == [], problems
