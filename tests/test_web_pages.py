@@ -575,3 +575,39 @@ def test_an_audit_page_past_the_end_leads_back_to_the_last_page(app):
     assert 'id="past-the-end"' in html and "尚無查閱紀錄" not in html
     found = re.search(r'<a href="([^"]+)" rel="prev"', html)
     assert found is not None and found.group(1).endswith("page=1")
+
+
+@pytest.mark.parametrize(
+    ("path", "params", "label", "kept"),
+    [
+        (
+            "/lists/overdue",
+            {"as_of": "2025-02-30", "sort": "-due", "per_page": "2"},
+            "查詢日期（以此日為準）",
+            "/lists/overdue?sort=-due&amp;per_page=2",
+        ),
+        (
+            "/students/S1",
+            {"as_of": "2025-04-10", "known_at": "yesterday"},
+            "資料時點（當時已知）",
+            "/students/S1?as_of=2025-04-10",
+        ),
+        ("/lists/fines", {"status": "unpaid"}, "狀態", "/lists/fines"),
+    ],
+)
+def test_a_value_that_cannot_be_read_names_its_field_and_leads_back_without_it(
+    staff, path, params, label, kept
+):
+    # A date typed wrong in a list's or student's form gave an error page with only a link
+    # home: the list, its filters and the student were lost, and the field was named by
+    # its query key alone (found by a hostile probe in chromium).
+    r = staff.get(path, params=params)
+    assert r.status_code == 400
+    assert label in r.text
+    assert f'<a href="{kept}" id="retry">' in r.text
+    assert staff.get(kept.replace("&amp;", "&")).status_code == 200
+
+
+def test_a_missing_required_value_gets_no_link_back_to_the_same_error(staff):
+    r = staff.get("/students/S1/changes", params={"known_from": ""})
+    assert r.status_code == 400 and 'id="retry"' not in r.text

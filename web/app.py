@@ -74,6 +74,18 @@ CHANGE_FIELD_LABELS = {
     "paid_ntd": "paid",
     "offense": "offense",
 }
+# The label of each query field a page reads: a value that cannot be read is named by it.
+FIELD_LABELS = {
+    "as_of": "as_of",
+    "known_at": "known_at",
+    "known_from": "known_from",
+    "known_to": "known_to",
+    "kind": "kind",
+    "status": "state",
+    "sort": "sort",
+    "per_page": "per_page",
+    "days": "days_ahead",
+}
 # History fields shown in their own columns (the rest are the event's details).
 HISTORY_ENVELOPE = frozenset(
     {
@@ -106,12 +118,25 @@ class NotSignedIn(Exception):
 
 
 class PageError(Exception):
-    """An error page: its status, the label of its message, and a detail (escaped)."""
+    """An error page: its status, the label of its message, and a detail (escaped).
 
-    def __init__(self, status: int, key: str, detail: str | None = None) -> None:
+    `field`: the label of the field whose value was refused; `retry`: the page without it.
+    """
+
+    def __init__(
+        self,
+        status: int,
+        key: str,
+        detail: str | None = None,
+        *,
+        field: str | None = None,
+        retry: str | None = None,
+    ) -> None:
         self.status = status
         self.key = key
         self.detail = detail
+        self.field = field
+        self.retry = retry
         super().__init__(key)
 
 
@@ -315,7 +340,13 @@ def create_app(
         return render(
             request,
             "error.html",
-            {"key": exc.key, "detail": exc.detail, "status": exc.status},
+            {
+                "key": exc.key,
+                "detail": exc.detail,
+                "status": exc.status,
+                "field": exc.field,
+                "retry": exc.retry,
+            },
             who=who,
             status=exc.status,
         )
@@ -335,7 +366,17 @@ def create_app(
 
     @app.exception_handler(InputError)
     async def input_error(request: Request, exc: InputError) -> Response:
-        return error_page(request, PageError(400, "bad_request", str(exc)))
+        # The message starts with the query field it refuses ("as_of: ..."): the page names
+        # the field and leads back to itself without that value, the other filters kept.
+        key = str(exc).split(":", 1)[0]
+        retry = None
+        if request.method == "GET" and request.query_params.get(key, "").strip():
+            kept = [(k, v) for k, v in request.query_params.multi_items() if k != key]
+            query = f"?{urlencode(kept)}" if kept else ""
+            retry = root_path(request) + page_path(request) + query
+        field = FIELD_LABELS.get(key)
+        refused = PageError(400, "bad_request", str(exc), field=field, retry=retry)
+        return error_page(request, refused)
 
     @app.exception_handler(DerivationError)
     async def derivation_error(request: Request, exc: DerivationError) -> Response:

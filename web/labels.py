@@ -291,6 +291,11 @@ LABELS: dict[str, Bilingual] = {
     "no_such_page": {"zh": "找不到此頁面。", "en": "No such page."},
     "forbidden": {"zh": "此權杖無權查看本頁。", "en": "This token may not see this page."},
     "bad_request": {"zh": "輸入有誤", "en": "Invalid input"},
+    "bad_field": {"zh": "輸入有誤：{field}", "en": "Invalid input: {field}"},
+    "back_without_value": {
+        "zh": "回到原頁（不含此值）",
+        "en": "Back to the page without this value",
+    },
     "cannot_derive": {
         "zh": "此學生的事件無法推導（請更正或撤回相關事件）。",
         "en": "This student's facts cannot be derived (correct or retract the events named).",
