@@ -611,3 +611,24 @@ def test_a_value_that_cannot_be_read_names_its_field_and_leads_back_without_it(
 def test_a_missing_required_value_gets_no_link_back_to_the_same_error(staff):
     r = staff.get("/students/S1/changes", params={"known_from": ""})
     assert r.status_code == 400 and 'id="retry"' not in r.text
+
+
+BROWSER = {"Accept": "text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8"}
+
+
+def test_a_browser_gets_pages_for_a_mistyped_address_and_an_overlong_field(staff):
+    # A mistyped bookmark (/student/S1, /list/overdue) or a pasted search of 201 characters
+    # showed the browser a raw JSON blob ({"error": "Not Found"}) instead of a page with
+    # the header, the language switch and a way home (found by a hostile probe).
+    for path in ("/student/S1", "/list/overdue", "/nothing-here"):
+        r = staff.get(path, headers=BROWSER)
+        assert r.status_code == 404 and r.headers["content-type"].startswith("text/html")
+        assert "找不到此頁面。" in r.text and 'id="nav-overdue"' in r.text
+    r = staff.get("/students", params={"q": "S" * 201}, headers=BROWSER)
+    assert r.status_code == 400 and r.headers["content-type"].startswith("text/html")
+    assert "學號（開頭即可）" in r.text and "at most 200 characters" in r.text
+    # Scripts and the API keep their JSON.
+    assert staff.get("/nothing-here").json() == {"error": "Not Found"}
+    assert staff.get("/v1/nothing", headers=BROWSER).json() == {"error": "Not Found"}
+    r = staff.get("/students", params={"q": "S" * 201, "format": "json"}, headers=BROWSER)
+    assert r.status_code == 400 and r.json()["error"].startswith("q:")

@@ -11,6 +11,7 @@ JSON with `?format=json`. The CSP forbids inline script: the pages use none.
 from __future__ import annotations
 
 import importlib.util
+import json
 import logging
 import math
 from collections.abc import Callable, Iterator, Mapping
@@ -22,6 +23,7 @@ from typing import Annotated, Any
 from urllib.parse import quote, urlencode
 
 from fastapi import Depends, FastAPI, Form, Query, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import (
     HTMLResponse,
     JSONResponse,
@@ -32,6 +34,7 @@ from fastapi.responses import (
 from fastapi.staticfiles import StaticFiles
 from jinja2 import Environment, FileSystemLoader, StrictUndefined, select_autoescape
 from markupsafe import Markup
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from projections import dates
 from projections.engine import DerivationError, view
@@ -85,7 +88,12 @@ FIELD_LABELS = {
     "sort": "sort",
     "per_page": "per_page",
     "days": "days_ahead",
+    "q": "student_id_prefix",
+    "student_id": "student_id",
+    "token_name": "token_name",
 }
+# Paths whose answers are JSON or a feed whoever asks (never a page).
+API_PREFIXES = ("/v1/", "/calendar/")
 # History fields shown in their own columns (the rest are the event's details).
 HISTORY_ENVELOPE = frozenset(
     {
@@ -192,6 +200,15 @@ def browser_path(request: Request) -> str:
 def wants_json(request: Request) -> bool:
     """Whether the page was asked for as JSON (`?format=json`)."""
     return request.query_params.get("format") == "json"
+
+
+def browser_page(request: Request) -> bool:
+    """Whether a person's browser asked for a page (not a script, the API or a feed)."""
+    return (
+        not wants_json(request)
+        and "text/html" in request.headers.get("accept", "")
+        and not page_path(request).startswith(API_PREFIXES)
+    )
 
 
 def _lang(request: Request) -> str:
@@ -358,7 +375,7 @@ def create_app(
     @app.exception_handler(Busy)
     async def busy(request: Request, exc: Busy) -> Response:
         retry = {"Retry-After": str(exc.retry_after)}
-        if wants_json(request) or page_path(request).startswith(("/v1/", "/calendar/")):
+        if wants_json(request) or page_path(request).startswith(API_PREFIXES):
             return JSONResponse({"error": str(exc)}, status_code=503, headers=retry)
         page = error_page(request, PageError(503, "busy"))
         page.headers.update(retry)
@@ -378,9 +395,31 @@ def create_app(
         refused = PageError(400, "bad_request", str(exc), field=field, retry=retry)
         return error_page(request, refused)
 
+    api_http_error = app.exception_handlers[StarletteHTTPException]
+    api_bad_request = app.exception_handlers[RequestValidationError]
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
+        # A mistyped address in a browser is a page (header, language, a way home); the API
+        # and scripts keep their JSON.
+        if exc.status_code == 404 and browser_page(request):
+            return error_page(request, PageError(404, "no_such_page"))
+        return await api_http_error(request, exc)
+
+    @app.exception_handler(RequestValidationError)
+    async def bad_page_request(request: Request, exc: RequestValidationError) -> Response:
+        answer = await api_bad_request(request, exc)
+        if not browser_page(request):
+            return answer
+        key = next((str(e["loc"][-1]) for e in exc.errors() if e.get("loc")), "")
+        detail = json.loads(bytes(answer.body))["error"]
+        return error_page(
+            request, PageError(400, "bad_request", detail, field=FIELD_LABELS.get(key))
+        )
+
     @app.exception_handler(DerivationError)
     async def derivation_error(request: Request, exc: DerivationError) -> Response:
-        if page_path(request).startswith(("/v1/", "/calendar/")):
+        if page_path(request).startswith(API_PREFIXES):
             # This handler replaces the API's for the whole app: the API (and the calendar
             # feed behind a secret link, read by calendar apps) answers its own shape.
             return JSONResponse({"error": str(exc)}, status_code=422)
