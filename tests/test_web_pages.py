@@ -632,3 +632,19 @@ def test_a_browser_gets_pages_for_a_mistyped_address_and_an_overlong_field(staff
     assert staff.get("/v1/nothing", headers=BROWSER).json() == {"error": "Not Found"}
     r = staff.get("/students", params={"q": "S" * 201, "format": "json"}, headers=BROWSER)
     assert r.status_code == 400 and r.json()["error"].startswith("q:")
+
+
+def test_a_store_that_went_away_is_a_page_for_a_browser_and_json_for_the_api(tmp_path, clock):
+    # The event store unreachable (PostgreSQL down, the SQLite folder gone): the student
+    # page and the lists showed a browser the API's JSON blob (found by a hostile probe).
+    app = web_app(str(tmp_path / "no-such-folder" / "t.db"), clock)
+    bearer = {"Authorization": f"Bearer {STAFF}"}
+    with TestClient(app) as client:
+        for path in ("/students/S1", "/lists/overdue", "/students?q=S"):
+            r = client.get(path, headers=BROWSER | bearer)
+            assert r.status_code == 503 and r.headers["content-type"].startswith("text/html")
+            assert "資料庫暫時無法使用" in r.text and "no-such-folder" not in r.text
+        api = client.get("/v1/students/S1", headers=BROWSER | bearer)
+        assert api.json() == {"error": "the event store is unavailable"}
+        page_json = client.get("/students/S1", params={"format": "json"}, headers=bearer)
+        assert page_json.status_code == 503 and "unavailable" in page_json.json()["error"]

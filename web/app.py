@@ -395,6 +395,20 @@ def create_app(
         refused = PageError(400, "bad_request", str(exc), field=field, retry=retry)
         return error_page(request, refused)
 
+    def page_when_unavailable(handler: Any) -> Any:
+        async def answer(request: Request, exc: Exception) -> Response:
+            response: Response = await handler(request, exc)
+            if response.status_code == 503 and browser_page(request):
+                return error_page(request, PageError(503, "store_unavailable"))
+            return response
+
+        return answer
+
+    # The API's answers to a store that went away (503) are the error page in a browser.
+    for failure, handler in list(app.exception_handlers.items()):
+        if failure is not Exception:
+            app.add_exception_handler(failure, page_when_unavailable(handler))
+
     api_http_error = app.exception_handlers[StarletteHTTPException]
     api_bad_request = app.exception_handlers[RequestValidationError]
 

@@ -304,6 +304,10 @@ LABELS: dict[str, Bilingual] = {
         "zh": "目前查詢過多，請稍後再試。",
         "en": "Too many lists are being computed right now: try again in a moment.",
     },
+    "store_unavailable": {
+        "zh": "資料庫暫時無法使用，請稍後再試。",
+        "en": "The event store is unavailable right now: try again in a moment.",
+    },
     "back_home": {"zh": "回首頁", "en": "Back to the home page"},
     "amount_note": {"zh": "金額單位：新臺幣", "en": "Amounts in New Taiwan dollars"},
 }
