@@ -374,3 +374,31 @@ def test_pages_print_on_a4_whole_without_the_controls(served: str, browser) -> N
     assert pdf.startswith(b"%PDF")
     context.close()
     assert problems == [], problems
+
+
+def test_signing_in_from_any_of_several_open_tabs(served: str, browser) -> None:
+    # A session that ended with several tabs open (a list, two students): each tab's
+    # reload showed a sign-in form and set a new sign-in cookie, so only the last form
+    # worked; the others said "Your session has ended" and, re-shown, broke the next one
+    # in turn (found by a hostile probe: two tabs, sign in from the first). Now the forms
+    # shown one after the other share the sign-in cookie's nonce.
+    context = browser.new_context(locale="en-US")
+    tabs = [context.new_page() for _ in range(3)]
+    problems: list[str] = []
+    for tab, path in zip(tabs, ("/lists/overdue", f"/students/{STUDENT}", "/"), strict=True):
+        problems += watch(tab)
+        tab.goto(served + path)
+        assert tab.locator("#sign-in-form").is_visible()
+    first, second, third = tabs
+    first.fill("#token", STAFF)
+    first.click("#sign-in-button")
+    first.wait_for_selector("#token-name")
+    assert first.url.endswith("/lists/overdue")
+    # A form left open in another tab takes the person on (signed in already).
+    for tab, path in ((second, f"/students/{STUDENT}"), (third, "/")):
+        tab.fill("#token", STAFF)
+        tab.click("#sign-in-button")
+        tab.wait_for_selector("#token-name")
+        assert tab.url == served + path
+    context.close()
+    assert problems == [], problems

@@ -454,7 +454,7 @@ def create_app(
     def sign_in_page(
         request: Request, next_url: str, message: str | None, status: int = 200
     ) -> HTMLResponse:
-        cookie, form_token = signer.login_pair(clock())
+        cookie, form_token = signer.login_pair(clock(), request.cookies.get(LOGIN_COOKIE))
         response = render(
             request,
             "sign_in.html",
@@ -496,6 +496,10 @@ def create_app(
         try:
             signer.check_login(request.cookies.get(LOGIN_COOKIE), csrf, clock())
         except SessionError:
+            with suppress(NotSignedIn, PageError):
+                # Signed in already (from another tab's form): nothing to do but go on.
+                viewer(request)
+                return RedirectResponse(safe_next(next, root_path(request)), status_code=303)
             return sign_in_page(
                 request, safe_next(next, root_path(request)), "session_ended", status=403
             )
