@@ -648,3 +648,22 @@ def test_a_store_that_went_away_is_a_page_for_a_browser_and_json_for_the_api(tmp
         assert api.json() == {"error": "the event store is unavailable"}
         page_json = client.get("/students/S1", params={"format": "json"}, headers=bearer)
         assert page_json.status_code == 503 and "unavailable" in page_json.json()["error"]
+
+
+def test_a_search_matching_more_students_than_it_shows_says_so(tmp_path, clock):
+    # 50 ids were shown for "S0" among 6,000 students, nothing saying there were more: it
+    # read as "these are all" (found by a hostile probe on a store of 6,000 students).
+    location = str(tmp_path / "many.db")
+    with TimelineStore.open(location, clock=clock) as store:
+        events = [
+            ev(f"S{n:03d}", f"e{n}", "entered", "2024-03-16", visa="resident") for n in range(51)
+        ]
+        assert not ingest_objects(store, events).rejected
+    staff = signed_in(web_app(location, clock))
+    page = staff.get("/students", params={"q": "S"}, headers={"Accept-Language": "en"})
+    assert page.text.count('<li><a href="/students/') == 50 and 'id="more-students"' in page.text
+    answer = staff.get("/students", params={"q": "S", "format": "json"}).json()
+    assert len(answer["students"]) == 50 and answer["more"] is True
+    few = staff.get("/students", params={"q": "S05", "format": "json"}).json()
+    assert few["students"] == ["S050"] and few["more"] is False
+    assert 'id="more-students"' not in staff.get("/students", params={"q": "S05"}).text

@@ -60,6 +60,7 @@ __all__ = ["create_app"]
 log = logging.getLogger(__name__)
 HERE = Path(__file__).parent
 MAX_PER_PAGE = 500
+SEARCH_LIMIT = 50  # students a search shows (it says when more match)
 # The label of each field `what_changed` compares.
 CHANGE_FIELD_LABELS = {
     "status": "state",
@@ -581,15 +582,18 @@ def create_app(
         who: Viewer = signed_in,
         q: Annotated[str, Query(max_length=200)] = "",
     ) -> Response:
-        """Students whose id starts with `q` (at most 50)."""
+        """Students whose id starts with `q` (at most 50; `more` when others match too)."""
         found: list[str] = []
         prefix = q.strip()
         if prefix:
             with store() as opened, read_model(opened) as model:
-                found = model.students_with_prefix(prefix)
+                found = model.students_with_prefix(prefix, SEARCH_LIMIT + 1)
+        more = len(found) > SEARCH_LIMIT
+        found = found[:SEARCH_LIMIT]
         if wants_json(request):
-            return JSONResponse({"q": prefix, "students": found})
-        return render(request, "search.html", {"q": prefix, "found": found}, who=who)
+            return JSONResponse({"q": prefix, "students": found, "more": more})
+        context = {"q": prefix, "found": found, "more": more, "limit": SEARCH_LIMIT}
+        return render(request, "search.html", context, who=who)
 
     def student_facts(student_id: str, who: Viewer, route: str) -> list[Fact]:
         with store() as opened:

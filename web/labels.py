@@ -134,6 +134,10 @@ LABELS: dict[str, Bilingual] = {
     "search": {"zh": "搜尋", "en": "Search"},
     "search_students": {"zh": "以學號搜尋學生", "en": "Find a student by id"},
     "student_id_prefix": {"zh": "學號（開頭即可）", "en": "Student id (or its beginning)"},
+    "more_students": {
+        "zh": "符合的學生超過 {n} 位，只列出前 {n} 位：請輸入更多學號。",
+        "en": "More than {n} students match; the first {n} are shown: type more of the id.",
+    },
     "no_students_found": {"zh": "找不到符合的學生。", "en": "No student matches."},
     "students_found": {"zh": "符合的學生", "en": "Matching students"},
     "lists": {"zh": "清單", "en": "Lists"},
