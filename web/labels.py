@@ -111,6 +111,7 @@ LABELS: dict[str, Bilingual] = {
     **FIELD_NAMES,
     "app_name": {"zh": "外籍學生居留時程", "en": "Residency timeline"},
     "skip_to_content": {"zh": "跳至主要內容", "en": "Skip to main content"},
+    "skip_timeline": {"zh": "跳過時間軸", "en": "Skip past the timeline"},
     "main_nav": {"zh": "主選單", "en": "Main menu"},
     "home": {"zh": "首頁", "en": "Home"},
     "language": {"zh": "語言", "en": "Language"},
