@@ -26,9 +26,9 @@ import httpx
 import pytest
 from api_server import running
 from conftest import FakeClock
-from web_client import STAFF, web_app
+from web_client import STAFF, ev, web_app
 
-from timeline.ingest import ingest_file
+from timeline.ingest import ingest_file, ingest_objects
 from timeline.store import TimelineStore
 from web import i18n
 
@@ -431,3 +431,30 @@ def test_the_keyboard_can_pass_the_timeline_in_one_step(served: str, browser) ->
     assert unfocused is None or unfocused["x"] < 0 or unfocused["width"] <= 1
     context.close()
     assert problems == [], problems
+
+
+def test_a_long_unbroken_note_wraps_in_the_history(tmp_path: Path, browser) -> None:
+    # A note holding a long link or reference without spaces made the history table
+    # 13,000 px wide: the record times and the "view as known then" links moved 12,000 px
+    # off to the right (found by a hostile probe in chromium, a 1,500-character note).
+    location = str(tmp_path / "timeline.db")
+    clock = FakeClock(datetime(2025, 6, 30, 2, 0, tzinfo=UTC))
+    link = "https://docs.example.edu/arc/" + "x" * 1500
+    with TimelineStore.open(location, clock=clock) as store:
+        event = ev("S7", "s7-in", "entered", "2024-08-20", visa="resident", note=link)
+        assert not ingest_objects(store, [event]).rejected
+    clock.advance(hours=1)
+    with running(web_app(location, clock)) as base:
+        context = browser.new_context(
+            viewport={"width": 1280, "height": 900},
+            extra_http_headers={"Authorization": f"Bearer {STAFF}"},
+        )
+        page = context.new_page()
+        page.goto(f"{base}/students/S7")
+        assert link in page.text_content("#history")
+        width, box = page.evaluate(
+            "(() => { const r = document.querySelector('#history').parentElement;"
+            " return [r.scrollWidth, r.clientWidth]; })()"
+        )
+        assert width <= box, (width, box)
+        context.close()
