@@ -667,3 +667,18 @@ def test_a_search_matching_more_students_than_it_shows_says_so(tmp_path, clock):
     few = staff.get("/students", params={"q": "S05", "format": "json"}).json()
     assert few["students"] == ["S050"] and few["more"] is False
     assert 'id="more-students"' not in staff.get("/students", params={"q": "S05"}).text
+
+
+def test_the_pager_reaches_the_first_and_the_last_page_in_one_step(staff):
+    # The fines of 6,000 students are 288 pages of 50: the pager had only Previous and
+    # Next, so the last page was 287 clicks away (found by a hostile probe).
+    params = {"as_of": "2024-05-01", "per_page": "1", "sort": "-due"}
+    middle = staff.get("/lists/overdue", params={**params, "page": "2"}).text
+    first = re.search(r'<a href="([^"]+)" id="first-page">', middle)
+    last = re.search(r'<a href="([^"]+)" id="last-page">', middle)
+    assert first is not None and first.group(1).endswith("page=1")
+    assert last is not None and last.group(1).endswith("page=3") and "sort=-due" in last.group(1)
+    start = staff.get("/lists/overdue", params={**params, "page": "1"}).text
+    end = staff.get("/lists/overdue", params={**params, "page": "3"}).text
+    assert 'id="first-page"' not in start and 'id="last-page"' in start
+    assert 'id="last-page"' not in end and 'id="first-page"' in end

@@ -256,6 +256,8 @@ LABELS: dict[str, Bilingual] = {
     "rows_total": {"zh": "共 {n} 筆", "en": "{n} rows"},
     "previous": {"zh": "上一頁", "en": "Previous"},
     "next": {"zh": "下一頁", "en": "Next"},
+    "first_page": {"zh": "第一頁", "en": "First"},
+    "last_page": {"zh": "最後一頁", "en": "Last"},
     "download_csv": {"zh": "下載 CSV", "en": "Download CSV"},
     "download_excel": {
         "zh": "下載 Excel 用 CSV（UTF-8 BOM）",
