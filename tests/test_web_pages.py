@@ -682,3 +682,14 @@ def test_the_pager_reaches_the_first_and_the_last_page_in_one_step(staff):
     end = staff.get("/lists/overdue", params={**params, "page": "3"}).text
     assert 'id="first-page"' not in start and 'id="last-page"' in start
     assert 'id="last-page"' not in end and 'id="first-page"' in end
+
+
+def test_date_and_moment_fields_do_not_ask_phones_for_a_digits_only_keypad(staff):
+    # inputmode="numeric" gives a phone (iOS) a keypad of 0-9 alone: no '-' for
+    # 2025-02-10, no 'T', ':' or '+' for a known-at moment, so the fields could not be
+    # filled on a phone (found by a hostile probe reading the forms against their patterns).
+    for path in ("/students/S1", "/lists/overdue", "/students/S1/changes?known_from=2024-05-01"):
+        html = staff.get(path).text
+        fields = re.findall(r'<input [^>]*id="(?:as-of|known-at|known-from|known-to)"[^>]*>', html)
+        assert fields, path
+        assert not [f for f in fields if 'inputmode="numeric"' in f], path
