@@ -458,3 +458,32 @@ def test_a_long_unbroken_note_wraps_in_the_history(tmp_path: Path, browser) -> N
         )
         assert width <= box, (width, box)
         context.close()
+
+
+def test_sign_out_from_a_tab_opened_before_signing_in_again(served: str, browser) -> None:
+    # A tab left open from an earlier session carries that session's sign-out token:
+    # "Sign out" there answered "This token may not see this page" and left the person
+    # signed in, on what may be a shared office computer (found by a hostile probe: two
+    # tabs, sign out and in again in one, sign out in the other).
+    context = browser.new_context(locale="en-US")
+    first, second = context.new_page(), context.new_page()
+    problems = watch(first) + watch(second)
+    first.goto(f"{served}/")
+    first.fill("#token", STAFF)
+    first.click("#sign-in-button")
+    first.wait_for_selector("#token-name")
+    second.goto(f"{served}/lists/overdue")
+    first.click("#sign-out")
+    first.wait_for_selector("#sign-in-form")
+    first.fill("#token", STAFF)
+    first.click("#sign-in-button")
+    first.wait_for_selector("#token-name")
+    second.click("#sign-out")
+    message = second.text_content("#error-message") or ""
+    assert "Sign out" in message and "may not see" not in message, message
+    second.click("#sign-out")  # the page's own button, with this session's token
+    second.wait_for_selector("#sign-in-form")
+    first.goto(f"{served}/")
+    assert first.locator("#sign-in-form").is_visible()
+    context.close()
+    assert problems == [], problems

@@ -540,7 +540,9 @@ def create_app(
             try:
                 signer.check_csrf(session, csrf)
             except SessionError as exc:
-                raise PageError(403, "forbidden", str(exc)) from None
+                # A form from an earlier session (a tab left open): the error page's own
+                # Sign out button carries this session's token.
+                raise PageError(403, "sign_out_stale", str(exc)) from None
         response = RedirectResponse(f"{root_path(request)}/sign-in?out=1", status_code=303)
         response.delete_cookie(SESSION_COOKIE, path=cookie_path(request))
         return response

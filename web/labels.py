@@ -297,6 +297,11 @@ LABELS: dict[str, Bilingual] = {
     "not_found": {"zh": "找不到此學生的紀錄。", "en": "No record of this student."},
     "no_such_page": {"zh": "找不到此頁面。", "en": "No such page."},
     "forbidden": {"zh": "此權杖無權查看本頁。", "en": "This token may not see this page."},
+    "sign_out_stale": {
+        "zh": "這個登出按鈕來自先前的登入，您仍在登入中：請再按一次上方的「登出」。",
+        "en": "That Sign out button was from an earlier session; you are still signed in: "
+        "press Sign out above once more.",
+    },
     "bad_request": {"zh": "輸入有誤", "en": "Invalid input"},
     "bad_field": {"zh": "輸入有誤：{field}", "en": "Invalid input: {field}"},
     "back_without_value": {
