@@ -693,3 +693,24 @@ def test_date_and_moment_fields_do_not_ask_phones_for_a_digits_only_keypad(staff
         fields = re.findall(r'<input [^>]*id="(?:as-of|known-at|known-from|known-to)"[^>]*>', html)
         assert fields, path
         assert not [f for f in fields if 'inputmode="numeric"' in f], path
+
+
+def test_switching_language_after_a_wrong_token_keeps_where_the_person_was_going(app):
+    # After a refused token the page is the answer to a POST: its language switch led to
+    # a bare /sign-in, and signing in then went home instead of to the student asked for
+    # (found by a hostile probe).
+    client = TestClient(app)
+    refused = client.post(
+        "/sign-in",
+        data={
+            "token": "wrong-token-0123456789",
+            "csrf": login_form(client),
+            "next": "/students/S1",
+        },
+    )
+    assert refused.status_code == 401
+    toggle = re.search(r'id="lang-toggle" data-testid="lang-toggle" href="([^"]+)"', refused.text)
+    assert toggle is not None
+    switched = client.get(toggle.group(1).replace("&amp;", "&"))
+    assert switched.status_code == 200 and 'lang="en"' in switched.text
+    assert 'name="next" value="/students/S1"' in switched.text

@@ -289,11 +289,13 @@ def create_app(
         *,
         who: Viewer | None = None,
         status: int = 200,
+        here: str | None = None,
     ) -> HTMLResponse:
+        """The page; `here`: where the language switch comes back to (default: this URL)."""
         lang = _lang(request)
         other = "en" if lang == "zh-TW" else "zh-TW"
         root = root_path(request)
-        here = browser_path(request)
+        here = here or browser_path(request)
 
         def t(key: str, **values: Any) -> str:
             text = i18n.label(key, lang)
@@ -461,6 +463,8 @@ def create_app(
             "sign_in.html",
             {"csrf": form_token, "next_url": next_url, "message": message},
             status=status,
+            # The answer to a POST too: the switch comes back to the form, `next` kept.
+            here=f"{root_path(request)}/sign-in?{urlencode({'next': next_url})}",
         )
         response.set_cookie(
             LOGIN_COOKIE,
