@@ -487,3 +487,35 @@ def test_sign_out_from_a_tab_opened_before_signing_in_again(served: str, browser
     assert first.locator("#sign-in-form").is_visible()
     context.close()
     assert problems == [], problems
+
+
+def test_a_long_student_id_fits_a_phone(tmp_path: Path, browser) -> None:
+    # An id of 64 characters (the longest the feed takes) without a space made the
+    # student page, what changed and the search 760-1,130 px wide on a 360 px phone: the
+    # whole page scrolled sideways (found by a hostile probe in chromium).
+    location = str(tmp_path / "timeline.db")
+    clock = FakeClock(datetime(2025, 6, 30, 2, 0, tzinfo=UTC))
+    long_id = "EXCHANGE-2024-" + "Z" * 50
+    with TimelineStore.open(location, clock=clock) as store:
+        event = ev(long_id, "z-in", "entered", "2024-08-20", visa="resident")
+        assert not ingest_objects(store, [event]).rejected
+    clock.advance(hours=1)
+    with running(web_app(location, clock)) as base:
+        context = browser.new_context(
+            viewport={"width": 360, "height": 800},
+            extra_http_headers={"Authorization": f"Bearer {STAFF}"},
+        )
+        page = context.new_page()
+        for path in (
+            f"/students/{long_id}",
+            f"/students/{long_id}/changes?known_from=2025-01-01",
+            "/students?q=EXCHANGE",
+            "/lists/overdue?as_of=2025-01-01",
+        ):
+            page.goto(base + path)
+            assert long_id in page.text_content("main"), path
+            overflow = page.evaluate(
+                "document.documentElement.scrollWidth - document.documentElement.clientWidth"
+            )
+            assert overflow <= 0, (path, overflow)
+        context.close()
