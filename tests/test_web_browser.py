@@ -26,9 +26,9 @@ import httpx
 import pytest
 from api_server import running
 from conftest import FakeClock
-from web_client import STAFF, web_app
+from web_client import STAFF, ev, web_app
 
-from timeline.ingest import ingest_file
+from timeline.ingest import ingest_file, ingest_objects
 from timeline.store import TimelineStore
 from web import i18n
 
@@ -321,3 +321,201 @@ def test_the_scripted_staff_flow_in_chromium(site: Site, browser, tmp_path: Path
     assert site.outside == [], site.outside  # nothing asked for outside the prefix
     for shot in ("student-desktop.png", "overdue-desktop.png", "student-390.png"):
         assert (tmp_path / shot).stat().st_size > 10_000, shot
+
+
+@pytest.fixture
+def served(tmp_path: Path) -> Iterator[str]:
+    """The example feed in a SQLite store; the staff app on loopback at its root."""
+    location = str(tmp_path / "timeline.db")
+    clock = FakeClock(datetime(2025, 6, 30, 2, 0, tzinfo=UTC))
+    with TimelineStore.open(location, clock=clock) as store:
+        assert not ingest_file(store, EXAMPLES).rejected
+    clock.advance(hours=1)
+    with running(web_app(location, clock)) as base:
+        yield base
+
+
+# Clipped on paper: a scroll region (or the page) wider than its box.
+CLIPPED = """() => [document.documentElement,
+    ...document.querySelectorAll('.scroll, .timeline-scroll')]
+  .filter(e => e.scrollWidth > e.clientWidth + 1)
+  .map(e => `${e.id || e.firstElementChild?.id || e.tagName} ${e.scrollWidth}>${e.clientWidth}`)"""
+
+
+def test_pages_print_on_a4_whole_without_the_controls(served: str, browser) -> None:
+    # Printed, a wide table was cut at its scroll region's edge (the tasks table's rules
+    # and documents, the fines' outstanding column, the timeline's last years), and the
+    # navigation, forms and sign-out button took the first half page (found by a hostile
+    # probe: print media at A4's printable width, 718 px).
+    context = browser.new_context(
+        viewport={"width": 718, "height": 1000},
+        extra_http_headers={"Authorization": f"Bearer {STAFF}"},
+    )
+    page = context.new_page()
+    problems = watch(page)
+    page.emulate_media(media="print")
+    for path in (
+        f"/students/{STUDENT}?as_of={OVERSTAYING}",
+        f"/lists/overdue?as_of={OVERSTAYING}",
+        f"/lists/fines?as_of={OVERSTAYING}",
+        f"/students/{STUDENT}/changes?as_of={OVERSTAYING}&known_from=2025-01-01",
+    ):
+        page.goto(served + path)
+        assert page.evaluate(CLIPPED) == [], path
+        for hidden in ("header nav", "#sign-out", "form.controls", "#changes-form"):
+            for element in page.locator(hidden).all():
+                assert not element.is_visible(), (path, hidden)
+        assert page.locator("h1").is_visible() and page.locator(".context").is_visible()
+    page.emulate_media(media="screen")
+    page.set_viewport_size({"width": 1280, "height": 900})
+    page.goto(f"{served}/students/{STUDENT}?as_of={OVERSTAYING}")
+    assert page.locator("#as-of").is_visible() and page.locator("header nav").is_visible()
+    pdf = page.pdf(format="A4")
+    assert pdf.startswith(b"%PDF")
+    context.close()
+    assert problems == [], problems
+
+
+def test_signing_in_from_any_of_several_open_tabs(served: str, browser) -> None:
+    # A session that ended with several tabs open (a list, two students): each tab's
+    # reload showed a sign-in form and set a new sign-in cookie, so only the last form
+    # worked; the others said "Your session has ended" and, re-shown, broke the next one
+    # in turn (found by a hostile probe: two tabs, sign in from the first). Now the forms
+    # shown one after the other share the sign-in cookie's nonce.
+    context = browser.new_context(locale="en-US")
+    tabs = [context.new_page() for _ in range(3)]
+    problems: list[str] = []
+    for tab, path in zip(tabs, ("/lists/overdue", f"/students/{STUDENT}", "/"), strict=True):
+        problems += watch(tab)
+        tab.goto(served + path)
+        assert tab.locator("#sign-in-form").is_visible()
+    first, second, third = tabs
+    first.fill("#token", STAFF)
+    first.click("#sign-in-button")
+    first.wait_for_selector("#token-name")
+    assert first.url.endswith("/lists/overdue")
+    # A form left open in another tab takes the person on (signed in already).
+    for tab, path in ((second, f"/students/{STUDENT}"), (third, "/")):
+        tab.fill("#token", STAFF)
+        tab.click("#sign-in-button")
+        tab.wait_for_selector("#token-name")
+        assert tab.url == served + path
+    context.close()
+    assert problems == [], problems
+
+
+def test_the_keyboard_can_pass_the_timeline_in_one_step(served: str, browser) -> None:
+    # Every item of the timeline is a Tab stop: a student with many trips (3,000 events:
+    # 1,505 stops) kept a keyboard user Tabbing through the drawing to reach the tasks and
+    # fines (found by a hostile probe in chromium). A link just before it skips past it.
+    context = browser.new_context(extra_http_headers={"Authorization": f"Bearer {STAFF}"})
+    page = context.new_page()
+    problems = watch(page)
+    page.goto(f"{served}/students/{STUDENT}?as_of={OVERSTAYING}")
+    page.focus("#time-controls a")  # the controls' last stop ("today")
+    page.keyboard.press("Tab")
+    assert page.evaluate("document.activeElement.id") == "skip-timeline"
+    box = page.locator("#skip-timeline").bounding_box()
+    assert box is not None and box["width"] > 0 and box["x"] >= 0  # seen when focused
+    page.keyboard.press("Tab")  # not taken: the timeline's first item
+    assert page.evaluate("!!document.activeElement.closest('#timeline')")
+    page.keyboard.press("Shift+Tab")
+    page.keyboard.press("Enter")
+    page.keyboard.press("Tab")
+    after = page.evaluate(
+        """() => { const e = document.activeElement, t = document.querySelector('#timeline');
+          return !t.contains(e) && !!(t.compareDocumentPosition(e) & 4); }"""
+    )
+    assert after, page.evaluate("document.activeElement.outerHTML.slice(0, 120)")
+    unfocused = page.locator("#skip-timeline").bounding_box()
+    assert unfocused is None or unfocused["x"] < 0 or unfocused["width"] <= 1
+    context.close()
+    assert problems == [], problems
+
+
+def test_a_long_unbroken_note_wraps_in_the_history(tmp_path: Path, browser) -> None:
+    # A note holding a long link or reference without spaces made the history table
+    # 13,000 px wide: the record times and the "view as known then" links moved 12,000 px
+    # off to the right (found by a hostile probe in chromium, a 1,500-character note).
+    location = str(tmp_path / "timeline.db")
+    clock = FakeClock(datetime(2025, 6, 30, 2, 0, tzinfo=UTC))
+    link = "https://docs.example.edu/arc/" + "x" * 1500
+    with TimelineStore.open(location, clock=clock) as store:
+        event = ev("S7", "s7-in", "entered", "2024-08-20", visa="resident", note=link)
+        assert not ingest_objects(store, [event]).rejected
+    clock.advance(hours=1)
+    with running(web_app(location, clock)) as base:
+        context = browser.new_context(
+            viewport={"width": 1280, "height": 900},
+            extra_http_headers={"Authorization": f"Bearer {STAFF}"},
+        )
+        page = context.new_page()
+        page.goto(f"{base}/students/S7")
+        assert link in page.text_content("#history")
+        width, box = page.evaluate(
+            "(() => { const r = document.querySelector('#history').parentElement;"
+            " return [r.scrollWidth, r.clientWidth]; })()"
+        )
+        assert width <= box, (width, box)
+        context.close()
+
+
+def test_sign_out_from_a_tab_opened_before_signing_in_again(served: str, browser) -> None:
+    # A tab left open from an earlier session carries that session's sign-out token:
+    # "Sign out" there answered "This token may not see this page" and left the person
+    # signed in, on what may be a shared office computer (found by a hostile probe: two
+    # tabs, sign out and in again in one, sign out in the other).
+    context = browser.new_context(locale="en-US")
+    first, second = context.new_page(), context.new_page()
+    problems = watch(first) + watch(second)
+    first.goto(f"{served}/")
+    first.fill("#token", STAFF)
+    first.click("#sign-in-button")
+    first.wait_for_selector("#token-name")
+    second.goto(f"{served}/lists/overdue")
+    first.click("#sign-out")
+    first.wait_for_selector("#sign-in-form")
+    first.fill("#token", STAFF)
+    first.click("#sign-in-button")
+    first.wait_for_selector("#token-name")
+    second.click("#sign-out")
+    message = second.text_content("#error-message") or ""
+    assert "Sign out" in message and "may not see" not in message, message
+    second.click("#sign-out")  # the page's own button, with this session's token
+    second.wait_for_selector("#sign-in-form")
+    first.goto(f"{served}/")
+    assert first.locator("#sign-in-form").is_visible()
+    context.close()
+    assert problems == [], problems
+
+
+def test_a_long_student_id_fits_a_phone(tmp_path: Path, browser) -> None:
+    # An id of 64 characters (the longest the feed takes) without a space made the
+    # student page, what changed and the search 760-1,130 px wide on a 360 px phone: the
+    # whole page scrolled sideways (found by a hostile probe in chromium).
+    location = str(tmp_path / "timeline.db")
+    clock = FakeClock(datetime(2025, 6, 30, 2, 0, tzinfo=UTC))
+    long_id = "EXCHANGE-2024-" + "Z" * 50
+    with TimelineStore.open(location, clock=clock) as store:
+        event = ev(long_id, "z-in", "entered", "2024-08-20", visa="resident")
+        assert not ingest_objects(store, [event]).rejected
+    clock.advance(hours=1)
+    with running(web_app(location, clock)) as base:
+        context = browser.new_context(
+            viewport={"width": 360, "height": 800},
+            extra_http_headers={"Authorization": f"Bearer {STAFF}"},
+        )
+        page = context.new_page()
+        for path in (
+            f"/students/{long_id}",
+            f"/students/{long_id}/changes?known_from=2025-01-01",
+            "/students?q=EXCHANGE",
+            "/lists/overdue?as_of=2025-01-01",
+        ):
+            page.goto(base + path)
+            assert long_id in page.text_content("main"), path
+            overflow = page.evaluate(
+                "document.documentElement.scrollWidth - document.documentElement.clientWidth"
+            )
+            assert overflow <= 0, (path, overflow)
+        context.close()

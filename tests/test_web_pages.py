@@ -13,6 +13,7 @@ import pytest
 from conftest import FakeClock
 from fastapi.testclient import TestClient
 from web_client import (
+    ADMIN,
     FEED,
     HOSTILE_ID,
     SECRET,
@@ -548,3 +549,168 @@ def test_admin_tokens_are_named_and_unique_across_the_three_settings():
     assert "bare-admin-token" not in str(refused.value)
     both = ApiConfig.from_env({"TIMELINE_ADMIN_TOKENS": f"root:{STAFF}"})
     assert [t.name for t in both.readers()] == ["root"] and both.staff_tokens == ()
+
+
+def test_a_page_past_the_end_of_a_list_says_so_and_leads_back_to_the_last_page(staff):
+    # A bookmark of page 3 after the list shrank (3 overdue tasks, 2 a page): the page said
+    # "3 rows" and "nothing matches" at once, with no pager to reach the rows (found by a
+    # hostile probe in chromium).
+    params = {"as_of": "2024-05-01", "per_page": "2"}
+    html = staff.get("/lists/overdue", params={**params, "page": "3"}).text
+    assert 'id="nothing-listed"' not in html
+    assert 'id="past-the-end"' in html
+    found = re.search(r'<a href="([^"]+)" rel="prev" id="prev-page"', html)
+    assert found is not None
+    last = staff.get(found.group(1).replace("&amp;", "&")).text
+    assert "page=2" in found.group(1) and 'id="next-page"' not in last
+    assert last.count('<th scope="row">') == 1
+    empty = staff.get("/lists/overdue", params={"as_of": "2000-01-01", "page": "3"}).text
+    assert 'id="nothing-listed"' in empty and 'id="past-the-end"' not in empty
+
+
+def test_an_audit_page_past_the_end_leads_back_to_the_last_page(app):
+    admin = signed_in(app, ADMIN)
+    assert admin.get("/students/S1").status_code == 200
+    html = admin.get("/audit", params={"page": "5"}).text
+    assert 'id="past-the-end"' in html and "尚無查閱紀錄" not in html
+    found = re.search(r'<a href="([^"]+)" rel="prev"', html)
+    assert found is not None and found.group(1).endswith("page=1")
+
+
+@pytest.mark.parametrize(
+    ("path", "params", "label", "kept"),
+    [
+        (
+            "/lists/overdue",
+            {"as_of": "2025-02-30", "sort": "-due", "per_page": "2"},
+            "查詢日期（以此日為準）",
+            "/lists/overdue?sort=-due&amp;per_page=2",
+        ),
+        (
+            "/students/S1",
+            {"as_of": "2025-04-10", "known_at": "yesterday"},
+            "資料時點（當時已知）",
+            "/students/S1?as_of=2025-04-10",
+        ),
+        ("/lists/fines", {"status": "unpaid"}, "狀態", "/lists/fines"),
+    ],
+)
+def test_a_value_that_cannot_be_read_names_its_field_and_leads_back_without_it(
+    staff, path, params, label, kept
+):
+    # A date typed wrong in a list's or student's form gave an error page with only a link
+    # home: the list, its filters and the student were lost, and the field was named by
+    # its query key alone (found by a hostile probe in chromium).
+    r = staff.get(path, params=params)
+    assert r.status_code == 400
+    assert label in r.text
+    assert f'<a href="{kept}" id="retry">' in r.text
+    assert staff.get(kept.replace("&amp;", "&")).status_code == 200
+
+
+def test_a_missing_required_value_gets_no_link_back_to_the_same_error(staff):
+    r = staff.get("/students/S1/changes", params={"known_from": ""})
+    assert r.status_code == 400 and 'id="retry"' not in r.text
+
+
+BROWSER = {"Accept": "text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8"}
+
+
+def test_a_browser_gets_pages_for_a_mistyped_address_and_an_overlong_field(staff):
+    # A mistyped bookmark (/student/S1, /list/overdue) or a pasted search of 201 characters
+    # showed the browser a raw JSON blob ({"error": "Not Found"}) instead of a page with
+    # the header, the language switch and a way home (found by a hostile probe).
+    for path in ("/student/S1", "/list/overdue", "/nothing-here"):
+        r = staff.get(path, headers=BROWSER)
+        assert r.status_code == 404 and r.headers["content-type"].startswith("text/html")
+        assert "找不到此頁面。" in r.text and 'id="nav-overdue"' in r.text
+    r = staff.get("/students", params={"q": "S" * 201}, headers=BROWSER)
+    assert r.status_code == 400 and r.headers["content-type"].startswith("text/html")
+    assert "學號（開頭即可）" in r.text and "at most 200 characters" in r.text
+    # Scripts and the API keep their JSON.
+    assert staff.get("/nothing-here").json() == {"error": "Not Found"}
+    assert staff.get("/v1/nothing", headers=BROWSER).json() == {"error": "Not Found"}
+    r = staff.get("/students", params={"q": "S" * 201, "format": "json"}, headers=BROWSER)
+    assert r.status_code == 400 and r.json()["error"].startswith("q:")
+
+
+def test_a_store_that_went_away_is_a_page_for_a_browser_and_json_for_the_api(tmp_path, clock):
+    # The event store unreachable (PostgreSQL down, the SQLite folder gone): the student
+    # page and the lists showed a browser the API's JSON blob (found by a hostile probe).
+    app = web_app(str(tmp_path / "no-such-folder" / "t.db"), clock)
+    bearer = {"Authorization": f"Bearer {STAFF}"}
+    with TestClient(app) as client:
+        for path in ("/students/S1", "/lists/overdue", "/students?q=S"):
+            r = client.get(path, headers=BROWSER | bearer)
+            assert r.status_code == 503 and r.headers["content-type"].startswith("text/html")
+            assert "資料庫暫時無法使用" in r.text and "no-such-folder" not in r.text
+        api = client.get("/v1/students/S1", headers=BROWSER | bearer)
+        assert api.json() == {"error": "the event store is unavailable"}
+        page_json = client.get("/students/S1", params={"format": "json"}, headers=bearer)
+        assert page_json.status_code == 503 and "unavailable" in page_json.json()["error"]
+
+
+def test_a_search_matching_more_students_than_it_shows_says_so(tmp_path, clock):
+    # 50 ids were shown for "S0" among 6,000 students, nothing saying there were more: it
+    # read as "these are all" (found by a hostile probe on a store of 6,000 students).
+    location = str(tmp_path / "many.db")
+    with TimelineStore.open(location, clock=clock) as store:
+        events = [
+            ev(f"S{n:03d}", f"e{n}", "entered", "2024-03-16", visa="resident") for n in range(51)
+        ]
+        assert not ingest_objects(store, events).rejected
+    staff = signed_in(web_app(location, clock))
+    page = staff.get("/students", params={"q": "S"}, headers={"Accept-Language": "en"})
+    assert page.text.count('<li><a href="/students/') == 50 and 'id="more-students"' in page.text
+    answer = staff.get("/students", params={"q": "S", "format": "json"}).json()
+    assert len(answer["students"]) == 50 and answer["more"] is True
+    few = staff.get("/students", params={"q": "S05", "format": "json"}).json()
+    assert few["students"] == ["S050"] and few["more"] is False
+    assert 'id="more-students"' not in staff.get("/students", params={"q": "S05"}).text
+
+
+def test_the_pager_reaches_the_first_and_the_last_page_in_one_step(staff):
+    # The fines of 6,000 students are 288 pages of 50: the pager had only Previous and
+    # Next, so the last page was 287 clicks away (found by a hostile probe).
+    params = {"as_of": "2024-05-01", "per_page": "1", "sort": "-due"}
+    middle = staff.get("/lists/overdue", params={**params, "page": "2"}).text
+    first = re.search(r'<a href="([^"]+)" id="first-page">', middle)
+    last = re.search(r'<a href="([^"]+)" id="last-page">', middle)
+    assert first is not None and first.group(1).endswith("page=1")
+    assert last is not None and last.group(1).endswith("page=3") and "sort=-due" in last.group(1)
+    start = staff.get("/lists/overdue", params={**params, "page": "1"}).text
+    end = staff.get("/lists/overdue", params={**params, "page": "3"}).text
+    assert 'id="first-page"' not in start and 'id="last-page"' in start
+    assert 'id="last-page"' not in end and 'id="first-page"' in end
+
+
+def test_date_and_moment_fields_do_not_ask_phones_for_a_digits_only_keypad(staff):
+    # inputmode="numeric" gives a phone (iOS) a keypad of 0-9 alone: no '-' for
+    # 2025-02-10, no 'T', ':' or '+' for a known-at moment, so the fields could not be
+    # filled on a phone (found by a hostile probe reading the forms against their patterns).
+    for path in ("/students/S1", "/lists/overdue", "/students/S1/changes?known_from=2024-05-01"):
+        html = staff.get(path).text
+        fields = re.findall(r'<input [^>]*id="(?:as-of|known-at|known-from|known-to)"[^>]*>', html)
+        assert fields, path
+        assert not [f for f in fields if 'inputmode="numeric"' in f], path
+
+
+def test_switching_language_after_a_wrong_token_keeps_where_the_person_was_going(app):
+    # After a refused token the page is the answer to a POST: its language switch led to
+    # a bare /sign-in, and signing in then went home instead of to the student asked for
+    # (found by a hostile probe).
+    client = TestClient(app)
+    refused = client.post(
+        "/sign-in",
+        data={
+            "token": "wrong-token-0123456789",
+            "csrf": login_form(client),
+            "next": "/students/S1",
+        },
+    )
+    assert refused.status_code == 401
+    toggle = re.search(r'id="lang-toggle" data-testid="lang-toggle" href="([^"]+)"', refused.text)
+    assert toggle is not None
+    switched = client.get(toggle.group(1).replace("&amp;", "&"))
+    assert switched.status_code == 200 and 'lang="en"' in switched.text
+    assert 'name="next" value="/students/S1"' in switched.text

@@ -11,6 +11,7 @@ JSON with `?format=json`. The CSP forbids inline script: the pages use none.
 from __future__ import annotations
 
 import importlib.util
+import json
 import logging
 import math
 from collections.abc import Callable, Iterator, Mapping
@@ -22,6 +23,7 @@ from typing import Annotated, Any
 from urllib.parse import quote, urlencode
 
 from fastapi import Depends, FastAPI, Form, Query, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import (
     HTMLResponse,
     JSONResponse,
@@ -32,6 +34,7 @@ from fastapi.responses import (
 from fastapi.staticfiles import StaticFiles
 from jinja2 import Environment, FileSystemLoader, StrictUndefined, select_autoescape
 from markupsafe import Markup
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from projections import dates
 from projections.engine import DerivationError, view
@@ -57,6 +60,7 @@ __all__ = ["create_app"]
 log = logging.getLogger(__name__)
 HERE = Path(__file__).parent
 MAX_PER_PAGE = 500
+SEARCH_LIMIT = 50  # students a search shows (it says when more match)
 # The label of each field `what_changed` compares.
 CHANGE_FIELD_LABELS = {
     "status": "state",
@@ -74,6 +78,23 @@ CHANGE_FIELD_LABELS = {
     "paid_ntd": "paid",
     "offense": "offense",
 }
+# The label of each query field a page reads: a value that cannot be read is named by it.
+FIELD_LABELS = {
+    "as_of": "as_of",
+    "known_at": "known_at",
+    "known_from": "known_from",
+    "known_to": "known_to",
+    "kind": "kind",
+    "status": "state",
+    "sort": "sort",
+    "per_page": "per_page",
+    "days": "days_ahead",
+    "q": "student_id_prefix",
+    "student_id": "student_id",
+    "token_name": "token_name",
+}
+# Paths whose answers are JSON or a feed whoever asks (never a page).
+API_PREFIXES = ("/v1/", "/calendar/")
 # History fields shown in their own columns (the rest are the event's details).
 HISTORY_ENVELOPE = frozenset(
     {
@@ -106,12 +127,25 @@ class NotSignedIn(Exception):
 
 
 class PageError(Exception):
-    """An error page: its status, the label of its message, and a detail (escaped)."""
+    """An error page: its status, the label of its message, and a detail (escaped).
 
-    def __init__(self, status: int, key: str, detail: str | None = None) -> None:
+    `field`: the label of the field whose value was refused; `retry`: the page without it.
+    """
+
+    def __init__(
+        self,
+        status: int,
+        key: str,
+        detail: str | None = None,
+        *,
+        field: str | None = None,
+        retry: str | None = None,
+    ) -> None:
         self.status = status
         self.key = key
         self.detail = detail
+        self.field = field
+        self.retry = retry
         super().__init__(key)
 
 
@@ -167,6 +201,15 @@ def browser_path(request: Request) -> str:
 def wants_json(request: Request) -> bool:
     """Whether the page was asked for as JSON (`?format=json`)."""
     return request.query_params.get("format") == "json"
+
+
+def browser_page(request: Request) -> bool:
+    """Whether a person's browser asked for a page (not a script, the API or a feed)."""
+    return (
+        not wants_json(request)
+        and "text/html" in request.headers.get("accept", "")
+        and not page_path(request).startswith(API_PREFIXES)
+    )
 
 
 def _lang(request: Request) -> str:
@@ -246,11 +289,13 @@ def create_app(
         *,
         who: Viewer | None = None,
         status: int = 200,
+        here: str | None = None,
     ) -> HTMLResponse:
+        """The page; `here`: where the language switch comes back to (default: this URL)."""
         lang = _lang(request)
         other = "en" if lang == "zh-TW" else "zh-TW"
         root = root_path(request)
-        here = browser_path(request)
+        here = here or browser_path(request)
 
         def t(key: str, **values: Any) -> str:
             text = i18n.label(key, lang)
@@ -315,7 +360,13 @@ def create_app(
         return render(
             request,
             "error.html",
-            {"key": exc.key, "detail": exc.detail, "status": exc.status},
+            {
+                "key": exc.key,
+                "detail": exc.detail,
+                "status": exc.status,
+                "field": exc.field,
+                "retry": exc.retry,
+            },
             who=who,
             status=exc.status,
         )
@@ -327,7 +378,7 @@ def create_app(
     @app.exception_handler(Busy)
     async def busy(request: Request, exc: Busy) -> Response:
         retry = {"Retry-After": str(exc.retry_after)}
-        if wants_json(request) or page_path(request).startswith(("/v1/", "/calendar/")):
+        if wants_json(request) or page_path(request).startswith(API_PREFIXES):
             return JSONResponse({"error": str(exc)}, status_code=503, headers=retry)
         page = error_page(request, PageError(503, "busy"))
         page.headers.update(retry)
@@ -335,11 +386,57 @@ def create_app(
 
     @app.exception_handler(InputError)
     async def input_error(request: Request, exc: InputError) -> Response:
-        return error_page(request, PageError(400, "bad_request", str(exc)))
+        # The message starts with the query field it refuses ("as_of: ..."): the page names
+        # the field and leads back to itself without that value, the other filters kept.
+        key = str(exc).split(":", 1)[0]
+        retry = None
+        if request.method == "GET" and request.query_params.get(key, "").strip():
+            kept = [(k, v) for k, v in request.query_params.multi_items() if k != key]
+            query = f"?{urlencode(kept)}" if kept else ""
+            retry = root_path(request) + page_path(request) + query
+        field = FIELD_LABELS.get(key)
+        refused = PageError(400, "bad_request", str(exc), field=field, retry=retry)
+        return error_page(request, refused)
+
+    def page_when_unavailable(handler: Any) -> Any:
+        async def answer(request: Request, exc: Exception) -> Response:
+            response: Response = await handler(request, exc)
+            if response.status_code == 503 and browser_page(request):
+                return error_page(request, PageError(503, "store_unavailable"))
+            return response
+
+        return answer
+
+    # The API's answers to a store that went away (503) are the error page in a browser.
+    for failure, handler in list(app.exception_handlers.items()):
+        if failure is not Exception:
+            app.add_exception_handler(failure, page_when_unavailable(handler))
+
+    api_http_error = app.exception_handlers[StarletteHTTPException]
+    api_bad_request = app.exception_handlers[RequestValidationError]
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
+        # A mistyped address in a browser is a page (header, language, a way home); the API
+        # and scripts keep their JSON.
+        if exc.status_code == 404 and browser_page(request):
+            return error_page(request, PageError(404, "no_such_page"))
+        return await api_http_error(request, exc)
+
+    @app.exception_handler(RequestValidationError)
+    async def bad_page_request(request: Request, exc: RequestValidationError) -> Response:
+        answer = await api_bad_request(request, exc)
+        if not browser_page(request):
+            return answer
+        key = next((str(e["loc"][-1]) for e in exc.errors() if e.get("loc")), "")
+        detail = json.loads(bytes(answer.body))["error"]
+        return error_page(
+            request, PageError(400, "bad_request", detail, field=FIELD_LABELS.get(key))
+        )
 
     @app.exception_handler(DerivationError)
     async def derivation_error(request: Request, exc: DerivationError) -> Response:
-        if page_path(request).startswith(("/v1/", "/calendar/")):
+        if page_path(request).startswith(API_PREFIXES):
             # This handler replaces the API's for the whole app: the API (and the calendar
             # feed behind a secret link, read by calendar apps) answers its own shape.
             return JSONResponse({"error": str(exc)}, status_code=422)
@@ -360,12 +457,14 @@ def create_app(
     def sign_in_page(
         request: Request, next_url: str, message: str | None, status: int = 200
     ) -> HTMLResponse:
-        cookie, form_token = signer.login_pair(clock())
+        cookie, form_token = signer.login_pair(clock(), request.cookies.get(LOGIN_COOKIE))
         response = render(
             request,
             "sign_in.html",
             {"csrf": form_token, "next_url": next_url, "message": message},
             status=status,
+            # The answer to a POST too: the switch comes back to the form, `next` kept.
+            here=f"{root_path(request)}/sign-in?{urlencode({'next': next_url})}",
         )
         response.set_cookie(
             LOGIN_COOKIE,
@@ -402,6 +501,10 @@ def create_app(
         try:
             signer.check_login(request.cookies.get(LOGIN_COOKIE), csrf, clock())
         except SessionError:
+            with suppress(NotSignedIn, PageError):
+                # Signed in already (from another tab's form): nothing to do but go on.
+                viewer(request)
+                return RedirectResponse(safe_next(next, root_path(request)), status_code=303)
             return sign_in_page(
                 request, safe_next(next, root_path(request)), "session_ended", status=403
             )
@@ -441,7 +544,9 @@ def create_app(
             try:
                 signer.check_csrf(session, csrf)
             except SessionError as exc:
-                raise PageError(403, "forbidden", str(exc)) from None
+                # A form from an earlier session (a tab left open): the error page's own
+                # Sign out button carries this session's token.
+                raise PageError(403, "sign_out_stale", str(exc)) from None
         response = RedirectResponse(f"{root_path(request)}/sign-in?out=1", status_code=303)
         response.delete_cookie(SESSION_COOKIE, path=cookie_path(request))
         return response
@@ -483,15 +588,18 @@ def create_app(
         who: Viewer = signed_in,
         q: Annotated[str, Query(max_length=200)] = "",
     ) -> Response:
-        """Students whose id starts with `q` (at most 50)."""
+        """Students whose id starts with `q` (at most 50; `more` when others match too)."""
         found: list[str] = []
         prefix = q.strip()
         if prefix:
             with store() as opened, read_model(opened) as model:
-                found = model.students_with_prefix(prefix)
+                found = model.students_with_prefix(prefix, SEARCH_LIMIT + 1)
+        more = len(found) > SEARCH_LIMIT
+        found = found[:SEARCH_LIMIT]
         if wants_json(request):
-            return JSONResponse({"q": prefix, "students": found})
-        return render(request, "search.html", {"q": prefix, "found": found}, who=who)
+            return JSONResponse({"q": prefix, "students": found, "more": more})
+        context = {"q": prefix, "found": found, "more": more, "limit": SEARCH_LIMIT}
+        return render(request, "search.html", context, who=who)
 
     def student_facts(student_id: str, who: Viewer, route: str) -> list[Fact]:
         with store() as opened:

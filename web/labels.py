@@ -111,6 +111,7 @@ LABELS: dict[str, Bilingual] = {
     **FIELD_NAMES,
     "app_name": {"zh": "外籍學生居留時程", "en": "Residency timeline"},
     "skip_to_content": {"zh": "跳至主要內容", "en": "Skip to main content"},
+    "skip_timeline": {"zh": "跳過時間軸", "en": "Skip past the timeline"},
     "main_nav": {"zh": "主選單", "en": "Main menu"},
     "home": {"zh": "首頁", "en": "Home"},
     "language": {"zh": "語言", "en": "Language"},
@@ -134,6 +135,10 @@ LABELS: dict[str, Bilingual] = {
     "search": {"zh": "搜尋", "en": "Search"},
     "search_students": {"zh": "以學號搜尋學生", "en": "Find a student by id"},
     "student_id_prefix": {"zh": "學號（開頭即可）", "en": "Student id (or its beginning)"},
+    "more_students": {
+        "zh": "符合的學生超過 {n} 位，只列出前 {n} 位：請輸入更多學號。",
+        "en": "More than {n} students match; the first {n} are shown: type more of the id.",
+    },
     "no_students_found": {"zh": "找不到符合的學生。", "en": "No student matches."},
     "students_found": {"zh": "符合的學生", "en": "Matching students"},
     "lists": {"zh": "清單", "en": "Lists"},
@@ -251,6 +256,8 @@ LABELS: dict[str, Bilingual] = {
     "rows_total": {"zh": "共 {n} 筆", "en": "{n} rows"},
     "previous": {"zh": "上一頁", "en": "Previous"},
     "next": {"zh": "下一頁", "en": "Next"},
+    "first_page": {"zh": "第一頁", "en": "First"},
+    "last_page": {"zh": "最後一頁", "en": "Last"},
     "download_csv": {"zh": "下載 CSV", "en": "Download CSV"},
     "download_excel": {
         "zh": "下載 Excel 用 CSV（UTF-8 BOM）",
@@ -260,6 +267,10 @@ LABELS: dict[str, Bilingual] = {
     "days_ahead": {"zh": "未來天數", "en": "Days ahead"},
     "only_outstanding": {"zh": "僅列未繳清", "en": "Outstanding only"},
     "nothing_listed": {"zh": "沒有符合的項目。", "en": "Nothing to list."},
+    "past_the_end": {
+        "zh": "此頁超出清單範圍（共 {m} 頁）。",
+        "en": "This page is past the end of the list ({m} pages).",
+    },
     "left_out": {
         "zh": "下列學生的資料無法推導，未列入：",
         "en": "These students' facts cannot be derived and are left out:",
@@ -286,7 +297,17 @@ LABELS: dict[str, Bilingual] = {
     "not_found": {"zh": "找不到此學生的紀錄。", "en": "No record of this student."},
     "no_such_page": {"zh": "找不到此頁面。", "en": "No such page."},
     "forbidden": {"zh": "此權杖無權查看本頁。", "en": "This token may not see this page."},
+    "sign_out_stale": {
+        "zh": "這個登出按鈕來自先前的登入，您仍在登入中：請再按一次上方的「登出」。",
+        "en": "That Sign out button was from an earlier session; you are still signed in: "
+        "press Sign out above once more.",
+    },
     "bad_request": {"zh": "輸入有誤", "en": "Invalid input"},
+    "bad_field": {"zh": "輸入有誤：{field}", "en": "Invalid input: {field}"},
+    "back_without_value": {
+        "zh": "回到原頁（不含此值）",
+        "en": "Back to the page without this value",
+    },
     "cannot_derive": {
         "zh": "此學生的事件無法推導（請更正或撤回相關事件）。",
         "en": "This student's facts cannot be derived (correct or retract the events named).",
@@ -294,6 +315,10 @@ LABELS: dict[str, Bilingual] = {
     "busy": {
         "zh": "目前查詢過多，請稍後再試。",
         "en": "Too many lists are being computed right now: try again in a moment.",
+    },
+    "store_unavailable": {
+        "zh": "資料庫暫時無法使用，請稍後再試。",
+        "en": "The event store is unavailable right now: try again in a moment.",
     },
     "back_home": {"zh": "回首頁", "en": "Back to the home page"},
     "amount_note": {"zh": "金額單位：新臺幣", "en": "Amounts in New Taiwan dollars"},

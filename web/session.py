@@ -122,21 +122,32 @@ class Signer:
             raise SessionError("the form's CSRF token does not match this session")
 
     # -- signing in ----------------------------------------------------------------------
-    def login_pair(self, now: datetime) -> tuple[str, str]:
-        """A (cookie, form token) pair for the sign-in form."""
-        nonce = secrets.token_hex(16)
+    def login_pair(self, now: datetime, cookie: str | None = None) -> tuple[str, str]:
+        """A (cookie, form token) pair for the sign-in form.
+
+        The nonce of a sign-in cookie still valid is kept (its life renewed), so that the
+        forms of several tabs, shown one after the other, all stay good.
+        """
+        nonce = self._login_nonce(cookie, now) or secrets.token_hex(16)
         body = f"{nonce}.{int((now + LOGIN_LENGTH).timestamp())}"
         return f"{body}.{self._mac('login-cookie', body)}", self._mac("login-form", nonce)
 
-    def check_login(self, cookie: str | None, presented: str | None, now: datetime) -> None:
-        """Refuse (`SessionError`) a sign-in whose form token does not match its cookie."""
-        if not cookie or not presented or len(cookie) > MAX_COOKIE or cookie.count(".") != 2:
-            raise SessionError("the sign-in form has expired: reload the page")
+    def _login_nonce(self, cookie: str | None, now: datetime) -> str | None:
+        """The nonce of a sign-in cookie signed here and not expired (None otherwise)."""
+        if not cookie or len(cookie) > MAX_COOKIE or cookie.count(".") != 2:
+            return None
         nonce, expires, signature = cookie.split(".")
         body = f"{nonce}.{expires}"
         if not hmac.compare_digest(signature.encode(), self._mac("login-cookie", body).encode()):
-            raise SessionError("the sign-in form has expired: reload the page")
+            return None
         if not (expires.isascii() and expires.isdigit()) or now.timestamp() >= int(expires):
+            return None
+        return nonce
+
+    def check_login(self, cookie: str | None, presented: str | None, now: datetime) -> None:
+        """Refuse (`SessionError`) a sign-in whose form token does not match its cookie."""
+        nonce = self._login_nonce(cookie, now)
+        if nonce is None or not presented:
             raise SessionError("the sign-in form has expired: reload the page")
         if not hmac.compare_digest(presented.encode(), self._mac("login-form", nonce).encode()):
             raise SessionError("the sign-in form's CSRF token does not match")

@@ -110,6 +110,8 @@ svg.timeline .tip{visibility:hidden;pointer-events:none}
 svg.timeline .item:hover>.tip,svg.timeline .item:focus>.tip{visibility:visible}
 svg.timeline .tip>rect{fill:#fff;stroke:#9e9e9e;stroke-width:1}
 svg.timeline .tip>text{fill:#000}
+/* on paper the drawing scales to the page (it is a viewBox) */
+@media print{.timeline-scroll{overflow:visible}svg.timeline{min-width:0}}
 """
 
 
