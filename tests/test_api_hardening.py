@@ -607,3 +607,22 @@ def test_serve_closes_slow_headers_and_raises_its_open_files_limit(tmp_path):
     finally:
         proc.terminate()
         proc.wait(timeout=20)
+
+
+def test_a_request_h11_cannot_read_is_a_json_400_on_the_served_protocol(tmp_path):
+    """uvicorn answered these in text/plain, unlike every other error of the API."""
+    app = create_app(ApiConfig.from_env(ENV, str(tmp_path / "t.db")))
+    with running(app, header_seconds=30) as url:
+        port = urlsplit(url).port
+        for request in (
+            b"POST /v1/events HTTP/1.1\r\nHost: x\r\nContent-Length: -1\r\n\r\n",
+            b"GET / HTTP/1.1\r\nHost: x\r\nBad Header: y\r\n\r\n",
+            b"GET / HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n",
+        ):
+            with socket.create_connection(("127.0.0.1", port)) as conn:
+                conn.sendall(request)
+                answer = _recv_all(conn, 5)
+            head, _, body = answer.partition(b"\r\n\r\n")
+            assert head.startswith(b"HTTP/1.1 400 "), answer[:200]
+            assert b"content-type: application/json" in head.lower()
+            assert json.loads(body) == {"error": "not a valid HTTP/1.1 request"}

@@ -69,6 +69,26 @@ class HeaderDeadlineProtocol(H11Protocol):
         self._disarm()
         super().connection_lost(exc)
 
+    def send_400_response(self, msg: str) -> None:
+        """uvicorn's answer to a request h11 cannot read, in the API's JSON error shape.
+
+        (uvicorn's own is text/plain "Invalid HTTP request received.": a negative
+        Content-Length, raw non-ASCII bytes in the target, a header past 16 KB.)
+        """
+        body = b'{"error": "not a valid HTTP/1.1 request"}'
+        headers = [
+            (b"content-type", b"application/json"),
+            (b"content-length", b"%d" % len(body)),
+            (b"connection", b"close"),
+        ]
+        for event in (
+            h11.Response(status_code=400, headers=headers, reason=b"Bad Request"),
+            h11.Data(data=body),
+            h11.EndOfMessage(),
+        ):
+            self.transport.write(self.conn.send(event) or b"")
+        self.transport.close()
+
     def _arm(self) -> None:
         self._header_timer = self.loop.call_later(self.header_seconds, self._timed_out)
 
