@@ -194,6 +194,7 @@ def test_readyz_answers_503_at_once_when_postgresql_goes_away_and_200_once_back(
                 assert time.monotonic() - started < 10, path
                 assert r.status_code == 503, path
                 assert r.json() == {"error": "the event store is unavailable"}
+                assert r.headers["retry-after"] == "5"
             relay.mend()
             deadline = time.monotonic() + 30
             while client.get("/readyz").status_code != 200:

@@ -644,8 +644,10 @@ def test_a_store_that_went_away_is_a_page_for_a_browser_and_json_for_the_api(tmp
             r = client.get(path, headers=BROWSER | bearer)
             assert r.status_code == 503 and r.headers["content-type"].startswith("text/html")
             assert "資料庫暫時無法使用" in r.text and "no-such-folder" not in r.text
+            assert r.headers["retry-after"] == "5"
         api = client.get("/v1/students/S1", headers=BROWSER | bearer)
         assert api.json() == {"error": "the event store is unavailable"}
+        assert api.headers["retry-after"] == "5"
         page_json = client.get("/students/S1", params={"format": "json"}, headers=bearer)
         assert page_json.status_code == 503 and "unavailable" in page_json.json()["error"]
 

@@ -73,6 +73,7 @@ LEFT_OUT_COUNT = "X-Timeline-Left-Out-Count"
 TOTAL_COUNT = "X-Total-Count"  # with ?count=true: rows matching, all pages
 NEXT_OFFSET = "X-Next-Offset"  # with ?limit=: the offset of the next page, if any
 KNOWN_AT = "X-Timeline-Known-At"  # the record moment a population answer holds at
+STORE_RETRY_AFTER = 5  # seconds a client is told to wait after "the event store is unavailable"
 MAX_PAGE = 100_000
 JSON = "application/json"
 access_log = logging.getLogger("timeline.access")
@@ -461,15 +462,23 @@ def create_app(
         if isinstance(exc, StorageConfigError):
             # Its text may name the database URL or path: the log has it, the client not.
             log.error("storage unavailable: %s", type(exc).__name__)
-            return JSONResponse({"error": "the event store is unavailable"}, status_code=503)
+            return unavailable()
         # A student whose facts cannot be derived (DerivationError) is unprocessable data.
         status = 422 if type(exc).__name__ == "DerivationError" else 400
         return JSONResponse({"error": str(exc)}, status_code=status)
 
+    def unavailable() -> JSONResponse:
+        # Retry-After: an outage of PostgreSQL is seen within seconds (`FailFast`).
+        return JSONResponse(
+            {"error": "the event store is unavailable"},
+            status_code=503,
+            headers={"Retry-After": str(STORE_RETRY_AFTER)},
+        )
+
     async def store_failed(_: Request, exc: Exception) -> JSONResponse:
         # A pooled connection that failed (the server went away, the file is locked).
         log.error("storage unavailable: %s", type(exc).__name__)
-        return JSONResponse({"error": "the event store is unavailable"}, status_code=503)
+        return unavailable()
 
     for failure in (PersistenceError, psycopg.OperationalError, sqlite3.OperationalError):
         app.add_exception_handler(failure, store_failed)

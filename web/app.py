@@ -402,7 +402,10 @@ def create_app(
         async def answer(request: Request, exc: Exception) -> Response:
             response: Response = await handler(request, exc)
             if response.status_code == 503 and browser_page(request):
-                return error_page(request, PageError(503, "store_unavailable"))
+                page = error_page(request, PageError(503, "store_unavailable"))
+                if "retry-after" in response.headers:
+                    page.headers["Retry-After"] = response.headers["retry-after"]
+                return page
             return response
 
         return answer
