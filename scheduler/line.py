@@ -43,6 +43,7 @@ from scheduler.sinks import (
     _http_url_problem,
     _redacted_url,
     _retry_after_seconds,
+    post_within,
     url_credential_problem,
 )
 from timeline.clock import Clock, system_clock, taipei_today
@@ -162,26 +163,9 @@ class LineSink:
             "Content-Type": "application/json",
             RETRY_KEY_HEADER: line_retry_key(alert.key),
         }
-        deadline = self._deadline
-        try:
-            with deadline:
-                response = self._client.post(
-                    self.url,
-                    content=body,
-                    headers=headers,
-                    timeout=self.timeout,
-                    extensions={"trace": deadline.trace},
-                )
-        except httpx.TimeoutException as error:
-            raise DeliveryError(f"{where}: timed out ({type(error).__name__})") from error
-        except httpx.UnsupportedProtocol as error:
-            raise DeliveryError(f"{where}: unsupported protocol", permanent=True) from error
-        except httpx.TransportError as error:
-            if deadline.expired:
-                raise DeliveryError(
-                    f"{where}: timed out (no complete answer within {deadline.seconds:g} s)"
-                ) from error
-            raise DeliveryError(f"{where}: {type(error).__name__}") from error
+        response = post_within(
+            self._client, self.url, body, headers, self.timeout, self._deadline, where
+        )
         status = response.status_code
         if 200 <= status < 300:
             return

@@ -160,6 +160,38 @@ class Deadline:
             self._timer = None
 
 
+def post_within(
+    client: httpx.Client,
+    url: str,
+    body: bytes,
+    headers: dict[str, str],
+    timeout: float,
+    deadline: Deadline,
+    where: str,
+) -> httpx.Response:
+    """POST `body`; a transport failure, or no whole answer within `deadline`, is a
+    `DeliveryError` (transient but for an unsupported protocol)."""
+    try:
+        with deadline:
+            return client.post(
+                url,
+                content=body,
+                headers=headers,
+                timeout=timeout,
+                extensions={"trace": deadline.trace},
+            )
+    except httpx.TimeoutException as error:
+        raise DeliveryError(f"{where}: timed out ({type(error).__name__})") from error
+    except httpx.UnsupportedProtocol as error:
+        raise DeliveryError(f"{where}: unsupported protocol", permanent=True) from error
+    except httpx.TransportError as error:
+        if deadline.expired:
+            raise DeliveryError(
+                f"{where}: timed out (no complete answer within {deadline.seconds:g} s)"
+            ) from error
+        raise DeliveryError(f"{where}: {type(error).__name__}: {error}") from error
+
+
 def _shut(sock: socket.socket) -> None:
     with contextlib.suppress(OSError):  # closed already
         sock.shutdown(socket.SHUT_RDWR)
@@ -434,31 +466,9 @@ class WebhookSink:
             headers[SIGNATURE_HEADER] = webhook_signature(
                 self._signing_secret.reveal(), timestamp, body
             )
-        deadline = self._deadline
-        try:
-            with deadline:
-                response = self._client.post(
-                    self.url,
-                    content=body,
-                    headers=headers,
-                    timeout=self.timeout,
-                    extensions={"trace": deadline.trace},
-                )
-        except httpx.TimeoutException as error:
-            raise DeliveryError(
-                f"{where}: timed out ({type(error).__name__})", permanent=False
-            ) from error
-        except httpx.UnsupportedProtocol as error:
-            raise DeliveryError(f"{where}: unsupported protocol", permanent=True) from error
-        except httpx.TransportError as error:
-            if deadline.expired:
-                raise DeliveryError(
-                    f"{where}: timed out (no complete answer within {deadline.seconds:g} s)",
-                    permanent=False,
-                ) from error
-            raise DeliveryError(
-                f"{where}: {type(error).__name__}: {error}", permanent=False
-            ) from error
+        response = post_within(
+            self._client, self.url, body, headers, self.timeout, self._deadline, where
+        )
         status = response.status_code
         if 200 <= status < 300:
             return

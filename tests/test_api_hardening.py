@@ -474,6 +474,19 @@ def _timeline() -> list[str]:
     return [str(script)] if script.exists() else [sys.executable, "-m", "timeline.cli"]
 
 
+def _wait_until_serving(proc: subprocess.Popen, base: str) -> None:
+    """Until `timeline serve` answers on `base` (its output, should it exit first)."""
+    deadline = time.monotonic() + 20
+    while True:
+        try:
+            httpx.get(f"{base}/healthz", timeout=1)
+            return
+        except httpx.TransportError:
+            assert proc.poll() is None, proc.stdout.read() if proc.stdout else ""
+            assert time.monotonic() < deadline, "serve did not start"
+            time.sleep(0.1)
+
+
 def test_serve_logs_one_line_per_request_and_never_a_token(tmp_path):
     port = free_port()
     env = os.environ | ENV
@@ -488,15 +501,7 @@ def test_serve_logs_one_line_per_request_and_never_a_token(tmp_path):
     )
     base = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 20
-        while True:
-            try:
-                httpx.get(f"{base}/", timeout=1)
-                break
-            except httpx.TransportError:
-                assert proc.poll() is None, proc.stdout.read() if proc.stdout else ""
-                assert time.monotonic() < deadline, "serve did not start"
-                time.sleep(0.1)
+        _wait_until_serving(proc, base)
         httpx.post(f"{base}/v1/events", json=_event("e1"), headers=_h(REGISTRAR))
         httpx.get(f"{base}/v1/alerts", params={"on": "2024-04-16", "token": STAFF})
         httpx.get(f"{base}/v1/students/S1", params={"access_token": STAFF}, headers=_h(STAFF))
@@ -589,14 +594,7 @@ def test_serve_closes_slow_headers_and_raises_its_open_files_limit(tmp_path):
         preexec_fn=low_soft_limit,
     )
     try:
-        deadline = time.monotonic() + 20
-        while True:
-            try:
-                httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1)
-                break
-            except httpx.TransportError:
-                assert proc.poll() is None and time.monotonic() < deadline, "serve did not start"
-                time.sleep(0.1)
+        _wait_until_serving(proc, f"http://127.0.0.1:{port}")
         limits = Path(f"/proc/{proc.pid}/limits").read_text()
         soft = next(line for line in limits.splitlines() if line.startswith("Max open files"))
         assert int(soft.split()[3]) == min(hard, 65536) > 256
