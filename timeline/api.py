@@ -32,7 +32,7 @@ from eventsourcing.persistence import PersistenceError
 from fastapi import Depends, FastAPI, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, Response, StreamingResponse
+from fastapi.responses import JSONResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials
 from starlette.datastructures import MutableHeaders
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -42,7 +42,7 @@ from timeline import api_models as doc
 from timeline.api_logging import log_config
 from timeline.api_metrics import CONTENT_TYPE, UNMATCHED, ApiMetrics, FiguresCollector
 from timeline.api_models import Day, Moment, StudentId, errors
-from timeline.api_service import Busy, ServiceOptions, SharedStore
+from timeline.api_service import Busy, ClosingStreamingResponse, ServiceOptions, SharedStore
 from timeline.api_settings import ANY_SOURCE, ApiConfig, ApiConfigError, Token
 from timeline.audit import accesses
 from timeline.clock import Clock, parse_day, parse_known_at, system_clock, taipei_today
@@ -720,7 +720,7 @@ def create_app(
                 parts.close()  # ends the query before the model serves another request
                 model.close()
 
-        return StreamingResponse(body(), media_type=JSON, headers=headers)
+        return ClosingStreamingResponse(body(), media_type=JSON, headers=headers)
 
     @app.get(
         "/v1/tasks",

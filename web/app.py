@@ -27,7 +27,6 @@ from fastapi.responses import (
     JSONResponse,
     RedirectResponse,
     Response,
-    StreamingResponse,
 )
 from fastapi.staticfiles import StaticFiles
 from jinja2 import Environment, FileSystemLoader, StrictUndefined, select_autoescape
@@ -39,7 +38,7 @@ from projections.models import StudentView
 from projections.readmodel import ReadModel
 from projections.rules import DEFAULT_RULES, RuleBook
 from timeline import api
-from timeline.api_service import Busy, ServiceOptions, SharedStore
+from timeline.api_service import Busy, ClosingStreamingResponse, ServiceOptions, SharedStore
 from timeline.api_settings import ApiConfig, Token
 from timeline.audit import accesses
 from timeline.clock import Clock, system_clock, taipei_today
@@ -713,11 +712,15 @@ def create_app(
 
         def body() -> Iterator[bytes]:
             # Computed a slot at a time (`PopulationGate.parts`), never while the client reads.
-            yield from shared.gate.parts(lines())
+            made = lines()
+            try:
+                yield from shared.gate.parts(made)
+            finally:
+                made.close()  # the query and the read model, at once when the client is gone
 
         suffix = "-excel" if excel else ""
         filename = f"{spec.name}-{q.as_of.isoformat()}{suffix}.csv"
-        return StreamingResponse(
+        return ClosingStreamingResponse(
             body(),
             media_type="text/csv; charset=utf-8",
             headers={"Content-Disposition": f'attachment; filename="{filename}"'},
