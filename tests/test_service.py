@@ -1003,6 +1003,11 @@ def test_a_client_gone_mid_stream_gives_its_read_model_back_at_once(tmp_path, cl
     then, the server growing by 90 MB (found by a hostile load probe)."""
     import gc
 
+    def open_models(path: Path) -> int:
+        """Connections of this process to the file `path` (one per read model)."""
+        fds = Path("/proc/self/fd")
+        return sum(1 for fd in fds.iterdir() if os.path.realpath(fd) == str(path))
+
     from web.app import create_app as create_web_app
 
     location = str(tmp_path / "t.db")
@@ -1011,7 +1016,8 @@ def test_a_client_gone_mid_stream_gives_its_read_model_back_at_once(tmp_path, cl
 
         feed = [entered(f"e{n}", f"S{n:05d}") for n in range(24_000)]
         assert ingest_objects(store, feed).ok
-    app = create_web_app(config(location), clock=clock)
+    read_db = tmp_path / "read.db"
+    app = create_web_app(config(location, str(read_db)), clock=clock)
     pool = app.state.shared.models
     gc.disable()  # what a collection would tidy up is what this test looks for
     try:
@@ -1022,8 +1028,54 @@ def test_a_client_gone_mid_stream_gives_its_read_model_back_at_once(tmp_path, cl
             )
             _streams_reset_midway(url, path, 3)
             deadline = time.monotonic() + 10
-            while len(pool.idle) < 3 and time.monotonic() < deadline:
+            while open_models(read_db) > len(pool.idle) and time.monotonic() < deadline:
                 time.sleep(0.05)
-            assert len(pool.idle) >= 3, "a read model stayed lent to a client long gone"
+            assert open_models(read_db) == len(pool.idle) > 0, "a model stayed lent"
     finally:
         gc.enable()
+
+
+def test_a_client_that_stops_reading_a_streamed_list_blocks_no_write_to_the_read_models(
+    tmp_path, clock
+):
+    """A streamed list keeps its query (a read transaction) open between parts while its
+    client reads nothing. The read models were in SQLite's rollback-journal mode, where an
+    open reader keeps every writer from committing: after one new event, every population
+    answer (which first applies it) waited the 30 s busy timeout and was answered 503
+    "the event store is unavailable", the follower stuck likewise, for as long as that one
+    client kept its connection (found by a hostile load probe). In WAL mode readers and
+    the writer do not wait for each other. (Read models in the SQLite store's own file, the
+    default there, were in WAL mode already; a file of their own, as every PostgreSQL
+    deployment has, was not.)"""
+    import socket
+    from urllib.parse import urlsplit
+
+    location = str(tmp_path / "t.db")
+    with TimelineStore.open(location, clock=clock) as store:
+        from timeline.ingest import ingest_objects
+
+        feed = [entered(f"e{n}", f"S{n:05d}") for n in range(30_000)]
+        assert ingest_objects(store, feed).ok
+    # A read-model file of its own, as with PostgreSQL (the store's own file is in WAL mode).
+    app = create_app(config(location, str(tmp_path / "read.db")), clock=clock)
+    with running(app) as url, httpx.Client(base_url=url, timeout=120) as http:
+        assert http.get("/v1/fines?limit=1", headers=_h(STAFF)).status_code == 200
+        where = urlsplit(url)
+        with socket.socket() as stalled:
+            stalled.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # before connecting
+            stalled.settimeout(30)
+            stalled.connect((where.hostname, where.port))
+            stalled.sendall(
+                f"GET /v1/tasks?offset=1 HTTP/1.1\r\nHost: x\r\n"
+                f"Authorization: Bearer {STAFF}\r\n\r\n".encode()
+            )
+            # (Not the first row: a whole list that short is sorted in Python, no cursor.)
+            assert stalled.recv(4096).startswith(b"HTTP/1.1 200")  # then it reads no more
+            time.sleep(0.5)
+            posted = http.post("/v1/events", json=entered("new", "S99999"), headers=_h(FEED))
+            assert posted.status_code == 200
+            started = time.monotonic()
+            page = http.get("/v1/tasks?limit=1&count=true", headers=_h(STAFF), timeout=20)
+            assert page.status_code == 200, page.text
+            assert page.headers["x-total-count"] == "30001"  # the new event applied
+            assert time.monotonic() - started < 10

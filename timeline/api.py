@@ -713,14 +713,13 @@ def create_app(
             model.close()
             raise
 
-        def body() -> Iterator[str]:
-            try:
-                yield from gate.parts(parts)
-            finally:
-                parts.close()  # ends the query before the model serves another request
-                model.close()
+        def end() -> None:
+            parts.close()  # ends the query before the model serves another request
+            model.close()
 
-        return ClosingStreamingResponse(body(), media_type=JSON, headers=headers)
+        return ClosingStreamingResponse(
+            gate.parts(parts), on_close=end, media_type=JSON, headers=headers
+        )
 
     @app.get(
         "/v1/tasks",
