@@ -788,6 +788,24 @@ class ReadModel:
             raise
         self.db.execute("COMMIT")
 
+    @contextmanager
+    def snapshot(self) -> Iterator[None]:
+        """The block's queries read one state of the tables (one read transaction).
+
+        A page and its total, counted by two queries, otherwise read two states when
+        another connection (the follower, another request's sync) committed in between.
+        """
+        conn = self.db.conn
+        if conn.in_transaction:
+            yield
+            return
+        conn.execute("BEGIN")
+        try:
+            yield
+        finally:
+            if conn.in_transaction:
+                conn.execute("COMMIT")
+
     @property
     def position(self) -> int:
         """The last notification applied."""

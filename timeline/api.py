@@ -22,7 +22,7 @@ import sqlite3
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping
-from contextlib import asynccontextmanager, contextmanager
+from contextlib import ExitStack, asynccontextmanager, contextmanager
 from datetime import date, datetime
 from typing import TYPE_CHECKING, Annotated, Any
 from urllib.parse import parse_qsl, quote
@@ -693,9 +693,12 @@ def create_app(
     ) -> Response:
         """JSON texts built by SQLite, as one array: a page (with paging headers) or streamed.
 
+        The total, the rows and the left-out students are of one state of the read models.
         The model is closed when the answer is complete (or the client went away).
         """
+        held = ExitStack()
         try:
+            held.enter_context(model.snapshot())
             with gate.slot():
                 headers = left_out(model, known_at)
                 if count:
@@ -706,15 +709,18 @@ def create_app(
                         if limit:  # a page of no rows points at itself: no next page
                             headers[NEXT_OFFSET] = str(offset + limit)
                         page = page[:limit]
+                    held.close()
                     model.close()
                     return Response("[" + ",".join(page) + "]", media_type=JSON, headers=headers)
             parts = json_array(docs(None, offset))
         except BaseException:
+            held.close()
             model.close()
             raise
 
         def end() -> None:
             parts.close()  # ends the query before the model serves another request
+            held.close()
             model.close()
 
         return ClosingStreamingResponse(

@@ -623,7 +623,7 @@ def create_app(
         if format in ("csv", "excel"):
             return _csv_download(spec, q, format == "excel", _lang(request))
         offset = (q.page - 1) * q.per_page
-        with shared.gate.slot(), store() as opened, read_model(opened) as model:
+        with shared.gate.slot(), store() as opened, read_model(opened) as model, model.snapshot():
             total = lists.count(spec, model, q)
             found = list(
                 lists.rows(
