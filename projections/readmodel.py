@@ -675,6 +675,13 @@ class ReadModel:
             raise StorageConfigError(f"cannot open the read models at {path}: {exc}") from None
         try:
             self.db.execute("PRAGMA busy_timeout = 30000")
+            # WAL: a reader (a streamed list whose client reads slowly keeps its query open)
+            # and the writer (the follower, a request's sync) never wait for each other. In
+            # the rollback journal an open reader kept every commit out: population answers
+            # waited 30 s, then 503. The WAL is cut back to 64 MB after a checkpoint (a
+            # rebuild's swap passes through it).
+            self.db.execute("PRAGMA journal_mode = WAL")
+            self.db.execute(f"PRAGMA journal_size_limit = {64 * 1024 * 1024}")
             self.db.conn.create_function(
                 "rm_overstay_ntd", 5, self._overstay_ntd, deterministic=True
             )
@@ -780,6 +787,24 @@ class ReadModel:
             self.db.execute("ROLLBACK")
             raise
         self.db.execute("COMMIT")
+
+    @contextmanager
+    def snapshot(self) -> Iterator[None]:
+        """The block's queries read one state of the tables (one read transaction).
+
+        A page and its total, counted by two queries, otherwise read two states when
+        another connection (the follower, another request's sync) committed in between.
+        """
+        conn = self.db.conn
+        if conn.in_transaction:
+            yield
+            return
+        conn.execute("BEGIN")
+        try:
+            yield
+        finally:
+            if conn.in_transaction:
+                conn.execute("COMMIT")
 
     @property
     def position(self) -> int:

@@ -22,7 +22,7 @@ import sqlite3
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping
-from contextlib import asynccontextmanager, contextmanager
+from contextlib import ExitStack, asynccontextmanager, contextmanager
 from datetime import date, datetime
 from typing import TYPE_CHECKING, Annotated, Any
 from urllib.parse import parse_qsl, quote
@@ -32,7 +32,7 @@ from eventsourcing.persistence import PersistenceError
 from fastapi import Depends, FastAPI, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, Response, StreamingResponse
+from fastapi.responses import JSONResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials
 from starlette.datastructures import MutableHeaders
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -48,7 +48,7 @@ from timeline.api_metrics import (
     GateCollector,
 )
 from timeline.api_models import Day, Moment, StudentId, errors
-from timeline.api_service import Busy, ServiceOptions, SharedStore
+from timeline.api_service import Busy, ClosingStreamingResponse, ServiceOptions, SharedStore
 from timeline.api_settings import ANY_SOURCE, ApiConfig, ApiConfigError, Token
 from timeline.audit import accesses
 from timeline.clock import Clock, parse_day, parse_known_at, system_clock, taipei_today
@@ -725,11 +725,14 @@ def create_app(
         `view`: the day and the `known_at` asked for. The answer says as known at which
         moment it holds (`X-Timeline-Known-At`), and a page's `Link: rel="next"` asks for
         the next one at that moment and day, so that the pages make one list however the
-        log grows meanwhile. The model is closed when the answer is complete (or the
+        log grows meanwhile. The total, the rows and the left-out students are of one
+        state of the read models. The model is closed when the answer is complete (or the
         client went away).
         """
         on, known_at = view
+        held = ExitStack()
         try:
+            held.enter_context(model.snapshot())
             with gate.slot():
                 headers = left_out(model, known_at)
                 moment = moment_text(as_known(model, known_at))
@@ -747,21 +750,23 @@ def create_app(
                             )
                             headers["Link"] = f'<{after.path}?{after.query}>; rel="next"'
                         page = page[:limit]
+                    held.close()
                     model.close()
                     return Response("[" + ",".join(page) + "]", media_type=JSON, headers=headers)
             parts = json_array(docs(None, offset))
         except BaseException:
+            held.close()
             model.close()
             raise
 
-        def body() -> Iterator[str]:
-            try:
-                yield from gate.parts(parts)
-            finally:
-                parts.close()  # ends the query before the model serves another request
-                model.close()
+        def end() -> None:
+            parts.close()  # ends the query before the model serves another request
+            held.close()
+            model.close()
 
-        return StreamingResponse(body(), media_type=JSON, headers=headers)
+        return ClosingStreamingResponse(
+            gate.parts(parts), on_close=end, media_type=JSON, headers=headers
+        )
 
     @app.get(
         "/v1/tasks",

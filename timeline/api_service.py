@@ -36,13 +36,15 @@ import logging
 import os
 import threading
 import time
-from collections.abc import AsyncIterator, Callable, Iterator, Mapping
+from collections.abc import AsyncIterator, Callable, Generator, Iterator, Mapping
 from contextlib import asynccontextmanager, contextmanager, suppress
 from dataclasses import dataclass, field
 from datetime import date, datetime
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from starlette.concurrency import run_in_threadpool
+from starlette.responses import StreamingResponse
+from starlette.types import Receive, Scope, Send
 
 from projections.dates import taiwan_calendar
 from projections.readmodel import ReadModel, default_read_db, read_model_fingerprint
@@ -183,6 +185,39 @@ class PopulationGate:
             if part is None:
                 return
             yield part
+
+
+class ClosingStreamingResponse(StreamingResponse):
+    """A streamed answer that releases what it holds as soon as the answer ends.
+
+    Starlette runs a plain generator's parts in the thread pool and, when the client goes
+    away mid-answer, stops asking for parts but leaves the generator to the garbage
+    collector: its `finally` (the query closed, the read model handed back) ran only at
+    the next collection. 40 clients that reset a streamed list kept 40 read-model
+    connections, each with its read transaction open, and the server grew by 90 MB.
+    Here the parts are closed and `on_close` called (the model handed back) once the
+    answer ends, however it ends (done, the client gone, cancelled; also when no part was
+    asked for yet, where a generator's own `finally` would never run), on the event loop,
+    after the part being computed (if any) is done: a cancelled wait for a thread lets the
+    thread finish.
+    """
+
+    def __init__(
+        self, parts: Generator[Any, None, None], *, on_close: Callable[[], None], **kwargs: Any
+    ) -> None:
+        super().__init__(parts, **kwargs)
+        self._parts = parts
+        self._on_close = on_close
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Send the answer; then close the parts and call `on_close`."""
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            try:
+                self._parts.close()
+            finally:
+                self._on_close()
 
 
 class _PooledReadModel(ReadModel):

@@ -15,7 +15,7 @@ import json
 import logging
 import math
 from collections.abc import Callable, Iterator, Mapping
-from contextlib import contextmanager, suppress
+from contextlib import ExitStack, contextmanager, suppress
 from dataclasses import dataclass
 from datetime import date, datetime
 from pathlib import Path
@@ -29,7 +29,6 @@ from fastapi.responses import (
     JSONResponse,
     RedirectResponse,
     Response,
-    StreamingResponse,
 )
 from fastapi.staticfiles import StaticFiles
 from jinja2 import Environment, FileSystemLoader, StrictUndefined, select_autoescape
@@ -42,7 +41,7 @@ from projections.models import StudentView
 from projections.readmodel import ReadModel
 from projections.rules import DEFAULT_RULES, RuleBook
 from timeline import api
-from timeline.api_service import Busy, ServiceOptions, SharedStore
+from timeline.api_service import Busy, ClosingStreamingResponse, ServiceOptions, SharedStore
 from timeline.api_settings import ApiConfig, Token
 from timeline.audit import accesses
 from timeline.clock import Clock, system_clock, taipei_today
@@ -735,7 +734,7 @@ def create_app(
         if format in ("csv", "excel"):
             return _csv_download(spec, q, format == "excel", _lang(request))
         offset = (q.page - 1) * q.per_page
-        with shared.gate.slot(), store() as opened, read_model(opened) as model:
+        with shared.gate.slot(), store() as opened, read_model(opened) as model, model.snapshot():
             total = lists.count(spec, model, q)
             found = list(
                 lists.rows(
@@ -812,24 +811,39 @@ def create_app(
         return find
 
     def _csv_download(spec: lists.ListSpec, q: lists.Query, excel: bool, lang: str) -> Response:
+        # The read models are brought up to date before the answer begins, as the API's
+        # lists are: a failure there (busy, the store unavailable) is a 503, not a 200 cut
+        # off after its header (synced inside the stream, it was the latter).
+        held = ExitStack()
+        try:
+            with shared.gate.slot():
+                opened = held.enter_context(store())
+                model = held.enter_context(read_model(opened))
+        except BaseException:
+            held.close()
+            raise
+
         def lines() -> Iterator[bytes]:
             if excel:
                 yield lists.BOM.encode("utf-8")
-            with store() as opened, read_model(opened) as model:
-                found = lists.rows(
-                    spec, model, q, limit=None, offset=0, overstay_of=_overstay_finder(opened, q)
-                )
-                for text in lists.csv_lines(spec, found, lang):
-                    yield text.encode("utf-8")
+            found = lists.rows(
+                spec, model, q, limit=None, offset=0, overstay_of=_overstay_finder(opened, q)
+            )
+            for text in lists.csv_lines(spec, found, lang):
+                yield text.encode("utf-8")
 
-        def body() -> Iterator[bytes]:
-            # Computed a slot at a time (`PopulationGate.parts`), never while the client reads.
-            yield from shared.gate.parts(lines())
+        made = lines()
+
+        def end() -> None:
+            made.close()  # the query, at once when the client is gone
+            held.close()  # the read model back to its pool
 
         suffix = "-excel" if excel else ""
         filename = f"{spec.name}-{q.as_of.isoformat()}{suffix}.csv"
-        return StreamingResponse(
-            body(),
+        return ClosingStreamingResponse(
+            # Computed a slot at a time (`PopulationGate.parts`), never while the client reads.
+            shared.gate.parts(made),
+            on_close=end,
             media_type="text/csv; charset=utf-8",
             headers={"Content-Disposition": f'attachment; filename="{filename}"'},
         )
