@@ -333,6 +333,7 @@ def ingest(
     """Ingest a feed (FILE, or - for stdin); prints the summary; exit 1 if any rejected."""
     from timeline.ingest import detect_format, ingest_stream
 
+    stop, signals = _stop_on_signals(ctx)
     store = open_store(ctx, db, create=True)
     from_stdin = str(file) == "-"
     with contextlib.ExitStack() as stack:
@@ -349,6 +350,7 @@ def ingest(
             partial=partial,
             encoding=encoding,
             batch_size=batch_size,
+            stop=stop,
         )
         if sys.stderr.isatty() and total != 0:
             from rich.console import Console
@@ -371,7 +373,42 @@ def ingest(
         else:
             report = run()
     print_json(report.as_json())
+    if report.interrupted:
+        click.echo(
+            f"interrupted: {report.accepted} new event(s) stored, the rest of the input not — "
+            "run the same command again to complete it (what is stored counts as duplicates)",
+            err=True,
+        )
+        ctx.exit(128 + signals[0])
     ctx.exit(0 if report.ok else 1)
+
+
+def _stop_on_signals(ctx: click.Context) -> tuple[Any, list[int]]:
+    """An event set by the first SIGINT or SIGTERM (the command stops between two batches).
+
+    A second signal stops at once: what is stored stays (whole transactions), exit 128+n.
+    The previous handlers come back when the command ends. Returns the event and the
+    numbers of the signals received.
+    """
+    import signal
+    import threading
+
+    stop = threading.Event()
+    signals: list[int] = []
+
+    def on_signal(signum: int, _frame: object) -> None:
+        signals.append(signum)
+        if stop.is_set():
+            click.echo("stopped at once: what was stored stays — run the command again", err=True)
+            os._exit(128 + signum)  # a second Ctrl-C means now, as SIGKILL would
+        stop.set()
+
+    if threading.current_thread() is not threading.main_thread():
+        return stop, signals  # only the main thread may handle signals (an embedding test)
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        previous = signal.signal(signum, on_signal)
+        ctx.call_on_close(functools.partial(signal.signal, signum, previous))
+    return stop, signals
 
 
 def _regular_file_size(stream: BinaryIO) -> int | None:

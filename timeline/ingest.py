@@ -29,6 +29,7 @@ import marshal
 import re
 import sqlite3
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -126,6 +127,7 @@ class IngestReport:
     rejected: list[Rejection] = field(default_factory=list)
     position_name: str = "line"
     halted: bool = False
+    interrupted: bool = False  # stopped between two batches when asked (Ctrl-C, SIGTERM)
 
     @property
     def ok(self) -> bool:
@@ -133,12 +135,18 @@ class IngestReport:
         return not self.rejected
 
     def as_json(self) -> dict[str, Any]:
-        """`{"accepted", "duplicates", "rejected": [{"line"|"index", "error"}]}`."""
-        return {
+        """`{"accepted", "duplicates", "rejected": [{"line"|"index", "error"}]}`.
+
+        An ingest stopped before the end of its input adds `"interrupted": true`.
+        """
+        summary: dict[str, Any] = {
             "accepted": self.accepted,
             "duplicates": self.duplicates,
             "rejected": [{self.position_name: r.position, "error": r.error} for r in self.rejected],
         }
+        if self.interrupted:
+            summary["interrupted"] = True
+        return summary
 
 
 # -- readers -------------------------------------------------------------------------------
@@ -560,8 +568,11 @@ class Ingestor:
         batch_size: int = BATCH_SIZE,
         on_record: Callable[[], None] | None = None,
         on_written: Callable[[int, int], None] | None = None,
+        stop: threading.Event | None = None,
     ) -> None:
         self.store = store
+        # Once set, the ingest stops before its next batch (never inside one's transaction).
+        self.stop = stop
         self.batch_size = batch_size
         self.on_record = on_record
         # The write pass of atomic mode reads no input: it reports (written, staged).
@@ -582,6 +593,10 @@ class Ingestor:
         try:
             check = IngestReport()
             self._pass(open_records(), check, staging=staging)
+            if check.interrupted:  # nothing was written: the check pass writes nothing
+                report.interrupted = True
+                report.rejected = check.rejected
+                return report
             if check.rejected:
                 report.rejected = check.rejected
                 return report
@@ -612,13 +627,21 @@ class Ingestor:
                     continue
                 batch.append(valid)
                 if len(batch) >= self.batch_size:
+                    if self._stopped(report):
+                        return
                     self._batch(batch, report, seen, staging)
                     batch = []
-            if batch and not report.halted:
+            if batch and not report.halted and not self._stopped(report):
                 self._batch(batch, report, seen, staging)
         finally:
             if seen is not None:
                 seen.close()
+
+    def _stopped(self, report: IngestReport) -> bool:
+        """Whether the ingest was asked to stop (then `report` says it was interrupted)."""
+        if self.stop is not None and self.stop.is_set():
+            report.interrupted = True
+        return report.interrupted
 
     def _validate(self, record: RawRecord, report: IngestReport) -> _Valid | None:
         event = record_event(record)
@@ -718,6 +741,8 @@ class Ingestor:
         written = 0
         size = 1 if self.store.config.is_postgres else WRITE_BATCHES
         for rows in _groups(staging.batches(), size):
+            if self._stopped(report):
+                return
             fresh = rows
             duplicates = 0
             for attempt in range(1, SAVE_ATTEMPTS + 1):
@@ -899,18 +924,20 @@ def ingest_stream(
     encoding: str = "utf-8",
     on_bytes: Callable[[int], None] | None = None,
     batch_size: int = BATCH_SIZE,
+    stop: threading.Event | None = None,
 ) -> IngestReport:
     """Ingest JSONL or CSV from a binary stream, in bounded memory whatever its size.
 
     Both modes read the input once, so a pipe (stdin) needs no copy: atomic mode's write
     pass works from what its check pass staged. `on_bytes` hears of every byte read, and
-    in atomic mode of the same bytes again as the write pass stores them.
+    in atomic mode of the same bytes again as the write pass stores them. `stop`, once
+    set, ends the ingest before its next batch (the report then says `interrupted`).
     """
     if encoding not in ENCODINGS:
         raise ValueError(f"unsupported encoding {encoding!r} (use one of: {', '.join(ENCODINGS)})")
     reader = read_csv if fmt == "csv" else functools.partial(read_jsonl, lazy=True)
     if partial:
-        ingestor = Ingestor(store, batch_size=batch_size)
+        ingestor = Ingestor(store, batch_size=batch_size, stop=stop)
         return ingestor.run(lambda: reader(stream, on_bytes, encoding=encoding), partial=True)
     # The write pass reads no input: it reports the check pass's bytes again as it writes,
     # so that progress runs to twice the input, as `on_bytes` callers expect.
@@ -927,7 +954,7 @@ def ingest_stream(
             on_bytes(due - checked[1])
             checked[1] = due
 
-    ingestor = Ingestor(store, batch_size=batch_size, on_written=on_written)
+    ingestor = Ingestor(store, batch_size=batch_size, on_written=on_written, stop=stop)
     return ingestor.run(lambda: reader(stream, on_checked if on_bytes else None, encoding=encoding))
 
 
