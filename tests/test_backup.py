@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 from conftest import POSTGRES_URL, FakeClock, _postgres_location
+from feed_examples import entered, jsonl
 
 from projections.engine import view
 from timeline.backup import export_events, import_events
@@ -316,3 +317,43 @@ def test_export_to_a_fifo_or_through_a_symlink_writes_there_and_replaces_neither
     assert json.loads(target.read_text().splitlines()[-1])["events"] == 92
     assert oct(os.stat(target).st_mode & 0o777) == "0o600"
     assert not list(tmp_path.rglob(".*.partial"))
+
+
+def test_an_export_that_cannot_be_written_in_full_leaves_no_partial_file_and_no_traceback(
+    tmp_path,
+):
+    """A full disk (here: a file size limit) in the middle of `export -o`.
+
+    It ended in an OSError traceback and left the half-written `.NAME.partial`, personal
+    data in clear text, holding the space the disk lacked.
+    """
+    import resource
+    import signal
+    import subprocess
+    import sys
+
+    src = str(tmp_path / "a.db")
+    feed = tmp_path / "feed.jsonl"
+    feed.write_text(jsonl(*(entered(f"e{n}", student=f"S{n}") for n in range(1000))))
+    assert CliRunner().invoke(main, ["--db", src, "ingest", str(feed)]).exit_code == 0
+    backup = tmp_path / "backup.jsonl"
+    backup.write_text("yesterday's\n")
+    limit = 65536  # above the store's own files' writes (its -shm), below the export's size
+
+    def small_files() -> None:
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a failing write, not a signal
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+    result = subprocess.run(
+        [str(Path(sys.executable).with_name("timeline")), "--db", src, "export", "-o", backup],
+        capture_output=True,
+        text=True,
+        preexec_fn=small_files,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 1, result.stderr
+    assert "Traceback" not in result.stderr
+    assert f"cannot write {backup}: File too large" in result.stderr
+    assert not list(tmp_path.glob(".*.partial"))
+    assert backup.read_text() == "yesterday's\n"

@@ -1480,19 +1480,33 @@ def export_command(ctx: click.Context, since: Any, output: Path | None, db: str 
         sys.stdout.buffer.flush()
     elif output.exists() and not output.is_file():
         # A FIFO, a device, `/dev/stdout`: written as it is (a rename would replace it).
-        with output.open("wb") as out:
-            report = export_events(store, out, since=since)
+        try:
+            with output.open("wb") as out:
+                report = export_events(store, out, since=since)
+        except OSError as exc:
+            raise click.ClickException(f"cannot write {output}: {exc.strerror}") from exc
     else:
         # Atomically, in the folder of the file itself when `output` is a symbolic link
         # (renamed over, the link would become a file of its own).
         target = Path(os.path.realpath(output))
         partial_file = target.with_name(f".{target.name}.partial")
-        fd = os.open(partial_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "wb") as out:
-            report = export_events(store, out, since=since)
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(partial_file, target)
+        try:
+            fd = os.open(partial_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "wb") as out:
+                report = export_events(store, out, since=since)
+                out.flush()
+                os.fsync(out.fileno())
+            os.replace(partial_file, target)
+        except BaseException as exc:
+            # A full disk, Ctrl-C: the half-written copy (personal data, the space the
+            # disk lacks) goes; `output` keeps what it held.
+            with contextlib.suppress(OSError):
+                os.unlink(partial_file)
+            if isinstance(exc, OSError):
+                raise click.ClickException(
+                    f"cannot write {output}: {exc.strerror}; it is left as it was"
+                ) from exc
+            raise
     click.echo(
         f"Exported {report.events} event(s) of {report.students} student(s) "
         f"(log position {report.position}).",
