@@ -357,3 +357,45 @@ def test_an_export_that_cannot_be_written_in_full_leaves_no_partial_file_and_no_
     assert f"cannot write {backup}: File too large" in result.stderr
     assert not list(tmp_path.glob(".*.partial"))
     assert backup.read_text() == "yesterday's\n"
+
+
+def test_an_interrupted_import_says_so_and_running_it_again_completes_it(tmp_path):
+    """Ctrl-C during `import`: 'Aborted!' and exit 1 (the code of a refused backup)."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    timeline = str(Path(sys.executable).with_name("timeline"))
+    src, dst = str(tmp_path / "a.db"), str(tmp_path / "b.db")
+    feed = tmp_path / "feed.jsonl"
+    feed.write_text(jsonl(*(entered(f"e{n}", student=f"S{n}") for n in range(3000))))
+    assert CliRunner().invoke(main, ["--db", src, "ingest", str(feed)]).exit_code == 0
+    backup = tmp_path / "backup.jsonl"
+    assert CliRunner().invoke(main, ["--db", src, "export", "-o", str(backup)]).exit_code == 0
+    process = subprocess.Popen(
+        [timeline, "--db", dst, "import", str(backup)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    # Once the store is created the signals are handled (they are, before it opens).
+    while not os.path.exists(dst) and process.poll() is None:
+        time.sleep(0.01)
+    process.send_signal(signal.SIGINT)
+    out, err = process.communicate(timeout=60)
+    assert "Traceback" not in err and "Aborted" not in err
+    if process.returncode == 130:  # stopped before its end: nothing, or whole batches
+        assert json.loads(out)["interrupted"] is True
+        assert "interrupted:" in err
+    else:  # it had stored everything when the signal came
+        assert process.returncode == 0, err
+    again = CliRunner().invoke(main, ["--db", dst, "import", str(backup)])
+    assert again.exit_code == 0, again.output
+    assert json.loads(again.stdout)["accepted"] + json.loads(again.stdout)["duplicates"] == 3000
+    # The same events with the same record times (header and end line carry the moment).
+    first, second = (
+        CliRunner().invoke(main, ["--db", db, "export"]).stdout.splitlines()[1:-1]
+        for db in (src, dst)
+    )
+    assert first == second

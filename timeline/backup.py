@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -199,16 +200,21 @@ def read_export(stream: BinaryIO) -> Iterator[RawRecord]:
 
 
 def import_events(
-    store: TimelineStore, path: Path, *, batch_size: int = BATCH_SIZE
+    store: TimelineStore,
+    path: Path,
+    *,
+    batch_size: int = BATCH_SIZE,
+    stop: threading.Event | None = None,
 ) -> IngestReport:
     """Restore an export into `store`: all or nothing, each event at its record time.
 
     Idempotent like ingestion: running it again (after an interruption, or over a store
-    that already holds part of the file) counts what is stored as duplicates.
+    that already holds part of the file) counts what is stored as duplicates. `stop`, once
+    set, ends it before its next batch (the report then says `interrupted`).
     """
 
     def records() -> Iterator[RawRecord]:
         with path.open("rb") as stream:
             yield from read_export(stream)
 
-    return Ingestor(store, batch_size=batch_size).run(records, partial=False)
+    return Ingestor(store, batch_size=batch_size, stop=stop).run(records, partial=False)

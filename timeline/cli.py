@@ -372,6 +372,11 @@ def ingest(
                 report = run(on_bytes=lambda n: progress.advance(task, n))
         else:
             report = run()
+    _end_of_ingest(ctx, report, signals)
+
+
+def _end_of_ingest(ctx: click.Context, report: Any, signals: list[int]) -> None:
+    """Print an ingest's or import's summary; exit 0, 1 (rejected), or 128+n (interrupted)."""
     print_json(report.as_json())
     if report.interrupted:
         click.echo(
@@ -1522,16 +1527,16 @@ def import_command(ctx: click.Context, file: Path, db: str | None) -> None:
     """Restore an export into the store, keeping record times; all or nothing."""
     from timeline.backup import import_events
 
+    stop, signals = _stop_on_signals(ctx)
     store = open_store(ctx, db, create=True)
     before = store.max_position()
-    report = import_events(store, file)
+    report = import_events(store, file, stop=stop)
     if before and report.accepted:
         click.echo(
             "note: the store was not empty; the imported events were added to what it held",
             err=True,
         )
-    print_json(report.as_json())
-    ctx.exit(0 if report.ok else 1)
+    _end_of_ingest(ctx, report, signals)
 
 
 @main.command()
