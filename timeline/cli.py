@@ -425,8 +425,39 @@ def _regular_file_size(stream: BinaryIO) -> int | None:
     return info.st_size if stat.S_ISREG(info.st_mode) else None
 
 
+class ParsedType(click.ParamType):
+    """A value parsed by a core function; its ValueError becomes a usage error."""
+
+    def __init__(self, name: str, parse: Callable[[str], Any]) -> None:
+        self.name = name
+        self.parse = parse
+
+    def convert(self, value: Any, param: Any, ctx: Any) -> Any:
+        """Parse or fail with a usage error."""
+        if not isinstance(value, str):
+            return value
+        try:
+            return self.parse(value)
+        except ValueError as exc:
+            self.fail(str(exc), param, ctx)
+
+
+def parse_text(value: str) -> str:
+    """`value` if it is UTF-8 text; a shell passes bytes, which Python keeps as surrogates."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise ValueError(f"not UTF-8 text (character {exc.start + 1})") from None
+    return value
+
+
+DAY = ParsedType("DATE", parse_day)  # YYYY-MM-DD
+MOMENT = ParsedType("TIMESTAMP", parse_known_at)  # ISO 8601, or a day (its end in Taipei)
+TEXT = ParsedType("TEXT", parse_text)  # an id: stored and hashed as UTF-8
+
+
 @main.command()
-@click.argument("student")
+@click.argument("student", type=TEXT)
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON array of event objects.")
 @db_option
 @click.pass_context
@@ -486,29 +517,8 @@ def history(ctx: click.Context, student: str, as_json: bool, db: str | None) -> 
     console.print(table)
 
 
-class ParsedType(click.ParamType):
-    """A value parsed by a core function; its ValueError becomes a usage error."""
-
-    def __init__(self, name: str, parse: Callable[[str], Any]) -> None:
-        self.name = name
-        self.parse = parse
-
-    def convert(self, value: Any, param: Any, ctx: Any) -> Any:
-        """Parse or fail with a usage error."""
-        if not isinstance(value, str):
-            return value
-        try:
-            return self.parse(value)
-        except ValueError as exc:
-            self.fail(str(exc), param, ctx)
-
-
-DAY = ParsedType("DATE", parse_day)  # YYYY-MM-DD
-MOMENT = ParsedType("TIMESTAMP", parse_known_at)  # ISO 8601, or a day (its end in Taipei)
-
-
 @main.command()
-@click.argument("student")
+@click.argument("student", type=TEXT)
 @click.option(
     "--as-of",
     "as_of",
@@ -742,7 +752,9 @@ def print_json_rows(docs: Iterable[str]) -> None:
     type=click.Choice(TASK_STATUSES),
     help="Only tasks in this status that day (repeatable).",
 )
-@click.option("--kind", "kinds", multiple=True, help="Only tasks of this kind (repeatable).")
+@click.option(
+    "--kind", "kinds", type=TEXT, multiple=True, help="Only tasks of this kind (repeatable)."
+)
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON array.")
 @population_options
 @db_option
@@ -1032,7 +1044,7 @@ def follow(
     show_default=True,
     help="Seconds to wait for another emitter to finish.",
 )
-@click.option("--student", default=None, help="Only this student's alerts.")
+@click.option("--student", type=TEXT, default=None, help="Only this student's alerts.")
 @click.option(
     "--preview",
     is_flag=True,
@@ -1540,7 +1552,7 @@ def import_command(ctx: click.Context, file: Path, db: str | None) -> None:
 
 
 @main.command()
-@click.argument("student")
+@click.argument("student", type=TEXT)
 @click.option("--on", "day", type=DAY, default=None, help="As of this day (default: today).")
 @click.option(
     "-o",
