@@ -399,3 +399,29 @@ def test_an_interrupted_import_says_so_and_running_it_again_completes_it(tmp_pat
         for db in (src, dst)
     )
     assert first == second
+
+
+def test_a_dash_is_standard_output_for_export_and_standard_input_for_import(tmp_path):
+    """`export -o -` wrote a file named '-' (a backup of personal data where nobody looks)
+    and `import -` refused, or read that file instead of the pipe."""
+    import subprocess
+    import sys
+
+    timeline = str(Path(sys.executable).with_name("timeline"))
+    src, dst = str(tmp_path / "a.db"), str(tmp_path / "b.db")
+    assert CliRunner().invoke(main, ["--db", src, "ingest", str(FEED)]).exit_code == 0
+    exported = subprocess.run(
+        [timeline, "--db", src, "export", "-o", "-"], capture_output=True, cwd=tmp_path, timeout=60
+    )
+    assert exported.returncode == 0, exported.stderr
+    assert not (tmp_path / "-").exists()
+    assert json.loads(exported.stdout.splitlines()[-1])["events"] == 92
+    imported = subprocess.run(
+        [timeline, "--db", dst, "import", "-"],
+        input=exported.stdout,
+        capture_output=True,
+        cwd=tmp_path,
+        timeout=60,
+    )
+    assert imported.returncode == 0, imported.stderr
+    assert json.loads(imported.stdout)["accepted"] == 92

@@ -201,7 +201,7 @@ def read_export(stream: BinaryIO) -> Iterator[RawRecord]:
 
 def import_events(
     store: TimelineStore,
-    path: Path,
+    path: Path | BinaryIO,
     *,
     batch_size: int = BATCH_SIZE,
     stop: threading.Event | None = None,
@@ -210,10 +210,14 @@ def import_events(
 
     Idempotent like ingestion: running it again (after an interruption, or over a store
     that already holds part of the file) counts what is stored as duplicates. `stop`, once
-    set, ends it before its next batch (the report then says `interrupted`).
+    set, ends it before its next batch (the report then says `interrupted`). `path` may
+    be a binary stream (standard input), read once.
     """
 
     def records() -> Iterator[RawRecord]:
+        if not isinstance(path, Path):
+            yield from read_export(path)
+            return
         with path.open("rb") as stream:
             yield from read_export(stream)
 

@@ -1481,9 +1481,9 @@ def serve_workers(config: Any) -> None:
 @click.option(
     "-o",
     "--output",
-    type=click.Path(dir_okay=False, path_type=Path),
+    type=click.Path(dir_okay=False, allow_dash=True, path_type=Path),
     default=None,
-    help="Write to this file (atomically, mode 0600) instead of standard output.",
+    help="Write to this file (atomically, mode 0600) instead of standard output (-).",
 )
 @db_option
 @click.pass_context
@@ -1492,7 +1492,7 @@ def export_command(ctx: click.Context, since: Any, output: Path | None, db: str 
     from timeline.backup import export_events
 
     store = open_store(ctx, db)
-    if output is None:
+    if output is None or str(output) == "-":
         report = export_events(store, sys.stdout.buffer, since=since)
         sys.stdout.buffer.flush()
     elif output.exists() and not output.is_file():
@@ -1532,17 +1532,20 @@ def export_command(ctx: click.Context, since: Any, output: Path | None, db: str 
 
 
 @main.command("import")
-@click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.argument(
+    "file", type=click.Path(exists=True, dir_okay=False, allow_dash=True, path_type=Path)
+)
 @db_option
 @click.pass_context
 def import_command(ctx: click.Context, file: Path, db: str | None) -> None:
-    """Restore an export into the store, keeping record times; all or nothing."""
+    """Restore an export (FILE, or - for stdin) into the store, keeping record times."""
     from timeline.backup import import_events
 
     stop, signals = _stop_on_signals(ctx)
     store = open_store(ctx, db, create=True)
     before = store.max_position()
-    report = import_events(store, file, stop=stop)
+    source = click.get_binary_stream("stdin") if str(file) == "-" else file
+    report = import_events(store, source, stop=stop)
     if before and report.accepted:
         click.echo(
             "note: the store was not empty; the imported events were added to what it held",
