@@ -170,10 +170,17 @@ def _physical_lines(
         raise ValueError(f"unsupported encoding {encoding!r} (use one of: {', '.join(ENCODINGS)})")
     label = ENCODINGS[encoding]
     number = 0
+    utf16: _Unreadable | None = None
     while raw := stream.readline(MAX_LINE_BYTES + 1):
         number += 1
         if on_bytes:
             on_bytes(len(raw))
+        if number == 1 and raw.startswith((b"\xff\xfe", b"\xfe\xff")):
+            # Excel's "Unicode text": each of its lines would be garbage of its own.
+            utf16 = _Unreadable(
+                "the input is UTF-16 (it starts with a UTF-16 byte order mark): save it as "
+                "UTF-8 and send it again"
+            )
         if len(raw) > MAX_LINE_BYTES and not raw.endswith(b"\n"):
             while (more := stream.readline(MAX_LINE_BYTES)) and not more.endswith(b"\n"):
                 if on_bytes:
@@ -181,6 +188,9 @@ def _physical_lines(
             if on_bytes and more:
                 on_bytes(len(more))
             yield number, _Unreadable(f"line is longer than {MAX_LINE_BYTES} bytes")
+            continue
+        if utf16 is not None:
+            yield number, utf16
             continue
         try:
             # a UTF-8 byte order mark is accepted at the start of the input
