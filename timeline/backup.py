@@ -53,12 +53,15 @@ def export_events(
     out: IO[bytes],
     *,
     since: datetime | None = None,
+    after: int | None = None,
     clock: Clock = system_clock,
     on_progress: Callable[[int, int], None] | None = None,
 ) -> ExportReport:
     """Write the log (events recorded after `since`, or all) as export JSON Lines to `out`.
 
     The export is a snapshot: events stored after it started are left for the next one.
+    `after`: only events after this log position (an earlier export's header `position`):
+    unlike `since`, it misses no event stamped before that export but committed after it.
     """
     last = store.max_position()
     report = ExportReport(position=last)
@@ -75,6 +78,7 @@ def export_events(
                 "version": EXPORT_VERSION,
                 "exported_at": clock().isoformat(),
                 "since": since.isoformat() if since else None,
+                **({"after": after} if after is not None else {}),
                 "position": last,
             }
         )
@@ -97,6 +101,8 @@ def export_events(
             if not isinstance(event, Student.FactRecorded):
                 continue
             if since is not None and event.timestamp <= since:
+                continue
+            if after is not None and notification.id <= after:
                 continue
             student_id = names[uid]
             line: dict[str, Any] = {

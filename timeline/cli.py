@@ -1476,7 +1476,15 @@ def serve_workers(config: Any) -> None:
     "--since",
     type=MOMENT,
     default=None,
-    help="Only events recorded after this moment (an incremental backup).",
+    help="Only events recorded after this moment.",
+)
+@click.option(
+    "--after",
+    type=click.IntRange(min=0),
+    default=None,
+    metavar="POSITION",
+    help="Only events after this log position: the `position` of the last export's header "
+    "(an incremental backup that misses nothing).",
 )
 @click.option(
     "-o",
@@ -1487,19 +1495,22 @@ def serve_workers(config: Any) -> None:
 )
 @db_option
 @click.pass_context
-def export_command(ctx: click.Context, since: Any, output: Path | None, db: str | None) -> None:
+def export_command(
+    ctx: click.Context, since: Any, after: int | None, output: Path | None, db: str | None
+) -> None:
     """Write the whole event log as JSON Lines with record times (the backup)."""
     from timeline.backup import export_events
 
+    write = functools.partial(export_events, since=since, after=after)
     store = open_store(ctx, db)
     if output is None or str(output) == "-":
-        report = export_events(store, sys.stdout.buffer, since=since)
+        report = write(store, sys.stdout.buffer)
         sys.stdout.buffer.flush()
     elif output.exists() and not output.is_file():
         # A FIFO, a device, `/dev/stdout`: written as it is (a rename would replace it).
         try:
             with output.open("wb") as out:
-                report = export_events(store, out, since=since)
+                report = write(store, out)
         except OSError as exc:
             raise click.ClickException(f"cannot write {output}: {exc.strerror}") from exc
     else:
@@ -1510,7 +1521,7 @@ def export_command(ctx: click.Context, since: Any, output: Path | None, db: str 
         try:
             fd = os.open(partial_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
             with os.fdopen(fd, "wb") as out:
-                report = export_events(store, out, since=since)
+                report = write(store, out)
                 out.flush()
                 os.fsync(out.fileno())
             os.replace(partial_file, target)
@@ -1526,7 +1537,8 @@ def export_command(ctx: click.Context, since: Any, output: Path | None, db: str 
             raise
     click.echo(
         f"Exported {report.events} event(s) of {report.students} student(s) "
-        f"(log position {report.position}).",
+        f"(log position {report.position}; the next incremental backup: "
+        f"--after {report.position}).",
         err=True,
     )
 
