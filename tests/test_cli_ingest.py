@@ -281,6 +281,24 @@ def test_a_command_that_writes_no_answer_works_with_stdout_closed(tmp_path):
     assert not (tmp_path / "t.db").read_bytes().startswith(b"{")  # fd 1 never reused
 
 
+@pytest.mark.parametrize("command", ["ingest", "import"])
+def test_reading_a_closed_standard_input_is_a_usage_error(tmp_path, command):
+    """`timeline ingest - <&-` (a cron job, a daemon without stdin): click's RuntimeError
+    traceback, after the new store had been created."""
+    done = subprocess.run(
+        ["sh", "-c", f"exec '{TIMELINE}' --db t.db {command} - <&-"],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 2, done.stderr
+    assert "Traceback" not in done.stderr
+    assert "standard input is closed" in done.stderr
+    assert not (tmp_path / "t.db").exists()
+
+
 @pytest.mark.parametrize(
     "args",
     [["show", "S1", "--as-of", "2024-05-01"], ["history", "S1"], ["history", "S1", "--json"]],

@@ -333,13 +333,12 @@ def ingest(
     """Ingest a feed (FILE, or - for stdin); prints the summary; exit 1 if any rejected."""
     from timeline.ingest import detect_format, ingest_stream
 
+    from_stdin = str(file) == "-"
+    stdin = standard_input() if from_stdin else None
     stop, signals = _stop_on_signals(ctx)
     store = open_store(ctx, db, create=True)
-    from_stdin = str(file) == "-"
     with contextlib.ExitStack() as stack:
-        stream: BinaryIO = (
-            click.get_binary_stream("stdin") if from_stdin else stack.enter_context(file.open("rb"))
-        )
+        stream: BinaryIO = stdin if stdin is not None else stack.enter_context(file.open("rb"))
         # A regular file has a known size; a pipe's progress counts bytes without a total.
         total = _regular_file_size(stream)
         run = functools.partial(
@@ -414,6 +413,13 @@ def _stop_on_signals(ctx: click.Context) -> tuple[Any, list[int]]:
         previous = signal.signal(signum, on_signal)
         ctx.call_on_close(functools.partial(signal.signal, signum, previous))
     return stop, signals
+
+
+def standard_input() -> BinaryIO:
+    """Standard input as bytes; closed (`<&-`, a daemon without one) is a usage error."""
+    if sys.stdin is None:
+        raise UsageFailure("standard input is closed: there is nothing to read from '-'")
+    return click.get_binary_stream("stdin")
 
 
 def _regular_file_size(stream: BinaryIO) -> int | None:
@@ -1553,10 +1559,10 @@ def import_command(ctx: click.Context, file: Path, db: str | None) -> None:
     """Restore an export (FILE, or - for stdin) into the store, keeping record times."""
     from timeline.backup import import_events
 
+    source = standard_input() if str(file) == "-" else file
     stop, signals = _stop_on_signals(ctx)
     store = open_store(ctx, db, create=True)
     before = store.max_position()
-    source = click.get_binary_stream("stdin") if str(file) == "-" else file
     report = import_events(store, source, stop=stop)
     if before and report.accepted:
         click.echo(
@@ -1706,15 +1712,15 @@ def _standard_output() -> _Output:
     Under a locale that is not UTF-8, a pipe or file gets UTF-8 and a terminal gets its
     own encoding with "?" for what it cannot show (not a UnicodeEncodeError traceback).
 
-    A descriptor 1 or 2 closed at start is held by /dev/null, so that no file the command
-    opens (the store) gets its number; the answer, if any, then fails to be written
-    instead of vanishing with exit 0.
+    A descriptor 0, 1 or 2 closed at start is held by /dev/null, so that no file the
+    command opens (the store) gets its number; the answer, if any, then fails to be
+    written instead of vanishing with exit 0 (and `-` refuses a closed standard input).
     """
-    for fd in (1, 2):
+    for fd in (0, 1, 2):
         try:
             os.fstat(fd)
         except OSError:
-            null = os.open(os.devnull, os.O_WRONLY)
+            null = os.open(os.devnull, os.O_RDONLY if fd == 0 else os.O_WRONLY)
             if null != fd:
                 os.dup2(null, fd)
                 os.close(null)
