@@ -480,3 +480,20 @@ def test_cli_export_after_a_position_takes_only_the_later_events(tmp_path):
     assert [json.loads(line)["event_id"] for line in lines[1:-1]] == ["late-1"]
     refused = runner.invoke(main, ["--db", src, "export", "--after", "-1"])
     assert refused.exit_code == 2
+
+
+def test_two_exports_to_one_file_at_once_each_write_their_own_partial_copy(tmp_path):
+    """A cron job's export and an operator's, both `-o backup.jsonl`: they shared
+    `.backup.jsonl.partial`, each truncating and renaming the other's copy, and the
+    backup left (with exit 0) failed its sha256 at import. Here the other export's copy
+    is in the folder while this one runs: it must be left alone."""
+    runner = CliRunner()
+    src = str(tmp_path / "a.db")
+    assert runner.invoke(main, ["--db", src, "ingest", str(FEED)]).exit_code == 0
+    other = tmp_path / ".backup.jsonl.partial"
+    other.write_text("another export's lines so far\n")
+    result = runner.invoke(main, ["--db", src, "export", "-o", str(tmp_path / "backup.jsonl")])
+    assert result.exit_code == 0, result.output
+    assert other.read_text() == "another export's lines so far\n"
+    assert json.loads((tmp_path / "backup.jsonl").read_text().splitlines()[-1])["events"] == 92
+    assert sorted(p.name for p in tmp_path.glob(".*")) == [".backup.jsonl.partial"]

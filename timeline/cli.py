@@ -1521,11 +1521,17 @@ def export_command(
             raise click.ClickException(f"cannot write {output}: {exc.strerror}") from exc
     else:
         # Atomically, in the folder of the file itself when `output` is a symbolic link
-        # (renamed over, the link would become a file of its own).
+        # (renamed over, the link would become a file of its own), through a copy of its
+        # own (mode 0600): two exports to one file at once shared one partial copy, each
+        # truncating it and renaming it into place half-written.
+        import tempfile
+
         target = Path(os.path.realpath(output))
-        partial_file = target.with_name(f".{target.name}.partial")
+        partial_file: str | None = None
         try:
-            fd = os.open(partial_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            fd, partial_file = tempfile.mkstemp(
+                prefix=f".{target.name}.", suffix=".partial", dir=target.parent
+            )
             with os.fdopen(fd, "wb") as out:
                 report = write(store, out)
                 out.flush()
@@ -1534,8 +1540,9 @@ def export_command(
         except BaseException as exc:
             # A full disk, Ctrl-C: the half-written copy (personal data, the space the
             # disk lacks) goes; `output` keeps what it held.
-            with contextlib.suppress(OSError):
-                os.unlink(partial_file)
+            if partial_file is not None:
+                with contextlib.suppress(OSError):
+                    os.unlink(partial_file)
             if isinstance(exc, OSError):
                 raise click.ClickException(
                     f"cannot write {output}: {exc.strerror}; it is left as it was"
