@@ -1520,40 +1520,48 @@ def export_command(
         except OSError as exc:
             raise click.ClickException(f"cannot write {output}: {exc.strerror}") from exc
     else:
-        # Atomically, in the folder of the file itself when `output` is a symbolic link
-        # (renamed over, the link would become a file of its own), through a copy of its
-        # own (mode 0600): two exports to one file at once shared one partial copy, each
-        # truncating it and renaming it into place half-written.
-        import tempfile
-
-        target = Path(os.path.realpath(output))
-        partial_file: str | None = None
-        try:
-            fd, partial_file = tempfile.mkstemp(
-                prefix=f".{target.name}.", suffix=".partial", dir=target.parent
-            )
-            with os.fdopen(fd, "wb") as out:
-                report = write(store, out)
-                out.flush()
-                os.fsync(out.fileno())
-            os.replace(partial_file, target)
-        except BaseException as exc:
-            # A full disk, Ctrl-C: the half-written copy (personal data, the space the
-            # disk lacks) goes; `output` keeps what it held.
-            if partial_file is not None:
-                with contextlib.suppress(OSError):
-                    os.unlink(partial_file)
-            if isinstance(exc, OSError):
-                raise click.ClickException(
-                    f"cannot write {output}: {exc.strerror}; it is left as it was"
-                ) from exc
-            raise
+        with replacing(output) as out:
+            report = write(store, out)
     click.echo(
         f"Exported {report.events} event(s) of {report.students} student(s) "
         f"(log position {report.position}; the next incremental backup: "
         f"--after {report.position}).",
         err=True,
     )
+
+
+@contextlib.contextmanager
+def replacing(output: Path) -> Iterator[BinaryIO]:
+    """A file that replaces `output` atomically (mode 0600) once the block ends well.
+
+    It is a copy of its own beside the file itself (`output`'s target when it is a
+    symbolic link, which a rename would replace by a file): two commands writing one file
+    at once shared one partial copy, each truncating it and renaming it into place
+    half-written. A failure (a full disk: exit 1 naming `output`) or Ctrl-C removes the
+    copy (personal data, the space the disk lacks) and leaves `output` as it was.
+    """
+    import tempfile
+
+    target = Path(os.path.realpath(output))
+    partial_file: str | None = None
+    try:
+        fd, partial_file = tempfile.mkstemp(
+            prefix=f".{target.name}.", suffix=".partial", dir=target.parent
+        )
+        with os.fdopen(fd, "wb") as out:
+            yield out
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(partial_file, target)
+    except BaseException as exc:
+        if partial_file is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(partial_file)
+        if isinstance(exc, OSError):
+            raise click.ClickException(
+                f"cannot write {output}: {exc.strerror}; it is left as it was"
+            ) from exc
+        raise
 
 
 @main.command("import")
@@ -1657,11 +1665,8 @@ def calendar(
         sys.stdout.buffer.write(feed.body)
         sys.stdout.buffer.flush()
         return
-    partial_file = output.with_name(f".{output.name}.partial")
-    fd = os.open(partial_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as out:
+    with replacing(output) as out:
         out.write(feed.body)
-    os.replace(partial_file, output)
     click.echo(f"Wrote {feed.events} event(s) to {output}.", err=True)
 
 
