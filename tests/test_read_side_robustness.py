@@ -426,3 +426,21 @@ def test_an_id_that_is_not_utf8_on_the_command_line_is_a_usage_error(tmp_path, a
     assert result.returncode == 2, result.stderr
     assert "Traceback" not in result.stderr
     assert "not UTF-8 text" in result.stderr
+
+
+def test_history_of_an_unknown_id_does_not_send_its_control_characters_to_the_terminal(tmp_path):
+    """An id handed on by a script (a web form's field): `history` echoed it raw, ESC
+    sequences included (clear the screen, recolour), where `show` and `calendar` quote it."""
+    timeline = str(Path(sys.executable).with_name("timeline"))
+    db = str(tmp_path / "t.db")
+    assert subprocess.run([timeline, "--db", db, "init"], capture_output=True).returncode == 0
+    result = subprocess.run(
+        [timeline, "--db", db, "history", "S1\x1b[2J\u202e"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "\x1b" not in result.stdout and "\u202e" not in result.stdout
+    assert "No events stored for student 'S1\\x1b[2J\\u202e'." in result.stdout

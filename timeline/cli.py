@@ -480,7 +480,7 @@ def history(ctx: click.Context, student: str, as_json: bool, db: str | None) -> 
         return
     console = console_out()
     if not entries:
-        console.print(f"No events stored for student {student}.")
+        console.print(f"No events stored for student {student!r}.")
         return
     table = Table(title=f"History of {student}", show_lines=False)
     for column in (
