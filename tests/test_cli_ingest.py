@@ -368,12 +368,13 @@ def test_an_interrupted_partial_ingest_stops_between_batches_and_says_what_it_st
     try:
         process.stdin.write(feed_lines(0, 30))
         process.stdin.flush()
+        process.stdin.write(feed_lines(30, 5))  # half a batch, then the producer waits
+        process.stdin.flush()
         wait_for(lambda: stored_count(db) == 30)
         process.send_signal(getattr(signal, signum))
-        # The producer goes on: the next full batch is where the ingest stops, unwritten.
-        process.stdin.write(feed_lines(30, 10))
-        process.stdin.flush()
-        out, err = process.communicate(timeout=60)
+        # The pipe stays open: the ingest waiting for the rest of its batch stops at once.
+        process.wait(timeout=30)
+        out, err = process.stdout.read(), process.stderr.read()
     finally:
         process.kill()
     assert process.returncode == code, err

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -26,7 +25,7 @@ from typing import IO, Any, BinaryIO
 from timeline.aggregate import Student
 from timeline.clock import Clock, system_clock
 from timeline.history import plain
-from timeline.ingest import BATCH_SIZE, Ingestor, IngestReport, RawRecord
+from timeline.ingest import BATCH_SIZE, Ingestor, IngestReport, RawRecord, StopRequest
 from timeline.rawjson import loads_strict
 from timeline.store import TimelineStore
 
@@ -210,7 +209,7 @@ def import_events(
     path: Path | BinaryIO,
     *,
     batch_size: int = BATCH_SIZE,
-    stop: threading.Event | None = None,
+    stop: StopRequest | None = None,
 ) -> IngestReport:
     """Restore an export into `store`: all or nothing, each event at its record time.
 

@@ -388,16 +388,19 @@ def _end_of_ingest(ctx: click.Context, report: Any, signals: list[int]) -> None:
 
 
 def _stop_on_signals(ctx: click.Context) -> tuple[Any, list[int]]:
-    """An event set by the first SIGINT or SIGTERM (the command stops between two batches).
+    """A stop request made by the first SIGINT or SIGTERM (the ingest stops before its next
+    batch, or at once while it waits for input).
 
     A second signal stops at once: what is stored stays (whole transactions), exit 128+n.
-    The previous handlers come back when the command ends. Returns the event and the
+    The previous handlers come back when the command ends. Returns the request and the
     numbers of the signals received.
     """
     import signal
     import threading
 
-    stop = threading.Event()
+    from timeline.ingest import StopRequest
+
+    stop = StopRequest()
     signals: list[int] = []
 
     def on_signal(signum: int, _frame: object) -> None:
@@ -405,7 +408,7 @@ def _stop_on_signals(ctx: click.Context) -> tuple[Any, list[int]]:
         if stop.is_set():
             click.echo("stopped at once: what was stored stays — run the command again", err=True)
             os._exit(128 + signum)  # a second Ctrl-C means now, as SIGKILL would
-        stop.set()
+        stop.request()
 
     if threading.current_thread() is not threading.main_thread():
         return stop, signals  # only the main thread may handle signals (an embedding test)

@@ -29,7 +29,6 @@ import marshal
 import re
 import sqlite3
 import tempfile
-import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -568,6 +567,34 @@ class Staging:
         self._file.close()
 
 
+class Interrupted(BaseException):
+    """Raised by `StopRequest.request` while the ingest waits for input (never mid-write)."""
+
+
+class StopRequest:
+    """A request to stop an ingest (a signal): before its next batch, never inside one.
+
+    While the ingest waits for its input (a slow producer keeping a pipe open), the
+    request stops it at once, raising `Interrupted` from the read; what was stored is
+    whole batches either way.
+    """
+
+    def __init__(self) -> None:
+        self.requested = False
+        self.reading = False  # set by the ingest around each read of its input
+
+    def is_set(self) -> bool:
+        """Whether a stop was requested."""
+        return self.requested
+
+    def request(self) -> None:
+        """Ask to stop (from a signal handler); interrupts a read of the input at once."""
+        self.requested = True
+        if self.reading:
+            self.reading = False
+            raise Interrupted
+
+
 class Ingestor:
     """Streams records into a `TimelineStore`."""
 
@@ -578,7 +605,7 @@ class Ingestor:
         batch_size: int = BATCH_SIZE,
         on_record: Callable[[], None] | None = None,
         on_written: Callable[[int, int], None] | None = None,
-        stop: threading.Event | None = None,
+        stop: StopRequest | None = None,
     ) -> None:
         self.store = store
         # Once set, the ingest stops before its next batch (never inside one's transaction).
@@ -627,7 +654,7 @@ class Ingestor:
         seen = SeenKeys() if staging is not None else None  # whole-input keys
         try:
             batch: list[_Valid] = []
-            for record in records:
+            for record in self._interruptible(records):
                 if report.halted:
                     return
                 if self.on_record:
@@ -646,6 +673,27 @@ class Ingestor:
         finally:
             if seen is not None:
                 seen.close()
+
+    def _interruptible(self, records: Iterable[RawRecord]) -> Iterator[RawRecord]:
+        """`records`, each read open to a stop request (it then ends, `Interrupted`)."""
+        stop = self.stop
+        if stop is None:
+            yield from records
+            return
+        iterator = iter(records)
+        while True:
+            try:
+                stop.reading = True
+                record = next(iterator, None)
+                stop.reading = False
+            except BaseException as exc:
+                if isinstance(exc, Interrupted):
+                    return
+                stop.reading = False
+                raise
+            if record is None:
+                return
+            yield record
 
     def _stopped(self, report: IngestReport) -> bool:
         """Whether the ingest was asked to stop (then `report` says it was interrupted)."""
@@ -934,7 +982,7 @@ def ingest_stream(
     encoding: str = "utf-8",
     on_bytes: Callable[[int], None] | None = None,
     batch_size: int = BATCH_SIZE,
-    stop: threading.Event | None = None,
+    stop: StopRequest | None = None,
 ) -> IngestReport:
     """Ingest JSONL or CSV from a binary stream, in bounded memory whatever its size.
 
