@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 from conftest import POSTGRES_URL, FakeClock, _postgres_location
+from feed_examples import entered, jsonl
 
 from projections.engine import view
 from timeline.backup import export_events, import_events
@@ -316,3 +317,183 @@ def test_export_to_a_fifo_or_through_a_symlink_writes_there_and_replaces_neither
     assert json.loads(target.read_text().splitlines()[-1])["events"] == 92
     assert oct(os.stat(target).st_mode & 0o777) == "0o600"
     assert not list(tmp_path.rglob(".*.partial"))
+
+
+def test_an_export_that_cannot_be_written_in_full_leaves_no_partial_file_and_no_traceback(
+    tmp_path,
+):
+    """A full disk (here: a file size limit) in the middle of `export -o`.
+
+    It ended in an OSError traceback and left the half-written `.NAME.partial`, personal
+    data in clear text, holding the space the disk lacked.
+    """
+    import resource
+    import signal
+    import subprocess
+    import sys
+
+    src = str(tmp_path / "a.db")
+    feed = tmp_path / "feed.jsonl"
+    feed.write_text(jsonl(*(entered(f"e{n}", student=f"S{n}") for n in range(1000))))
+    assert CliRunner().invoke(main, ["--db", src, "ingest", str(feed)]).exit_code == 0
+    backup = tmp_path / "backup.jsonl"
+    backup.write_text("yesterday's\n")
+    limit = 65536  # above the store's own files' writes (its -shm), below the export's size
+
+    def small_files() -> None:
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a failing write, not a signal
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+    result = subprocess.run(
+        [str(Path(sys.executable).with_name("timeline")), "--db", src, "export", "-o", backup],
+        capture_output=True,
+        text=True,
+        preexec_fn=small_files,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 1, result.stderr
+    assert "Traceback" not in result.stderr
+    assert f"cannot write {backup}: File too large" in result.stderr
+    assert not list(tmp_path.glob(".*.partial"))
+    assert backup.read_text() == "yesterday's\n"
+
+
+def test_an_interrupted_import_says_so_and_running_it_again_completes_it(tmp_path):
+    """Ctrl-C during `import`: 'Aborted!' and exit 1 (the code of a refused backup)."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    timeline = str(Path(sys.executable).with_name("timeline"))
+    src, dst = str(tmp_path / "a.db"), str(tmp_path / "b.db")
+    feed = tmp_path / "feed.jsonl"
+    feed.write_text(jsonl(*(entered(f"e{n}", student=f"S{n}") for n in range(3000))))
+    assert CliRunner().invoke(main, ["--db", src, "ingest", str(feed)]).exit_code == 0
+    backup = tmp_path / "backup.jsonl"
+    assert CliRunner().invoke(main, ["--db", src, "export", "-o", str(backup)]).exit_code == 0
+    process = subprocess.Popen(
+        [timeline, "--db", dst, "import", str(backup)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    # Once the store is created the signals are handled (they are, before it opens).
+    while not os.path.exists(dst) and process.poll() is None:
+        time.sleep(0.01)
+    process.send_signal(signal.SIGINT)
+    out, err = process.communicate(timeout=60)
+    assert "Traceback" not in err and "Aborted" not in err
+    if process.returncode == 130:  # stopped before its end: nothing, or whole batches
+        assert json.loads(out)["interrupted"] is True
+        assert "interrupted:" in err
+    else:  # it had stored everything when the signal came
+        assert process.returncode == 0, err
+    again = CliRunner().invoke(main, ["--db", dst, "import", str(backup)])
+    assert again.exit_code == 0, again.output
+    assert json.loads(again.stdout)["accepted"] + json.loads(again.stdout)["duplicates"] == 3000
+    # The same events with the same record times (header and end line carry the moment).
+    first, second = (
+        CliRunner().invoke(main, ["--db", db, "export"]).stdout.splitlines()[1:-1]
+        for db in (src, dst)
+    )
+    assert first == second
+
+
+def test_a_dash_is_standard_output_for_export_and_standard_input_for_import(tmp_path):
+    """`export -o -` wrote a file named '-' (a backup of personal data where nobody looks)
+    and `import -` refused, or read that file instead of the pipe."""
+    import subprocess
+    import sys
+
+    timeline = str(Path(sys.executable).with_name("timeline"))
+    src, dst = str(tmp_path / "a.db"), str(tmp_path / "b.db")
+    assert CliRunner().invoke(main, ["--db", src, "ingest", str(FEED)]).exit_code == 0
+    exported = subprocess.run(
+        [timeline, "--db", src, "export", "-o", "-"], capture_output=True, cwd=tmp_path, timeout=60
+    )
+    assert exported.returncode == 0, exported.stderr
+    assert not (tmp_path / "-").exists()
+    assert json.loads(exported.stdout.splitlines()[-1])["events"] == 92
+    imported = subprocess.run(
+        [timeline, "--db", dst, "import", "-"],
+        input=exported.stdout,
+        capture_output=True,
+        cwd=tmp_path,
+        timeout=60,
+    )
+    assert imported.returncode == 0, imported.stderr
+    assert json.loads(imported.stdout)["accepted"] == 92
+
+
+def test_an_export_after_the_last_ones_position_misses_no_event_committed_after_it(tmp_path):
+    """An event stamped before an export but committed after it (a writer that waited for
+    the SQLite lock, a long atomic ingest) was in neither the export nor the next
+    `--since exported_at` one: the chain of incremental backups lost it. The log position
+    in the header marks exactly what the export held."""
+    clock = FakeClock()
+    path = str(tmp_path / "a.db")
+    with TimelineStore.open(path, clock=clock) as source:
+        moments = fill(source, clock)
+        full = io.BytesIO()
+        export_events(source, full, clock=clock)
+        header = json.loads(full.getvalue().splitlines()[0])
+        slow = FakeClock(clock.now - timedelta(seconds=1))  # stamped before the export
+        with TimelineStore.open(path, clock=slow) as writer:
+            late = {
+                "event_id": "late-1",
+                "source": "staff",
+                "student_id": "S1001",
+                "type": "departed",
+                "occurred_on": "2025-07-01",
+            }
+            assert ingest_objects(writer, [late]).ok
+        moments.append(clock.now)
+        by_time, by_position = io.BytesIO(), io.BytesIO()
+        export_events(source, by_time, since=datetime.fromisoformat(header["exported_at"]))
+        export_events(source, by_position, after=header["position"])
+        expected = views(source, moments)
+    assert b"late-1" not in by_time.getvalue()  # why --since cannot chain backups
+    assert json.loads(by_position.getvalue().splitlines()[0])["after"] == header["position"]
+    (tmp_path / "full.jsonl").write_bytes(full.getvalue())
+    (tmp_path / "inc.jsonl").write_bytes(by_position.getvalue())
+    with TimelineStore.open(str(tmp_path / "b.db"), clock=clock) as target:
+        assert import_events(target, tmp_path / "full.jsonl").ok
+        assert import_events(target, tmp_path / "inc.jsonl").accepted == 1
+        assert views(target, moments) == expected
+
+
+def test_cli_export_after_a_position_takes_only_the_later_events(tmp_path):
+    runner = CliRunner()
+    src = str(tmp_path / "a.db")
+    assert runner.invoke(main, ["--db", src, "ingest", str(FEED)]).exit_code == 0
+    full = runner.invoke(main, ["--db", src, "export"])
+    position = json.loads(full.stdout.splitlines()[0])["position"]
+    assert f"--after {position}" in full.stderr
+    later = tmp_path / "later.jsonl"
+    later.write_text(jsonl(entered("late-1", student="S9")))
+    assert runner.invoke(main, ["--db", src, "ingest", str(later)]).exit_code == 0
+    increment = runner.invoke(main, ["--db", src, "export", "--after", str(position)])
+    assert increment.exit_code == 0, increment.output
+    lines = increment.stdout.splitlines()
+    assert [json.loads(line)["event_id"] for line in lines[1:-1]] == ["late-1"]
+    refused = runner.invoke(main, ["--db", src, "export", "--after", "-1"])
+    assert refused.exit_code == 2
+
+
+def test_two_exports_to_one_file_at_once_each_write_their_own_partial_copy(tmp_path):
+    """A cron job's export and an operator's, both `-o backup.jsonl`: they shared
+    `.backup.jsonl.partial`, each truncating and renaming the other's copy, and the
+    backup left (with exit 0) failed its sha256 at import. Here the other export's copy
+    is in the folder while this one runs: it must be left alone."""
+    runner = CliRunner()
+    src = str(tmp_path / "a.db")
+    assert runner.invoke(main, ["--db", src, "ingest", str(FEED)]).exit_code == 0
+    other = tmp_path / ".backup.jsonl.partial"
+    other.write_text("another export's lines so far\n")
+    result = runner.invoke(main, ["--db", src, "export", "-o", str(tmp_path / "backup.jsonl")])
+    assert result.exit_code == 0, result.output
+    assert other.read_text() == "another export's lines so far\n"
+    assert json.loads((tmp_path / "backup.jsonl").read_text().splitlines()[-1])["events"] == 92
+    assert sorted(p.name for p in tmp_path.glob(".*")) == [".backup.jsonl.partial"]

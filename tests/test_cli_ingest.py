@@ -281,6 +281,24 @@ def test_a_command_that_writes_no_answer_works_with_stdout_closed(tmp_path):
     assert not (tmp_path / "t.db").read_bytes().startswith(b"{")  # fd 1 never reused
 
 
+@pytest.mark.parametrize("command", ["ingest", "import"])
+def test_reading_a_closed_standard_input_is_a_usage_error(tmp_path, command):
+    """`timeline ingest - <&-` (a cron job, a daemon without stdin): click's RuntimeError
+    traceback, after the new store had been created."""
+    done = subprocess.run(
+        ["sh", "-c", f"exec '{TIMELINE}' --db t.db {command} - <&-"],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 2, done.stderr
+    assert "Traceback" not in done.stderr
+    assert "standard input is closed" in done.stderr
+    assert not (tmp_path / "t.db").exists()
+
+
 @pytest.mark.parametrize(
     "args",
     [["show", "S1", "--as-of", "2024-05-01"], ["history", "S1"], ["history", "S1", "--json"]],
@@ -299,3 +317,101 @@ def test_an_ascii_locale_gets_utf8_answers_not_a_traceback(tmp_path, args):
     assert done.returncode == 0
     text = done.stdout.decode("utf-8")  # what a program reading a pipe expects
     assert ("學生" in text) if "history" in args else ("S1" in text)
+
+
+# -- Ctrl-C / SIGTERM in the middle of an ingest ------------------------------------------------
+def feed_lines(first: int, count: int) -> bytes:
+    """`count` entries of students S<first>…, one JSON line each."""
+    return "".join(
+        json.dumps(entered(f"e{n}", student=f"S{n}")) + "\n" for n in range(first, first + count)
+    ).encode()
+
+
+def stored_count(db: str) -> int:
+    import sqlite3
+
+    with sqlite3.connect(db) as conn:
+        return conn.execute("SELECT count(*) FROM feed_keys").fetchone()[0]
+
+
+def process_fds(pid: int) -> list[Path]:
+    """The files a process holds open (Linux /proc)."""
+    return list(Path(f"/proc/{pid}/fd").iterdir())
+
+
+def wait_for(condition, timeout: float = 60) -> None:
+    import time
+
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.05)
+
+
+@pytest.mark.parametrize(("signum", "code"), [("SIGINT", 130), ("SIGTERM", 143)])
+def test_an_interrupted_partial_ingest_stops_between_batches_and_says_what_it_stored(
+    tmp_path, signum, code
+):
+    """Ctrl-C (or a cron job's timeout) while a feed streams in: click printed 'Aborted!'
+    and exited 1 ('something was rejected'), saying nothing of the events it had stored."""
+    import signal
+
+    db = str(tmp_path / "int.db")
+    assert run_cli("--db", db, "init", cwd=tmp_path).returncode == 0
+    process = subprocess.Popen(
+        [TIMELINE, "--db", db, "ingest", "-", "--partial", "--batch-size", "10"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        cwd=tmp_path,
+    )
+    try:
+        process.stdin.write(feed_lines(0, 30))
+        process.stdin.flush()
+        process.stdin.write(feed_lines(30, 5))  # half a batch, then the producer waits
+        process.stdin.flush()
+        wait_for(lambda: stored_count(db) == 30)
+        process.send_signal(getattr(signal, signum))
+        # The pipe stays open: the ingest waiting for the rest of its batch stops at once.
+        process.wait(timeout=30)
+        out, err = process.stdout.read(), process.stderr.read()
+    finally:
+        process.kill()
+    assert process.returncode == code, err
+    assert b"Traceback" not in err and b"Aborted" not in err
+    assert json.loads(out) == {
+        "accepted": 30,
+        "duplicates": 0,
+        "rejected": [],
+        "interrupted": True,
+    }
+    assert b"interrupted: 30 new event(s) stored" in err
+    assert stored_count(db) == 30
+
+
+def test_an_atomic_ingest_interrupted_in_its_check_pass_stores_nothing(tmp_path):
+    import signal
+
+    db = str(tmp_path / "int.db")
+    assert run_cli("--db", db, "init", cwd=tmp_path).returncode == 0
+    process = subprocess.Popen(
+        [TIMELINE, "--db", db, "ingest", "-", "--batch-size", "10"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        cwd=tmp_path,
+    )
+    try:
+        process.stdin.write(feed_lines(0, 25))
+        process.stdin.flush()
+        # Once the store is open the signals are handled (they are, before it opens).
+        wait_for(lambda: any(fd.resolve() == Path(db) for fd in process_fds(process.pid)))
+        process.send_signal(signal.SIGINT)
+        process.stdin.write(feed_lines(25, 10))
+        out, err = process.communicate(timeout=60)
+    finally:
+        process.kill()
+    assert process.returncode == 130, err
+    assert json.loads(out)["accepted"] == 0
+    assert json.loads(out)["interrupted"] is True
+    assert stored_count(db) == 0

@@ -324,6 +324,25 @@ def test_a_utf8_bom_before_a_csv_header_is_accepted(store):
     assert report.accepted == 1
 
 
+@pytest.mark.parametrize("fmt", ["jsonl", "csv"])
+@pytest.mark.parametrize("codec", ["utf-16", "utf-16-be"])
+def test_a_utf16_feed_is_named_as_such_on_every_line(store, fmt, codec):
+    """Excel's 'Unicode text' is UTF-16: line 1 was 'cannot be decoded as UTF-8', every
+    other line 'invalid JSON: Expecting value' (its NUL bytes), naming nothing to do."""
+    text = jsonl(entered("e1"), registered("e2"))
+    if fmt == "csv":
+        text = f"{CSV_HEADER}\ne1,S1,departed,2024-01-01,\n"
+    data = text.encode(codec)
+    if codec == "utf-16-be":
+        data = b"\xfe\xff" + data
+    report = ingest_stream(store, io.BytesIO(data), fmt=fmt, partial=True)
+    assert report.accepted == 0
+    assert report.rejected
+    for rejection in report.rejected:
+        assert "the input is UTF-16" in rejection.error, rejection.error
+        assert "save it as UTF-8" in rejection.error
+
+
 # -- bounded, clean values --------------------------------------------------------------------
 CONTROLS = [
     "\x00",

@@ -86,3 +86,11 @@ def test_a_byte_order_mark_is_named_without_python_advice() -> None:
     with pytest.raises(ValueError) as refused:
         loads_strict('\ufeff{"type": "entered"}')
     assert str(refused.value) == "invalid JSON: starts with a byte order mark (U+FEFF)"
+
+
+def test_an_unterminated_string_is_said_once_where_it_starts() -> None:
+    # A producer that died mid-line: json's own text ends in "starting at", and the
+    # column was appended after it ("starting at at column 7").
+    with pytest.raises(ValueError) as caught:
+        loads_strict('{"a": "abc')
+    assert str(caught.value) == "invalid JSON: Unterminated string starting at column 7"

@@ -402,3 +402,45 @@ def test_the_students_left_out_are_exactly_those_that_cannot_be_derived(populati
                 v = view(stream, day, student_id=sid).model_dump(mode="json")
                 assert mine == _task_rows([t | {"student_id": sid} for t in v["tasks"]])
             model.close()
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["show", b"S\xff1", "--as-of", "2024-05-01"],
+        ["history", b"S\xff1"],
+        ["calendar", b"S\xff1"],
+        ["alerts", "--on", "2024-05-01", "--student", b"S\xff1"],
+        ["tasks", "--as-of", "2024-05-01", "--kind", b"\xff"],
+    ],
+)
+def test_an_id_that_is_not_utf8_on_the_command_line_is_a_usage_error(tmp_path, args):
+    """A shell passes bytes: `\\xff` in a student id raised UnicodeEncodeError (a traceback)
+    where the id was hashed into its stream id or sent to the store."""
+    timeline = str(Path(sys.executable).with_name("timeline"))
+    db = str(tmp_path / "t.db")
+    assert subprocess.run([timeline, "--db", db, "init"], capture_output=True).returncode == 0
+    result = subprocess.run(
+        [timeline, "--db", db, *args], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr
+    assert "not UTF-8 text" in result.stderr
+
+
+def test_history_of_an_unknown_id_does_not_send_its_control_characters_to_the_terminal(tmp_path):
+    """An id handed on by a script (a web form's field): `history` echoed it raw, ESC
+    sequences included (clear the screen, recolour), where `show` and `calendar` quote it."""
+    timeline = str(Path(sys.executable).with_name("timeline"))
+    db = str(tmp_path / "t.db")
+    assert subprocess.run([timeline, "--db", db, "init"], capture_output=True).returncode == 0
+    result = subprocess.run(
+        [timeline, "--db", db, "history", "S1\x1b[2J\u202e"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "\x1b" not in result.stdout and "\u202e" not in result.stdout
+    assert "No events stored for student 'S1\\x1b[2J\\u202e'." in result.stdout

@@ -25,7 +25,7 @@ from typing import IO, Any, BinaryIO
 from timeline.aggregate import Student
 from timeline.clock import Clock, system_clock
 from timeline.history import plain
-from timeline.ingest import BATCH_SIZE, Ingestor, IngestReport, RawRecord
+from timeline.ingest import BATCH_SIZE, Ingestor, IngestReport, RawRecord, StopRequest
 from timeline.rawjson import loads_strict
 from timeline.store import TimelineStore
 
@@ -52,12 +52,15 @@ def export_events(
     out: IO[bytes],
     *,
     since: datetime | None = None,
+    after: int | None = None,
     clock: Clock = system_clock,
     on_progress: Callable[[int, int], None] | None = None,
 ) -> ExportReport:
     """Write the log (events recorded after `since`, or all) as export JSON Lines to `out`.
 
     The export is a snapshot: events stored after it started are left for the next one.
+    `after`: only events after this log position (an earlier export's header `position`):
+    unlike `since`, it misses no event stamped before that export but committed after it.
     """
     last = store.max_position()
     report = ExportReport(position=last)
@@ -74,6 +77,7 @@ def export_events(
                 "version": EXPORT_VERSION,
                 "exported_at": clock().isoformat(),
                 "since": since.isoformat() if since else None,
+                **({"after": after} if after is not None else {}),
                 "position": last,
             }
         )
@@ -96,6 +100,8 @@ def export_events(
             if not isinstance(event, Student.FactRecorded):
                 continue
             if since is not None and event.timestamp <= since:
+                continue
+            if after is not None and notification.id <= after:
                 continue
             student_id = names[uid]
             line: dict[str, Any] = {
@@ -199,16 +205,25 @@ def read_export(stream: BinaryIO) -> Iterator[RawRecord]:
 
 
 def import_events(
-    store: TimelineStore, path: Path, *, batch_size: int = BATCH_SIZE
+    store: TimelineStore,
+    path: Path | BinaryIO,
+    *,
+    batch_size: int = BATCH_SIZE,
+    stop: StopRequest | None = None,
 ) -> IngestReport:
     """Restore an export into `store`: all or nothing, each event at its record time.
 
     Idempotent like ingestion: running it again (after an interruption, or over a store
-    that already holds part of the file) counts what is stored as duplicates.
+    that already holds part of the file) counts what is stored as duplicates. `stop`, once
+    set, ends it before its next batch (the report then says `interrupted`). `path` may
+    be a binary stream (standard input), read once.
     """
 
     def records() -> Iterator[RawRecord]:
+        if not isinstance(path, Path):
+            yield from read_export(path)
+            return
         with path.open("rb") as stream:
             yield from read_export(stream)
 
-    return Ingestor(store, batch_size=batch_size).run(records, partial=False)
+    return Ingestor(store, batch_size=batch_size, stop=stop).run(records, partial=False)

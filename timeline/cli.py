@@ -333,12 +333,12 @@ def ingest(
     """Ingest a feed (FILE, or - for stdin); prints the summary; exit 1 if any rejected."""
     from timeline.ingest import detect_format, ingest_stream
 
-    store = open_store(ctx, db, create=True)
     from_stdin = str(file) == "-"
+    stdin = standard_input() if from_stdin else None
+    stop, signals = _stop_on_signals(ctx)
+    store = open_store(ctx, db, create=True)
     with contextlib.ExitStack() as stack:
-        stream: BinaryIO = (
-            click.get_binary_stream("stdin") if from_stdin else stack.enter_context(file.open("rb"))
-        )
+        stream: BinaryIO = stdin if stdin is not None else stack.enter_context(file.open("rb"))
         # A regular file has a known size; a pipe's progress counts bytes without a total.
         total = _regular_file_size(stream)
         run = functools.partial(
@@ -349,6 +349,7 @@ def ingest(
             partial=partial,
             encoding=encoding,
             batch_size=batch_size,
+            stop=stop,
         )
         if sys.stderr.isatty() and total != 0:
             from rich.console import Console
@@ -370,8 +371,58 @@ def ingest(
                 report = run(on_bytes=lambda n: progress.advance(task, n))
         else:
             report = run()
+    _end_of_ingest(ctx, report, signals)
+
+
+def _end_of_ingest(ctx: click.Context, report: Any, signals: list[int]) -> None:
+    """Print an ingest's or import's summary; exit 0, 1 (rejected), or 128+n (interrupted)."""
     print_json(report.as_json())
+    if report.interrupted:
+        click.echo(
+            f"interrupted: {report.accepted} new event(s) stored, the rest of the input not — "
+            "run the same command again to complete it (what is stored counts as duplicates)",
+            err=True,
+        )
+        ctx.exit(128 + signals[0])
     ctx.exit(0 if report.ok else 1)
+
+
+def _stop_on_signals(ctx: click.Context) -> tuple[Any, list[int]]:
+    """A stop request made by the first SIGINT or SIGTERM (the ingest stops before its next
+    batch, or at once while it waits for input).
+
+    A second signal stops at once: what is stored stays (whole transactions), exit 128+n.
+    The previous handlers come back when the command ends. Returns the request and the
+    numbers of the signals received.
+    """
+    import signal
+    import threading
+
+    from timeline.ingest import StopRequest
+
+    stop = StopRequest()
+    signals: list[int] = []
+
+    def on_signal(signum: int, _frame: object) -> None:
+        signals.append(signum)
+        if stop.is_set():
+            click.echo("stopped at once: what was stored stays — run the command again", err=True)
+            os._exit(128 + signum)  # a second Ctrl-C means now, as SIGKILL would
+        stop.request()
+
+    if threading.current_thread() is not threading.main_thread():
+        return stop, signals  # only the main thread may handle signals (an embedding test)
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        previous = signal.signal(signum, on_signal)
+        ctx.call_on_close(functools.partial(signal.signal, signum, previous))
+    return stop, signals
+
+
+def standard_input() -> BinaryIO:
+    """Standard input as bytes; closed (`<&-`, a daemon without one) is a usage error."""
+    if sys.stdin is None:
+        raise UsageFailure("standard input is closed: there is nothing to read from '-'")
+    return click.get_binary_stream("stdin")
 
 
 def _regular_file_size(stream: BinaryIO) -> int | None:
@@ -383,8 +434,39 @@ def _regular_file_size(stream: BinaryIO) -> int | None:
     return info.st_size if stat.S_ISREG(info.st_mode) else None
 
 
+class ParsedType(click.ParamType):
+    """A value parsed by a core function; its ValueError becomes a usage error."""
+
+    def __init__(self, name: str, parse: Callable[[str], Any]) -> None:
+        self.name = name
+        self.parse = parse
+
+    def convert(self, value: Any, param: Any, ctx: Any) -> Any:
+        """Parse or fail with a usage error."""
+        if not isinstance(value, str):
+            return value
+        try:
+            return self.parse(value)
+        except ValueError as exc:
+            self.fail(str(exc), param, ctx)
+
+
+def parse_text(value: str) -> str:
+    """`value` if it is UTF-8 text; a shell passes bytes, which Python keeps as surrogates."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise ValueError(f"not UTF-8 text (character {exc.start + 1})") from None
+    return value
+
+
+DAY = ParsedType("DATE", parse_day)  # YYYY-MM-DD
+MOMENT = ParsedType("TIMESTAMP", parse_known_at)  # ISO 8601, or a day (its end in Taipei)
+TEXT = ParsedType("TEXT", parse_text)  # an id: stored and hashed as UTF-8
+
+
 @main.command()
-@click.argument("student")
+@click.argument("student", type=TEXT)
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON array of event objects.")
 @db_option
 @click.pass_context
@@ -401,7 +483,7 @@ def history(ctx: click.Context, student: str, as_json: bool, db: str | None) -> 
         return
     console = console_out()
     if not entries:
-        console.print(f"No events stored for student {student}.")
+        console.print(f"No events stored for student {student!r}.")
         return
     table = Table(title=f"History of {student}", show_lines=False)
     for column in (
@@ -444,29 +526,8 @@ def history(ctx: click.Context, student: str, as_json: bool, db: str | None) -> 
     console.print(table)
 
 
-class ParsedType(click.ParamType):
-    """A value parsed by a core function; its ValueError becomes a usage error."""
-
-    def __init__(self, name: str, parse: Callable[[str], Any]) -> None:
-        self.name = name
-        self.parse = parse
-
-    def convert(self, value: Any, param: Any, ctx: Any) -> Any:
-        """Parse or fail with a usage error."""
-        if not isinstance(value, str):
-            return value
-        try:
-            return self.parse(value)
-        except ValueError as exc:
-            self.fail(str(exc), param, ctx)
-
-
-DAY = ParsedType("DATE", parse_day)  # YYYY-MM-DD
-MOMENT = ParsedType("TIMESTAMP", parse_known_at)  # ISO 8601, or a day (its end in Taipei)
-
-
 @main.command()
-@click.argument("student")
+@click.argument("student", type=TEXT)
 @click.option(
     "--as-of",
     "as_of",
@@ -700,7 +761,9 @@ def print_json_rows(docs: Iterable[str]) -> None:
     type=click.Choice(TASK_STATUSES),
     help="Only tasks in this status that day (repeatable).",
 )
-@click.option("--kind", "kinds", multiple=True, help="Only tasks of this kind (repeatable).")
+@click.option(
+    "--kind", "kinds", type=TEXT, multiple=True, help="Only tasks of this kind (repeatable)."
+)
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON array.")
 @population_options
 @db_option
@@ -990,7 +1053,7 @@ def follow(
     show_default=True,
     help="Seconds to wait for another emitter to finish.",
 )
-@click.option("--student", default=None, help="Only this student's alerts.")
+@click.option("--student", type=TEXT, default=None, help="Only this student's alerts.")
 @click.option(
     "--preview",
     is_flag=True,
@@ -1422,69 +1485,113 @@ def serve_workers(config: Any) -> None:
     "--since",
     type=MOMENT,
     default=None,
-    help="Only events recorded after this moment (an incremental backup).",
+    help="Only events recorded after this moment.",
+)
+@click.option(
+    "--after",
+    type=click.IntRange(min=0),
+    default=None,
+    metavar="POSITION",
+    help="Only events after this log position: the `position` of the last export's header "
+    "(an incremental backup that misses nothing).",
 )
 @click.option(
     "-o",
     "--output",
-    type=click.Path(dir_okay=False, path_type=Path),
+    type=click.Path(dir_okay=False, allow_dash=True, path_type=Path),
     default=None,
-    help="Write to this file (atomically, mode 0600) instead of standard output.",
+    help="Write to this file (atomically, mode 0600) instead of standard output (-).",
 )
 @db_option
 @click.pass_context
-def export_command(ctx: click.Context, since: Any, output: Path | None, db: str | None) -> None:
+def export_command(
+    ctx: click.Context, since: Any, after: int | None, output: Path | None, db: str | None
+) -> None:
     """Write the whole event log as JSON Lines with record times (the backup)."""
     from timeline.backup import export_events
 
+    write = functools.partial(export_events, since=since, after=after)
     store = open_store(ctx, db)
-    if output is None:
-        report = export_events(store, sys.stdout.buffer, since=since)
+    if output is None or str(output) == "-":
+        report = write(store, sys.stdout.buffer)
         sys.stdout.buffer.flush()
     elif output.exists() and not output.is_file():
         # A FIFO, a device, `/dev/stdout`: written as it is (a rename would replace it).
-        with output.open("wb") as out:
-            report = export_events(store, out, since=since)
+        try:
+            with output.open("wb") as out:
+                report = write(store, out)
+        except OSError as exc:
+            raise click.ClickException(f"cannot write {output}: {exc.strerror}") from exc
     else:
-        # Atomically, in the folder of the file itself when `output` is a symbolic link
-        # (renamed over, the link would become a file of its own).
-        target = Path(os.path.realpath(output))
-        partial_file = target.with_name(f".{target.name}.partial")
-        fd = os.open(partial_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "wb") as out:
-            report = export_events(store, out, since=since)
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(partial_file, target)
+        with replacing(output) as out:
+            report = write(store, out)
     click.echo(
         f"Exported {report.events} event(s) of {report.students} student(s) "
-        f"(log position {report.position}).",
+        f"(log position {report.position}; the next incremental backup: "
+        f"--after {report.position}).",
         err=True,
     )
 
 
+@contextlib.contextmanager
+def replacing(output: Path) -> Iterator[BinaryIO]:
+    """A file that replaces `output` atomically (mode 0600) once the block ends well.
+
+    It is a copy of its own beside the file itself (`output`'s target when it is a
+    symbolic link, which a rename would replace by a file): two commands writing one file
+    at once shared one partial copy, each truncating it and renaming it into place
+    half-written. A failure (a full disk: exit 1 naming `output`) or Ctrl-C removes the
+    copy (personal data, the space the disk lacks) and leaves `output` as it was.
+    """
+    import tempfile
+
+    target = Path(os.path.realpath(output))
+    partial_file: str | None = None
+    try:
+        fd, partial_file = tempfile.mkstemp(
+            prefix=f".{target.name}.", suffix=".partial", dir=target.parent
+        )
+        with os.fdopen(fd, "wb") as out:
+            yield out
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(partial_file, target)
+    except BaseException as exc:
+        if partial_file is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(partial_file)
+        if isinstance(exc, OSError):
+            raise click.ClickException(
+                f"cannot write {output}: {exc.strerror}; it is left as it was"
+            ) from exc
+        raise
+
+
 @main.command("import")
-@click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.argument(
+    "file", type=click.Path(exists=True, dir_okay=False, allow_dash=True, path_type=Path)
+)
 @db_option
 @click.pass_context
 def import_command(ctx: click.Context, file: Path, db: str | None) -> None:
-    """Restore an export into the store, keeping record times; all or nothing."""
+    """Restore an export (FILE, or - for stdin) into the store, keeping record times."""
     from timeline.backup import import_events
 
+    source = standard_input() if str(file) == "-" else file
+    stop, signals = _stop_on_signals(ctx)
     store = open_store(ctx, db, create=True)
     before = store.max_position()
-    report = import_events(store, file)
+    report = import_events(store, source, stop=stop)
     if before and report.accepted:
         click.echo(
             "note: the store was not empty; the imported events were added to what it held",
             err=True,
         )
-    print_json(report.as_json())
-    ctx.exit(0 if report.ok else 1)
+    _end_of_ingest(ctx, report, signals)
 
 
 @main.command()
-@click.argument("student")
+@click.argument("student", type=TEXT)
 @click.option("--on", "day", type=DAY, default=None, help="As of this day (default: today).")
 @click.option(
     "-o",
@@ -1561,11 +1668,8 @@ def calendar(
         sys.stdout.buffer.write(feed.body)
         sys.stdout.buffer.flush()
         return
-    partial_file = output.with_name(f".{output.name}.partial")
-    fd = os.open(partial_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as out:
+    with replacing(output) as out:
         out.write(feed.body)
-    os.replace(partial_file, output)
     click.echo(f"Wrote {feed.events} event(s) to {output}.", err=True)
 
 
@@ -1623,15 +1727,15 @@ def _standard_output() -> _Output:
     Under a locale that is not UTF-8, a pipe or file gets UTF-8 and a terminal gets its
     own encoding with "?" for what it cannot show (not a UnicodeEncodeError traceback).
 
-    A descriptor 1 or 2 closed at start is held by /dev/null, so that no file the command
-    opens (the store) gets its number; the answer, if any, then fails to be written
-    instead of vanishing with exit 0.
+    A descriptor 0, 1 or 2 closed at start is held by /dev/null, so that no file the
+    command opens (the store) gets its number; the answer, if any, then fails to be
+    written instead of vanishing with exit 0 (and `-` refuses a closed standard input).
     """
-    for fd in (1, 2):
+    for fd in (0, 1, 2):
         try:
             os.fstat(fd)
         except OSError:
-            null = os.open(os.devnull, os.O_WRONLY)
+            null = os.open(os.devnull, os.O_RDONLY if fd == 0 else os.O_WRONLY)
             if null != fd:
                 os.dup2(null, fd)
                 os.close(null)

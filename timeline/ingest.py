@@ -126,6 +126,7 @@ class IngestReport:
     rejected: list[Rejection] = field(default_factory=list)
     position_name: str = "line"
     halted: bool = False
+    interrupted: bool = False  # stopped between two batches when asked (Ctrl-C, SIGTERM)
 
     @property
     def ok(self) -> bool:
@@ -133,12 +134,18 @@ class IngestReport:
         return not self.rejected
 
     def as_json(self) -> dict[str, Any]:
-        """`{"accepted", "duplicates", "rejected": [{"line"|"index", "error"}]}`."""
-        return {
+        """`{"accepted", "duplicates", "rejected": [{"line"|"index", "error"}]}`.
+
+        An ingest stopped before the end of its input adds `"interrupted": true`.
+        """
+        summary: dict[str, Any] = {
             "accepted": self.accepted,
             "duplicates": self.duplicates,
             "rejected": [{self.position_name: r.position, "error": r.error} for r in self.rejected],
         }
+        if self.interrupted:
+            summary["interrupted"] = True
+        return summary
 
 
 # -- readers -------------------------------------------------------------------------------
@@ -162,10 +169,17 @@ def _physical_lines(
         raise ValueError(f"unsupported encoding {encoding!r} (use one of: {', '.join(ENCODINGS)})")
     label = ENCODINGS[encoding]
     number = 0
+    utf16: _Unreadable | None = None
     while raw := stream.readline(MAX_LINE_BYTES + 1):
         number += 1
         if on_bytes:
             on_bytes(len(raw))
+        if number == 1 and raw.startswith((b"\xff\xfe", b"\xfe\xff")):
+            # Excel's "Unicode text": each of its lines would be garbage of its own.
+            utf16 = _Unreadable(
+                "the input is UTF-16 (it starts with a UTF-16 byte order mark): save it as "
+                "UTF-8 and send it again"
+            )
         if len(raw) > MAX_LINE_BYTES and not raw.endswith(b"\n"):
             while (more := stream.readline(MAX_LINE_BYTES)) and not more.endswith(b"\n"):
                 if on_bytes:
@@ -173,6 +187,9 @@ def _physical_lines(
             if on_bytes and more:
                 on_bytes(len(more))
             yield number, _Unreadable(f"line is longer than {MAX_LINE_BYTES} bytes")
+            continue
+        if utf16 is not None:
+            yield number, utf16
             continue
         try:
             # a UTF-8 byte order mark is accepted at the start of the input
@@ -550,6 +567,34 @@ class Staging:
         self._file.close()
 
 
+class Interrupted(BaseException):
+    """Raised by `StopRequest.request` while the ingest waits for input (never mid-write)."""
+
+
+class StopRequest:
+    """A request to stop an ingest (a signal): before its next batch, never inside one.
+
+    While the ingest waits for its input (a slow producer keeping a pipe open), the
+    request stops it at once, raising `Interrupted` from the read; what was stored is
+    whole batches either way.
+    """
+
+    def __init__(self) -> None:
+        self.requested = False
+        self.reading = False  # set by the ingest around each read of its input
+
+    def is_set(self) -> bool:
+        """Whether a stop was requested."""
+        return self.requested
+
+    def request(self) -> None:
+        """Ask to stop (from a signal handler); interrupts a read of the input at once."""
+        self.requested = True
+        if self.reading:
+            self.reading = False
+            raise Interrupted
+
+
 class Ingestor:
     """Streams records into a `TimelineStore`."""
 
@@ -560,8 +605,11 @@ class Ingestor:
         batch_size: int = BATCH_SIZE,
         on_record: Callable[[], None] | None = None,
         on_written: Callable[[int, int], None] | None = None,
+        stop: StopRequest | None = None,
     ) -> None:
         self.store = store
+        # Once set, the ingest stops before its next batch (never inside one's transaction).
+        self.stop = stop
         self.batch_size = batch_size
         self.on_record = on_record
         # The write pass of atomic mode reads no input: it reports (written, staged).
@@ -582,6 +630,10 @@ class Ingestor:
         try:
             check = IngestReport()
             self._pass(open_records(), check, staging=staging)
+            if check.interrupted:  # nothing was written: the check pass writes nothing
+                report.interrupted = True
+                report.rejected = check.rejected
+                return report
             if check.rejected:
                 report.rejected = check.rejected
                 return report
@@ -602,7 +654,7 @@ class Ingestor:
         seen = SeenKeys() if staging is not None else None  # whole-input keys
         try:
             batch: list[_Valid] = []
-            for record in records:
+            for record in self._interruptible(records):
                 if report.halted:
                     return
                 if self.on_record:
@@ -612,13 +664,42 @@ class Ingestor:
                     continue
                 batch.append(valid)
                 if len(batch) >= self.batch_size:
+                    if self._stopped(report):
+                        return
                     self._batch(batch, report, seen, staging)
                     batch = []
-            if batch and not report.halted:
+            if batch and not report.halted and not self._stopped(report):
                 self._batch(batch, report, seen, staging)
         finally:
             if seen is not None:
                 seen.close()
+
+    def _interruptible(self, records: Iterable[RawRecord]) -> Iterator[RawRecord]:
+        """`records`, each read open to a stop request (it then ends, `Interrupted`)."""
+        stop = self.stop
+        if stop is None:
+            yield from records
+            return
+        iterator = iter(records)
+        while True:
+            try:
+                stop.reading = True
+                record = next(iterator, None)
+                stop.reading = False
+            except BaseException as exc:
+                if isinstance(exc, Interrupted):
+                    return
+                stop.reading = False
+                raise
+            if record is None:
+                return
+            yield record
+
+    def _stopped(self, report: IngestReport) -> bool:
+        """Whether the ingest was asked to stop (then `report` says it was interrupted)."""
+        if self.stop is not None and self.stop.is_set():
+            report.interrupted = True
+        return report.interrupted
 
     def _validate(self, record: RawRecord, report: IngestReport) -> _Valid | None:
         event = record_event(record)
@@ -718,6 +799,8 @@ class Ingestor:
         written = 0
         size = 1 if self.store.config.is_postgres else WRITE_BATCHES
         for rows in _groups(staging.batches(), size):
+            if self._stopped(report):
+                return
             fresh = rows
             duplicates = 0
             for attempt in range(1, SAVE_ATTEMPTS + 1):
@@ -899,18 +982,20 @@ def ingest_stream(
     encoding: str = "utf-8",
     on_bytes: Callable[[int], None] | None = None,
     batch_size: int = BATCH_SIZE,
+    stop: StopRequest | None = None,
 ) -> IngestReport:
     """Ingest JSONL or CSV from a binary stream, in bounded memory whatever its size.
 
     Both modes read the input once, so a pipe (stdin) needs no copy: atomic mode's write
     pass works from what its check pass staged. `on_bytes` hears of every byte read, and
-    in atomic mode of the same bytes again as the write pass stores them.
+    in atomic mode of the same bytes again as the write pass stores them. `stop`, once
+    set, ends the ingest before its next batch (the report then says `interrupted`).
     """
     if encoding not in ENCODINGS:
         raise ValueError(f"unsupported encoding {encoding!r} (use one of: {', '.join(ENCODINGS)})")
     reader = read_csv if fmt == "csv" else functools.partial(read_jsonl, lazy=True)
     if partial:
-        ingestor = Ingestor(store, batch_size=batch_size)
+        ingestor = Ingestor(store, batch_size=batch_size, stop=stop)
         return ingestor.run(lambda: reader(stream, on_bytes, encoding=encoding), partial=True)
     # The write pass reads no input: it reports the check pass's bytes again as it writes,
     # so that progress runs to twice the input, as `on_bytes` callers expect.
@@ -927,7 +1012,7 @@ def ingest_stream(
             on_bytes(due - checked[1])
             checked[1] = due
 
-    ingestor = Ingestor(store, batch_size=batch_size, on_written=on_written)
+    ingestor = Ingestor(store, batch_size=batch_size, on_written=on_written, stop=stop)
     return ingestor.run(lambda: reader(stream, on_checked if on_bytes else None, encoding=encoding))
 
 

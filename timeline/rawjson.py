@@ -95,7 +95,9 @@ def loads_strict(text: str | bytes, *, max_depth: int = MAX_DEPTH) -> Any:
     try:
         return _DECODER.decode(text)
     except json.JSONDecodeError as exc:
-        raise ValueError(f"invalid JSON: {exc.msg} at column {exc.colno}") from None
+        # "Unterminated string starting at": json's text ends where the column goes.
+        reason = exc.msg.removesuffix(" at")
+        raise ValueError(f"invalid JSON: {reason} at column {exc.colno}") from None
     except RecursionError:  # pragma: no cover - the depth check above comes first
         raise ValueError(f"nested more than {max_depth} levels deep") from None
 
