@@ -21,13 +21,16 @@ def free_port() -> int:
 
 @contextmanager
 def running(
-    app: FastAPI, root_path: str = "", header_seconds: float | None = None
+    app: FastAPI,
+    root_path: str = "",
+    header_seconds: float | None = None,
+    stall_seconds: float | None = None,
 ) -> Iterator[str]:
     """Serve `app` in a thread; yield its base URL; stop it afterwards.
 
     With `root_path`, as `timeline serve --root-path` does: uvicorn then puts the prefix in
     front of every path it is sent, as behind a proxy that strips it. With
-    `header_seconds`, on `serve`'s protocol with that deadline for a request's header.
+    `header_seconds` (and `stall_seconds`), on `serve`'s protocol with those deadlines.
     """
     port = free_port()
     config = uvicorn.Config(
@@ -39,9 +42,9 @@ def running(
         root_path=root_path,
     )
     if header_seconds is not None:
-        from timeline.api_protocol import with_header_deadline
+        from timeline.api_protocol import STALL_SECONDS, with_header_deadline
 
-        with_header_deadline(config, header_seconds)
+        with_header_deadline(config, header_seconds, stall_seconds or STALL_SECONDS)
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
