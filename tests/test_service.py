@@ -8,11 +8,13 @@ import logging
 import os
 import re
 import shutil
+import socket
 import subprocess
 import sys
 import threading
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import timedelta
 from pathlib import Path
 
@@ -170,8 +172,6 @@ def test_readyz_answers_503_at_once_when_postgresql_goes_away_and_200_once_back(
 
     Nor a request: a student view waited 30 s and a population list 300 s for the pool.
     """
-    from contextlib import contextmanager
-
     from conftest import _postgres_location
     from test_follower import relayed
 
@@ -929,11 +929,7 @@ def test_a_slow_reader_of_a_streamed_list_holds_no_population_slot(tmp_path, clo
     """A whole list streamed to a client that stops reading takes a slot only while it
     computes a part: with one slot, other population answers go on meanwhile."""
     location = str(tmp_path / "t.db")
-    with TimelineStore.open(location, clock=clock) as store:
-        from timeline.ingest import ingest_objects
-
-        feed = [entered(f"e{n}", f"S{n:05d}") for n in range(24_000)]
-        assert ingest_objects(store, feed).ok
+    _many_students(location, clock, 24_000)
     options = ServiceOptions(population_slots=1, population_wait=2)
     app = create_app(config(location), clock=clock, service=options)
     with running(app) as url, httpx.Client(base_url=url, timeout=30) as http:
@@ -977,9 +973,41 @@ def test_the_gate_lets_at_most_its_slots_compute_at_once():
     assert list(gate.parts(iter(["a", "b"]))) == ["a", "b"]
 
 
+def _many_students(location: str, clock: FakeClock, count: int) -> None:
+    """A store of `count` students, one entry each (a streamed list of megabytes)."""
+    from timeline.ingest import ingest_objects
+
+    with TimelineStore.open(location, clock=clock) as store:
+        feed = [entered(f"e{n}", f"S{n:05d}") for n in range(count)]
+        assert ingest_objects(store, feed).ok
+
+
+def _open_files(path: Path) -> int:
+    """Descriptors of this process open on the file `path` (one per read model)."""
+    return sum(1 for fd in Path("/proc/self/fd").iterdir() if os.path.realpath(fd) == str(path))
+
+
+@contextmanager
+def _stalled_tasks_request(url: str) -> Iterator[socket.socket]:
+    """A client that asks for the whole task list, reads its first bytes, then no more."""
+    from urllib.parse import urlsplit
+
+    where = urlsplit(url)
+    with socket.socket() as stalled:
+        stalled.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # before connecting
+        stalled.settimeout(30)
+        stalled.connect((where.hostname, where.port))
+        stalled.sendall(
+            f"GET /v1/tasks?offset=1 HTTP/1.1\r\nHost: x\r\n"
+            f"Authorization: Bearer {STAFF}\r\n\r\n".encode()
+        )
+        # (Not the first row: a whole list that short is sorted in Python, no cursor.)
+        assert stalled.recv(4096).startswith(b"HTTP/1.1 200")  # then it reads no more
+        yield stalled
+
+
 def _streams_reset_midway(url: str, path: str, clients: int) -> None:
     """`clients` ask for `path` at once, read the first bytes, then reset their connections."""
-    import socket
     import struct
     from urllib.parse import urlsplit
 
@@ -1011,19 +1039,10 @@ def test_a_client_gone_mid_stream_gives_its_read_model_back_at_once(tmp_path, cl
     then, the server growing by 90 MB (found by a hostile load probe)."""
     import gc
 
-    def open_models(path: Path) -> int:
-        """Connections of this process to the file `path` (one per read model)."""
-        fds = Path("/proc/self/fd")
-        return sum(1 for fd in fds.iterdir() if os.path.realpath(fd) == str(path))
-
     from web.app import create_app as create_web_app
 
     location = str(tmp_path / "t.db")
-    with TimelineStore.open(location, clock=clock) as store:
-        from timeline.ingest import ingest_objects
-
-        feed = [entered(f"e{n}", f"S{n:05d}") for n in range(24_000)]
-        assert ingest_objects(store, feed).ok
+    _many_students(location, clock, 24_000)
     read_db = tmp_path / "read.db"
     app = create_web_app(config(location, str(read_db)), clock=clock)
     pool = app.state.shared.models
@@ -1036,9 +1055,9 @@ def test_a_client_gone_mid_stream_gives_its_read_model_back_at_once(tmp_path, cl
             )
             _streams_reset_midway(url, path, 3)
             deadline = time.monotonic() + 10
-            while open_models(read_db) > len(pool.idle) and time.monotonic() < deadline:
+            while _open_files(read_db) > len(pool.idle) and time.monotonic() < deadline:
                 time.sleep(0.05)
-            assert open_models(read_db) == len(pool.idle) > 0, "a model stayed lent"
+            assert _open_files(read_db) == len(pool.idle) > 0, "a model stayed lent"
     finally:
         gc.enable()
 
@@ -1055,30 +1074,14 @@ def test_a_client_that_stops_reading_a_streamed_list_blocks_no_write_to_the_read
     the writer do not wait for each other. (Read models in the SQLite store's own file, the
     default there, were in WAL mode already; a file of their own, as every PostgreSQL
     deployment has, was not.)"""
-    import socket
-    from urllib.parse import urlsplit
 
     location = str(tmp_path / "t.db")
-    with TimelineStore.open(location, clock=clock) as store:
-        from timeline.ingest import ingest_objects
-
-        feed = [entered(f"e{n}", f"S{n:05d}") for n in range(30_000)]
-        assert ingest_objects(store, feed).ok
+    _many_students(location, clock, 30_000)
     # A read-model file of its own, as with PostgreSQL (the store's own file is in WAL mode).
     app = create_app(config(location, str(tmp_path / "read.db")), clock=clock)
     with running(app) as url, httpx.Client(base_url=url, timeout=120) as http:
         assert http.get("/v1/fines?limit=1", headers=_h(STAFF)).status_code == 200
-        where = urlsplit(url)
-        with socket.socket() as stalled:
-            stalled.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # before connecting
-            stalled.settimeout(30)
-            stalled.connect((where.hostname, where.port))
-            stalled.sendall(
-                f"GET /v1/tasks?offset=1 HTTP/1.1\r\nHost: x\r\n"
-                f"Authorization: Bearer {STAFF}\r\n\r\n".encode()
-            )
-            # (Not the first row: a whole list that short is sorted in Python, no cursor.)
-            assert stalled.recv(4096).startswith(b"HTTP/1.1 200")  # then it reads no more
+        with _stalled_tasks_request(url):
             time.sleep(0.5)
             posted = http.post("/v1/events", json=entered("new", "S99999"), headers=_h(FEED))
             assert posted.status_code == 200
@@ -1095,15 +1098,9 @@ def test_a_client_that_reads_nothing_is_dropped_and_its_read_model_handed_back(t
     clients took a process from 80 to 475 MB. `serve`'s protocol drops a connection whose
     client took nothing for its stall deadline."""
     import contextlib
-    import socket
-    from urllib.parse import urlsplit
 
     location = str(tmp_path / "t.db")
-    with TimelineStore.open(location, clock=clock) as store:
-        from timeline.ingest import ingest_objects
-
-        feed = [entered(f"e{n}", f"S{n:05d}") for n in range(30_000)]
-        assert ingest_objects(store, feed).ok
+    _many_students(location, clock, 30_000)
     read_db = tmp_path / "read.db"
     # No follower: its passes borrow a read model too.
     options = ServiceOptions(follow_seconds=0)
@@ -1111,25 +1108,13 @@ def test_a_client_that_reads_nothing_is_dropped_and_its_read_model_handed_back(t
     pool = app.state.shared.models
 
     def lent() -> int:
-        fds = Path("/proc/self/fd")
-        return sum(1 for fd in fds.iterdir() if os.path.realpath(fd) == str(read_db)) - len(
-            pool.idle
-        )
+        return _open_files(read_db) - len(pool.idle)
 
     with running(app, header_seconds=30, stall_seconds=1) as url:
         # (The first answer fills the read models: seconds on a loaded machine.)
         first = httpx.get(f"{url}/v1/fines?limit=1", headers=_h(STAFF), timeout=120)
         assert first.status_code == 200
-        where = urlsplit(url)
-        with socket.socket() as stalled:
-            stalled.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # before connecting
-            stalled.settimeout(30)
-            stalled.connect((where.hostname, where.port))
-            stalled.sendall(
-                f"GET /v1/tasks?offset=1 HTTP/1.1\r\nHost: x\r\n"
-                f"Authorization: Bearer {STAFF}\r\n\r\n".encode()
-            )
-            assert stalled.recv(4096).startswith(b"HTTP/1.1 200")  # then it reads no more
+        with _stalled_tasks_request(url) as stalled:
             time.sleep(0.3)
             assert lent() == 1, lent()  # the answer holds its read model while it waits
             deadline = time.monotonic() + 15

@@ -41,18 +41,19 @@ def timed_out(seconds: float) -> bytes:
 
 
 class HeaderDeadlineProtocol(H11Protocol):
-    """`H11Protocol`, closing a connection whose request header is not complete in time."""
+    """`H11Protocol`, closing a connection whose request header is not complete in time,
+    or whose client takes nothing of an answer for `stall_seconds`."""
 
     def __init__(self, config: Any, *args: Any, **kwargs: Any) -> None:
         super().__init__(config, *args, **kwargs)
         # `serve` sets them on its uvicorn Config (which workers receive pickled).
         self.header_seconds: float = getattr(config, "header_seconds", HEADER_SECONDS)
         self.stall_seconds: float = getattr(config, "stall_seconds", STALL_SECONDS)
+        self._header_timer: asyncio.TimerHandle | None = None
         self._stall_timer: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         """Open the connection, and start the clock for its first request's header."""
-        self._header_timer: asyncio.TimerHandle | None = None
         super().connection_made(transport)
         self._arm()
 
@@ -104,8 +105,8 @@ class HeaderDeadlineProtocol(H11Protocol):
     def send_400_response(self, msg: str) -> None:
         """uvicorn's answer to a request h11 cannot read, in the API's JSON error shape.
 
-        (uvicorn's own is text/plain "Invalid HTTP request received.": a negative
-        Content-Length, raw non-ASCII bytes in the target, a header past 16 KB.)
+        (uvicorn's own is text/plain "Invalid HTTP request received.": a negative or
+        doubled Content-Length, a header name with a space, ...)
         """
         body = b'{"error": "not a valid HTTP/1.1 request"}'
         headers = [
